@@ -1,0 +1,305 @@
+//! Turning TOML text into a [`Config`] whose every reference resolves, with errors that fit on
+//! one line and name the key (and TOML line) at fault.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::{Config, ProviderConfig};
+
+/// A config problem, shown as `origin:line: key: message` on one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or "<inline>") the config came from.
+    pub origin: String,
+    /// 1-based TOML line where the parser knows it.
+    pub line: Option<usize>,
+    /// Dotted key path at fault, e.g. `routes[1].pool`; empty for whole-file problems.
+    pub key: String,
+    /// What is wrong, in one line.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// hyper's HTTP/1.1 read buffer cannot be smaller than this, and the head must fit in it.
+const MIN_HEADER_BYTES: usize = 8192;
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Deserialize with the key path tracked, so unknown keys and bad values name where they are.
+pub(super) fn deserialize(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+        origin: origin.to_string(),
+        line: line_of(e.span()),
+        key: String::new(),
+        message: one_line(e.message()),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError {
+            origin: origin.to_string(),
+            line: line_of(inner.span()),
+            key: if key == "." { String::new() } else { key },
+            message: one_line(inner.message()),
+        }
+    })
+}
+
+/// Parse "IP:port" (IPv6 as "[::1]:8080"); host names are refused so weir never resolves DNS
+/// at the wrong moment.
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")")
+    })
+}
+
+/// Semantic checks the type system cannot express.
+pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
+    let fail = |key: String, message: String| ConfigError {
+        origin: origin.to_string(),
+        line: None,
+        key,
+        message,
+    };
+    if config.listeners.is_empty() {
+        return Err(fail(
+            "listeners".into(),
+            "at least one [[listeners]] entry is required".into(),
+        ));
+    }
+    if config.server.max_connections == 0 {
+        return Err(fail(
+            "server.max_connections".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if config.server.max_header_bytes < MIN_HEADER_BYTES {
+        return Err(fail(
+            "server.max_header_bytes".into(),
+            format!("must be at least {MIN_HEADER_BYTES}"),
+        ));
+    }
+    for (key, value) in [
+        ("server.header_read_timeout", config.server.header_read_timeout),
+        ("server.idle_timeout", config.server.idle_timeout),
+        ("server.tls_handshake_timeout", config.server.tls_handshake_timeout),
+        ("upstream.connect_timeout", config.upstream.connect_timeout),
+        ("upstream.response_timeout", config.upstream.response_timeout),
+    ] {
+        if value.get().is_zero() {
+            return Err(fail(key.into(), "must be longer than zero".into()));
+        }
+    }
+    for (i, cidr) in config.server.trusted_proxies.iter().enumerate() {
+        crate::proxy::Cidr::parse(cidr)
+            .map_err(|m| fail(format!("server.trusted_proxies[{i}]"), m))?;
+    }
+    let mut seen_listen = HashSet::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let addr = parse_socket_addr(&listener.listen)
+            .map_err(|m| fail(format!("listeners[{i}].listen"), m))?;
+        if addr.port() != 0 && !seen_listen.insert(addr) {
+            return Err(fail(
+                format!("listeners[{i}].listen"),
+                format!("{addr} is listed twice"),
+            ));
+        }
+        if let Some(tls) = &listener.tls {
+            check_file(&tls.cert, &format!("listeners[{i}].tls.cert"), origin)?;
+            check_file(&tls.key, &format!("listeners[{i}].tls.key"), origin)?;
+            for (j, pair) in tls.certs.iter().enumerate() {
+                check_file(&pair.cert, &format!("listeners[{i}].tls.certs[{j}].cert"), origin)?;
+                check_file(&pair.key, &format!("listeners[{i}].tls.certs[{j}].key"), origin)?;
+            }
+        }
+    }
+    if config.routes.is_empty() {
+        return Err(fail(
+            "routes".into(),
+            "at least one [[routes]] entry is required".into(),
+        ));
+    }
+    let mut seen_routes = HashSet::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        if !config.pools.contains_key(&route.pool) {
+            return Err(fail(
+                format!("routes[{i}].pool"),
+                format!("unknown pool {:?} (no [pools.{}] table)", route.pool, route.pool),
+            ));
+        }
+        let host = route.host.as_deref().unwrap_or("*");
+        crate::routing::HostPattern::parse(host)
+            .map_err(|m| fail(format!("routes[{i}].host"), m))?;
+        let prefix = route.path_prefix.as_deref().unwrap_or("/");
+        if !prefix.starts_with('/') {
+            return Err(fail(
+                format!("routes[{i}].path_prefix"),
+                format!("{prefix:?} must start with '/'"),
+            ));
+        }
+        let normalized = prefix.trim_end_matches('/');
+        if !seen_routes.insert((host.to_ascii_lowercase(), normalized.to_string())) {
+            return Err(fail(
+                format!("routes[{i}]"),
+                format!("host {host:?} with path_prefix {prefix:?} is already routed by an earlier entry"),
+            ));
+        }
+    }
+    for (name, pool) in &config.pools {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(fail(
+                format!("pools.{name}"),
+                "pool names use letters, digits, '-' and '_'".into(),
+            ));
+        }
+        match &pool.provider {
+            ProviderConfig::Static { addresses } => {
+                if addresses.is_empty() {
+                    return Err(fail(
+                        format!("pools.{name}.provider.addresses"),
+                        "a static pool needs at least one address".into(),
+                    ));
+                }
+                let mut seen = HashSet::new();
+                for (j, address) in addresses.iter().enumerate() {
+                    let key = format!("pools.{name}.provider.addresses[{j}]");
+                    let addr = parse_socket_addr(address).map_err(|m| fail(key.clone(), m))?;
+                    if !seen.insert(addr) {
+                        return Err(fail(key, format!("{addr} is listed twice")));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_file(path: &Path, key: &str, origin: &str) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(ConfigError {
+            origin: origin.to_string(),
+            line: None,
+            key: key.to_string(),
+            message: format!("{} is not a file", path.display()),
+        }),
+        Err(e) => Err(ConfigError {
+            origin: origin.to_string(),
+            line: None,
+            key: key.to_string(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+
+    const BASE: &str = r#"
+[[listeners]]
+listen = "127.0.0.1:8080"
+
+[[routes]]
+pool = "app"
+
+[pools.app]
+provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
+"#;
+
+    fn err(text: &str) -> String {
+        parse(text, "weir.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let config = parse(BASE, "weir.toml").unwrap();
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.server.header_read_timeout, super::super::DEFAULT_HEADER_READ_TIMEOUT);
+        assert_eq!(config.pools["app"].balance, super::super::Balance::LeastInflight);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = BASE.replace("[pools.app]", "[pools.app]\nbalanse = \"round_robin\"");
+        let e = err(&text);
+        assert!(e.starts_with("weir.toml:9: pools.app"), "{e}");
+        assert!(e.contains("balanse"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn bad_duration_names_key() {
+        let text = format!("[upstream]\nresponse_timeout = \"soon\"\n{BASE}");
+        let e = err(&text);
+        assert!(e.starts_with("weir.toml:2: upstream.response_timeout"), "{e}");
+        assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn unknown_pool_is_refused() {
+        let e = err(&BASE.replace("pool = \"app\"", "pool = \"nope\""));
+        assert_eq!(
+            e,
+            "weir.toml: routes[0].pool: unknown pool \"nope\" (no [pools.nope] table)"
+        );
+    }
+
+    #[test]
+    fn empty_pool_is_refused() {
+        let e = err(&BASE.replace("[\"127.0.0.1:3001\"]", "[]"));
+        assert!(e.contains("pools.app.provider.addresses"), "{e}");
+    }
+
+    #[test]
+    fn missing_cert_names_path() {
+        let text = BASE.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8443\"\ntls = { cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }",
+        );
+        let e = err(&text);
+        assert!(e.contains("listeners[0].tls.cert"), "{e}");
+        assert!(e.contains("/nonexistent/cert.pem"), "{e}");
+    }
+
+    #[test]
+    fn bad_balance_and_provider_kind_are_refused() {
+        assert!(err(&BASE.replace("[pools.app]", "[pools.app]\nbalance = \"random\"")).contains("pools.app.balance"));
+        let e = err(&BASE.replace("kind = \"static\"", "kind = \"magic\""));
+        assert!(e.contains("pools.app.provider"), "{e}");
+    }
+
+    #[test]
+    fn bad_addresses_and_prefixes_are_refused() {
+        assert!(err(&BASE.replace("127.0.0.1:8080", "localhost:8080")).contains("listeners[0].listen"));
+        assert!(err(&BASE.replace("pool = \"app\"", "pool = \"app\"\npath_prefix = \"api\"")).contains("routes[0].path_prefix"));
+        assert!(err(&BASE.replace("pool = \"app\"", "pool = \"app\"\nhost = \"a.*.com\"")).contains("routes[0].host"));
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = err("[[listeners]]\nlisten = \n");
+        assert!(e.starts_with("weir.toml:2"), "{e}");
+    }
+}

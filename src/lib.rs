@@ -1,0 +1,24 @@
+//! weir: a load-aware HTTPS reverse proxy with built-in worker autoscaling.
+//!
+//! A map of the crate, in the order a request meets it:
+//! - [`server`]: thread-per-core serving threads, SO_REUSEPORT listeners, TLS, the per-connection
+//!   HTTP/1.1 + HTTP/2 driver with its timeouts and connection cap.
+//! - [`proxy`]: the request path, top to bottom: route, pick, rewrite, send, stream back, tunnel.
+//! - [`routing`]: host + longest path prefix lookup.
+//! - [`pool`]: workers, their live atomic counters and states, and the balancers.
+//! - [`upstream`]: per-thread keep-alive connections to workers.
+//! - [`error`]: the one error type of the request path and its HTTP statuses.
+//! - [`config`] and [`state`]: the TOML model, validation, and the live `ArcSwap` snapshot.
+//! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod pool;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod upstream;

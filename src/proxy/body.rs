@@ -1,0 +1,126 @@
+//! The response body weir sends to clients. A proxied body carries the request's bookkeeping, so
+//! the worker's in-flight count drops and its connection returns to the pool exactly when the
+//! body ends (or is abandoned), never earlier.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+
+use super::conn::ActivityGuard;
+use crate::pool::InFlightGuard;
+use crate::upstream::{UpstreamBody, Upstreams};
+
+/// What finishing a proxied response must release.
+pub struct Exchange {
+    /// Keeps the worker's in-flight count until the body is done.
+    pub in_flight: InFlightGuard,
+    /// Keeps the client connection from counting as idle.
+    pub activity: ActivityGuard,
+    /// The worker connection, returned to `upstreams` only after a clean end.
+    pub conn: Option<SendRequest<UpstreamBody>>,
+    /// The serving thread's pool the connection goes back to.
+    pub upstreams: Arc<Upstreams>,
+    /// Idle connections kept per worker.
+    pub max_idle: usize,
+}
+
+impl Exchange {
+    /// The body ended cleanly: the connection may carry another request.
+    fn complete(mut self) {
+        if let Some(sender) = self.conn.take() {
+            let id = self.in_flight.worker().id;
+            self.upstreams.give_back(id, sender, self.max_idle);
+        }
+    }
+}
+
+/// A response body: streamed from a worker, or a short message from weir itself.
+pub enum ProxyBody {
+    /// Streaming from a worker.
+    Upstream {
+        /// The worker's body.
+        body: Incoming,
+        /// Released when the body ends; `None` once released.
+        exchange: Option<Exchange>,
+    },
+    /// A complete body (errors, small replies).
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// A body with fixed content.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Some(bytes.into()))
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream { body, exchange } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let Some(exchange) = exchange.take() {
+                            exchange.complete();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        // The worker connection broke mid-body: never reuse it.
+                        if let Some(mut exchange) = exchange.take() {
+                            exchange.conn = None;
+                        }
+                    }
+                    _ => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let ProxyBody::Upstream { body, exchange } = self {
+            if let Some(exchange) = exchange.take() {
+                // hyper skips polling bodies that are already at their end (204, HEAD,
+                // Content-Length: 0); those still finished cleanly.
+                if body.is_end_stream() {
+                    exchange.complete();
+                }
+            }
+        }
+    }
+}

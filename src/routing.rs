@@ -1,0 +1,259 @@
+//! Host + longest-path-prefix routing, compiled once per config so a lookup is a hash probe and
+//! a short scan with no allocation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::pool::Pool;
+
+/// Which hosts a route answers for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Any host (also requests with no host at all).
+    Any,
+    /// One exact, lowercase host name.
+    Exact(String),
+    /// `*.example.com`: stored as ".example.com"; matches exactly one more label.
+    Wildcard(String),
+}
+
+impl HostPattern {
+    /// Parse "*", "api.example.com" or "*.example.com".
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim().trim_end_matches('.').to_ascii_lowercase();
+        if text == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let (wild, name) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(format!(
+                "{text:?} is not a host name, \"*.domain\" or \"*\" (a '*' may only stand first, for one label)"
+            ));
+        }
+        Ok(if wild {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_string())
+        })
+    }
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Label for logs and metrics.
+    pub name: Arc<str>,
+    /// Path prefix without a trailing slash ("" for the root).
+    prefix: String,
+    /// Where matching requests go.
+    pub pool: Arc<Pool>,
+}
+
+impl Route {
+    fn matches(&self, path: &str) -> bool {
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+/// Routes of one host pattern, longest prefix first.
+#[derive(Debug, Default)]
+struct HostRoutes(Vec<Route>);
+
+impl HostRoutes {
+    fn find(&self, path: &str) -> Option<&Route> {
+        self.0.iter().find(|r| r.matches(path))
+    }
+
+    fn push(&mut self, route: Route) {
+        self.0.push(route);
+        self.0.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    }
+}
+
+/// All routes of a config.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, HostRoutes>,
+    wildcard: Vec<(String, HostRoutes)>,
+    any: HostRoutes,
+}
+
+/// Longest host name we normalise on the stack; longer (invalid per DNS) hosts only match "*".
+const MAX_HOST_LEN: usize = 253;
+
+impl RouteTable {
+    /// Compile the routes of `config`, resolving pool names against `pools`.
+    pub fn build(config: &Config, pools: &HashMap<String, Arc<Pool>>) -> Result<Self, String> {
+        let mut table = RouteTable::default();
+        for (i, rc) in config.routes.iter().enumerate() {
+            let host_text = rc.host.as_deref().unwrap_or("*");
+            let pattern = HostPattern::parse(host_text).map_err(|e| format!("routes[{i}].host: {e}"))?;
+            let pool = pools
+                .get(&rc.pool)
+                .cloned()
+                .ok_or_else(|| format!("routes[{i}].pool: unknown pool {:?}", rc.pool))?;
+            let prefix_text = rc.path_prefix.as_deref().unwrap_or("/");
+            let name: Arc<str> = match &rc.name {
+                Some(n) => n.as_str().into(),
+                None => format!("{host_text}{prefix_text}").into(),
+            };
+            let route = Route {
+                name,
+                prefix: prefix_text.trim_end_matches('/').to_string(),
+                pool,
+            };
+            match pattern {
+                HostPattern::Any => table.any.push(route),
+                HostPattern::Exact(h) => table.exact.entry(h).or_default().push(route),
+                HostPattern::Wildcard(suffix) => {
+                    match table.wildcard.iter_mut().find(|(s, _)| *s == suffix) {
+                        Some((_, routes)) => routes.push(route),
+                        None => {
+                            let mut routes = HostRoutes::default();
+                            routes.push(route);
+                            table.wildcard.push((suffix, routes));
+                        }
+                    }
+                }
+            }
+        }
+        table.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        Ok(table)
+    }
+
+    /// The route for `host` (as sent: any case, maybe with a port) and `path`. The most specific
+    /// host pattern with a matching prefix wins: exact, then the longest wildcard, then "*".
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        if let Some(host) = host.and_then(|h| normalize_host(h, &mut buf)) {
+            if let Some(route) = self.exact.get(host).and_then(|r| r.find(path)) {
+                return Some(route);
+            }
+            for (suffix, routes) in &self.wildcard {
+                if let Some(label) = host.strip_suffix(suffix.as_str()) {
+                    if !label.is_empty() && !label.contains('.') {
+                        if let Some(route) = routes.find(path) {
+                            return Some(route);
+                        }
+                    }
+                }
+            }
+        }
+        self.any.find(path)
+    }
+}
+
+/// Lowercase `host` into `buf`, dropping any port and a trailing dot. `None` when it does not fit
+/// or is not UTF-8-clean ASCII.
+fn normalize_host<'b>(host: &str, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {
+    let name = if host.starts_with('[') {
+        // IPv6 literal: keep the brackets' content.
+        &host[1..host.find(']')?]
+    } else {
+        match host.rfind(':') {
+            Some(i) => &host[..i],
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let bytes = name.as_bytes();
+    if bytes.len() > buf.len() || !bytes.is_ascii() {
+        return None;
+    }
+    let out = &mut buf[..bytes.len()];
+    for (o, b) in out.iter_mut().zip(bytes) {
+        *o = b.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn table(routes: &str) -> RouteTable {
+        let text = format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n{routes}\n[pools.a]\nprovider = {{ kind = \"static\", addresses = [\"127.0.0.1:1\"] }}\n[pools.b]\nprovider = {{ kind = \"static\", addresses = [\"127.0.0.1:2\"] }}\n[pools.c]\nprovider = {{ kind = \"static\", addresses = [\"127.0.0.1:3\"] }}\n"
+        );
+        let config = parse(&text, "t").unwrap();
+        let pools = config
+            .pools
+            .iter()
+            .map(|(n, c)| (n.clone(), Arc::new(Pool::from_config(n, c).unwrap())))
+            .collect();
+        RouteTable::build(&config, &pools).unwrap()
+    }
+
+    fn pool_of(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {
+        t.lookup(host, path).map(|r| r.pool.name.clone())
+    }
+
+    #[test]
+    fn longest_prefix_wins_on_segments() {
+        let t = table(
+            "[[routes]]\npool = \"a\"\n[[routes]]\npath_prefix = \"/api\"\npool = \"b\"\n[[routes]]\npath_prefix = \"/api/v2/\"\npool = \"c\"",
+        );
+        assert_eq!(pool_of(&t, None, "/").as_deref(), Some("a"));
+        assert_eq!(pool_of(&t, None, "/api").as_deref(), Some("b"));
+        assert_eq!(pool_of(&t, None, "/api/x").as_deref(), Some("b"));
+        assert_eq!(pool_of(&t, None, "/apix").as_deref(), Some("a"));
+        assert_eq!(pool_of(&t, None, "/api/v2").as_deref(), Some("c"));
+        assert_eq!(pool_of(&t, None, "/api/v2/models").as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn host_specificity_order() {
+        let t = table(
+            "[[routes]]\npool = \"a\"\n[[routes]]\nhost = \"*.example.com\"\npool = \"b\"\n[[routes]]\nhost = \"API.example.com\"\npool = \"c\"",
+        );
+        assert_eq!(pool_of(&t, Some("api.example.com"), "/").as_deref(), Some("c"));
+        assert_eq!(pool_of(&t, Some("Api.Example.Com:8443"), "/").as_deref(), Some("c"));
+        assert_eq!(pool_of(&t, Some("www.example.com"), "/").as_deref(), Some("b"));
+        assert_eq!(pool_of(&t, Some("a.b.example.com"), "/").as_deref(), Some("a"));
+        assert_eq!(pool_of(&t, Some("example.com"), "/").as_deref(), Some("a"));
+        assert_eq!(pool_of(&t, Some("[::1]:8080"), "/").as_deref(), Some("a"));
+        assert_eq!(pool_of(&t, None, "/").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn falls_back_to_less_specific_host_when_prefix_misses() {
+        let t = table(
+            "[[routes]]\npool = \"a\"\n[[routes]]\nhost = \"x.test\"\npath_prefix = \"/only\"\npool = \"b\"",
+        );
+        assert_eq!(pool_of(&t, Some("x.test"), "/only/1").as_deref(), Some("b"));
+        assert_eq!(pool_of(&t, Some("x.test"), "/other").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn no_route_is_none() {
+        let t = table("[[routes]]\nhost = \"x.test\"\npool = \"a\"");
+        assert!(t.lookup(Some("y.test"), "/").is_none());
+        assert!(t.lookup(None, "/").is_none());
+        let long = "a".repeat(400);
+        assert!(t.lookup(Some(&long), "/").is_none());
+    }
+
+    #[test]
+    fn host_pattern_parsing() {
+        assert_eq!(HostPattern::parse("*").unwrap(), HostPattern::Any);
+        assert_eq!(HostPattern::parse("*.A.com").unwrap(), HostPattern::Wildcard(".a.com".into()));
+        assert!(HostPattern::parse("a.*.com").is_err());
+        assert!(HostPattern::parse("").is_err());
+        assert!(HostPattern::parse("a b").is_err());
+    }
+}

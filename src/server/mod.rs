@@ -1,0 +1,326 @@
+//! Serving threads. weir runs thread-per-core: each thread has its own current-thread tokio
+//! runtime, its own SO_REUSEPORT listening sockets and its own worker connection pool, so a
+//! request is accepted, proxied and answered on one thread with no cross-thread hand-off. What
+//! threads share (config snapshot, worker counters) is read through atomics and `ArcSwap`.
+
+mod listen;
+pub mod tls;
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{parse_socket_addr, ServerConfig};
+use crate::proxy::{self, ConnContext};
+use crate::state::{Shared, Snapshot};
+use crate::upstream::Upstreams;
+
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again, so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// How often each thread drops dead and expired pooled worker connections.
+const UPSTREAM_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// HTTP/2 PING interval that detects dead client connections.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often shutdown checks whether all connections have finished.
+const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Why weir could not start serving.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running weir. [`Server::shutdown`] stops it gracefully; dropping it stops accepting and
+/// closes connections without waiting.
+pub struct Server {
+    /// The bound address of each listener, in config order (resolves port 0).
+    pub local_addrs: Vec<SocketAddr>,
+    /// The live state; reloads publish into it.
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What every serving thread shares.
+struct Common {
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl Server {
+    /// Bind every listener and start the serving threads.
+    pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
+        let config = Arc::clone(&snapshot.config);
+        let threads = match config.server.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // sockets[listener][thread]
+        let mut sockets: Vec<Vec<StdTcpListener>> = Vec::new();
+        let mut local_addrs = Vec::new();
+        for (i, listener) in config.listeners.iter().enumerate() {
+            let addr = parse_socket_addr(&listener.listen)
+                .map_err(|m| StartError(format!("listeners[{i}].listen: {m}")))?;
+            let bound = listen::bind_reuseport(addr, threads).map_err(|e| {
+                StartError(format!("listeners[{i}].listen: cannot listen on {addr}: {e}"))
+            })?;
+            let local = bound[0]
+                .local_addr()
+                .map_err(|e| StartError(format!("listeners[{i}].listen: {e}")))?;
+            local_addrs.push(local);
+            sockets.push(bound);
+        }
+        let shared = Shared::new(snapshot);
+        let common = Arc::new(Common {
+            shared: Arc::clone(&shared),
+            connections: Arc::new(Semaphore::new(config.server.max_connections)),
+            max_connections: config.server.max_connections,
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut handles = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let mine: Vec<(usize, StdTcpListener)> = sockets
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, per_thread)| per_thread.pop().map(|s| (i, s)))
+                .collect();
+            let common = Arc::clone(&common);
+            let shutdown_rx = shutdown_rx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("weir-{t}"))
+                .spawn(move || serve_thread(mine, common, shutdown_rx))
+                .map_err(|e| StartError(format!("cannot start serving thread: {e}")))?;
+            handles.push(handle);
+        }
+        for (listener, addr) in config.listeners.iter().zip(&local_addrs) {
+            let kind = if listener.tls.is_some() { "https" } else { "http" };
+            info!(%addr, kind, threads, "listening");
+        }
+        Ok(Server {
+            local_addrs,
+            shared,
+            shutdown,
+            threads: handles,
+        })
+    }
+
+    /// Stop accepting, let in-flight requests finish up to `server.shutdown_grace`, then stop.
+    /// Blocks the calling thread until every serving thread is done.
+    pub fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for handle in self.threads {
+            if handle.join().is_err() {
+                error!("a serving thread panicked during shutdown");
+            }
+        }
+    }
+}
+
+fn serve_thread(
+    sockets: Vec<(usize, StdTcpListener)>,
+    common: Arc<Common>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot build a serving runtime; this thread serves nothing");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let upstreams = Upstreams::new();
+        let mut accepts = Vec::new();
+        for (index, socket) in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => accepts.push(tokio::spawn(accept_loop(
+                    listener,
+                    index,
+                    Arc::clone(&common),
+                    Arc::clone(&upstreams),
+                    shutdown.clone(),
+                ))),
+                Err(e) => error!(error = %e, "cannot register a listener with the runtime"),
+            }
+        }
+        let sweeper = tokio::spawn(sweep_upstreams(Arc::clone(&upstreams), Arc::clone(&common)));
+        for accept in accepts {
+            let _ = accept.await;
+        }
+        // Accepting has stopped; connections were told to finish. Wait for them, up to grace.
+        let grace = common.shared.snapshot().config.server.shutdown_grace.get();
+        let deadline = tokio::time::Instant::now() + grace;
+        while common.connections.available_permits() < common.max_connections
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
+        }
+        sweeper.abort();
+    });
+}
+
+async fn sweep_upstreams(upstreams: Arc<Upstreams>, common: Arc<Common>) {
+    let mut tick = tokio::time::interval(UPSTREAM_SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let max_idle = common.shared.snapshot().upstream.idle_timeout;
+        upstreams.sweep(max_idle);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    index: usize,
+    common: Arc<Common>,
+    upstreams: Arc<Upstreams>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&common.connections).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let snapshot = common.shared.snapshot();
+        let tls = snapshot.tls.get(index).cloned().flatten();
+        let settings = snapshot.config.server.clone();
+        let cx = ConnContext::new(
+            Arc::clone(&common.shared),
+            Arc::clone(&upstreams),
+            peer,
+            snapshot.is_trusted(peer.ip()),
+            tls.is_some(),
+            permit,
+        );
+        drop(snapshot);
+        tokio::spawn(serve_connection(stream, tls, settings, cx, shutdown.clone()));
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    settings: ServerConfig,
+    cx: Arc<ConnContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    match tls {
+        None => drive(TokioIo::new(stream), &settings, cx, shutdown).await,
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let handshake = tokio::time::timeout(
+                settings.tls_handshake_timeout.get(),
+                acceptor.accept(stream),
+            )
+            .await;
+            match handshake {
+                Ok(Ok(tls_stream)) => drive(TokioIo::new(tls_stream), &settings, cx, shutdown).await,
+                Ok(Err(e)) => debug!(client = %cx.peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(client = %cx.peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Serve HTTP/1.1 or HTTP/2 (detected from the first bytes, so h2c prior knowledge works on
+/// plain listeners) until the client leaves, the connection idles out, or shutdown.
+async fn drive<I>(
+    io: TokioIo<I>,
+    settings: &ServerConfig,
+    cx: Arc<ConnContext>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout.get())
+        .max_buf_size(settings.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_h2_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL);
+    let service_cx = Arc::clone(&cx);
+    let service = service_fn(move |req| proxy::handle(req, Arc::clone(&service_cx)));
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+
+    // Idle watchdog: close after `idle_timeout` with no request in progress, checked in quarter
+    // steps so the cost is one timer per connection, not per request.
+    let idle_timeout = settings.idle_timeout.get();
+    let tick = idle_timeout / 4;
+    let mut seen = cx.requests();
+    let mut quiet_ticks = 0u32;
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(client = %cx.peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(tick), if !closing => {
+                let now_seen = cx.requests();
+                if cx.active() == 0 && now_seen == seen {
+                    quiet_ticks += 1;
+                    if quiet_ticks >= 4 {
+                        debug!(client = %cx.peer, "closing idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                } else {
+                    quiet_ticks = 0;
+                    seen = now_seen;
+                }
+            }
+            _ = shutdown.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! TLS termination settings: certificates from PEM, chosen by SNI; ALPN h2 + http/1.1; TLS 1.2
+//! and 1.3 only (all rustls speaks); stateless session tickets plus a session cache.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{CertPair, TlsConfig};
+
+/// TLS 1.2 sessions remembered per listener for resumption by id (1.3 uses tickets).
+const SESSION_CACHE_SIZE: usize = 4096;
+
+/// The crypto provider weir uses everywhere: aws-lc-rs, named explicitly so no second provider
+/// sneaks in through a dependency's default.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Build a listener's rustls config. Errors name the sub-key at fault ("cert", "certs[1].key").
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, (String, String)> {
+    let provider = provider();
+    let default = certified_key(&tls.cert, &tls.key, &provider, "")?;
+    let mut resolver = SniResolver {
+        default,
+        exact: HashMap::new(),
+        wildcard: HashMap::new(),
+    };
+    for (i, pair) in tls.certs.iter().enumerate() {
+        let prefix = format!("certs[{i}].");
+        let key = certified_key(&pair.cert, &pair.key, &provider, &prefix)?;
+        let names = dns_names(pair, &key).map_err(|m| (format!("{prefix}cert"), m))?;
+        for name in names {
+            match name.strip_prefix("*.") {
+                Some(suffix) => resolver.wildcard.insert(suffix.to_string(), Arc::clone(&key)),
+                None => resolver.exact.insert(name, Arc::clone(&key)),
+            };
+        }
+    }
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ("cert".to_string(), e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| ("cert".to_string(), format!("cannot set up session tickets: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+fn certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+    prefix: &str,
+) -> Result<Arc<CertifiedKey>, (String, String)> {
+    let cert_err = |m: String| (format!("{prefix}cert"), m);
+    let key_err = |m: String| (format!("{prefix}key"), m);
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| cert_err(format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(cert_err(format!("{}: no PEM certificate found", cert.display())));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| key_err(format!("{}: {e}", key.display())))?;
+    CertifiedKey::from_der(chain, private, provider)
+        .map(Arc::new)
+        .map_err(|e| key_err(format!("{} does not fit {}: {e}", key.display(), cert.display())))
+}
+
+/// The DNS names a certificate is valid for, from its subject alternative names.
+fn dns_names(pair: &CertPair, key: &CertifiedKey) -> Result<Vec<String>, String> {
+    let leaf = key
+        .cert
+        .first()
+        .ok_or_else(|| format!("{}: empty chain", pair.cert.display()))?;
+    let parsed = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("{}: cannot parse certificate: {e}", pair.cert.display()))?;
+    let names: Vec<String> = parsed.valid_dns_names().map(str::to_ascii_lowercase).collect();
+    if names.is_empty() {
+        return Err(format!(
+            "{} has no DNS names in its subject alternative names, so SNI can never choose it",
+            pair.cert.display()
+        ));
+    }
+    Ok(names)
+}
+
+/// Chooses a certificate by SNI: exact name, then one-label wildcard, then the listener's
+/// default (also used when the client sends no SNI, e.g. when connecting by IP).
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(Arc::clone(&self.default));
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(key) = self.exact.get(&name) {
+            return Some(Arc::clone(key));
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(key) = self.wildcard.get(parent) {
+                return Some(Arc::clone(key));
+            }
+        }
+        Some(Arc::clone(&self.default))
+    }
+}

@@ -1,0 +1,109 @@
+//! The live, validated state every serving thread reads: one [`Snapshot`] built from a config
+//! and published through `ArcSwap`, so a reload replaces routes, pools and certificates in one
+//! atomic step and a request sees either the old world or the new one, never a mix.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+
+use crate::config::{Config, ConfigError};
+use crate::pool::Pool;
+use crate::proxy::Cidr;
+use crate::routing::RouteTable;
+use crate::server::tls;
+use crate::upstream::UpstreamSettings;
+
+/// Everything derived from one config.
+pub struct Snapshot {
+    /// The config this was built from.
+    pub config: Arc<Config>,
+    /// Compiled routes.
+    pub routes: RouteTable,
+    /// Pools by name.
+    pub pools: HashMap<String, Arc<Pool>>,
+    /// Networks whose X-Forwarded-* headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Worker-side timeouts and pool sizes.
+    pub upstream: UpstreamSettings,
+    /// TLS settings per listener (same order as `config.listeners`); `None` for plain TCP.
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+}
+
+impl Snapshot {
+    /// Build from a config that `config::parse` accepted; loads certificates, so it can still
+    /// fail on a certificate or key that does not parse.
+    pub fn build(config: Config, origin: &str) -> Result<Self, ConfigError> {
+        let fail = |key: String, message: String| ConfigError {
+            origin: origin.to_string(),
+            line: None,
+            key,
+            message,
+        };
+        let pools: HashMap<String, Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|(name, pc)| {
+                Pool::from_config(name, pc)
+                    .map(|p| (name.clone(), Arc::new(p)))
+                    .map_err(|m| fail(format!("pools.{name}"), m))
+            })
+            .collect::<Result<_, _>>()?;
+        let routes = RouteTable::build(&config, &pools).map_err(|m| fail(String::new(), m))?;
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Cidr::parse(c).map_err(|m| fail(format!("server.trusted_proxies[{i}]"), m)))
+            .collect::<Result<_, _>>()?;
+        let tls = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                l.tls
+                    .as_ref()
+                    .map(|t| tls::server_config(t).map_err(|(key, m)| fail(format!("listeners[{i}].tls.{key}"), m)))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Snapshot {
+            upstream: UpstreamSettings::from(&config.upstream),
+            config: Arc::new(config),
+            routes,
+            pools,
+            trusted_proxies,
+            tls,
+        })
+    }
+
+    /// Whether X-Forwarded-* from `ip` may be believed.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// State shared by all serving threads.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+}
+
+impl Shared {
+    /// Shared state starting from `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+        })
+    }
+
+    /// The current snapshot, for short synchronous use (do not hold across an await).
+    pub fn snapshot(&self) -> Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// Publish a new snapshot (config reload).
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+}

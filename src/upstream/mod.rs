@@ -1,0 +1,182 @@
+//! Connections from one serving thread to workers: connect with a deadline, HTTP/1.1 handshake,
+//! and a keep-alive pool keyed by worker id.
+//!
+//! Each serving thread owns one [`Upstreams`]: requests on a thread reuse that thread's
+//! connections, so no connection is handed between threads and the pool's mutex is never
+//! contended (it is never held across an await).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::config::UpstreamConfig;
+use crate::error::ProxyError;
+use crate::pool::Worker;
+
+/// The request body sent to a worker: the client's stream, or nothing (which can be replayed).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// The upstream settings the request path needs after it lets go of the config snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamSettings {
+    /// TCP connect deadline.
+    pub connect_timeout: Duration,
+    /// Deadline for response headers.
+    pub response_timeout: Duration,
+    /// Idle connections older than this are not reused.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per worker.
+    pub max_idle_per_worker: usize,
+}
+
+impl From<&UpstreamConfig> for UpstreamSettings {
+    fn from(c: &UpstreamConfig) -> Self {
+        UpstreamSettings {
+            connect_timeout: c.connect_timeout.get(),
+            response_timeout: c.response_timeout.get(),
+            idle_timeout: c.idle_timeout.get(),
+            max_idle_per_worker: c.max_idle_per_worker,
+        }
+    }
+}
+
+/// A connection ready to carry one request.
+pub struct Conn {
+    /// The HTTP/1.1 request sender.
+    pub sender: SendRequest<UpstreamBody>,
+    /// True when it came from the idle pool (and so may have gone stale).
+    pub reused: bool,
+}
+
+struct IdleConn {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// One serving thread's worker connections.
+#[derive(Default)]
+pub struct Upstreams {
+    idle: Mutex<HashMap<u64, VecDeque<IdleConn>>>,
+}
+
+impl Upstreams {
+    /// An empty pool.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Upstreams::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, VecDeque<IdleConn>>> {
+        // A panic while holding this lock leaves only a map of idle connections behind, which
+        // is still consistent: keep using it.
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A pooled connection to `worker` if one is alive, else a new one.
+    pub async fn checkout(
+        &self,
+        worker: &Worker,
+        settings: &UpstreamSettings,
+    ) -> Result<Conn, ProxyError> {
+        while let Some(mut sender) = self.take_idle(worker.id, settings.idle_timeout) {
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Ok(Conn {
+                    sender,
+                    reused: true,
+                });
+            }
+        }
+        self.connect(worker, settings).await
+    }
+
+    /// The most recently used live idle connection (LIFO keeps few connections warm).
+    fn take_idle(&self, worker_id: u64, max_idle: Duration) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.lock();
+        let conns = idle.get_mut(&worker_id)?;
+        let now = Instant::now();
+        while let Some(conn) = conns.pop_back() {
+            if !conn.sender.is_closed() && now.duration_since(conn.since) < max_idle {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Open a fresh connection to `worker`.
+    pub async fn connect(
+        &self,
+        worker: &Worker,
+        settings: &UpstreamSettings,
+    ) -> Result<Conn, ProxyError> {
+        let stream = match tokio::time::timeout(
+            settings.connect_timeout,
+            TcpStream::connect(worker.addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(ProxyError::Connect(e)),
+            Err(_) => {
+                return Err(ProxyError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )))
+            }
+        };
+        // Small proxied writes must not wait for Nagle.
+        stream.set_nodelay(true).map_err(ProxyError::Connect)?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ProxyError::Upstream)?;
+        let worker_name = worker.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(worker = %worker_name, error = %e, "worker connection ended with an error");
+            }
+        });
+        Ok(Conn {
+            sender,
+            reused: false,
+        })
+    }
+
+    /// Return a connection whose exchange finished cleanly, for the next request to reuse.
+    pub fn give_back(&self, worker_id: u64, sender: SendRequest<UpstreamBody>, max_idle: usize) {
+        if sender.is_closed() || max_idle == 0 {
+            return;
+        }
+        let mut idle = self.lock();
+        let conns = idle.entry(worker_id).or_default();
+        conns.push_back(IdleConn {
+            sender,
+            since: Instant::now(),
+        });
+        while conns.len() > max_idle {
+            conns.pop_front();
+        }
+    }
+
+    /// Drop closed and expired idle connections and the entries of workers with none left, so
+    /// departed workers leave nothing behind. Called periodically by each serving thread.
+    pub fn sweep(&self, max_idle: Duration) {
+        let now = Instant::now();
+        self.lock().retain(|_, conns| {
+            conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < max_idle);
+            !conns.is_empty()
+        });
+    }
+
+    /// Idle connections currently pooled (for tests and the admin view).
+    pub fn idle_count(&self) -> usize {
+        self.lock().values().map(VecDeque::len).sum()
+    }
+}
