@@ -102,12 +102,20 @@ async fn respond(mut req: Request<Incoming>, options: &DemoOptions) -> Response<
     if path == "/headers" {
         let mut out = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
         for (name, value) in req.headers() {
-            out.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
+            out.push_str(&format!(
+                "{}: {}\n",
+                name,
+                String::from_utf8_lossy(value.as_bytes())
+            ));
         }
         return text(StatusCode::OK, out);
     }
     if let Some(code) = path.strip_prefix("/status/") {
-        return match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+        return match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
             Some(status) => text(status, format!("status {}\n", status.as_u16())),
             None => text(StatusCode::BAD_REQUEST, "bad status\n".to_string()),
         };
@@ -206,9 +214,16 @@ fn query_delay(query: Option<&str>) -> Option<Duration> {
 
 /// Bind each address and serve on a runtime of `threads` threads until killed. Prints
 /// "demo-worker listening on ADDR" per address once bound, so scripts can wait for it.
-pub fn run(addrs: &[SocketAddr], name: Option<String>, delay: Duration, threads: usize) -> Result<(), String> {
+pub fn run(
+    addrs: &[SocketAddr],
+    name: Option<String>,
+    delay: Duration,
+    threads: usize,
+) -> Result<(), String> {
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -225,7 +240,9 @@ pub fn run(addrs: &[SocketAddr], name: Option<String>, delay: Duration, threads:
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             println!("demo-worker listening on {local}");
             let options = DemoOptions {
-                name: name.clone().unwrap_or_else(|| format!("demo@{}", local.port())),
+                name: name
+                    .clone()
+                    .unwrap_or_else(|| format!("demo@{}", local.port())),
                 delay,
             };
             tasks.push(tokio::spawn(serve(listener, options)));
@@ -243,7 +260,10 @@ mod tests {
 
     #[test]
     fn delay_from_query() {
-        assert_eq!(query_delay(Some("a=1&delay=250ms")), Some(Duration::from_millis(250)));
+        assert_eq!(
+            query_delay(Some("a=1&delay=250ms")),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(query_delay(Some("delay=oops")), None);
         assert_eq!(query_delay(None), None);
     }

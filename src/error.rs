@@ -92,9 +92,15 @@ mod tests {
     #[test]
     fn statuses() {
         assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
-        assert_eq!(ProxyError::ResponseTimeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            ProxyError::ResponseTimeout.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(ProxyError::Connect(refused).status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            ProxyError::Connect(refused).status(),
+            StatusCode::BAD_GATEWAY
+        );
         assert_eq!(ProxyError::BadRequest("x\n").fault(), Fault::Client);
     }
 }

@@ -15,7 +15,11 @@ use weir::state::Snapshot;
 const DEFAULT_CONFIG: &str = "config/weir.toml";
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "A load-aware HTTPS reverse proxy with built-in worker autoscaling")]
+#[command(
+    name = "weir",
+    version,
+    about = "A load-aware HTTPS reverse proxy with built-in worker autoscaling"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -131,5 +135,6 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

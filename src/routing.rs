@@ -101,7 +101,8 @@ impl RouteTable {
         let mut table = RouteTable::default();
         for (i, rc) in config.routes.iter().enumerate() {
             let host_text = rc.host.as_deref().unwrap_or("*");
-            let pattern = HostPattern::parse(host_text).map_err(|e| format!("routes[{i}].host: {e}"))?;
+            let pattern =
+                HostPattern::parse(host_text).map_err(|e| format!("routes[{i}].host: {e}"))?;
             let pool = pools
                 .get(&rc.pool)
                 .cloned()
@@ -221,10 +222,22 @@ mod tests {
         let t = table(
             "[[routes]]\npool = \"a\"\n[[routes]]\nhost = \"*.example.com\"\npool = \"b\"\n[[routes]]\nhost = \"API.example.com\"\npool = \"c\"",
         );
-        assert_eq!(pool_of(&t, Some("api.example.com"), "/").as_deref(), Some("c"));
-        assert_eq!(pool_of(&t, Some("Api.Example.Com:8443"), "/").as_deref(), Some("c"));
-        assert_eq!(pool_of(&t, Some("www.example.com"), "/").as_deref(), Some("b"));
-        assert_eq!(pool_of(&t, Some("a.b.example.com"), "/").as_deref(), Some("a"));
+        assert_eq!(
+            pool_of(&t, Some("api.example.com"), "/").as_deref(),
+            Some("c")
+        );
+        assert_eq!(
+            pool_of(&t, Some("Api.Example.Com:8443"), "/").as_deref(),
+            Some("c")
+        );
+        assert_eq!(
+            pool_of(&t, Some("www.example.com"), "/").as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            pool_of(&t, Some("a.b.example.com"), "/").as_deref(),
+            Some("a")
+        );
         assert_eq!(pool_of(&t, Some("example.com"), "/").as_deref(), Some("a"));
         assert_eq!(pool_of(&t, Some("[::1]:8080"), "/").as_deref(), Some("a"));
         assert_eq!(pool_of(&t, None, "/").as_deref(), Some("a"));
@@ -251,7 +264,10 @@ mod tests {
     #[test]
     fn host_pattern_parsing() {
         assert_eq!(HostPattern::parse("*").unwrap(), HostPattern::Any);
-        assert_eq!(HostPattern::parse("*.A.com").unwrap(), HostPattern::Wildcard(".a.com".into()));
+        assert_eq!(
+            HostPattern::parse("*.A.com").unwrap(),
+            HostPattern::Wildcard(".a.com".into())
+        );
         assert!(HostPattern::parse("a.*.com").is_err());
         assert!(HostPattern::parse("").is_err());
         assert!(HostPattern::parse("a b").is_err());

@@ -55,7 +55,9 @@ impl Snapshot {
             .trusted_proxies
             .iter()
             .enumerate()
-            .map(|(i, c)| Cidr::parse(c).map_err(|m| fail(format!("server.trusted_proxies[{i}]"), m)))
+            .map(|(i, c)| {
+                Cidr::parse(c).map_err(|m| fail(format!("server.trusted_proxies[{i}]"), m))
+            })
             .collect::<Result<_, _>>()?;
         let tls = config
             .listeners
@@ -64,7 +66,10 @@ impl Snapshot {
             .map(|(i, l)| {
                 l.tls
                     .as_ref()
-                    .map(|t| tls::server_config(t).map_err(|(key, m)| fail(format!("listeners[{i}].tls.{key}"), m)))
+                    .map(|t| {
+                        tls::server_config(t)
+                            .map_err(|(key, m)| fail(format!("listeners[{i}].tls.{key}"), m))
+                    })
                     .transpose()
             })
             .collect::<Result<_, _>>()?;

@@ -101,11 +101,20 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
         ));
     }
     for (key, value) in [
-        ("server.header_read_timeout", config.server.header_read_timeout),
+        (
+            "server.header_read_timeout",
+            config.server.header_read_timeout,
+        ),
         ("server.idle_timeout", config.server.idle_timeout),
-        ("server.tls_handshake_timeout", config.server.tls_handshake_timeout),
+        (
+            "server.tls_handshake_timeout",
+            config.server.tls_handshake_timeout,
+        ),
         ("upstream.connect_timeout", config.upstream.connect_timeout),
-        ("upstream.response_timeout", config.upstream.response_timeout),
+        (
+            "upstream.response_timeout",
+            config.upstream.response_timeout,
+        ),
     ] {
         if value.get().is_zero() {
             return Err(fail(key.into(), "must be longer than zero".into()));
@@ -129,8 +138,16 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             check_file(&tls.cert, &format!("listeners[{i}].tls.cert"), origin)?;
             check_file(&tls.key, &format!("listeners[{i}].tls.key"), origin)?;
             for (j, pair) in tls.certs.iter().enumerate() {
-                check_file(&pair.cert, &format!("listeners[{i}].tls.certs[{j}].cert"), origin)?;
-                check_file(&pair.key, &format!("listeners[{i}].tls.certs[{j}].key"), origin)?;
+                check_file(
+                    &pair.cert,
+                    &format!("listeners[{i}].tls.certs[{j}].cert"),
+                    origin,
+                )?;
+                check_file(
+                    &pair.key,
+                    &format!("listeners[{i}].tls.certs[{j}].key"),
+                    origin,
+                )?;
             }
         }
     }
@@ -145,7 +162,10 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
         if !config.pools.contains_key(&route.pool) {
             return Err(fail(
                 format!("routes[{i}].pool"),
-                format!("unknown pool {:?} (no [pools.{}] table)", route.pool, route.pool),
+                format!(
+                    "unknown pool {:?} (no [pools.{}] table)",
+                    route.pool, route.pool
+                ),
             ));
         }
         let host = route.host.as_deref().unwrap_or("*");
@@ -167,7 +187,11 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
         }
     }
     for (name, pool) in &config.pools {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(fail(
                 format!("pools.{name}"),
                 "pool names use letters, digits, '-' and '_'".into(),
@@ -236,8 +260,14 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
     fn minimal_config_loads_with_defaults() {
         let config = parse(BASE, "weir.toml").unwrap();
         assert_eq!(config.listeners.len(), 1);
-        assert_eq!(config.server.header_read_timeout, super::super::DEFAULT_HEADER_READ_TIMEOUT);
-        assert_eq!(config.pools["app"].balance, super::super::Balance::LeastInflight);
+        assert_eq!(
+            config.server.header_read_timeout,
+            super::super::DEFAULT_HEADER_READ_TIMEOUT
+        );
+        assert_eq!(
+            config.pools["app"].balance,
+            super::super::Balance::LeastInflight
+        );
     }
 
     #[test]
@@ -253,7 +283,10 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
     fn bad_duration_names_key() {
         let text = format!("[upstream]\nresponse_timeout = \"soon\"\n{BASE}");
         let e = err(&text);
-        assert!(e.starts_with("weir.toml:2: upstream.response_timeout"), "{e}");
+        assert!(
+            e.starts_with("weir.toml:2: upstream.response_timeout"),
+            "{e}"
+        );
         assert!(e.contains("soon"), "{e}");
     }
 
@@ -285,16 +318,27 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
 
     #[test]
     fn bad_balance_and_provider_kind_are_refused() {
-        assert!(err(&BASE.replace("[pools.app]", "[pools.app]\nbalance = \"random\"")).contains("pools.app.balance"));
+        assert!(
+            err(&BASE.replace("[pools.app]", "[pools.app]\nbalance = \"random\""))
+                .contains("pools.app.balance")
+        );
         let e = err(&BASE.replace("kind = \"static\"", "kind = \"magic\""));
         assert!(e.contains("pools.app.provider"), "{e}");
     }
 
     #[test]
     fn bad_addresses_and_prefixes_are_refused() {
-        assert!(err(&BASE.replace("127.0.0.1:8080", "localhost:8080")).contains("listeners[0].listen"));
-        assert!(err(&BASE.replace("pool = \"app\"", "pool = \"app\"\npath_prefix = \"api\"")).contains("routes[0].path_prefix"));
-        assert!(err(&BASE.replace("pool = \"app\"", "pool = \"app\"\nhost = \"a.*.com\"")).contains("routes[0].host"));
+        assert!(
+            err(&BASE.replace("127.0.0.1:8080", "localhost:8080")).contains("listeners[0].listen")
+        );
+        assert!(
+            err(&BASE.replace("pool = \"app\"", "pool = \"app\"\npath_prefix = \"api\""))
+                .contains("routes[0].path_prefix")
+        );
+        assert!(
+            err(&BASE.replace("pool = \"app\"", "pool = \"app\"\nhost = \"a.*.com\""))
+                .contains("routes[0].host")
+        );
     }
 
     #[test]

@@ -64,8 +64,15 @@ fn least_inflight_p2c(workers: &[Arc<Worker>]) -> Option<&Arc<Worker>> {
         b += 1;
     }
     let (wa, wb) = (&workers[a], &workers[b]);
-    match (wa.state() == WorkerState::Ready, wb.state() == WorkerState::Ready) {
-        (true, true) => Some(if wb.in_flight() < wa.in_flight() { wb } else { wa }),
+    match (
+        wa.state() == WorkerState::Ready,
+        wb.state() == WorkerState::Ready,
+    ) {
+        (true, true) => Some(if wb.in_flight() < wa.in_flight() {
+            wb
+        } else {
+            wa
+        }),
         // One or both samples unusable: take the least loaded ready worker by a full scan.
         _ => workers
             .iter()

@@ -31,7 +31,11 @@ impl Pool {
                 .enumerate()
                 .map(|(i, a)| {
                     let addr = parse_socket_addr(a)?;
-                    Ok(Worker::new(format!("{name}-{}", i + 1), addr, WorkerState::Ready))
+                    Ok(Worker::new(
+                        format!("{name}-{}", i + 1),
+                        addr,
+                        WorkerState::Ready,
+                    ))
                 })
                 .collect::<Result<Vec<_>, String>>()?,
         };
@@ -55,6 +59,10 @@ impl Pool {
 
     /// Requests in flight across the pool's workers.
     pub fn in_flight(&self) -> u64 {
-        self.workers.load().iter().map(|w| u64::from(w.in_flight())).sum()
+        self.workers
+            .load()
+            .iter()
+            .map(|w| u64::from(w.in_flight()))
+            .sum()
     }
 }

@@ -125,7 +125,11 @@ mod tests {
 
     #[test]
     fn in_flight_is_exact_across_guards() {
-        let w = Worker::new("w".into(), "127.0.0.1:1".parse().unwrap(), WorkerState::Ready);
+        let w = Worker::new(
+            "w".into(),
+            "127.0.0.1:1".parse().unwrap(),
+            WorkerState::Ready,
+        );
         let a = w.begin_request();
         let b = w.begin_request();
         assert_eq!(w.in_flight(), 2);
@@ -138,8 +142,17 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        let w = Worker::new("w".into(), "127.0.0.1:1".parse().unwrap(), WorkerState::Starting);
-        for s in [WorkerState::Ready, WorkerState::Draining, WorkerState::Unhealthy, WorkerState::Starting] {
+        let w = Worker::new(
+            "w".into(),
+            "127.0.0.1:1".parse().unwrap(),
+            WorkerState::Starting,
+        );
+        for s in [
+            WorkerState::Ready,
+            WorkerState::Draining,
+            WorkerState::Unhealthy,
+            WorkerState::Starting,
+        ] {
             w.set_state(s);
             assert_eq!(w.state(), s);
         }

@@ -78,7 +78,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ClientFacts<'_>, host: Opt
         let chain = join_chain(headers, facts.peer_ip);
         headers.insert(X_FORWARDED_FOR.clone(), chain);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(facts.proto));
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(facts.proto),
+            );
         }
         if !headers.contains_key(&X_FORWARDED_HOST) {
             if let Some(host) = host {
@@ -89,7 +92,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ClientFacts<'_>, host: Opt
         headers.remove(header::FORWARDED);
         headers.remove(&X_REAL_IP);
         headers.insert(X_FORWARDED_FOR.clone(), facts.peer_ip.clone());
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(facts.proto));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(facts.proto),
+        );
         match host {
             Some(host) => {
                 headers.insert(X_FORWARDED_HOST.clone(), host.clone());
@@ -154,11 +160,15 @@ impl Cidr {
         };
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -191,10 +201,16 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_listed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h);
@@ -207,7 +223,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(!wants_upgrade(&h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(wants_upgrade(&h));
     }
 
@@ -218,8 +237,16 @@ mod tests {
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
-        let facts = ClientFacts { peer_ip: &peer, trusted: false, proto: "http" };
-        set_forwarded(&mut h, &facts, Some(&HeaderValue::from_static("example.com")));
+        let facts = ClientFacts {
+            peer_ip: &peer,
+            trusted: false,
+            proto: "http",
+        };
+        set_forwarded(
+            &mut h,
+            &facts,
+            Some(&HeaderValue::from_static("example.com")),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "example.com");
@@ -233,7 +260,11 @@ mod tests {
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        let facts = ClientFacts { peer_ip: &peer, trusted: true, proto: "http" };
+        let facts = ClientFacts {
+            peer_ip: &peer,
+            trusted: true,
+            proto: "http",
+        };
         set_forwarded(&mut h, &facts, None);
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 5.6.7.8, 10.0.0.2");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");

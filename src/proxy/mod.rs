@@ -141,7 +141,10 @@ async fn forward(
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
     match req.uri().authority() {
         Some(authority) => Some(authority.as_str()),
-        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
     }
 }
 
@@ -252,7 +255,8 @@ async fn send(
     let replay = (conn.reused && replayable).then(|| ReplayHead::of(&head));
     let first = tokio::time::timeout_at(
         deadline,
-        conn.sender.try_send_request(Request::from_parts(head, body)),
+        conn.sender
+            .try_send_request(Request::from_parts(head, body)),
     )
     .await
     .map_err(|_| ProxyError::ResponseTimeout)?;

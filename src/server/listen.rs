@@ -39,7 +39,10 @@ mod tests {
     #[test]
     fn port_zero_gives_one_shared_port() {
         let socks = bind_reuseport("127.0.0.1:0".parse().unwrap(), 3).unwrap();
-        let ports: Vec<u16> = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        let ports: Vec<u16> = socks
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
         assert!(ports.iter().all(|p| *p == ports[0] && *p != 0), "{ports:?}");
     }
 

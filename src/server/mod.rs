@@ -79,7 +79,9 @@ impl Server {
             let addr = parse_socket_addr(&listener.listen)
                 .map_err(|m| StartError(format!("listeners[{i}].listen: {m}")))?;
             let bound = listen::bind_reuseport(addr, threads).map_err(|e| {
-                StartError(format!("listeners[{i}].listen: cannot listen on {addr}: {e}"))
+                StartError(format!(
+                    "listeners[{i}].listen: cannot listen on {addr}: {e}"
+                ))
             })?;
             let local = bound[0]
                 .local_addr()
@@ -110,7 +112,11 @@ impl Server {
             handles.push(handle);
         }
         for (listener, addr) in config.listeners.iter().zip(&local_addrs) {
-            let kind = if listener.tls.is_some() { "https" } else { "http" };
+            let kind = if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             info!(%addr, kind, threads, "listening");
         }
         Ok(Server {
@@ -196,13 +202,6 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&common.connections).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.changed() => return,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -213,6 +212,22 @@ async fn accept_loop(
                 }
             },
             _ = shutdown.changed() => return,
+        };
+        // The cap is taken after accept: the kernel hashed this connection to this thread's
+        // socket, so this thread must serve it. At the cap the loop waits here, holding at most
+        // one accepted connection, and the rest queue in the kernel backlog.
+        let permit = match Arc::clone(&common.connections).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                debug!(client = %peer, "at server.max_connections; waiting for a free slot");
+                tokio::select! {
+                    permit = Arc::clone(&common.connections).acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
         };
         let snapshot = common.shared.snapshot();
         let tls = snapshot.tls.get(index).cloned().flatten();
@@ -226,7 +241,13 @@ async fn accept_loop(
             permit,
         );
         drop(snapshot);
-        tokio::spawn(serve_connection(stream, tls, settings, cx, shutdown.clone()));
+        tokio::spawn(serve_connection(
+            stream,
+            tls,
+            settings,
+            cx,
+            shutdown.clone(),
+        ));
     }
 }
 
@@ -250,7 +271,9 @@ async fn serve_connection(
             )
             .await;
             match handshake {
-                Ok(Ok(tls_stream)) => drive(TokioIo::new(tls_stream), &settings, cx, shutdown).await,
+                Ok(Ok(tls_stream)) => {
+                    drive(TokioIo::new(tls_stream), &settings, cx, shutdown).await
+                }
                 Ok(Err(e)) => debug!(client = %cx.peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(client = %cx.peer, "TLS handshake timed out"),
             }

@@ -37,7 +37,9 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, (Stri
         let names = dns_names(pair, &key).map_err(|m| (format!("{prefix}cert"), m))?;
         for name in names {
             match name.strip_prefix("*.") {
-                Some(suffix) => resolver.wildcard.insert(suffix.to_string(), Arc::clone(&key)),
+                Some(suffix) => resolver
+                    .wildcard
+                    .insert(suffix.to_string(), Arc::clone(&key)),
                 None => resolver.exact.insert(name, Arc::clone(&key)),
             };
         }
@@ -49,8 +51,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, (Stri
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-        .map_err(|e| ("cert".to_string(), format!("cannot set up session tickets: {e}")))?;
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
+        (
+            "cert".to_string(),
+            format!("cannot set up session tickets: {e}"),
+        )
+    })?;
     Ok(Arc::new(config))
 }
 
@@ -66,13 +72,22 @@ fn certified_key(
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| cert_err(format!("{}: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(cert_err(format!("{}: no PEM certificate found", cert.display())));
+        return Err(cert_err(format!(
+            "{}: no PEM certificate found",
+            cert.display()
+        )));
     }
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| key_err(format!("{}: {e}", key.display())))?;
     CertifiedKey::from_der(chain, private, provider)
         .map(Arc::new)
-        .map_err(|e| key_err(format!("{} does not fit {}: {e}", key.display(), cert.display())))
+        .map_err(|e| {
+            key_err(format!(
+                "{} does not fit {}: {e}",
+                key.display(),
+                cert.display()
+            ))
+        })
 }
 
 /// The DNS names a certificate is valid for, from its subject alternative names.
@@ -83,7 +98,10 @@ fn dns_names(pair: &CertPair, key: &CertifiedKey) -> Result<Vec<String>, String>
         .ok_or_else(|| format!("{}: empty chain", pair.cert.display()))?;
     let parsed = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| format!("{}: cannot parse certificate: {e}", pair.cert.display()))?;
-    let names: Vec<String> = parsed.valid_dns_names().map(str::to_ascii_lowercase).collect();
+    let names: Vec<String> = parsed
+        .valid_dns_names()
+        .map(str::to_ascii_lowercase)
+        .collect();
     if names.is_empty() {
         return Err(format!(
             "{} has no DNS names in its subject alternative names, so SNI can never choose it",

@@ -77,7 +77,9 @@ impl Upstreams {
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, VecDeque<IdleConn>>> {
         // A panic while holding this lock leaves only a map of idle connections behind, which
         // is still consistent: keep using it.
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A pooled connection to `worker` if one is alive, else a new one.
@@ -116,21 +118,19 @@ impl Upstreams {
         worker: &Worker,
         settings: &UpstreamSettings,
     ) -> Result<Conn, ProxyError> {
-        let stream = match tokio::time::timeout(
-            settings.connect_timeout,
-            TcpStream::connect(worker.addr),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(ProxyError::Connect(e)),
-            Err(_) => {
-                return Err(ProxyError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                )))
-            }
-        };
+        let stream =
+            match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(worker.addr))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(ProxyError::Connect(e)),
+                Err(_) => {
+                    return Err(ProxyError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    )))
+                }
+            };
         // Small proxied writes must not wait for Nagle.
         stream.set_nodelay(true).map_err(ProxyError::Connect)?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()

@@ -1,0 +1,183 @@
+//! The `weir` binary: `check`, start-up failures, and `run` serving real demo-worker processes
+//! until SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+fn temp_config(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("weir-test-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Kills the child if the test fails midway.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines a child writes to a pipe, delivered through a channel so reads can have a deadline.
+fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => continue,
+            Err(e) => panic!("no line containing {needle:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let out = Command::new(WEIR)
+        .args(["check", "--config", "config/weir.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_rejects_bad_config_with_one_line_naming_the_key() {
+    let path = temp_config(
+        "bad",
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"missing\"\n[pools.app]\nprovider = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }\n",
+    );
+    let out = Command::new(WEIR)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("routes[0].pool"), "{stderr}");
+    let out = Command::new(WEIR)
+        .args(["check", "--config", "/nonexistent/weir.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/weir.toml"));
+}
+
+#[test]
+fn address_in_use_fails_fast_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let path = temp_config(
+        "taken",
+        &format!("[[listeners]]\nlisten = \"{addr}\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"127.0.0.1:1\"] }}\n"),
+    );
+    let started = Instant::now();
+    let out = Command::new(WEIR)
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&addr.to_string()), "{stderr}");
+}
+
+#[test]
+fn run_serves_demo_worker_processes_and_stops_on_sigterm() {
+    let mut worker = Reaped(
+        Command::new(WEIR)
+            .args([
+                "demo-worker",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                "proc-worker",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let worker_out = lines(worker.0.stdout.take().unwrap());
+    let line = wait_for_line(&worker_out, "listening on");
+    let worker_addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+
+    let path = temp_config(
+        "run",
+        &format!("[server]\nthreads = 2\nshutdown_grace = \"2s\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{worker_addr}\"] }}\n"),
+    );
+    let mut weir = Reaped(
+        Command::new(WEIR)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let weir_err = lines(weir.0.stderr.take().unwrap());
+    let line = wait_for_line(&weir_err, "listening");
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let reply = common::get(addr, "/").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "hello from proc-worker\n");
+    });
+
+    let status = Command::new("kill")
+        .args(["-TERM", &weir.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + common::DEADLINE;
+    let exit = loop {
+        if let Some(exit) = weir.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "weir did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(exit.success(), "{exit:?}");
+}

@@ -1,0 +1,204 @@
+//! Test helpers: start a real weir on ephemeral 127.0.0.1 ports, real demo workers, and talk to
+//! them over real sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use weir::server::Server;
+use weir::state::Snapshot;
+
+/// Upper bound for anything a test waits on; a hang fails instead of stalling CI.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running weir that shuts down when dropped.
+pub struct Weir {
+    server: Option<Server>,
+    /// Bound listener addresses, in config order.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Weir {
+    /// The first listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// The pools' workers, for checking live counters.
+    pub fn workers(&self, pool: &str) -> Vec<Arc<weir::pool::Worker>> {
+        self.server.as_ref().unwrap().shared.snapshot().pools[pool]
+            .workers()
+            .as_ref()
+            .clone()
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+    }
+}
+
+/// Start weir from config text. `server_keys` go into `[server]` (threads and a short shutdown
+/// grace are set unless given); `rest` holds listeners, routes and pools.
+pub fn start_weir(server_keys: &str, rest: &str) -> Weir {
+    let mut server = String::from("[server]\n");
+    if !server_keys.contains("threads") {
+        server.push_str("threads = 2\n");
+    }
+    if !server_keys.contains("shutdown_grace") {
+        server.push_str("shutdown_grace = \"200ms\"\n");
+    }
+    server.push_str(server_keys);
+    let text = format!("{server}\n{rest}");
+    let config = weir::config::parse(&text, "test.toml").expect("test config is valid");
+    let snapshot = Snapshot::build(config, "test.toml").expect("snapshot builds");
+    let server = Server::start(snapshot).expect("weir starts");
+    Weir {
+        addrs: server.local_addrs.clone(),
+        server: Some(server),
+    }
+}
+
+/// One plain listener, one catch-all route to pool "app" with `workers`.
+pub fn start_simple(server_keys: &str, pool_keys: &str, workers: &[SocketAddr]) -> Weir {
+    start_weir(
+        server_keys,
+        &format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\n{pool_keys}\nprovider = {{ kind = \"static\", addresses = {} }}\n",
+            addr_list(workers)
+        ),
+    )
+}
+
+/// `["a", "b"]` for a TOML array.
+pub fn addr_list(addrs: &[SocketAddr]) -> String {
+    let quoted: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// Start an in-process demo worker on an ephemeral port.
+pub async fn demo(name: &str) -> SocketAddr {
+    demo_with_delay(name, Duration::ZERO).await
+}
+
+/// A demo worker that waits `delay` before each answer.
+pub async fn demo_with_delay(name: &str, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = weir::demo::DemoOptions {
+        name: name.to_string(),
+        delay,
+    };
+    tokio::spawn(weir::demo::serve(listener, options));
+    addr
+}
+
+/// An address where nothing listens (bound, then closed).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn served_by(&self) -> String {
+        self.headers
+            .get("x-served-by")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Client { sender }
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
+        tokio::time::timeout(DEADLINE, async {
+            self.sender.ready().await.unwrap();
+            let response = self.sender.send_request(req).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            }
+        })
+        .await
+        .expect("response within the deadline")
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.send(get_req(path, "test.local")).await
+    }
+}
+
+/// A GET request with a Host header.
+pub fn get_req(path: &str, host: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// One GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    Client::connect(addr).await.get(path).await
+}
+
+/// Write raw bytes and read everything until the peer closes (or `DEADLINE`).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Poll `check` until it holds or `DEADLINE` passes.
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
