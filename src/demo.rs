@@ -7,6 +7,7 @@
 //! - `/headers`: the request head as text, one `name: value` per line.
 //! - `/status/NNN`: answers with that status.
 //! - `/bytes/N`: N bytes of a repeating pattern, streamed.
+//! - `/control/sick`, `/control/well`: make `/hello` answer 503, or 200 again.
 //! - anything else: "hello from NAME".
 //!
 //! `?delay=250ms` on any path (or `--delay`) waits before answering; every response carries
@@ -14,6 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +40,20 @@ pub struct DemoOptions {
     pub name: String,
     /// Wait before every answer (a stand-in for real work).
     pub delay: Duration,
+    /// While false, `/hello` answers 503 (tests turn a worker sick and well again; so do
+    /// `/control/sick` and `/control/well`).
+    pub healthy: Arc<AtomicBool>,
+}
+
+impl DemoOptions {
+    /// A healthy worker named `name` answering after `delay`.
+    pub fn new(name: &str, delay: Duration) -> Self {
+        DemoOptions {
+            name: name.to_string(),
+            delay,
+            healthy: Arc::new(AtomicBool::new(true)),
+        }
+    }
 }
 
 type DemoBody = BoxBody<Bytes, hyper::Error>;
@@ -89,7 +105,17 @@ async fn respond(mut req: Request<Incoming>, options: &DemoOptions) -> Response<
     }
     let path = req.uri().path().to_string();
     if path == "/hello" {
-        return text(StatusCode::OK, "ok\n".to_string());
+        return if options.healthy.load(Ordering::Relaxed) {
+            text(StatusCode::OK, "ok\n".to_string())
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, "sick\n".to_string())
+        };
+    }
+    if path == "/control/sick" || path == "/control/well" {
+        options
+            .healthy
+            .store(path == "/control/well", Ordering::Relaxed);
+        return text(StatusCode::OK, format!("{}\n", &path[9..]));
     }
     if path == "/echo" {
         let mut response = Response::new(req.into_body().boxed());
@@ -239,12 +265,10 @@ pub fn run(
                 .map_err(|e| format!("demo-worker: cannot listen on {addr}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             println!("demo-worker listening on {local}");
-            let options = DemoOptions {
-                name: name
-                    .clone()
-                    .unwrap_or_else(|| format!("demo@{}", local.port())),
-                delay,
-            };
+            let name = name
+                .clone()
+                .unwrap_or_else(|| format!("demo@{}", local.port()));
+            let options = DemoOptions::new(&name, delay);
             tasks.push(tokio::spawn(serve(listener, options)));
         }
         for task in tasks {

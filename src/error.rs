@@ -10,8 +10,16 @@ use http::StatusCode;
 pub enum ProxyError {
     /// No route matches the host and path.
     NoRoute,
-    /// The route's pool has no ready worker.
-    NoWorker,
+    /// The route's queue was full; the client should come back after `retry_after` seconds.
+    QueueFull {
+        /// `Retry-After` seconds.
+        retry_after: u64,
+    },
+    /// No worker slot freed within the route's `queue.timeout`.
+    QueueTimeout {
+        /// `Retry-After` seconds.
+        retry_after: u64,
+    },
     /// The request is malformed in a way that would be unsafe to forward.
     BadRequest(&'static str),
     /// TCP connect to the worker failed or timed out.
@@ -38,7 +46,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoWorker => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::QueueFull { .. } | ProxyError::QueueTimeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -49,10 +59,20 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::NoRoute | ProxyError::BadRequest(_) => Fault::Client,
-            ProxyError::NoWorker => Fault::Proxy,
+            ProxyError::QueueFull { .. } | ProxyError::QueueTimeout { .. } => Fault::Proxy,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::ResponseTimeout => {
                 Fault::Worker
             }
+        }
+    }
+
+    /// Seconds the client should wait before retrying, for a `Retry-After` header.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::QueueFull { retry_after } | ProxyError::QueueTimeout { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
         }
     }
 
@@ -61,7 +81,8 @@ impl ProxyError {
     pub fn body(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "weir: no route for this host and path\n",
-            ProxyError::NoWorker => "weir: no worker available\n",
+            ProxyError::QueueFull { .. } => "weir: too many requests waiting; retry later\n",
+            ProxyError::QueueTimeout { .. } => "weir: no worker was free in time; retry later\n",
             ProxyError::BadRequest(why) => why,
             ProxyError::Connect(_) => "weir: could not connect to a worker\n",
             ProxyError::Upstream(_) => "weir: the worker failed before responding\n",
@@ -74,7 +95,8 @@ impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProxyError::NoRoute => f.write_str("no route"),
-            ProxyError::NoWorker => f.write_str("no ready worker"),
+            ProxyError::QueueFull { .. } => f.write_str("queue full"),
+            ProxyError::QueueTimeout { .. } => f.write_str("timed out waiting in the queue"),
             ProxyError::BadRequest(why) => write!(f, "bad request: {}", why.trim_end()),
             ProxyError::Connect(e) => write!(f, "connect to worker failed: {e}"),
             ProxyError::Upstream(e) => write!(f, "worker connection failed: {e}"),

@@ -5,8 +5,10 @@
 //!   HTTP/1.1 + HTTP/2 driver with its timeouts and connection cap.
 //! - [`proxy`]: the request path, top to bottom: route, pick, rewrite, send, stream back, tunnel.
 //! - [`routing`]: host + longest path prefix lookup.
-//! - [`pool`]: workers, their live atomic counters and states, and the balancers.
+//! - [`pool`]: workers, their live atomic counters and states, the balancers, the bounded
+//!   per-route queue and the retry budget.
 //! - [`upstream`]: per-thread keep-alive connections to workers.
+//! - [`health`]: active probes that move workers between starting, ready and unhealthy.
 //! - [`error`]: the one error type of the request path and its HTTP statuses.
 //! - [`config`] and [`state`]: the TOML model, validation, and the live `ArcSwap` snapshot.
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
@@ -16,6 +18,7 @@
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod pool;
 pub mod proxy;
 pub mod routing;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::pool::Pool;
+use crate::pool::{Pool, RouteQueue};
 
 /// Which hosts a route answers for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub struct Route {
     prefix: String,
     /// Where matching requests go.
     pub pool: Arc<Pool>,
+    /// Where matching requests wait for a worker slot.
+    pub queue: Arc<RouteQueue>,
 }
 
 impl Route {
@@ -113,6 +115,7 @@ impl RouteTable {
                 None => format!("{host_text}{prefix_text}").into(),
             };
             let route = Route {
+                queue: RouteQueue::new(Arc::clone(&name), &rc.queue),
                 name,
                 prefix: prefix_text.trim_end_matches('/').to_string(),
                 pool,
@@ -195,7 +198,7 @@ mod tests {
         let pools = config
             .pools
             .iter()
-            .map(|(n, c)| (n.clone(), Arc::new(Pool::from_config(n, c).unwrap())))
+            .map(|(n, c)| (n.clone(), Pool::from_config(n, c).unwrap()))
             .collect();
         RouteTable::build(&config, &pools).unwrap()
     }

@@ -45,7 +45,7 @@ impl Snapshot {
             .iter()
             .map(|(name, pc)| {
                 Pool::from_config(name, pc)
-                    .map(|p| (name.clone(), Arc::new(p)))
+                    .map(|p| (name.clone(), p))
                     .map_err(|m| fail(format!("pools.{name}"), m))
             })
             .collect::<Result<_, _>>()?;

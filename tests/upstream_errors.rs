@@ -10,18 +10,58 @@ use std::sync::Arc;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use weir::pool::WorkerState;
 
 #[tokio::test]
 async fn connect_failure_is_502_and_weir_keeps_serving() {
-    let weir = start_simple("", "", &[dead_addr()]);
+    // A worker that passed its TCP probe, then stopped listening.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let weir = start_simple("", "", &[addr]);
+    let workers = weir.workers("app");
+    wait_until("worker ready", || workers[0].state() == WorkerState::Ready).await;
+    drop(listener);
     let mut client = Client::connect(weir.addr()).await;
     let reply = client.get("/").await;
     assert_eq!(reply.status, 502);
     assert!(reply.text().starts_with("weir:"), "{}", reply.text());
-    // The same client connection stays usable.
+    // The same client connection stays usable, and the second failure ejects the worker.
     assert_eq!(client.get("/").await.status, 502);
-    let workers = weir.workers("app");
+    assert_eq!(workers[0].state(), WorkerState::Unhealthy);
     assert_eq!(workers[0].in_flight(), 0);
+}
+
+#[tokio::test]
+async fn reset_before_response_is_502() {
+    // Accepts, reads, and closes without a byte of response.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = read_head(&mut stream).await;
+            });
+        }
+    });
+    let weir = start_simple("", "", &[addr]);
+    let reply = get(weir.addr(), "/").await;
+    assert_eq!(reply.status, 502);
+}
+
+#[tokio::test]
+async fn pool_with_no_live_worker_gives_503_after_the_queue_timeout() {
+    let weir = start_weir(
+        "",
+        &format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\nqueue = {{ timeout = \"300ms\", retry_after = \"2s\" }}\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{}\"] }}\n",
+            dead_addr()
+        ),
+    );
+    let started = std::time::Instant::now();
+    let reply = get(weir.addr(), "/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers["retry-after"], "2");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
 }
 
 #[tokio::test]

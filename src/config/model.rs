@@ -169,6 +169,39 @@ pub struct RouteConfig {
     pub path_prefix: Option<String>,
     /// Name of the pool in `[pools]`.
     pub pool: String,
+    /// Where requests wait when no worker of the pool has a free slot.
+    #[serde(default)]
+    pub queue: QueueConfig,
+}
+
+/// Longest a route's queue gets by default: a flood costs at most this many waiting requests.
+pub const DEFAULT_QUEUE_MAX_SIZE: usize = 1024;
+/// Longest a request waits for a worker by default before it gets 503.
+pub const DEFAULT_QUEUE_TIMEOUT: Dur = Dur::from_secs(30);
+/// `Retry-After` sent with 503s from a full or timed-out queue: a short pause that spreads
+/// retries without making clients give up.
+pub const DEFAULT_RETRY_AFTER: Dur = Dur::from_secs(1);
+
+/// A route's bounded queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Most requests waiting at once; the next one gets 503 at once.
+    pub max_size: usize,
+    /// Longest wait; past it the request gets 503.
+    pub timeout: Dur,
+    /// `Retry-After` on those 503s (whole seconds, at least 1).
+    pub retry_after: Dur,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_size: DEFAULT_QUEUE_MAX_SIZE,
+            timeout: DEFAULT_QUEUE_TIMEOUT,
+            retry_after: DEFAULT_RETRY_AFTER,
+        }
+    }
 }
 
 /// A group of interchangeable workers.
@@ -180,6 +213,87 @@ pub struct PoolConfig {
     pub balance: Balance,
     /// Where the workers come from.
     pub provider: ProviderConfig,
+    /// Most requests in flight on one worker; beyond it requests wait in their route's queue.
+    /// Default: unlimited.
+    pub worker_concurrency: Option<u32>,
+    /// Active health checks; without it a worker is ready once a TCP connect succeeds and is
+    /// checked by TCP connects from then on.
+    pub health: Option<HealthConfig>,
+    /// Retrying requests that failed to reach a worker.
+    #[serde(default)]
+    pub retries: RetryConfig,
+}
+
+/// How often a ready or unhealthy worker is probed.
+pub const DEFAULT_HEALTH_INTERVAL: Dur = Dur::from_secs(1);
+/// How long a probe may take; a local worker's health endpoint answers in milliseconds.
+pub const DEFAULT_HEALTH_TIMEOUT: Dur = Dur::from_millis(500);
+/// Passes in a row that make a worker ready: one, so a recovered worker takes traffic at once.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
+/// Failures in a row that make a worker unhealthy: two, so one lost probe does not eject it.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+
+/// Active health checking of a pool's workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Path of an HTTP GET probe; absent: a TCP connect is the probe.
+    pub path: Option<String>,
+    /// Time between probes of ready and unhealthy workers (starting ones are probed every
+    /// 25 ms).
+    pub interval: Dur,
+    /// Probe deadline.
+    pub timeout: Dur,
+    /// Consecutive passes that make a worker ready.
+    pub healthy_threshold: u32,
+    /// Consecutive failures (probes, or connect failures and resets of real requests) that make
+    /// a worker unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass: "200", "200-399", or a comma list of both ("200,204,300-399").
+    pub expect_status: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: None,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
+            unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
+            expect_status: "200-399".to_string(),
+        }
+    }
+}
+
+/// Tries per request, counting the first (two: one retry on another worker).
+pub const DEFAULT_RETRY_MAX_TRIES: u32 = 2;
+/// Retries allowed as a share of a pool's requests over the last 10 s, so a dying pool is not
+/// hammered (Linkerd's default ratio).
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+/// Largest request body weir holds in memory so an idempotent request can be retried.
+pub const DEFAULT_RETRY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Retry policy of a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Tries per request, first included; 1 turns retries off.
+    pub max_tries: u32,
+    /// Retries as a share of requests over 10 s (plus 10 per window, so a quiet pool can retry).
+    pub budget: f64,
+    /// Bodies of idempotent requests up to this size are buffered so they can be replayed.
+    pub buffer_body_bytes: usize,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_tries: DEFAULT_RETRY_MAX_TRIES,
+            budget: DEFAULT_RETRY_BUDGET,
+            buffer_body_bytes: DEFAULT_RETRY_BUFFER_BYTES,
+        }
+    }
 }
 
 /// Balancing policy.

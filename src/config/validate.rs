@@ -178,6 +178,12 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
                 format!("{prefix:?} must start with '/'"),
             ));
         }
+        if route.queue.timeout.get().is_zero() {
+            return Err(fail(
+                format!("routes[{i}].queue.timeout"),
+                "must be longer than zero".into(),
+            ));
+        }
         let normalized = prefix.trim_end_matches('/');
         if !seen_routes.insert((host.to_ascii_lowercase(), normalized.to_string())) {
             return Err(fail(
@@ -195,6 +201,26 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             return Err(fail(
                 format!("pools.{name}"),
                 "pool names use letters, digits, '-' and '_'".into(),
+            ));
+        }
+        crate::health::HealthSettings::from_config(pool.health.as_ref())
+            .map_err(|m| fail(format!("pools.{name}.health"), m))?;
+        if pool.worker_concurrency == Some(0) {
+            return Err(fail(
+                format!("pools.{name}.worker_concurrency"),
+                "must be at least 1 (leave it out for no cap)".into(),
+            ));
+        }
+        if pool.retries.max_tries == 0 {
+            return Err(fail(
+                format!("pools.{name}.retries.max_tries"),
+                "must be at least 1 (1 = no retries)".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&pool.retries.budget) {
+            return Err(fail(
+                format!("pools.{name}.retries.budget"),
+                "must be between 0.0 and 1.0".into(),
             ));
         }
         match &pool.provider {
@@ -339,6 +365,28 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
             err(&BASE.replace("pool = \"app\"", "pool = \"app\"\nhost = \"a.*.com\""))
                 .contains("routes[0].host")
         );
+    }
+
+    #[test]
+    fn queue_health_and_concurrency_are_checked() {
+        let ok = BASE.replace(
+            "pool = \"app\"",
+            "pool = \"app\"\nqueue = { max_size = 64, timeout = \"10s\" }",
+        ).replace(
+            "[pools.app]",
+            "[pools.app]\nworker_concurrency = 4\nhealth = { path = \"/hello\", interval = \"1s\", timeout = \"500ms\", healthy_threshold = 1, unhealthy_threshold = 2, expect_status = \"200-399\" }",
+        );
+        let config = parse(&ok, "weir.toml").unwrap();
+        assert_eq!(config.routes[0].queue.max_size, 64);
+        assert_eq!(config.pools["app"].worker_concurrency, Some(4));
+        let e = err(&ok.replace("\"200-399\"", "\"ok\""));
+        assert!(e.contains("pools.app.health"), "{e}");
+        let e = err(&ok.replace("worker_concurrency = 4", "worker_concurrency = 0"));
+        assert!(e.contains("pools.app.worker_concurrency"), "{e}");
+        let e = err(&ok.replace("max_size = 64", "max_size = 64, depth = 3"));
+        assert!(e.contains("routes[0].queue") && e.contains("depth"), "{e}");
+        let e = err(&ok.replace("timeout = \"10s\"", "timeout = \"0s\""));
+        assert!(e.contains("routes[0].queue.timeout"), "{e}");
     }
 
     #[test]

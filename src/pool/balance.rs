@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::worker::{Worker, WorkerState};
+use super::worker::{InFlightGuard, Worker};
 use crate::config::Balance;
 
 /// Picks a worker for the next request.
@@ -29,15 +29,16 @@ impl Balancer {
         self.policy
     }
 
-    /// Choose among `workers`; `None` when none is ready.
-    pub fn pick<'a>(&self, workers: &'a [Arc<Worker>]) -> Option<&'a Arc<Worker>> {
+    /// Take a slot on a ready worker with headroom, skipping `exclude` (a worker that just
+    /// failed this request); `None` when there is none.
+    pub fn acquire(&self, workers: &[Arc<Worker>], exclude: Option<u64>) -> Option<InFlightGuard> {
         match self.policy {
-            Balance::RoundRobin => self.round_robin(workers),
-            Balance::LeastInflight => least_inflight_p2c(workers),
+            Balance::RoundRobin => self.round_robin(workers, exclude),
+            Balance::LeastInflight => least_inflight_p2c(workers, exclude),
         }
     }
 
-    fn round_robin<'a>(&self, workers: &'a [Arc<Worker>]) -> Option<&'a Arc<Worker>> {
+    fn round_robin(&self, workers: &[Arc<Worker>], exclude: Option<u64>) -> Option<InFlightGuard> {
         let n = workers.len();
         if n == 0 {
             return None;
@@ -45,40 +46,45 @@ impl Balancer {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| &workers[(start + i) % n])
-            .find(|w| w.state() == WorkerState::Ready)
+            .filter(|w| Some(w.id) != exclude)
+            .find_map(|w| w.try_acquire())
     }
 }
 
-/// Power of two choices: sample two distinct ready workers, take the one with fewer requests in
-/// flight. Falls back to a scan when few workers are ready, so a pick never fails while one is.
-fn least_inflight_p2c(workers: &[Arc<Worker>]) -> Option<&Arc<Worker>> {
+/// Power of two choices: sample two distinct workers, take the one with fewer requests in
+/// flight. When neither sample can take the request, fall back to the least loaded worker with
+/// headroom, so a slot is found whenever one exists.
+fn least_inflight_p2c(workers: &[Arc<Worker>], exclude: Option<u64>) -> Option<InFlightGuard> {
     let n = workers.len();
-    match n {
-        0 => return None,
-        1 => return workers.iter().find(|w| w.state() == WorkerState::Ready),
-        _ => {}
+    if n >= 2 {
+        let a = random_below(n);
+        let mut b = random_below(n - 1);
+        if b >= a {
+            b += 1;
+        }
+        let usable = |w: &&Arc<Worker>| Some(w.id) != exclude && w.has_headroom();
+        let (wa, wb) = (&workers[a], &workers[b]);
+        let first = match (usable(&wa), usable(&wb)) {
+            (true, true) if wb.in_flight() < wa.in_flight() => Some(wb),
+            (true, _) => Some(wa),
+            (false, true) => Some(wb),
+            (false, false) => None,
+        };
+        if let Some(guard) = first.and_then(|w| w.try_acquire()) {
+            return Some(guard);
+        }
     }
-    let a = random_below(n);
-    let mut b = random_below(n - 1);
-    if b >= a {
-        b += 1;
-    }
-    let (wa, wb) = (&workers[a], &workers[b]);
-    match (
-        wa.state() == WorkerState::Ready,
-        wb.state() == WorkerState::Ready,
-    ) {
-        (true, true) => Some(if wb.in_flight() < wa.in_flight() {
-            wb
-        } else {
-            wa
-        }),
-        // One or both samples unusable: take the least loaded ready worker by a full scan.
-        _ => workers
+    // Scan: a few rounds, since another thread may take the slot we saw between look and take.
+    for _ in 0..3 {
+        let best = workers
             .iter()
-            .filter(|w| w.state() == WorkerState::Ready)
-            .min_by_key(|w| w.in_flight()),
+            .filter(|w| Some(w.id) != exclude && w.has_headroom())
+            .min_by_key(|w| w.in_flight())?;
+        if let Some(guard) = best.try_acquire() {
+            return Some(guard);
+        }
     }
+    None
 }
 
 thread_local! {
@@ -108,12 +114,13 @@ fn random_below(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::WorkerState;
 
     fn workers(n: usize) -> Vec<Arc<Worker>> {
         (0..n)
             .map(|i| {
-                Worker::new(
-                    format!("w{i}"),
+                Worker::detached(
+                    &format!("w{i}"),
                     format!("127.0.0.1:{}", 3000 + i).parse().unwrap(),
                     WorkerState::Ready,
                 )
@@ -121,15 +128,20 @@ mod tests {
             .collect()
     }
 
+    fn name(g: Option<InFlightGuard>) -> String {
+        g.map(|g| g.worker().name.clone()).unwrap_or_default()
+    }
+
     #[test]
-    fn round_robin_cycles_and_skips_unready() {
+    fn round_robin_cycles_and_skips_unready_and_excluded() {
         let ws = workers(3);
         let b = Balancer::new(Balance::RoundRobin);
-        let names: Vec<_> = (0..6).map(|_| b.pick(&ws).unwrap().name.clone()).collect();
+        let names: Vec<_> = (0..6).map(|_| name(b.acquire(&ws, None))).collect();
         assert_eq!(names, ["w0", "w1", "w2", "w0", "w1", "w2"]);
         ws[1].set_state(WorkerState::Unhealthy);
         for _ in 0..10 {
-            assert_ne!(b.pick(&ws).unwrap().name, "w1");
+            assert_ne!(name(b.acquire(&ws, None)), "w1");
+            assert_eq!(name(b.acquire(&ws, Some(ws[0].id))), "w2");
         }
     }
 
@@ -139,7 +151,7 @@ mod tests {
         let _busy: Vec<_> = (0..5).map(|_| ws[0].begin_request()).collect();
         let b = Balancer::new(Balance::LeastInflight);
         for _ in 0..50 {
-            assert_eq!(b.pick(&ws).unwrap().name, "w1");
+            assert_eq!(name(b.acquire(&ws, None)), "w1");
         }
     }
 
@@ -149,8 +161,8 @@ mod tests {
         let b = Balancer::new(Balance::LeastInflight);
         let mut counts = [0usize; 4];
         for _ in 0..4000 {
-            let w = b.pick(&ws).unwrap();
-            counts[ws.iter().position(|x| Arc::ptr_eq(x, w)).unwrap()] += 1;
+            let g = b.acquire(&ws, None).unwrap();
+            counts[ws.iter().position(|x| Arc::ptr_eq(x, g.worker())).unwrap()] += 1;
         }
         for c in counts {
             assert!(c > 700, "{counts:?}");
@@ -163,9 +175,15 @@ mod tests {
         for w in &ws {
             w.set_state(WorkerState::Starting);
         }
-        assert!(Balancer::new(Balance::LeastInflight).pick(&ws).is_none());
-        assert!(Balancer::new(Balance::RoundRobin).pick(&ws).is_none());
-        assert!(Balancer::new(Balance::RoundRobin).pick(&[]).is_none());
+        assert!(Balancer::new(Balance::LeastInflight)
+            .acquire(&ws, None)
+            .is_none());
+        assert!(Balancer::new(Balance::RoundRobin)
+            .acquire(&ws, None)
+            .is_none());
+        assert!(Balancer::new(Balance::RoundRobin)
+            .acquire(&[], None)
+            .is_none());
     }
 
     #[test]

@@ -1,60 +1,249 @@
 //! Pools of workers and their live state. A pool's worker list is an `ArcSwap` snapshot so the
 //! request path reads it without locking while health checks and the autoscaler change it.
+//!
+//! Admission: a request takes a slot on a ready worker under its concurrency cap (lock-free);
+//! when there is none it waits in its route's bounded queue, and the moment a slot frees (a
+//! response ends, a worker becomes ready) the oldest waiting request of the pool gets it.
 
 mod balance;
+mod queue;
+mod retry_budget;
 mod worker;
 
 pub use balance::Balancer;
-pub use worker::{InFlightGuard, Worker, WorkerState};
+pub use queue::{RouteQueue, WaitReason, WaitingRequest};
+pub use retry_budget::RetryBudget;
+pub use worker::{InFlightGuard, Worker, WorkerSpec, WorkerState, UNLIMITED};
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::config::{parse_socket_addr, PoolConfig, ProviderConfig};
+use crate::health::HealthSettings;
+use queue::WaitQueue;
+
+/// Why a request was turned away without reaching a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The route's queue was full.
+    QueueFull,
+    /// The request waited its route's whole `queue.timeout`.
+    QueueTimeout,
+}
+
+/// A slot won for a request, and how long the request waited for it.
+pub struct Admission {
+    /// The slot; dropping it frees it.
+    pub slot: InFlightGuard,
+    /// Time spent in the queue; zero when a slot was free at once.
+    pub waited: Duration,
+}
+
+/// Retry settings the request path needs.
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+    /// Tries per request, first included.
+    pub max_tries: u32,
+    /// Largest body buffered so an idempotent request can be replayed.
+    pub buffer_body_bytes: usize,
+}
 
 /// A named group of interchangeable workers.
-#[derive(Debug)]
 pub struct Pool {
     /// The `[pools.NAME]` key.
     pub name: String,
+    /// How workers are probed.
+    pub health: HealthSettings,
+    /// Retry policy.
+    pub retry: RetrySettings,
     balancer: Balancer,
     workers: ArcSwap<Vec<Arc<Worker>>>,
+    worker_concurrency: u32,
+    waiting: Arc<AtomicUsize>,
+    queue: Mutex<WaitQueue>,
+    budget: RetryBudget,
+    me: Weak<Pool>,
 }
 
 impl Pool {
-    /// Build a pool from its config; static workers start `Ready` (health checks come later).
-    pub fn from_config(name: &str, config: &PoolConfig) -> Result<Self, String> {
-        let workers = match &config.provider {
+    /// Build a pool from its config. Static workers start `Starting` and become ready when
+    /// their first probe passes (milliseconds after start).
+    pub fn from_config(name: &str, config: &PoolConfig) -> Result<Arc<Self>, String> {
+        let health = HealthSettings::from_config(config.health.as_ref())?;
+        let addresses = match &config.provider {
             ProviderConfig::Static { addresses } => addresses
                 .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    let addr = parse_socket_addr(a)?;
-                    Ok(Worker::new(
-                        format!("{name}-{}", i + 1),
-                        addr,
-                        WorkerState::Ready,
-                    ))
-                })
+                .map(|a| parse_socket_addr(a))
                 .collect::<Result<Vec<_>, String>>()?,
         };
-        Ok(Pool {
-            name: name.to_string(),
-            balancer: Balancer::new(config.balance),
-            workers: ArcSwap::from_pointee(workers),
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let worker_concurrency = config.worker_concurrency.unwrap_or(UNLIMITED);
+        let pool = Arc::new_cyclic(|me: &Weak<Pool>| {
+            let workers = addresses
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| {
+                    let spec = WorkerSpec {
+                        name: format!("{name}-{}", i + 1),
+                        addr: *addr,
+                        state: WorkerState::Starting,
+                        max_in_flight: worker_concurrency,
+                        unhealthy_threshold: health.unhealthy_threshold,
+                    };
+                    Worker::new(spec, Arc::clone(&waiting), me.clone())
+                })
+                .collect();
+            Pool {
+                name: name.to_string(),
+                retry: RetrySettings {
+                    max_tries: config.retries.max_tries.max(1),
+                    buffer_body_bytes: config.retries.buffer_body_bytes,
+                },
+                budget: RetryBudget::new(config.retries.budget),
+                health,
+                balancer: Balancer::new(config.balance),
+                workers: ArcSwap::from_pointee(workers),
+                worker_concurrency,
+                queue: Mutex::new(WaitQueue::new(Arc::clone(&waiting))),
+                waiting,
+                me: me.clone(),
+            }
+        });
+        Ok(pool)
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, WaitQueue> {
+        // The queue stays consistent even if a holder panicked: keep serving from it.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take a slot on a ready worker with headroom, without waiting.
+    pub fn try_acquire(&self, exclude: Option<u64>) -> Option<InFlightGuard> {
+        let workers = self.workers.load();
+        self.balancer.acquire(&workers, exclude)
+    }
+
+    /// Take a slot, waiting in `route`'s queue if none is free. The wait ends early if the
+    /// caller drops this future (the client left): its entry leaves the queue at once.
+    pub async fn acquire(
+        &self,
+        route: &Arc<RouteQueue>,
+        exclude: Option<u64>,
+    ) -> Result<Admission, Rejection> {
+        if let Some(slot) = self.try_acquire(exclude) {
+            return Ok(Admission {
+                slot,
+                waited: Duration::ZERO,
+            });
+        }
+        let reason = if self
+            .workers
+            .load()
+            .iter()
+            .any(|w| w.state() == WorkerState::Ready)
+        {
+            WaitReason::WorkerBusy
+        } else {
+            WaitReason::NoWorker
+        };
+        let (id, enqueued_at, mut rx) = self
+            .lock_queue()
+            .push(route, reason)
+            .ok_or(Rejection::QueueFull)?;
+        let mut entry = QueueEntry {
+            pool: self,
+            id,
+            queued: true,
+        };
+        // A slot may have freed between the failed try and the push: serve the queue now.
+        self.dispatch();
+        let deadline = enqueued_at + route.timeout;
+        let slot = match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) | Err(_) => {
+                if self.lock_queue().remove(id) {
+                    entry.queued = false;
+                    return Err(Rejection::QueueTimeout);
+                }
+                // Served at the very last moment: take the slot rather than fail.
+                match rx.try_recv() {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        entry.queued = false;
+                        return Err(Rejection::QueueTimeout);
+                    }
+                }
+            }
+        };
+        entry.queued = false;
+        Ok(Admission {
+            slot,
+            waited: enqueued_at.elapsed(),
         })
     }
 
-    /// Pick a ready worker for a new request.
-    pub fn pick(&self) -> Option<Arc<Worker>> {
-        let workers = self.workers.load();
-        self.balancer.pick(&workers).cloned()
+    /// Hand free slots to waiting requests, oldest first, until either runs out. Called when a
+    /// slot frees or a worker becomes ready; returns at once when nobody waits.
+    pub fn dispatch(&self) {
+        while self.waiting.load(Ordering::SeqCst) > 0 {
+            let Some(slot) = self.try_acquire(None) else {
+                return;
+            };
+            let served = self.lock_queue().serve_oldest(slot);
+            if let Err(unwanted) = served {
+                unwanted.release_quietly();
+            }
+        }
+    }
+
+    /// Requests waiting across the pool's routes.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The waiting requests, oldest first (admin API).
+    pub fn waiting_requests(&self) -> Vec<WaitingRequest> {
+        self.lock_queue().snapshot()
+    }
+
+    /// Spend a retry from the pool's budget.
+    pub fn try_spend_retry(&self) -> bool {
+        let served: u64 = self.workers.load().iter().map(|w| w.served()).sum();
+        self.budget.try_spend(served)
     }
 
     /// The current workers (a snapshot).
     pub fn workers(&self) -> Arc<Vec<Arc<Worker>>> {
         self.workers.load_full()
+    }
+
+    /// Add a worker (providers, autoscaler); it starts in `state`.
+    pub fn add_worker(
+        &self,
+        name: String,
+        addr: std::net::SocketAddr,
+        state: WorkerState,
+    ) -> Arc<Worker> {
+        let spec = WorkerSpec {
+            name,
+            addr,
+            state,
+            max_in_flight: self.worker_concurrency,
+            unhealthy_threshold: self.health.unhealthy_threshold,
+        };
+        let worker = Worker::new(spec, Arc::clone(&self.waiting), self.me.clone());
+        self.workers.rcu(|current| {
+            let mut next = current.as_ref().clone();
+            next.push(Arc::clone(&worker));
+            next
+        });
+        if state == WorkerState::Ready {
+            self.dispatch();
+        }
+        worker
     }
 
     /// Requests in flight across the pool's workers.
@@ -64,5 +253,149 @@ impl Pool {
             .iter()
             .map(|w| u64::from(w.in_flight()))
             .sum()
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("workers", &self.workers.load().len())
+            .field("waiting", &self.waiting())
+            .finish()
+    }
+}
+
+/// Removes a waiter from the queue if its wait ends any way but with a slot.
+struct QueueEntry<'a> {
+    pool: &'a Pool,
+    id: u64,
+    queued: bool,
+}
+
+impl Drop for QueueEntry<'_> {
+    fn drop(&mut self) {
+        if self.queued {
+            self.pool.lock_queue().remove(self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QueueConfig;
+
+    fn pool(concurrency: u32, workers: usize) -> Arc<Pool> {
+        let addresses: Vec<String> = (0..workers)
+            .map(|i| format!("\"127.0.0.1:{}\"", 4000 + i))
+            .collect();
+        let text = format!(
+            "worker_concurrency = {concurrency}\nprovider = {{ kind = \"static\", addresses = [{}] }}",
+            addresses.join(",")
+        );
+        let config: PoolConfig = toml::from_str(&text).unwrap();
+        let pool = Pool::from_config("p", &config).unwrap();
+        for w in pool.workers().iter() {
+            w.set_state(WorkerState::Ready);
+        }
+        pool
+    }
+
+    fn route(max_size: usize, timeout_ms: u64) -> Arc<RouteQueue> {
+        let config: QueueConfig = toml::from_str(&format!(
+            "max_size = {max_size}\ntimeout = \"{timeout_ms}ms\""
+        ))
+        .unwrap();
+        RouteQueue::new("r".into(), &config)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_then_takes_the_freed_slot_fifo() {
+        let pool = pool(1, 1);
+        let r = route(8, 10_000);
+        let first = pool.acquire(&r, None).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let (pool, r, order) = (Arc::clone(&pool), Arc::clone(&r), Arc::clone(&order));
+            tasks.push(tokio::spawn(async move {
+                let admission = pool.acquire(&r, None).await.unwrap();
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(admission);
+            }));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(r.depth(), 3);
+        assert_eq!(pool.waiting(), 3);
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        assert_eq!(r.depth(), 0);
+        assert_eq!(pool.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_rejects_at_once_and_timeout_rejects_later() {
+        let pool = pool(1, 1);
+        let r = route(1, 500);
+        let _held = pool.acquire(&r, None).await.unwrap();
+        let waiter = {
+            let (pool, r) = (Arc::clone(&pool), Arc::clone(&r));
+            tokio::spawn(async move { pool.acquire(&r, None).await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(
+            pool.acquire(&r, None).await.err(),
+            Some(Rejection::QueueFull)
+        );
+        let started = tokio::time::Instant::now();
+        assert_eq!(waiter.await.unwrap(), Err(Rejection::QueueTimeout));
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert_eq!(r.depth(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_leaves_frees_its_place() {
+        let pool = pool(1, 1);
+        let r = route(4, 10_000);
+        let held = pool.acquire(&r, None).await.unwrap();
+        let leaver = {
+            let (pool, r) = (Arc::clone(&pool), Arc::clone(&r));
+            tokio::spawn(async move { pool.acquire(&r, None).await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(r.depth(), 1);
+        leaver.abort();
+        let _ = leaver.await;
+        assert_eq!(r.depth(), 0);
+        assert_eq!(pool.waiting(), 0);
+        drop(held);
+        assert_eq!(
+            pool.in_flight(),
+            0,
+            "no slot was handed to the departed waiter"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_becoming_ready_serves_the_queue() {
+        let pool = pool(4, 1);
+        let w = Arc::clone(&pool.workers()[0]);
+        w.set_state(WorkerState::Starting);
+        let r = route(4, 10_000);
+        let waiter = {
+            let (pool, r) = (Arc::clone(&pool), Arc::clone(&r));
+            tokio::spawn(async move { pool.acquire(&r, None).await.map(|a| a.waited) })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(pool.waiting_requests()[0].reason, WaitReason::NoWorker);
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert!(r.oldest_age() >= Duration::from_millis(40));
+        w.set_state(WorkerState::Ready);
+        assert_eq!(waiter.await.unwrap(), Ok(Duration::from_millis(40)));
     }
 }

@@ -2,8 +2,10 @@
 //! thread, the health checker and the autoscaler read the same numbers without a lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use super::Pool;
 
 /// Lifecycle state of a worker; only `Ready` workers are picked for new requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,9 @@ impl WorkerState {
     }
 }
 
+/// `max_in_flight` value meaning "no cap".
+pub const UNLIMITED: u32 = u32::MAX;
+
 /// A worker process or server that requests are proxied to.
 #[derive(Debug)]
 pub struct Worker {
@@ -51,22 +56,60 @@ pub struct Worker {
     pub addr: SocketAddr,
     state: AtomicU8,
     in_flight: AtomicU32,
+    max_in_flight: AtomicU32,
     served: AtomicU64,
+    passive_failures: AtomicU32,
+    unhealthy_threshold: AtomicU32,
+    /// The pool's count of waiting requests, read on every release without touching the pool.
+    waiting: Arc<AtomicUsize>,
+    pool: Weak<Pool>,
 }
 
 static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How a new worker is set up; the pool fills it from its config.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// Display name.
+    pub name: String,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Initial state.
+    pub state: WorkerState,
+    /// Most requests in flight at once ([`UNLIMITED`] for no cap).
+    pub max_in_flight: u32,
+    /// Consecutive passive failures that eject it.
+    pub unhealthy_threshold: u32,
+}
+
 impl Worker {
-    /// A new worker in `state`.
-    pub fn new(name: String, addr: SocketAddr, state: WorkerState) -> Arc<Self> {
+    /// A new worker belonging to `pool`, whose waiting counter is `waiting`.
+    pub(super) fn new(spec: WorkerSpec, waiting: Arc<AtomicUsize>, pool: Weak<Pool>) -> Arc<Self> {
         Arc::new(Worker {
             id: NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed),
-            name,
-            addr,
-            state: AtomicU8::new(state as u8),
+            name: spec.name,
+            addr: spec.addr,
+            state: AtomicU8::new(spec.state as u8),
             in_flight: AtomicU32::new(0),
+            max_in_flight: AtomicU32::new(spec.max_in_flight.max(1)),
             served: AtomicU64::new(0),
+            passive_failures: AtomicU32::new(0),
+            unhealthy_threshold: AtomicU32::new(spec.unhealthy_threshold.max(1)),
+            waiting,
+            pool,
         })
+    }
+
+    /// A worker outside any pool (tests, benchmarks).
+    pub fn detached(name: &str, addr: SocketAddr, state: WorkerState) -> Arc<Self> {
+        let spec = WorkerSpec {
+            name: name.to_string(),
+            addr,
+            state,
+            max_in_flight: UNLIMITED,
+            unhealthy_threshold: 2,
+        };
+        Worker::new(spec, Arc::new(AtomicUsize::new(0)), Weak::new())
     }
 
     /// Current lifecycle state.
@@ -74,9 +117,13 @@ impl Worker {
         WorkerState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// Move to `state` (health checks, draining).
+    /// Move to `state`; a worker becoming ready at once takes waiting requests.
     pub fn set_state(&self, state: WorkerState) {
-        self.state.store(state as u8, Ordering::Release);
+        let before = self.state.swap(state as u8, Ordering::AcqRel);
+        if state == WorkerState::Ready && before != WorkerState::Ready as u8 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+            self.wake_waiters();
+        }
     }
 
     /// Requests sent to this worker whose response has not finished yet.
@@ -84,38 +131,121 @@ impl Worker {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// The concurrency cap ([`UNLIMITED`] for none).
+    pub fn max_in_flight(&self) -> u32 {
+        self.max_in_flight.load(Ordering::Relaxed)
+    }
+
     /// Requests this worker has completed (responses finished or abandoned).
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Count a request against this worker until the returned guard drops, which happens when
-    /// the response body ends or the client goes away; so the count is exact.
-    pub fn begin_request(self: &Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard {
-            worker: Arc::clone(self),
+    /// Whether the worker is ready and under its cap (a hint; [`Worker::try_acquire`] decides).
+    pub fn has_headroom(&self) -> bool {
+        self.state() == WorkerState::Ready && self.in_flight() < self.max_in_flight()
+    }
+
+    /// Take one of this worker's request slots if it is ready and under its cap. The slot is
+    /// held until the returned guard drops: when the response body ends or the client leaves.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<InFlightGuard> {
+        if self.state() != WorkerState::Ready {
+            return None;
         }
+        let cap = self.max_in_flight.load(Ordering::Relaxed);
+        if cap == UNLIMITED {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.in_flight
+                .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
+                    (n < cap).then_some(n + 1)
+                })
+                .ok()?;
+        }
+        Some(InFlightGuard {
+            worker: Some(Arc::clone(self)),
+        })
+    }
+
+    /// Count a request against this worker regardless of state and cap (tests, benchmarks).
+    pub fn begin_request(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard {
+            worker: Some(Arc::clone(self)),
+        }
+    }
+
+    /// A request reached the worker and got a response: passive failures start over.
+    pub fn record_success(&self) {
+        // Read first: the common case writes nothing, so the shared line stays clean.
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request failed to reach the worker (connect failure, reset before response headers).
+    /// Returns true when this failure ejected the worker.
+    pub fn record_failure(&self) -> bool {
+        let failures = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.unhealthy_threshold.load(Ordering::Relaxed) {
+            return self
+                .state
+                .compare_exchange(
+                    WorkerState::Ready as u8,
+                    WorkerState::Unhealthy as u8,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        }
+        false
+    }
+
+    fn wake_waiters(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.dispatch();
+            }
+        }
+    }
+
+    fn release_slot(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.served.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Holds one unit of a worker's in-flight count.
+/// One request slot on a worker. Dropping it frees the slot and, if requests are waiting, hands
+/// a slot to the oldest of them at once.
 #[derive(Debug)]
 pub struct InFlightGuard {
-    worker: Arc<Worker>,
+    worker: Option<Arc<Worker>>,
 }
 
 impl InFlightGuard {
     /// The worker this request is counted against.
     pub fn worker(&self) -> &Arc<Worker> {
-        &self.worker
+        match &self.worker {
+            Some(w) => w,
+            // Only `release_quietly` empties it, and that consumes the guard.
+            None => unreachable!("an InFlightGuard always holds its worker until consumed"),
+        }
+    }
+
+    /// Free the slot without waking waiters (used by the dispatcher itself, which loops).
+    pub(super) fn release_quietly(mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.release_slot();
+        }
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.worker.served.fetch_add(1, Ordering::Relaxed);
+        if let Some(worker) = self.worker.take() {
+            worker.release_slot();
+            worker.wake_waiters();
+        }
     }
 }
 
@@ -123,15 +253,22 @@ impl Drop for InFlightGuard {
 mod tests {
     use super::*;
 
+    fn worker(cap: u32) -> Arc<Worker> {
+        let spec = WorkerSpec {
+            name: "w".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            state: WorkerState::Ready,
+            max_in_flight: cap,
+            unhealthy_threshold: 2,
+        };
+        Worker::new(spec, Arc::new(AtomicUsize::new(0)), Weak::new())
+    }
+
     #[test]
     fn in_flight_is_exact_across_guards() {
-        let w = Worker::new(
-            "w".into(),
-            "127.0.0.1:1".parse().unwrap(),
-            WorkerState::Ready,
-        );
-        let a = w.begin_request();
-        let b = w.begin_request();
+        let w = worker(UNLIMITED);
+        let a = w.try_acquire().unwrap();
+        let b = w.try_acquire().unwrap();
         assert_eq!(w.in_flight(), 2);
         drop(a);
         assert_eq!(w.in_flight(), 1);
@@ -141,20 +278,41 @@ mod tests {
     }
 
     #[test]
-    fn state_round_trips() {
-        let w = Worker::new(
-            "w".into(),
-            "127.0.0.1:1".parse().unwrap(),
-            WorkerState::Starting,
-        );
+    fn cap_is_never_exceeded() {
+        let w = worker(2);
+        let a = w.try_acquire().unwrap();
+        let _b = w.try_acquire().unwrap();
+        assert!(w.try_acquire().is_none());
+        assert!(!w.has_headroom());
+        drop(a);
+        assert!(w.try_acquire().is_some());
+    }
+
+    #[test]
+    fn only_ready_workers_give_slots() {
+        let w = worker(UNLIMITED);
         for s in [
-            WorkerState::Ready,
+            WorkerState::Starting,
             WorkerState::Draining,
             WorkerState::Unhealthy,
-            WorkerState::Starting,
         ] {
             w.set_state(s);
             assert_eq!(w.state(), s);
+            assert!(w.try_acquire().is_none());
         }
+    }
+
+    #[test]
+    fn consecutive_passive_failures_eject() {
+        let w = worker(UNLIMITED);
+        assert!(!w.record_failure());
+        w.record_success();
+        assert!(!w.record_failure());
+        assert!(w.record_failure());
+        assert_eq!(w.state(), WorkerState::Unhealthy);
+        // Already ejected: no second ejection reported.
+        assert!(!w.record_failure());
+        w.set_state(WorkerState::Ready);
+        assert!(!w.record_failure());
     }
 }

@@ -17,14 +17,16 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Empty};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::error::ProxyError;
-use crate::pool::Worker;
+use crate::pool::{InFlightGuard, Rejection, RetrySettings, Worker};
+use crate::routing::Route;
+use crate::state::Snapshot;
 use crate::upstream::{UpstreamBody, UpstreamSettings, Upstreams};
 use body::Exchange;
 use headers::ClientFacts;
@@ -57,6 +59,11 @@ pub async fn handle(
 pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(Bytes::from_static(err.body().as_bytes())));
     *response.status_mut() = err.status();
+    if let Some(seconds) = err.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -70,39 +77,53 @@ async fn forward(
     activity: ActivityGuard,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = req.version() <= Version::HTTP_11 && headers::wants_upgrade(req.headers());
-
-    // Route and pick under the snapshot guard, which must not live across an await.
-    let (in_flight, settings) = {
-        let snapshot = cx.shared.snapshot();
-        let host = request_host(&req);
-        let route = snapshot
-            .routes
-            .lookup(host, req.uri().path())
-            .ok_or(ProxyError::NoRoute)?;
-        let worker = route.pool.pick().ok_or(ProxyError::NoWorker)?;
-        (worker.begin_request(), snapshot.upstream)
-    };
-
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();
     rewrite_request_head(&mut head, cx, upgrade)?;
-    // A body already at its end is sent as nothing, which makes the request replayable.
-    let body: UpstreamBody = if body.is_end_stream() {
-        Either::Right(Empty::new())
-    } else {
-        Either::Left(body)
-    };
-    let replayable = !upgrade && matches!(body, Either::Right(_));
 
-    let (mut response, sender) = send(
-        &cx.upstreams,
-        in_flight.worker(),
-        &settings,
-        head,
-        body,
-        replayable,
-    )
-    .await?;
+    let (retry, settings) = {
+        let snapshot = cx.shared.snapshot();
+        let route = lookup(&snapshot, &head.headers, &head.uri)?;
+        (route.pool.retry, snapshot.upstream)
+    };
+    let body = request_body(&head, body, &retry).await?;
+    // Idempotent requests with a body held in memory (or none) can be sent again.
+    let replayable = is_idempotent(&head.method) && matches!(body, UpstreamBody::Bytes(_));
+
+    let mut outgoing = Request::from_parts(head, body);
+    let mut exclude = None;
+    let mut tries = 0;
+    let mut last_error = None;
+    let (slot, mut response, sender) = loop {
+        tries += 1;
+        let Some(slot) = admit(cx, &outgoing, exclude).await? else {
+            // No other worker is free for a retry: the first failure stands.
+            return Err(last_error.unwrap_or(ProxyError::NoRoute));
+        };
+        let worker = Arc::clone(slot.worker());
+        match send(&cx.upstreams, &worker, &settings, outgoing, replayable).await {
+            Ok((response, sender)) => {
+                worker.record_success();
+                break (slot, response, sender);
+            }
+            Err(failure) => {
+                if failure.passive && worker.record_failure() {
+                    warn!(worker = %worker.name, error = %failure.error, "worker ejected after consecutive failures");
+                }
+                drop(slot);
+                let Some(unsent) = failure.unsent else {
+                    return Err(failure.error);
+                };
+                if tries >= retry.max_tries || !spend_retry(cx, &unsent) {
+                    return Err(failure.error);
+                }
+                debug!(worker = %worker.name, error = %failure.error, "retrying on another worker");
+                outgoing = unsent;
+                exclude = Some(worker.id);
+                last_error = Some(failure.error);
+            }
+        }
+    };
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -119,13 +140,13 @@ async fn forward(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         let worker_upgrade = hyper::upgrade::on(&mut response);
-        tunnel::spawn(client_upgrade, worker_upgrade, in_flight, activity);
+        tunnel::spawn(client_upgrade, worker_upgrade, slot, activity);
         return Ok(response.map(|_| ProxyBody::empty()));
     }
 
     headers::strip_hop_by_hop(response.headers_mut());
     let exchange = Exchange {
-        in_flight,
+        in_flight: slot,
         activity,
         conn: Some(sender),
         upstreams: Arc::clone(&cx.upstreams),
@@ -137,14 +158,90 @@ async fn forward(
     }))
 }
 
-/// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or `Host`.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    match req.uri().authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok()),
+/// The route of a (rewritten) request: its Host header and path.
+fn lookup<'s>(
+    snapshot: &'s Snapshot,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<&'s Route, ProxyError> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    snapshot
+        .routes
+        .lookup(host, uri.path())
+        .ok_or(ProxyError::NoRoute)
+}
+
+/// Take a worker slot for the request: lock-free when one is free, else wait in the route's
+/// queue. A retry (`exclude` set) never waits: it goes to another worker with a free slot now,
+/// or not at all. The route is looked up again each time, so a retry sees the pool as it is.
+async fn admit(
+    cx: &ConnContext,
+    outgoing: &Request<UpstreamBody>,
+    exclude: Option<u64>,
+) -> Result<Option<InFlightGuard>, ProxyError> {
+    let (pool, queue) = {
+        let snapshot = cx.shared.snapshot();
+        let route = lookup(&snapshot, outgoing.headers(), outgoing.uri())?;
+        if let Some(slot) = route.pool.try_acquire(exclude) {
+            return Ok(Some(slot));
+        }
+        if exclude.is_some() {
+            return Ok(None);
+        }
+        (Arc::clone(&route.pool), Arc::clone(&route.queue))
+    };
+    match pool.acquire(&queue, None).await {
+        Ok(admission) => Ok(Some(admission.slot)),
+        Err(Rejection::QueueFull) => {
+            debug!(route = %queue.route, "queue full");
+            Err(ProxyError::QueueFull {
+                retry_after: queue.retry_after_secs,
+            })
+        }
+        Err(Rejection::QueueTimeout) => Err(ProxyError::QueueTimeout {
+            retry_after: queue.retry_after_secs,
+        }),
+    }
+}
+
+/// Spend a retry from the budget of the request's pool.
+fn spend_retry(cx: &ConnContext, req: &Request<UpstreamBody>) -> bool {
+    let snapshot = cx.shared.snapshot();
+    match lookup(&snapshot, req.headers(), req.uri()) {
+        Ok(route) => route.pool.try_spend_retry(),
+        Err(_) => false,
+    }
+}
+
+/// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// The body to send: nothing when the client sent none; buffered when the request is
+/// idempotent and its declared length fits the pool's retry buffer (so it can be replayed);
+/// otherwise streamed.
+async fn request_body(
+    head: &Parts,
+    body: Incoming,
+    retry: &RetrySettings,
+) -> Result<UpstreamBody, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(UpstreamBody::empty());
+    }
+    let declared = body.size_hint().exact();
+    let small = declared.is_some_and(|n| n <= retry.buffer_body_bytes as u64);
+    if retry.max_tries < 2 || !small || !is_idempotent(&head.method) {
+        return Ok(UpstreamBody::Stream(body));
+    }
+    match body.collect().await {
+        Ok(collected) => Ok(UpstreamBody::Bytes(Some(collected.to_bytes()))),
+        Err(_) => Err(ProxyError::BadRequest(
+            "weir: the request body ended early\n",
+        )),
     }
 }
 
@@ -212,24 +309,26 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// What is needed to send a bodiless request again.
-struct ReplayHead {
+/// What is needed to send a request again: its head and its in-memory body.
+struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: UpstreamBody,
 }
 
-impl ReplayHead {
-    fn of(head: &Parts) -> Self {
-        ReplayHead {
-            method: head.method.clone(),
-            uri: head.uri.clone(),
-            headers: head.headers.clone(),
-        }
+impl Replay {
+    fn of(req: &Request<UpstreamBody>) -> Option<Self> {
+        Some(Replay {
+            body: req.body().replay_copy()?,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
     }
 
     fn into_request(self) -> Request<UpstreamBody> {
-        let mut req = Request::new(Either::Right(Empty::new()));
+        let mut req = Request::new(self.body);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.headers_mut() = self.headers;
@@ -237,45 +336,82 @@ impl ReplayHead {
     }
 }
 
-/// Send the request and wait for response headers until `response_timeout`. A request that
-/// fails on a pooled connection before any response byte is sent once more on a fresh
-/// connection when that is safe: it was never written, or it has no body to lose.
+/// A try that did not get response headers.
+struct SendFailure {
+    error: ProxyError,
+    /// The worker is to blame (connect failure, reset before response headers).
+    passive: bool,
+    /// The request, when it may be sent to another worker: never written, or replayable.
+    unsent: Option<Request<UpstreamBody>>,
+}
+
+impl SendFailure {
+    fn new(error: ProxyError, passive: bool, unsent: Option<Request<UpstreamBody>>) -> Self {
+        SendFailure {
+            error,
+            passive,
+            unsent,
+        }
+    }
+}
+
+/// Send the request to `worker` and wait for response headers until `response_timeout`.
+/// A request that fails on a pooled connection before any response byte is sent once more on
+/// a fresh connection to the same worker when that is safe (never written, or replayable): a
+/// worker closing an idle keep-alive connection is not a worker failure.
 async fn send(
     upstreams: &Upstreams,
     worker: &Worker,
     settings: &UpstreamSettings,
-    head: Parts,
-    body: UpstreamBody,
+    req: Request<UpstreamBody>,
     replayable: bool,
-) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), ProxyError> {
+) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), SendFailure> {
     let deadline = Instant::now() + settings.response_timeout;
-    let mut conn = upstreams.checkout(worker, settings).await?;
-    // A pooled connection the worker closed while idle fails only once written to; keep what
-    // it takes to send a bodiless request again.
-    let replay = (conn.reused && replayable).then(|| ReplayHead::of(&head));
-    let first = tokio::time::timeout_at(
-        deadline,
-        conn.sender
-            .try_send_request(Request::from_parts(head, body)),
-    )
-    .await
-    .map_err(|_| ProxyError::ResponseTimeout)?;
-    let mut failure = match first {
-        Ok(response) => return Ok((response, conn.sender)),
-        Err(failure) => failure,
+    let mut conn = match upstreams.checkout(worker, settings).await {
+        Ok(conn) => conn,
+        Err(e) => return Err(SendFailure::new(e, true, Some(req))),
     };
-    let retry = match failure.take_message() {
-        Some(unsent) => Some(unsent),
-        None => replay.map(ReplayHead::into_request),
-    };
+    let replay = if replayable { Replay::of(&req) } else { None };
+    let mut failure =
+        match tokio::time::timeout_at(deadline, conn.sender.try_send_request(req)).await {
+            Err(_) => return Err(SendFailure::new(ProxyError::ResponseTimeout, false, None)),
+            Ok(Ok(response)) => return Ok((response, conn.sender)),
+            Ok(Err(failure)) => failure,
+        };
+    let unsent = failure.take_message();
+    let was_unsent = unsent.is_some();
+    let retry = unsent.or_else(|| replay.map(Replay::into_request));
+    if !conn.reused {
+        // A fresh connection failed: the worker's fault. The request may go elsewhere if it was
+        // never written or can be replayed.
+        let error = ProxyError::Upstream(failure.into_error());
+        return Err(SendFailure::new(error, true, retry));
+    }
     let Some(retry) = retry else {
-        return Err(ProxyError::Upstream(failure.into_error()));
+        return Err(SendFailure::new(
+            ProxyError::Upstream(failure.into_error()),
+            false,
+            None,
+        ));
     };
-    debug!(worker = %worker.name, error = %failure.error(), "retrying on a fresh connection");
-    let mut fresh = upstreams.connect(worker, settings).await?;
-    match tokio::time::timeout_at(deadline, fresh.sender.send_request(retry)).await {
+    debug!(worker = %worker.name, error = %failure.error(), unsent = was_unsent, "pooled connection failed; retrying on a fresh one");
+    let replay = if replayable { Replay::of(&retry) } else { None };
+    let mut fresh = match upstreams.connect(worker, settings).await {
+        Ok(conn) => conn,
+        Err(e) => return Err(SendFailure::new(e, true, Some(retry))),
+    };
+    match tokio::time::timeout_at(deadline, fresh.sender.try_send_request(retry)).await {
+        Err(_) => Err(SendFailure::new(ProxyError::ResponseTimeout, false, None)),
         Ok(Ok(response)) => Ok((response, fresh.sender)),
-        Ok(Err(e)) => Err(ProxyError::Upstream(e)),
-        Err(_) => Err(ProxyError::ResponseTimeout),
+        Ok(Err(mut failure)) => {
+            let again = failure
+                .take_message()
+                .or_else(|| replay.map(Replay::into_request));
+            Err(SendFailure::new(
+                ProxyError::Upstream(failure.into_error()),
+                true,
+                again,
+            ))
+        }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{parse_socket_addr, ServerConfig};
+use crate::health;
 use crate::proxy::{self, ConnContext};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::Upstreams;
@@ -96,7 +97,15 @@ impl Server {
             max_connections: config.server.max_connections,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut handles = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads + 1);
+        let control_shared = Arc::clone(&shared);
+        let control_shutdown = shutdown_rx.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name("weir-control".into())
+                .spawn(move || control_thread(control_shared, control_shutdown))
+                .map_err(|e| StartError(format!("cannot start the control thread: {e}")))?,
+        );
         for t in 0..threads {
             let mine: Vec<(usize, StdTcpListener)> = sockets
                 .iter_mut()
@@ -137,6 +146,28 @@ impl Server {
             }
         }
     }
+}
+
+/// The control plane's thread: health checks (and, later, scaling and the admin API) run here,
+/// off the serving threads.
+fn control_thread(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot build the control runtime; no health checks will run");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let pools: Vec<_> = shared.snapshot().pools.values().cloned().collect();
+        for pool in &pools {
+            health::watch_pool(pool);
+        }
+        let _ = shutdown.changed().await;
+    });
 }
 
 fn serve_thread(

@@ -9,9 +9,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -22,8 +19,9 @@ use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::pool::Worker;
 
-/// The request body sent to a worker: the client's stream, or nothing (which can be replayed).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+mod body;
+
+pub use body::UpstreamBody;
 
 /// The upstream settings the request path needs after it lets go of the config snapshot.
 #[derive(Debug, Clone, Copy)]

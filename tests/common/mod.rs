@@ -94,14 +94,16 @@ pub async fn demo(name: &str) -> SocketAddr {
 
 /// A demo worker that waits `delay` before each answer.
 pub async fn demo_with_delay(name: &str, delay: Duration) -> SocketAddr {
+    demo_with(weir::demo::DemoOptions::new(name, delay)).await.0
+}
+
+/// A demo worker with given options; the handle stops it when dropped or aborted.
+pub async fn demo_with(
+    options: weir::demo::DemoOptions,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let options = weir::demo::DemoOptions {
-        name: name.to_string(),
-        delay,
-    };
-    tokio::spawn(weir::demo::serve(listener, options));
-    addr
+    (addr, tokio::spawn(weir::demo::serve(listener, options)))
 }
 
 /// An address where nothing listens (bound, then closed).

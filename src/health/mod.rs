@@ -1,0 +1,142 @@
+//! Active health checks. Each worker has a probe loop on the control runtime: starting workers
+//! are probed every 25 ms so they take traffic as soon as they can, ready and unhealthy ones
+//! every `interval`. Passive failures (see [`crate::pool::Worker::record_failure`]) eject a
+//! worker between probes; only probes bring it back.
+
+mod probe;
+
+pub use probe::{probe, ProbeKind, StatusRanges};
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::config::HealthConfig;
+use crate::pool::{Pool, Worker, WorkerState};
+
+/// Probe period of a starting worker: fast, so a new worker serves within tens of ms.
+pub const STARTING_PROBE_INTERVAL: Duration = Duration::from_millis(25);
+/// How long a worker that never passed keeps being probed fast; after it, it is probed every
+/// `interval` (a static address that is down should not be hammered 40 times a second).
+pub const FAST_PROBE_WINDOW: Duration = Duration::from_secs(30);
+
+/// A pool's probe settings, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// HTTP GET or TCP connect.
+    pub kind: ProbeKind,
+    /// Period for ready and unhealthy workers.
+    pub interval: Duration,
+    /// Probe deadline.
+    pub timeout: Duration,
+    /// Passes in a row that make a worker ready.
+    pub healthy_threshold: u32,
+    /// Failures in a row that make it unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthSettings {
+    /// From the pool's `health` table; absent, TCP probes with the default timings.
+    pub fn from_config(config: Option<&HealthConfig>) -> Result<Self, String> {
+        let defaults = HealthConfig::default();
+        let config = config.unwrap_or(&defaults);
+        let kind = match &config.path {
+            Some(path) => {
+                if !path.starts_with('/') {
+                    return Err(format!("health.path {path:?} must start with '/'"));
+                }
+                let path = path
+                    .parse::<http::uri::PathAndQuery>()
+                    .map_err(|e| format!("health.path {path:?}: {e}"))?;
+                ProbeKind::Http {
+                    path,
+                    expect: StatusRanges::parse(&config.expect_status)
+                        .map_err(|e| format!("health.expect_status: {e}"))?,
+                }
+            }
+            None => ProbeKind::Tcp,
+        };
+        if config.interval.get().is_zero() || config.timeout.get().is_zero() {
+            return Err("health.interval and health.timeout must be longer than zero".into());
+        }
+        if config.healthy_threshold == 0 || config.unhealthy_threshold == 0 {
+            return Err("health thresholds must be at least 1".into());
+        }
+        Ok(HealthSettings {
+            kind,
+            interval: config.interval.get(),
+            timeout: config.timeout.get(),
+            healthy_threshold: config.healthy_threshold,
+            unhealthy_threshold: config.unhealthy_threshold,
+        })
+    }
+}
+
+/// Start probing every current worker of `pool` (call on the control runtime).
+pub fn watch_pool(pool: &Arc<Pool>) {
+    for worker in pool.workers().iter() {
+        watch_worker(pool, worker);
+    }
+}
+
+/// Start probing one worker until it leaves its pool.
+pub fn watch_worker(pool: &Arc<Pool>, worker: &Arc<Worker>) {
+    let settings = pool.health.clone();
+    let pool_name = pool.name.clone();
+    let pool = Arc::downgrade(pool);
+    let weak = Arc::downgrade(worker);
+    tokio::spawn(probe_loop(pool, pool_name, weak, settings));
+}
+
+async fn probe_loop(
+    pool: Weak<Pool>,
+    pool_name: String,
+    worker: Weak<Worker>,
+    settings: HealthSettings,
+) {
+    let started = tokio::time::Instant::now();
+    let mut passes = 0u32;
+    let mut failures = 0u32;
+    loop {
+        // Stop once the worker has left its pool (or the pool is gone).
+        let Some(worker) = worker.upgrade() else {
+            return;
+        };
+        let Some(pool) = pool.upgrade() else { return };
+        if !pool.workers().iter().any(|w| Arc::ptr_eq(w, &worker)) {
+            return;
+        }
+        drop(pool);
+        let state = worker.state();
+        if state != WorkerState::Draining {
+            let outcome = probe(worker.addr, &settings.kind, settings.timeout).await;
+            match outcome {
+                Ok(()) => {
+                    failures = 0;
+                    passes = passes.saturating_add(1);
+                    if state != WorkerState::Ready && passes >= settings.healthy_threshold {
+                        info!(pool = %pool_name, worker = %worker.name, from = state.as_str(), "worker ready");
+                        worker.set_state(WorkerState::Ready);
+                    }
+                }
+                Err(why) => {
+                    passes = 0;
+                    failures = failures.saturating_add(1);
+                    if state == WorkerState::Ready && failures >= settings.unhealthy_threshold {
+                        warn!(pool = %pool_name, worker = %worker.name, reason = %why, "worker unhealthy: health checks failing");
+                        worker.set_state(WorkerState::Unhealthy);
+                    }
+                }
+            }
+        }
+        let fast = worker.state() == WorkerState::Starting && started.elapsed() < FAST_PROBE_WINDOW;
+        drop(worker);
+        tokio::time::sleep(if fast {
+            STARTING_PROBE_INTERVAL
+        } else {
+            settings.interval
+        })
+        .await;
+    }
+}

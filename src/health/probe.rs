@@ -1,0 +1,122 @@
+//! One probe of one worker: a TCP connect, or an HTTP/1.1 GET on a fresh connection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{header, Request};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// What a probe does.
+#[derive(Debug, Clone)]
+pub enum ProbeKind {
+    /// Pass when a TCP connection opens.
+    Tcp,
+    /// Pass when `GET path` answers with an expected status.
+    Http {
+        /// Request target.
+        path: PathAndQuery,
+        /// Statuses that pass.
+        expect: StatusRanges,
+    },
+}
+
+/// Inclusive status ranges, e.g. "200-399" or "200,204,300-399".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRanges(Vec<(u16, u16)>);
+
+impl StatusRanges {
+    /// Parse a comma list of statuses and `low-high` ranges.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a status list like \"200-399\" or \"200,204\"");
+        let ranges = text
+            .split(',')
+            .map(|part| {
+                let part = part.trim();
+                let (low, high) = part.split_once('-').unwrap_or((part, part));
+                let low: u16 = low.trim().parse().map_err(|_| bad())?;
+                let high: u16 = high.trim().parse().map_err(|_| bad())?;
+                if !(100..=599).contains(&low) || !(100..=599).contains(&high) || low > high {
+                    return Err(bad());
+                }
+                Ok((low, high))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StatusRanges(ranges))
+    }
+
+    /// Whether `status` passes.
+    pub fn contains(&self, status: u16) -> bool {
+        self.0
+            .iter()
+            .any(|(low, high)| (*low..=*high).contains(&status))
+    }
+}
+
+/// Probe `addr` once within `timeout`; the error says why it failed, for the log.
+pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, probe_inner(addr, kind)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+async fn probe_inner(addr: SocketAddr, kind: &ProbeKind) -> Result<(), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (path, expect) = match kind {
+        ProbeKind::Tcp => return Ok(()),
+        ProbeKind::Http { path, expect } => (path, expect),
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let request = Request::get(path.as_str())
+        .header(header::HOST, addr.to_string())
+        .header(header::USER_AGENT, "weir-health-check")
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let result = match sender.send_request(request).await {
+        Ok(response) if expect.contains(response.status().as_u16()) => Ok(()),
+        Ok(response) => Err(format!("status {}", response.status().as_u16())),
+        Err(e) => Err(format!("request: {e}")),
+    };
+    conn.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_ranges() {
+        let r = StatusRanges::parse("200-399").unwrap();
+        assert!(r.contains(200) && r.contains(399) && !r.contains(400) && !r.contains(199));
+        let r = StatusRanges::parse("200, 204,300-302").unwrap();
+        assert!(r.contains(204) && r.contains(301) && !r.contains(201));
+        for bad in ["", "abc", "399-200", "99", "200-700"] {
+            assert!(StatusRanges::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_fails_on_closed_port_and_passes_on_open() {
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = open.local_addr().unwrap();
+        assert!(probe(addr, &ProbeKind::Tcp, Duration::from_secs(1))
+            .await
+            .is_ok());
+        drop(open);
+        assert!(probe(addr, &ProbeKind::Tcp, Duration::from_secs(1))
+            .await
+            .is_err());
+    }
+}
