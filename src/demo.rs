@@ -11,11 +11,11 @@
 //! - anything else: "hello from NAME".
 //!
 //! `?delay=250ms` on any path (or `--delay`) waits before answering; every response carries
-//! `x-served-by: NAME`. Any `Upgrade` request is accepted and its bytes echoed back raw.
+//! `x-served-by: NAME` and `x-concurrent` (requests this worker was answering, itself included). Any `Upgrade` request is accepted and its bytes echoed back raw.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub struct DemoOptions {
     /// While false, `/hello` answers 503 (tests turn a worker sick and well again; so do
     /// `/control/sick` and `/control/well`).
     pub healthy: Arc<AtomicBool>,
+    /// Requests being answered now (reported as `x-concurrent`).
+    pub busy: Arc<AtomicUsize>,
 }
 
 impl DemoOptions {
@@ -52,6 +54,7 @@ impl DemoOptions {
             name: name.to_string(),
             delay,
             healthy: Arc::new(AtomicBool::new(true)),
+            busy: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -79,8 +82,13 @@ pub async fn serve(listener: TcpListener, options: DemoOptions) {
                 let options = Arc::clone(&options);
                 let name = name.clone();
                 async move {
+                    // Requests this worker is answering right now, this one included.
+                    let concurrent = options.busy.fetch_add(1, Ordering::SeqCst) + 1;
                     let mut response = respond(req, &options).await;
-                    response.headers_mut().insert("x-served-by", name);
+                    options.busy.fetch_sub(1, Ordering::SeqCst);
+                    let headers = response.headers_mut();
+                    headers.insert("x-served-by", name);
+                    headers.insert("x-concurrent", HeaderValue::from(concurrent));
                     Ok::<_, Infallible>(response)
                 }
             });

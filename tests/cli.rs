@@ -3,54 +3,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+use common::{lines, wait_for_line, Reaped, WEIR};
 
 fn temp_config(name: &str, text: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("weir-test-{}-{name}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Kills the child if the test fails midway.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Lines a child writes to a pipe, delivered through a channel so reads can have a deadline.
-fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + common::DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => continue,
-            Err(e) => panic!("no line containing {needle:?}: {e}"),
-        }
-    }
 }
 
 #[test]

@@ -89,6 +89,35 @@ pub fn watch_worker(pool: &Arc<Pool>, worker: &Arc<Worker>) {
     tokio::spawn(probe_loop(pool, pool_name, weak, settings));
 }
 
+/// Consecutive probe outcomes of one worker, and the state change they call for.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProbeTally {
+    passes: u32,
+    failures: u32,
+}
+
+impl ProbeTally {
+    /// Count one probe outcome for a worker now in `state`; returns the state to move to.
+    pub fn record(
+        &mut self,
+        passed: bool,
+        state: WorkerState,
+        settings: &HealthSettings,
+    ) -> Option<WorkerState> {
+        if passed {
+            self.failures = 0;
+            self.passes = self.passes.saturating_add(1);
+            let recovers = matches!(state, WorkerState::Starting | WorkerState::Unhealthy);
+            (recovers && self.passes >= settings.healthy_threshold).then_some(WorkerState::Ready)
+        } else {
+            self.passes = 0;
+            self.failures = self.failures.saturating_add(1);
+            (state == WorkerState::Ready && self.failures >= settings.unhealthy_threshold)
+                .then_some(WorkerState::Unhealthy)
+        }
+    }
+}
+
 async fn probe_loop(
     pool: Weak<Pool>,
     pool_name: String,
@@ -96,8 +125,7 @@ async fn probe_loop(
     settings: HealthSettings,
 ) {
     let started = tokio::time::Instant::now();
-    let mut passes = 0u32;
-    let mut failures = 0u32;
+    let mut tally = ProbeTally::default();
     loop {
         // Stop once the worker has left its pool (or the pool is gone).
         let Some(worker) = worker.upgrade() else {
@@ -111,23 +139,19 @@ async fn probe_loop(
         let state = worker.state();
         if state != WorkerState::Draining {
             let outcome = probe(worker.addr, &settings.kind, settings.timeout).await;
-            match outcome {
-                Ok(()) => {
-                    failures = 0;
-                    passes = passes.saturating_add(1);
-                    if state != WorkerState::Ready && passes >= settings.healthy_threshold {
-                        info!(pool = %pool_name, worker = %worker.name, from = state.as_str(), "worker ready");
-                        worker.set_state(WorkerState::Ready);
-                    }
+            // Passive ejection may have changed the state while the probe ran.
+            let state = worker.state();
+            match tally.record(outcome.is_ok(), state, &settings) {
+                Some(WorkerState::Ready) => {
+                    info!(pool = %pool_name, worker = %worker.name, from = state.as_str(), "worker ready");
+                    worker.set_state(WorkerState::Ready);
                 }
-                Err(why) => {
-                    passes = 0;
-                    failures = failures.saturating_add(1);
-                    if state == WorkerState::Ready && failures >= settings.unhealthy_threshold {
-                        warn!(pool = %pool_name, worker = %worker.name, reason = %why, "worker unhealthy: health checks failing");
-                        worker.set_state(WorkerState::Unhealthy);
-                    }
+                Some(next) => {
+                    let reason = outcome.err().unwrap_or_default();
+                    warn!(pool = %pool_name, worker = %worker.name, %reason, "worker unhealthy: health checks failing");
+                    worker.set_state(next);
                 }
+                None => {}
             }
         }
         let fast = worker.state() == WorkerState::Starting && started.elapsed() < FAST_PROBE_WINDOW;
@@ -138,5 +162,66 @@ async fn probe_loop(
             settings.interval
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(healthy: u32, unhealthy: u32) -> HealthSettings {
+        let mut s = HealthSettings::from_config(None).unwrap();
+        s.healthy_threshold = healthy;
+        s.unhealthy_threshold = unhealthy;
+        s
+    }
+
+    #[test]
+    fn thresholds_drive_transitions() {
+        let s = settings(2, 3);
+        let mut t = ProbeTally::default();
+        assert_eq!(t.record(true, WorkerState::Starting, &s), None);
+        assert_eq!(
+            t.record(true, WorkerState::Starting, &s),
+            Some(WorkerState::Ready)
+        );
+        assert_eq!(t.record(false, WorkerState::Ready, &s), None);
+        assert_eq!(t.record(false, WorkerState::Ready, &s), None);
+        // A pass in between starts the count over.
+        assert_eq!(t.record(true, WorkerState::Ready, &s), None);
+        assert_eq!(t.record(false, WorkerState::Ready, &s), None);
+        assert_eq!(t.record(false, WorkerState::Ready, &s), None);
+        assert_eq!(
+            t.record(false, WorkerState::Ready, &s),
+            Some(WorkerState::Unhealthy)
+        );
+        assert_eq!(t.record(true, WorkerState::Unhealthy, &s), None);
+        assert_eq!(
+            t.record(true, WorkerState::Unhealthy, &s),
+            Some(WorkerState::Ready)
+        );
+    }
+
+    #[test]
+    fn starting_workers_are_not_marked_unhealthy_by_probes() {
+        let s = settings(1, 1);
+        let mut t = ProbeTally::default();
+        for _ in 0..10 {
+            assert_eq!(t.record(false, WorkerState::Starting, &s), None);
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let relative = HealthConfig {
+            path: Some("hello".into()),
+            ..HealthConfig::default()
+        };
+        assert!(HealthSettings::from_config(Some(&relative)).is_err());
+        let zero = HealthConfig {
+            unhealthy_threshold: 0,
+            ..HealthConfig::default()
+        };
+        assert!(HealthSettings::from_config(Some(&zero)).is_err());
     }
 }

@@ -2,7 +2,10 @@
 //! them over real sockets.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +33,11 @@ impl Weir {
     /// The first listener.
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// Requests waiting in `pool`'s queue.
+    pub fn waiting(&self, pool: &str) -> usize {
+        self.server.as_ref().unwrap().shared.snapshot().pools[pool].waiting()
     }
 
     /// The pools' workers, for checking live counters.
@@ -203,4 +211,57 @@ pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The weir binary under test.
+pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// Kills the child if the test fails midway.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines a child writes to a pipe, delivered through a channel so reads can have a deadline.
+pub fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+pub fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => continue,
+            Err(e) => panic!("no line containing {needle:?}: {e}"),
+        }
+    }
+}
+
+/// A demo worker as its own process on an ephemeral port; killed when the handle drops.
+pub fn demo_process(name: &str) -> (Reaped, SocketAddr) {
+    let mut child = Reaped(
+        Command::new(WEIR)
+            .args(["demo-worker", "--listen", "127.0.0.1:0", "--name", name])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = lines(child.0.stdout.take().unwrap());
+    let line = wait_for_line(&out, "listening on");
+    let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    (child, addr)
 }
