@@ -8,7 +8,9 @@
 # Build first: cargo build --release
 #
 # Knobs (environment): ROUNDS=3 DURATION=10s CONNS=64 WRK_THREADS=1 PROXY_THREADS=1
-#                      PATH_TO_GET=/ BASE_PORT=18080
+#                      PATH_TO_GET=/ BASE_PORT=18080 SKIP_OTHERS=1 (weir and direct only)
+#   WEIR_VARIANTS='name=pool keys;name2=pool keys' runs extra weir processes whose pool gets
+#   those keys, e.g. WEIR_VARIANTS='capped=worker_concurrency = 16' to measure the queue path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,24 +51,38 @@ wait_port() { # port
 PIDS+=($!)
 wait_port "$WORKER_PORT"
 
-cat > "$TMP/weir.toml" <<TOML
+declare -A WEIR_PIDS
+start_weir() { # name port pool-keys
+  cat > "$TMP/$1.toml" <<TOML
 [server]
 threads = $PROXY_THREADS
 [[listeners]]
-listen = "127.0.0.1:$WEIR_PORT"
+listen = "127.0.0.1:$2"
 [[routes]]
 pool = "bench"
 [pools.bench]
 provider = { kind = "static", addresses = ["127.0.0.1:$WORKER_PORT"] }
+$3
 TOML
-WEIR_LOG=warn "$WEIR" run --config "$TMP/weir.toml" &
-WEIR_PID=$!
-PIDS+=($WEIR_PID)
-wait_port "$WEIR_PORT"
-
+  WEIR_LOG=warn "$WEIR" run --config "$TMP/$1.toml" &
+  WEIR_PIDS[$1]=$!
+  PIDS+=($!)
+  wait_port "$2"
+}
+start_weir weir "$WEIR_PORT" ""
 TARGETS=("direct:$WORKER_PORT" "weir:$WEIR_PORT")
+VARIANT_PORT=$((BASE_PORT + 10))
+if [ -n "${WEIR_VARIANTS:-}" ]; then
+  IFS=';' read -ra variants <<<"$WEIR_VARIANTS"
+  for variant in "${variants[@]}"; do
+    vname=${variant%%=*}; vkeys=${variant#*=}
+    start_weir "$vname" "$VARIANT_PORT" "$vkeys"
+    TARGETS+=("$vname:$VARIANT_PORT")
+    VARIANT_PORT=$((VARIANT_PORT + 1))
+  done
+fi
 
-NGINX=$(command -v nginx || true)
+NGINX=$( [ -z "${SKIP_OTHERS:-}" ] && command -v nginx || true)
 if [ -n "$NGINX" ]; then
   cat > "$TMP/nginx.conf" <<CONF
 worker_processes $PROXY_THREADS;
@@ -91,7 +107,7 @@ CONF
   TARGETS+=("nginx:$NGINX_PORT")
 fi
 
-HAPROXY=$(command -v haproxy || true)
+HAPROXY=$( [ -z "${SKIP_OTHERS:-}" ] && command -v haproxy || true)
 if [ -n "$HAPROXY" ]; then
   cat > "$TMP/haproxy.cfg" <<CONF
 global
@@ -129,10 +145,10 @@ cpu_ticks() {
 
 proxy_pids() { # name
   case "$1" in
-    weir) echo "$WEIR_PID" ;;
+    direct) echo "" ;;
     nginx) local m; m=$(cat "$TMP/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
     haproxy) echo "$HAPROXY_PID" ;;
-    *) echo "" ;;
+    *) echo "${WEIR_PIDS[$1]:-}" ;;
   esac
 }
 
