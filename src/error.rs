@@ -26,6 +26,11 @@ pub enum ProxyError {
     Connect(std::io::Error),
     /// The worker connection failed before a response arrived.
     Upstream(hyper::Error),
+    /// The launch the request waited for failed, and no other worker can take it.
+    NoCapacity {
+        /// `Retry-After` seconds.
+        retry_after: u64,
+    },
     /// The worker sent no response headers within `upstream.response_timeout`.
     ResponseTimeout,
 }
@@ -46,9 +51,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::QueueFull { .. } | ProxyError::QueueTimeout { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::QueueFull { .. }
+            | ProxyError::QueueTimeout { .. }
+            | ProxyError::NoCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -59,7 +64,9 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::NoRoute | ProxyError::BadRequest(_) => Fault::Client,
-            ProxyError::QueueFull { .. } | ProxyError::QueueTimeout { .. } => Fault::Proxy,
+            ProxyError::QueueFull { .. }
+            | ProxyError::QueueTimeout { .. }
+            | ProxyError::NoCapacity { .. } => Fault::Proxy,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::ResponseTimeout => {
                 Fault::Worker
             }
@@ -69,9 +76,9 @@ impl ProxyError {
     /// Seconds the client should wait before retrying, for a `Retry-After` header.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ProxyError::QueueFull { retry_after } | ProxyError::QueueTimeout { retry_after } => {
-                Some(*retry_after)
-            }
+            ProxyError::QueueFull { retry_after }
+            | ProxyError::QueueTimeout { retry_after }
+            | ProxyError::NoCapacity { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -83,6 +90,7 @@ impl ProxyError {
             ProxyError::NoRoute => "weir: no route for this host and path\n",
             ProxyError::QueueFull { .. } => "weir: too many requests waiting; retry later\n",
             ProxyError::QueueTimeout { .. } => "weir: no worker was free in time; retry later\n",
+            ProxyError::NoCapacity { .. } => "weir: no worker could be started; retry later\n",
             ProxyError::BadRequest(why) => why,
             ProxyError::Connect(_) => "weir: could not connect to a worker\n",
             ProxyError::Upstream(_) => "weir: the worker failed before responding\n",
@@ -97,6 +105,7 @@ impl fmt::Display for ProxyError {
             ProxyError::NoRoute => f.write_str("no route"),
             ProxyError::QueueFull { .. } => f.write_str("queue full"),
             ProxyError::QueueTimeout { .. } => f.write_str("timed out waiting in the queue"),
+            ProxyError::NoCapacity { .. } => f.write_str("the worker launch it waited for failed"),
             ProxyError::BadRequest(why) => write!(f, "bad request: {}", why.trim_end()),
             ProxyError::Connect(e) => write!(f, "connect to worker failed: {e}"),
             ProxyError::Upstream(e) => write!(f, "worker connection failed: {e}"),

@@ -9,19 +9,23 @@
 //!   per-route queue and the retry budget.
 //! - [`upstream`]: per-thread keep-alive connections to workers.
 //! - [`health`]: active probes that move workers between starting, ready and unhealthy.
+//! - [`scale`]: the autoscaler: a pure decision function and the per-pool loop around it.
+//! - [`provider`]: where workers come from (static lists, local processes, shell commands).
 //! - [`error`]: the one error type of the request path and its HTTP statuses.
 //! - [`config`] and [`state`]: the TOML model, validation, and the live `ArcSwap` snapshot.
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod health;
 pub mod pool;
+pub mod provider;
 pub mod proxy;
 pub mod routing;
+pub mod scale;
 pub mod server;
 pub mod state;
 pub mod upstream;

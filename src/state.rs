@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
+use dashmap::DashMap;
 
 use crate::config::{Config, ConfigError};
 use crate::pool::Pool;
 use crate::proxy::Cidr;
 use crate::routing::RouteTable;
+use crate::scale::{ActivityLog, PoolScaler};
 use crate::server::tls;
 use crate::upstream::UpstreamSettings;
 
@@ -89,9 +91,13 @@ impl Snapshot {
     }
 }
 
-/// State shared by all serving threads.
+/// State shared by all serving threads and the control plane.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
+    /// The scaling history of every pool.
+    pub activity: Arc<ActivityLog>,
+    /// The scaler of each launchable pool, by pool name.
+    pub scalers: DashMap<String, Arc<PoolScaler>>,
 }
 
 impl Shared {
@@ -99,12 +105,19 @@ impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
+            activity: Arc::new(ActivityLog::default()),
+            scalers: DashMap::new(),
         })
     }
 
     /// The current snapshot, for short synchronous use (do not hold across an await).
     pub fn snapshot(&self) -> Guard<Arc<Snapshot>> {
         self.snapshot.load()
+    }
+
+    /// The current snapshot as an owned `Arc`, for holding across awaits (control plane).
+    pub fn snapshot_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
     /// Publish a new snapshot (config reload).

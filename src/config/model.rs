@@ -222,6 +222,96 @@ pub struct PoolConfig {
     /// Retrying requests that failed to reach a worker.
     #[serde(default)]
     pub retries: RetryConfig,
+    /// Launching and releasing workers from load; needs a provider that can launch.
+    pub autoscale: Option<AutoscaleConfig>,
+}
+
+/// Most workers by default: enough for a 2-to-8-core box of demo workers.
+pub const DEFAULT_MAX_WORKERS: u32 = 8;
+/// Launches in progress at once.
+pub const DEFAULT_MAX_CONCURRENT_STARTS: u32 = 4;
+/// Most workers added per scaling decision, so one spike does not launch the whole maximum.
+pub const DEFAULT_SCALE_UP_STEP: u32 = 2;
+/// A worker idle this long (no request in flight, none served) is drained and released.
+pub const DEFAULT_MAX_IDLE_TIME: Dur = Dur::from_secs(60);
+/// A launched worker that has not passed a health check by then is given up on.
+pub const DEFAULT_STARTUP_TIMEOUT: Dur = Dur::from_secs(60);
+/// Longest a released worker may take to finish its in-flight requests.
+pub const DEFAULT_DRAIN_TIMEOUT: Dur = Dur::from_secs(30);
+/// A worker unhealthy this long is released and replaced (an autoscaling group's behaviour).
+pub const DEFAULT_REPLACE_UNHEALTHY_AFTER: Dur = Dur::from_secs(30);
+/// Short window whose peak load scales up at once (Knative's panic window is 6 s).
+pub const DEFAULT_PANIC_WINDOW: Dur = Dur::from_secs(6);
+/// Long window whose average decides which workers are surplus (Knative's stable window).
+pub const DEFAULT_STABLE_WINDOW: Dur = Dur::from_secs(60);
+/// Desired in-flight per worker when the pool has no `worker_concurrency` to derive it from.
+pub const DEFAULT_TARGET_INFLIGHT: f64 = 10.0;
+
+/// The load-driven scaler of a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscaleConfig {
+    /// Never fewer workers (0 = scale to zero: the first request waits for a launch).
+    pub min_workers: u32,
+    /// Never more workers.
+    pub max_workers: u32,
+    /// Launched at start; default `min_workers`.
+    pub initial_workers: Option<u32>,
+    /// Spare ready workers kept above current demand (a warm pool).
+    pub buffer_workers: u32,
+    /// Desired in-flight requests per worker; default 0.7 x `worker_concurrency`, or 10.
+    pub target_inflight: Option<f64>,
+    /// Launches in progress at once.
+    pub max_concurrent_starts: u32,
+    /// Most workers added per decision.
+    pub scale_up_step: u32,
+    /// A worker idle this long is drained and released while the pool is above its minimum.
+    pub max_idle_time: Dur,
+    /// A launch that has not become ready by then fails (and the requests waiting only on it).
+    pub startup_timeout: Dur,
+    /// Longest wait for a released worker's in-flight requests.
+    pub drain_timeout: Dur,
+    /// An unhealthy worker is replaced after this long.
+    pub replace_unhealthy_after: Dur,
+    /// Window of the peak load that scales up at once.
+    pub panic_window: Dur,
+    /// Window of the average load that decides surplus.
+    pub stable_window: Dur,
+    /// Scheduled capacity: a higher minimum at given times.
+    pub schedule: Vec<ScheduleConfig>,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        AutoscaleConfig {
+            min_workers: 1,
+            max_workers: DEFAULT_MAX_WORKERS,
+            initial_workers: None,
+            buffer_workers: 0,
+            target_inflight: None,
+            max_concurrent_starts: DEFAULT_MAX_CONCURRENT_STARTS,
+            scale_up_step: DEFAULT_SCALE_UP_STEP,
+            max_idle_time: DEFAULT_MAX_IDLE_TIME,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            replace_unhealthy_after: DEFAULT_REPLACE_UNHEALTHY_AFTER,
+            panic_window: DEFAULT_PANIC_WINDOW,
+            stable_window: DEFAULT_STABLE_WINDOW,
+            schedule: Vec::new(),
+        }
+    }
+}
+
+/// A time window with a raised minimum.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Five-field cron (minute hour day-of-month month day-of-week), in UTC, for the start.
+    pub cron: String,
+    /// How long the window lasts from each start.
+    pub duration: Dur,
+    /// The minimum while the window is open.
+    pub min_workers: u32,
 }
 
 /// How often a ready or unhealthy worker is probed.
@@ -307,6 +397,9 @@ pub enum Balance {
     RoundRobin,
 }
 
+/// Time a released process gets between SIGTERM and SIGKILL.
+pub const DEFAULT_STOP_GRACE: Dur = Dur::from_secs(10);
+
 /// Source of a pool's workers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -316,4 +409,29 @@ pub enum ProviderConfig {
         /// "IP:port" of each worker.
         addresses: Vec<String>,
     },
+    /// Local processes that weir starts and stops.
+    Process {
+        /// Program and arguments; `{port}` becomes a free port weir picked (also in `PORT`),
+        /// `{weir}` the path of the running weir binary.
+        command: Vec<String>,
+        /// Extra environment variables.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// Working directory (default: weir's).
+        cwd: Option<PathBuf>,
+        /// Time between SIGTERM and SIGKILL on release.
+        #[serde(default = "default_stop_grace")]
+        stop_grace: Dur,
+    },
+    /// Shell commands for anything with a CLI (a cloud's scaling group, a container runtime).
+    Exec {
+        /// Run with `sh -c`; prints the worker's "IP:port" (or "ID IP:port") as its last line.
+        launch: String,
+        /// Run with `sh -c` to release; gets the id as `{id}` and in `WEIR_WORKER_ID`.
+        release: String,
+    },
+}
+
+fn default_stop_grace() -> Dur {
+    DEFAULT_STOP_GRACE
 }

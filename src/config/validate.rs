@@ -239,7 +239,96 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
                         return Err(fail(key, format!("{addr} is listed twice")));
                     }
                 }
+                if pool.autoscale.is_some() {
+                    return Err(fail(
+                        format!("pools.{name}.autoscale"),
+                        "a static pool does not scale (its workers are exactly its addresses)"
+                            .into(),
+                    ));
+                }
             }
+            ProviderConfig::Process { command, .. } => {
+                if command.first().is_none_or(|c| c.trim().is_empty()) {
+                    return Err(fail(
+                        format!("pools.{name}.provider.command"),
+                        "needs at least a program, e.g. [\"{weir}\", \"demo-worker\", \"--listen\", \"127.0.0.1:{port}\"]".into(),
+                    ));
+                }
+            }
+            ProviderConfig::Exec { launch, release } => {
+                for (key, script) in [("launch", launch), ("release", release)] {
+                    if script.trim().is_empty() {
+                        return Err(fail(
+                            format!("pools.{name}.provider.{key}"),
+                            "needs a shell command".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(scale) = &pool.autoscale {
+            check_autoscale(scale, pool.worker_concurrency)
+                .map_err(|(key, m)| fail(format!("pools.{name}.autoscale{key}"), m))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_autoscale(
+    scale: &super::AutoscaleConfig,
+    _concurrency: Option<u32>,
+) -> Result<(), (String, String)> {
+    let err = |key: &str, m: &str| Err((key.to_string(), m.to_string()));
+    if scale.max_workers == 0 {
+        return err(".max_workers", "must be at least 1");
+    }
+    if scale.min_workers > scale.max_workers {
+        return err(".min_workers", "must not exceed max_workers");
+    }
+    if let Some(initial) = scale.initial_workers {
+        if initial < scale.min_workers || initial > scale.max_workers {
+            return err(
+                ".initial_workers",
+                "must lie between min_workers and max_workers",
+            );
+        }
+    }
+    if let Some(target) = scale.target_inflight {
+        if !(target > 0.0 && target.is_finite()) {
+            return err(".target_inflight", "must be a number above zero");
+        }
+    }
+    if scale.scale_up_step == 0 {
+        return err(".scale_up_step", "must be at least 1");
+    }
+    if scale.max_concurrent_starts == 0 {
+        return err(".max_concurrent_starts", "must be at least 1");
+    }
+    for (key, value) in [
+        (".max_idle_time", scale.max_idle_time),
+        (".startup_timeout", scale.startup_timeout),
+        (".drain_timeout", scale.drain_timeout),
+        (".replace_unhealthy_after", scale.replace_unhealthy_after),
+        (".panic_window", scale.panic_window),
+        (".stable_window", scale.stable_window),
+    ] {
+        if value.get().is_zero() {
+            return err(key, "must be longer than zero");
+        }
+    }
+    for (i, window) in scale.schedule.iter().enumerate() {
+        crate::scale::Cron::parse(&window.cron).map_err(|m| (format!(".schedule[{i}].cron"), m))?;
+        if window.duration.get().is_zero() {
+            return err(
+                &format!(".schedule[{i}].duration"),
+                "must be longer than zero",
+            );
+        }
+        if window.min_workers > scale.max_workers {
+            return err(
+                &format!(".schedule[{i}].min_workers"),
+                "must not exceed max_workers",
+            );
         }
     }
     Ok(())

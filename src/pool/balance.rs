@@ -2,17 +2,22 @@
 //! costs a few loads and never takes a lock.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::worker::{InFlightGuard, Worker};
 use crate::config::Balance;
+
+/// In-flight count at which surplus workers start taking overflow, until the scaler sets its
+/// target.
+const DEFAULT_SURPLUS_PENALTY: u32 = 10;
 
 /// Picks a worker for the next request.
 #[derive(Debug)]
 pub struct Balancer {
     policy: Balance,
     next: AtomicUsize,
+    surplus_penalty: AtomicU32,
 }
 
 impl Balancer {
@@ -21,6 +26,7 @@ impl Balancer {
         Balancer {
             policy,
             next: AtomicUsize::new(0),
+            surplus_penalty: AtomicU32::new(DEFAULT_SURPLUS_PENALTY),
         }
     }
 
@@ -29,12 +35,22 @@ impl Balancer {
         self.policy
     }
 
+    /// Set the in-flight count above which surplus workers take overflow (the scaler's target).
+    pub fn set_surplus_penalty(&self, penalty: u32) {
+        self.surplus_penalty
+            .store(penalty.max(1), Ordering::Relaxed);
+    }
+
     /// Take a slot on a ready worker with headroom, skipping `exclude` (a worker that just
     /// failed this request); `None` when there is none.
     pub fn acquire(&self, workers: &[Arc<Worker>], exclude: Option<u64>) -> Option<InFlightGuard> {
         match self.policy {
             Balance::RoundRobin => self.round_robin(workers, exclude),
-            Balance::LeastInflight => least_inflight_p2c(workers, exclude),
+            Balance::LeastInflight => least_inflight_p2c(
+                workers,
+                exclude,
+                self.surplus_penalty.load(Ordering::Relaxed),
+            ),
         }
     }
 
@@ -44,17 +60,31 @@ impl Balancer {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &workers[(start + i) % n])
-            .filter(|w| Some(w.id) != exclude)
+        let in_turn = (0..n).map(|i| &workers[(start + i) % n]);
+        let usable = |w: &&Arc<Worker>| Some(w.id) != exclude;
+        // Surplus workers only when no other worker can take the request.
+        in_turn
+            .clone()
+            .filter(usable)
+            .filter(|w| !w.is_surplus())
             .find_map(|w| w.try_acquire())
+            .or_else(|| {
+                in_turn
+                    .filter(usable)
+                    .filter(|w| w.is_surplus())
+                    .find_map(|w| w.try_acquire())
+            })
     }
 }
 
 /// Power of two choices: sample two distinct workers, take the one with fewer requests in
 /// flight. When neither sample can take the request, fall back to the least loaded worker with
 /// headroom, so a slot is found whenever one exists.
-fn least_inflight_p2c(workers: &[Arc<Worker>], exclude: Option<u64>) -> Option<InFlightGuard> {
+fn least_inflight_p2c(
+    workers: &[Arc<Worker>],
+    exclude: Option<u64>,
+    surplus_penalty: u32,
+) -> Option<InFlightGuard> {
     let n = workers.len();
     if n >= 2 {
         let a = random_below(n);
@@ -65,7 +95,9 @@ fn least_inflight_p2c(workers: &[Arc<Worker>], exclude: Option<u64>) -> Option<I
         let usable = |w: &&Arc<Worker>| Some(w.id) != exclude && w.has_headroom();
         let (wa, wb) = (&workers[a], &workers[b]);
         let first = match (usable(&wa), usable(&wb)) {
-            (true, true) if wb.in_flight() < wa.in_flight() => Some(wb),
+            (true, true) if wb.load_score(surplus_penalty) < wa.load_score(surplus_penalty) => {
+                Some(wb)
+            }
             (true, _) => Some(wa),
             (false, true) => Some(wb),
             (false, false) => None,
@@ -79,7 +111,7 @@ fn least_inflight_p2c(workers: &[Arc<Worker>], exclude: Option<u64>) -> Option<I
         let best = workers
             .iter()
             .filter(|w| Some(w.id) != exclude && w.has_headroom())
-            .min_by_key(|w| w.in_flight())?;
+            .min_by_key(|w| w.load_score(surplus_penalty))?;
         if let Some(guard) = best.try_acquire() {
             return Some(guard);
         }
@@ -184,6 +216,27 @@ mod tests {
         assert!(Balancer::new(Balance::RoundRobin)
             .acquire(&[], None)
             .is_none());
+    }
+
+    #[test]
+    fn surplus_workers_take_only_overflow() {
+        let ws = workers(3);
+        ws[2].set_surplus(true);
+        for policy in [Balance::RoundRobin, Balance::LeastInflight] {
+            let b = Balancer::new(policy);
+            b.set_surplus_penalty(4);
+            let held: Vec<_> = (0..6).map(|_| b.acquire(&ws, None).unwrap()).collect();
+            assert!(held.iter().all(|g| g.worker().name != "w2"), "{policy:?}");
+            drop(held);
+        }
+        // Non-surplus workers at the target: the surplus one takes the next requests.
+        let b = Balancer::new(Balance::LeastInflight);
+        b.set_surplus_penalty(4);
+        let _busy: Vec<_> = (0..5)
+            .flat_map(|_| [ws[0].begin_request(), ws[1].begin_request()])
+            .collect();
+        let picked: Vec<_> = (0..20).map(|_| name(b.acquire(&ws, None))).collect();
+        assert!(picked.iter().any(|n| n == "w2"), "{picked:?}");
     }
 
     #[test]

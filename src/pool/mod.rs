@@ -32,6 +32,8 @@ pub enum Rejection {
     QueueFull,
     /// The request waited its route's whole `queue.timeout`.
     QueueTimeout,
+    /// The pool gave up on the launch the request was waiting for.
+    NoCapacity,
 }
 
 /// A slot won for a request, and how long the request waited for it.
@@ -40,6 +42,8 @@ pub struct Admission {
     pub slot: InFlightGuard,
     /// Time spent in the queue; zero when a slot was free at once.
     pub waited: Duration,
+    /// Why it waited, if it did; `NoWorker` means it waited for a worker to start (cold start).
+    pub reason: Option<WaitReason>,
 }
 
 /// Retry settings the request path needs.
@@ -65,6 +69,7 @@ pub struct Pool {
     waiting: Arc<AtomicUsize>,
     queue: Mutex<WaitQueue>,
     budget: RetryBudget,
+    demand: tokio::sync::Notify,
     me: Weak<Pool>,
 }
 
@@ -73,11 +78,13 @@ impl Pool {
     /// their first probe passes (milliseconds after start).
     pub fn from_config(name: &str, config: &PoolConfig) -> Result<Arc<Self>, String> {
         let health = HealthSettings::from_config(config.health.as_ref())?;
+        // Static workers exist from the start; launched ones are added by the scaler.
         let addresses = match &config.provider {
             ProviderConfig::Static { addresses } => addresses
                 .iter()
                 .map(|a| parse_socket_addr(a))
                 .collect::<Result<Vec<_>, String>>()?,
+            ProviderConfig::Process { .. } | ProviderConfig::Exec { .. } => Vec::new(),
         };
         let waiting = Arc::new(AtomicUsize::new(0));
         let worker_concurrency = config.worker_concurrency.unwrap_or(UNLIMITED);
@@ -103,6 +110,7 @@ impl Pool {
                     buffer_body_bytes: config.retries.buffer_body_bytes,
                 },
                 budget: RetryBudget::new(config.retries.budget),
+                demand: tokio::sync::Notify::new(),
                 health,
                 balancer: Balancer::new(config.balance),
                 workers: ArcSwap::from_pointee(workers),
@@ -137,6 +145,7 @@ impl Pool {
             return Ok(Admission {
                 slot,
                 waited: Duration::ZERO,
+                reason: None,
             });
         }
         let reason = if self
@@ -158,12 +167,19 @@ impl Pool {
             id,
             queued: true,
         };
-        // A slot may have freed between the failed try and the push: serve the queue now.
+        // Tell the scaler at once (a request waiting with no worker launches one), and serve the
+        // queue now in case a slot freed between the failed try and the push.
+        self.demand.notify_one();
         self.dispatch();
         let deadline = enqueued_at + route.timeout;
         let slot = match tokio::time::timeout_at(deadline, &mut rx).await {
             Ok(Ok(slot)) => slot,
-            Ok(Err(_)) | Err(_) => {
+            Ok(Err(_)) => {
+                // Dropped without a slot by `fail_waiting`.
+                entry.queued = false;
+                return Err(Rejection::NoCapacity);
+            }
+            Err(_) => {
                 if self.lock_queue().remove(id) {
                     entry.queued = false;
                     return Err(Rejection::QueueTimeout);
@@ -182,6 +198,7 @@ impl Pool {
         Ok(Admission {
             slot,
             waited: enqueued_at.elapsed(),
+            reason: Some(reason),
         })
     }
 
@@ -197,6 +214,34 @@ impl Pool {
                 unwanted.release_quietly();
             }
         }
+    }
+
+    /// Fail every waiting request at once (the launch they waited for failed and no other
+    /// worker is ready or starting); returns how many.
+    pub fn fail_waiting(&self) -> usize {
+        self.lock_queue().fail_all()
+    }
+
+    /// Wakes the scaler whenever a request starts waiting.
+    pub fn demand(&self) -> &tokio::sync::Notify {
+        &self.demand
+    }
+
+    /// The balancer (the scaler tunes its surplus threshold).
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Remove a worker from the pool (released or dead); its in-flight requests finish or fail
+    /// on their own.
+    pub fn remove_worker(&self, id: u64) -> Option<Arc<Worker>> {
+        let mut removed = None;
+        self.workers.rcu(|current| {
+            let mut next = current.as_ref().clone();
+            removed = next.iter().position(|w| w.id == id).map(|i| next.remove(i));
+            next
+        });
+        removed
     }
 
     /// Requests waiting across the pool's routes.

@@ -171,6 +171,16 @@ impl WaitQueue {
         Err(slot)
     }
 
+    /// Drop every waiter without a slot: their requests fail at once (no worker could start).
+    pub(super) fn fail_all(&mut self) -> usize {
+        let mut failed = 0;
+        while let Some(waiter) = self.entries.pop_front() {
+            self.forget(&waiter);
+            failed += 1;
+        }
+        failed
+    }
+
     /// Remove waiter `id` (its client left or its wait timed out); false if already served.
     pub(super) fn remove(&mut self, id: u64) -> bool {
         match self.entries.iter().position(|w| w.id == id) {

@@ -2,8 +2,9 @@
 //! thread, the health checker and the autoscaler read the same numbers without a lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::SystemTime;
 
 use super::Pool;
 
@@ -54,12 +55,16 @@ pub struct Worker {
     pub name: String,
     /// Where to connect.
     pub addr: SocketAddr,
+    /// When weir added it.
+    pub created_at: SystemTime,
     state: AtomicU8,
     in_flight: AtomicU32,
     max_in_flight: AtomicU32,
     served: AtomicU64,
     passive_failures: AtomicU32,
     unhealthy_threshold: AtomicU32,
+    surplus: AtomicBool,
+    protected: AtomicBool,
     /// The pool's count of waiting requests, read on every release without touching the pool.
     waiting: Arc<AtomicUsize>,
     pool: Weak<Pool>,
@@ -89,12 +94,15 @@ impl Worker {
             id: NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed),
             name: spec.name,
             addr: spec.addr,
+            created_at: SystemTime::now(),
             state: AtomicU8::new(spec.state as u8),
             in_flight: AtomicU32::new(0),
             max_in_flight: AtomicU32::new(spec.max_in_flight.max(1)),
             served: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             unhealthy_threshold: AtomicU32::new(spec.unhealthy_threshold.max(1)),
+            surplus: AtomicBool::new(false),
+            protected: AtomicBool::new(false),
             waiting,
             pool,
         })
@@ -139,6 +147,40 @@ impl Worker {
     /// Requests this worker has completed (responses finished or abandoned).
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Mark the worker surplus (the scaler has more than the stable load needs): the balancer
+    /// then sends it requests only when the others are at their target.
+    pub fn set_surplus(&self, surplus: bool) {
+        if self.surplus.load(Ordering::Relaxed) != surplus {
+            self.surplus.store(surplus, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the worker is marked surplus.
+    pub fn is_surplus(&self) -> bool {
+        self.surplus.load(Ordering::Relaxed)
+    }
+
+    /// Protect the worker from scale-in (an operator's call).
+    pub fn set_protected(&self, protected: bool) {
+        self.protected.store(protected, Ordering::Relaxed);
+    }
+
+    /// Whether scale-in must leave this worker alone.
+    pub fn is_protected(&self) -> bool {
+        self.protected.load(Ordering::Relaxed)
+    }
+
+    /// The balancer's load figure: in-flight, plus `surplus_penalty` for a surplus worker, so
+    /// a surplus worker wins a comparison only against workers that have that many in flight.
+    pub fn load_score(&self, surplus_penalty: u32) -> u32 {
+        let in_flight = self.in_flight();
+        if self.is_surplus() {
+            in_flight.saturating_add(surplus_penalty)
+        } else {
+            in_flight
+        }
     }
 
     /// Whether the worker is ready and under its cap (a hint; [`Worker::try_acquire`] decides).

@@ -12,6 +12,7 @@ pub use headers::Cidr;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -24,12 +25,15 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::error::ProxyError;
-use crate::pool::{InFlightGuard, Rejection, RetrySettings, Worker};
+use crate::pool::{InFlightGuard, Rejection, RetrySettings, WaitReason, Worker};
 use crate::routing::Route;
 use crate::state::Snapshot;
 use crate::upstream::{UpstreamBody, UpstreamSettings, Upstreams};
 use body::Exchange;
 use headers::ClientFacts;
+
+/// Set on responses whose request waited for a worker to start, with how long it waited.
+pub static X_WEIR_COLD_START: http::HeaderName = http::HeaderName::from_static("x-weir-cold-start");
 
 /// Serve one client request. Never fails: every error becomes a response with a short body and
 /// a log line.
@@ -94,12 +98,14 @@ async fn forward(
     let mut exclude = None;
     let mut tries = 0;
     let mut last_error = None;
+    let mut cold_start = None;
     let (slot, mut response, sender) = loop {
         tries += 1;
-        let Some(slot) = admit(cx, &outgoing, exclude).await? else {
+        let Some((slot, cold)) = admit(cx, &outgoing, exclude).await? else {
             // No other worker is free for a retry: the first failure stands.
             return Err(last_error.unwrap_or(ProxyError::NoRoute));
         };
+        cold_start = cold_start.or(cold);
         let worker = Arc::clone(slot.worker());
         match send(&cx.upstreams, &worker, &settings, outgoing, replayable).await {
             Ok((response, sender)) => {
@@ -145,6 +151,13 @@ async fn forward(
     }
 
     headers::strip_hop_by_hop(response.headers_mut());
+    if let Some(waited) = cold_start {
+        if let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis())) {
+            response
+                .headers_mut()
+                .insert(X_WEIR_COLD_START.clone(), value);
+        }
+    }
     let exchange = Exchange {
         in_flight: slot,
         activity,
@@ -178,12 +191,12 @@ async fn admit(
     cx: &ConnContext,
     outgoing: &Request<UpstreamBody>,
     exclude: Option<u64>,
-) -> Result<Option<InFlightGuard>, ProxyError> {
+) -> Result<Option<(InFlightGuard, Option<Duration>)>, ProxyError> {
     let (pool, queue) = {
         let snapshot = cx.shared.snapshot();
         let route = lookup(&snapshot, outgoing.headers(), outgoing.uri())?;
         if let Some(slot) = route.pool.try_acquire(exclude) {
-            return Ok(Some(slot));
+            return Ok(Some((slot, None)));
         }
         if exclude.is_some() {
             return Ok(None);
@@ -191,7 +204,11 @@ async fn admit(
         (Arc::clone(&route.pool), Arc::clone(&route.queue))
     };
     match pool.acquire(&queue, None).await {
-        Ok(admission) => Ok(Some(admission.slot)),
+        Ok(admission) => {
+            // Waiting with no worker at all means waiting for one to start: a cold start.
+            let cold = (admission.reason == Some(WaitReason::NoWorker)).then_some(admission.waited);
+            Ok(Some((admission.slot, cold)))
+        }
         Err(Rejection::QueueFull) => {
             debug!(route = %queue.route, "queue full");
             Err(ProxyError::QueueFull {
@@ -199,6 +216,9 @@ async fn admit(
             })
         }
         Err(Rejection::QueueTimeout) => Err(ProxyError::QueueTimeout {
+            retry_after: queue.retry_after_secs,
+        }),
+        Err(Rejection::NoCapacity) => Err(ProxyError::NoCapacity {
             retry_after: queue.retry_after_secs,
         }),
     }

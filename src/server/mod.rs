@@ -21,7 +21,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{parse_socket_addr, ServerConfig};
 use crate::health;
+use crate::provider;
 use crate::proxy::{self, ConnContext};
+use crate::scale::{PoolScaler, ScalePolicy};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::Upstreams;
 
@@ -56,6 +58,8 @@ pub struct Server {
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    control_shutdown: watch::Sender<bool>,
+    control: Option<JoinHandle<()>>,
 }
 
 /// What every serving thread shares.
@@ -97,15 +101,13 @@ impl Server {
             max_connections: config.server.max_connections,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut handles = Vec::with_capacity(threads + 1);
+        let mut handles = Vec::with_capacity(threads);
+        let (control_shutdown, control_shutdown_rx) = watch::channel(false);
         let control_shared = Arc::clone(&shared);
-        let control_shutdown = shutdown_rx.clone();
-        handles.push(
-            std::thread::Builder::new()
-                .name("weir-control".into())
-                .spawn(move || control_thread(control_shared, control_shutdown))
-                .map_err(|e| StartError(format!("cannot start the control thread: {e}")))?,
-        );
+        let control = std::thread::Builder::new()
+            .name("weir-control".into())
+            .spawn(move || control_thread(control_shared, control_shutdown_rx))
+            .map_err(|e| StartError(format!("cannot start the control thread: {e}")))?;
         for t in 0..threads {
             let mine: Vec<(usize, StdTcpListener)> = sockets
                 .iter_mut()
@@ -133,23 +135,32 @@ impl Server {
             shared,
             shutdown,
             threads: handles,
+            control_shutdown,
+            control: Some(control),
         })
     }
 
-    /// Stop accepting, let in-flight requests finish up to `server.shutdown_grace`, then stop.
-    /// Blocks the calling thread until every serving thread is done.
-    pub fn shutdown(self) {
+    /// Stop accepting, let in-flight requests finish up to `server.shutdown_grace`, then
+    /// release every launched worker. Blocks the calling thread until all is done.
+    pub fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for handle in self.threads {
+        for handle in std::mem::take(&mut self.threads) {
             if handle.join().is_err() {
                 error!("a serving thread panicked during shutdown");
+            }
+        }
+        // Only now that no request is in flight: stop the scalers, which release the workers.
+        let _ = self.control_shutdown.send(true);
+        if let Some(control) = self.control.take() {
+            if control.join().is_err() {
+                error!("the control thread panicked during shutdown");
             }
         }
     }
 }
 
-/// The control plane's thread: health checks (and, later, scaling and the admin API) run here,
-/// off the serving threads.
+/// The control plane's thread: health checks and the scalers run here, off the serving
+/// threads. It stops after the serving threads, releasing the workers it launched.
 fn control_thread(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -162,11 +173,41 @@ fn control_thread(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
     };
     runtime.block_on(async move {
-        let pools: Vec<_> = shared.snapshot().pools.values().cloned().collect();
-        for pool in &pools {
+        let snapshot = shared.snapshot_full();
+        let mut scalers = Vec::new();
+        for (name, pool) in &snapshot.pools {
             health::watch_pool(pool);
+            let Some(config) = snapshot.config.pools.get(name) else {
+                continue;
+            };
+            let provider = match provider::from_config(name, &config.provider) {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(pool = %name, error = %e, "cannot set up the provider; the pool will not scale");
+                    continue;
+                }
+            };
+            if !provider.can_launch() {
+                continue;
+            }
+            let autoscale = config.autoscale.clone().unwrap_or_default();
+            let policy = match ScalePolicy::from_config(&autoscale, config.worker_concurrency) {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(pool = %name, error = %e, "bad autoscale policy; the pool will not scale");
+                    continue;
+                }
+            };
+            let scaler = PoolScaler::new(Arc::clone(pool), provider, policy, Arc::clone(&shared.activity));
+            shared.scalers.insert(name.clone(), Arc::clone(&scaler));
+            scalers.push(tokio::spawn(scaler.run(shutdown.clone())));
         }
+        drop(snapshot);
         let _ = shutdown.changed().await;
+        // Each scaler drains and releases its workers before its task ends.
+        for scaler in scalers {
+            let _ = scaler.await;
+        }
     });
 }
 

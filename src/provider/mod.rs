@@ -1,0 +1,116 @@
+//! Where workers come from. The scaler launches and releases workers only through the
+//! [`Provider`] trait, so a new backend (containers, Kubernetes, a cloud API) is one more
+//! implementation of three async calls, with no change to the scaler.
+
+mod exec;
+mod process;
+mod static_list;
+mod sys;
+
+pub use exec::ExecProvider;
+pub use process::ProcessProvider;
+pub use static_list::StaticProvider;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::config::ProviderConfig;
+
+/// A boxed future, so the trait stays object-safe (`Arc<dyn Provider>`).
+pub type ProviderFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Resolves, with a reason, when a launched worker dies on its own (process exit, lost
+/// instance). Providers that cannot tell give none; health checks then catch the death.
+pub type ExitWatch = Pin<Box<dyn Future<Output = String> + Send>>;
+
+/// What the scaler asks for.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The pool launching it.
+    pub pool: String,
+    /// A name unique in the pool ("app-7"), which providers may use as the worker's id.
+    pub name: String,
+}
+
+/// A launched worker, as the provider knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerHandle {
+    /// The provider's id for it (process: the name; exec: what the launch command printed).
+    pub id: String,
+    /// Where weir proxies to.
+    pub addr: SocketAddr,
+}
+
+/// The result of a launch.
+pub struct Launched {
+    /// How to reach and later release the worker.
+    pub handle: WorkerHandle,
+    /// Fires if the worker dies on its own.
+    pub exited: Option<ExitWatch>,
+}
+
+/// Why a provider call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderError {
+    /// This provider does not launch or release (static lists).
+    Unsupported(&'static str),
+    /// The worker (or the launch command) could not be started.
+    Spawn(String),
+    /// A launch or release command ran and failed.
+    Command(String),
+    /// A launch command's output named no usable address.
+    BadOutput(String),
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProviderError::Unsupported(what) => write!(f, "not supported: {what}"),
+            ProviderError::Spawn(e) => write!(f, "cannot start: {e}"),
+            ProviderError::Command(e) => write!(f, "command failed: {e}"),
+            ProviderError::BadOutput(e) => write!(f, "unusable launch output: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+/// A source of workers.
+pub trait Provider: Send + Sync {
+    /// Start a worker; return once it exists (it becomes ready when its health checks pass).
+    fn launch(&self, spec: LaunchSpec) -> ProviderFuture<'_, Result<Launched, ProviderError>>;
+
+    /// Stop a worker. Called only after it has drained; must not fail on one already gone.
+    fn release(&self, handle: WorkerHandle) -> ProviderFuture<'_, Result<(), ProviderError>>;
+
+    /// A one-line description for logs and the admin API.
+    fn describe(&self) -> String;
+
+    /// Whether `launch` works (false for fixed lists: the scaler leaves such pools alone).
+    fn can_launch(&self) -> bool;
+}
+
+/// Build the provider a pool's config names.
+pub fn from_config(pool: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, String> {
+    Ok(match config {
+        ProviderConfig::Static { addresses } => Arc::new(StaticProvider::new(addresses.len())),
+        ProviderConfig::Process {
+            command,
+            env,
+            cwd,
+            stop_grace,
+        } => Arc::new(ProcessProvider::new(
+            pool,
+            command.clone(),
+            env.clone(),
+            cwd.clone(),
+            stop_grace.get(),
+        )?),
+        ProviderConfig::Exec { launch, release } => {
+            Arc::new(ExecProvider::new(pool, launch.clone(), release.clone()))
+        }
+    })
+}

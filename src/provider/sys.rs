@@ -1,0 +1,61 @@
+//! The only unsafe code in weir: two libc calls that std does not offer, each a plain syscall.
+//!
+//! - In a freshly forked worker, before exec: ask the kernel to SIGKILL it when weir dies
+//!   (`PR_SET_PDEATHSIG`), so workers never outlive weir even if weir is SIGKILLed.
+//! - Signalling a worker's whole process group on release.
+#![allow(unsafe_code)]
+
+use tokio::process::Command;
+
+/// Make the child die with weir (Linux). The signal is tied to the thread that spawns the
+/// child; weir spawns workers from its control thread, which lives as long as weir.
+pub fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe syscalls (prctl, getppid, _exit), as pre_exec requires.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // weir died between fork and prctl: the signal will never come, so go now.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
+
+/// Send `signal` to the process group `pgid` (the worker and anything it started).
+pub fn signal_group(pgid: u32, signal: i32) -> std::io::Result<()> {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    if pgid <= 1 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(-pgid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// SIGTERM, for the polite first stop.
+pub const SIGTERM: i32 = libc::SIGTERM;
+/// SIGKILL, after the grace period.
+pub const SIGKILL: i32 = libc::SIGKILL;

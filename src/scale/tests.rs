@@ -1,0 +1,419 @@
+//! The scaler loop on a paused clock, with an in-memory provider: exact timings, no processes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicUsize};
+use std::sync::OnceLock;
+
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::config::{AutoscaleConfig, Dur, PoolConfig, QueueConfig};
+use crate::pool::{InFlightGuard, Rejection, RouteQueue};
+use crate::provider::{Launched, ProviderError, ProviderFuture};
+
+/// Launches "workers" that become ready after `boot` of (virtual) time.
+struct FakeProvider {
+    pool: OnceLock<std::sync::Weak<Pool>>,
+    boot: Duration,
+    fail: AtomicBool,
+    launches: Mutex<Vec<Instant>>,
+    released: AtomicUsize,
+    next_port: AtomicU16,
+    deaths: Mutex<HashMap<SocketAddr, oneshot::Sender<String>>>,
+}
+
+impl FakeProvider {
+    fn new(boot: Duration) -> Arc<Self> {
+        Arc::new(FakeProvider {
+            pool: OnceLock::new(),
+            boot,
+            fail: AtomicBool::new(false),
+            launches: Mutex::new(Vec::new()),
+            released: AtomicUsize::new(0),
+            next_port: AtomicU16::new(20_000),
+            deaths: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn launches(&self) -> Vec<Instant> {
+        self.launches.lock().unwrap().clone()
+    }
+
+    fn kill(&self, addr: SocketAddr) {
+        if let Some(tx) = self.deaths.lock().unwrap().remove(&addr) {
+            let _ = tx.send("killed by test".into());
+        }
+    }
+}
+
+impl Provider for FakeProvider {
+    fn launch(
+        &self,
+        _spec: LaunchSpec,
+    ) -> ProviderFuture<'_, Result<Launched, crate::provider::ProviderError>> {
+        self.launches.lock().unwrap().push(Instant::now());
+        let failing = self.fail.load(Ordering::SeqCst);
+        let port = self.next_port.fetch_add(1, Ordering::SeqCst);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let pool = self.pool.get().cloned();
+        let boot = self.boot;
+        let (tx, rx) = oneshot::channel();
+        self.deaths.lock().unwrap().insert(addr, tx);
+        Box::pin(async move {
+            if failing {
+                return Err(ProviderError::Spawn("test says no".into()));
+            }
+            tokio::spawn(async move {
+                tokio::time::sleep(boot).await;
+                let Some(pool) = pool.and_then(|p| p.upgrade()) else {
+                    return;
+                };
+                if let Some(w) = pool.workers().iter().find(|w| w.addr == addr) {
+                    if w.state() == WorkerState::Starting {
+                        w.set_state(WorkerState::Ready);
+                    }
+                }
+            });
+            Ok(Launched {
+                handle: WorkerHandle {
+                    id: format!("fake-{port}"),
+                    addr,
+                },
+                exited: Some(Box::pin(async move { rx.await.unwrap_or_default() })),
+            })
+        })
+    }
+
+    fn release(
+        &self,
+        _handle: WorkerHandle,
+    ) -> ProviderFuture<'_, Result<(), crate::provider::ProviderError>> {
+        self.released.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+
+    fn can_launch(&self) -> bool {
+        true
+    }
+}
+
+struct Rig {
+    pool: Arc<Pool>,
+    provider: Arc<FakeProvider>,
+    scaler: Arc<PoolScaler>,
+    route: Arc<RouteQueue>,
+    _stop: watch::Sender<bool>,
+}
+
+fn rig(autoscale: AutoscaleConfig, concurrency: u32, boot: Duration) -> Rig {
+    let config: PoolConfig = toml::from_str(&format!(
+        "worker_concurrency = {concurrency}\nprovider = {{ kind = \"exec\", launch = \"x\", release = \"x\" }}"
+    ))
+    .unwrap();
+    let pool = Pool::from_config("p", &config).unwrap();
+    let provider = FakeProvider::new(boot);
+    let _ = provider.pool.set(Arc::downgrade(&pool));
+    let policy = ScalePolicy::from_config(&autoscale, Some(concurrency)).unwrap();
+    let scaler = PoolScaler::new(
+        Arc::clone(&pool),
+        provider.clone(),
+        policy,
+        Arc::new(ActivityLog::default()),
+    );
+    scaler.set_probe_new_workers(false);
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(Arc::clone(&scaler).run(stop_rx));
+    let route = RouteQueue::new(
+        "r".into(),
+        &QueueConfig {
+            max_size: 1000,
+            timeout: Dur::from_secs(120),
+            ..QueueConfig::default()
+        },
+    );
+    Rig {
+        pool,
+        provider,
+        scaler,
+        route,
+        _stop: stop,
+    }
+}
+
+fn ready(pool: &Pool) -> usize {
+    pool.workers()
+        .iter()
+        .filter(|w| w.state() == WorkerState::Ready)
+        .count()
+}
+
+async fn advance_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() <= limit, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    start.elapsed()
+}
+
+/// Hold `n` requests (each for `hold`) through the pool's admission, as clients would.
+fn load(
+    rig: &Rig,
+    n: usize,
+    hold: Duration,
+) -> Vec<tokio::task::JoinHandle<Result<(), Rejection>>> {
+    (0..n)
+        .map(|_| {
+            let (pool, route) = (Arc::clone(&rig.pool), Arc::clone(&rig.route));
+            tokio::spawn(async move {
+                let admission = pool.acquire(&route, None).await?;
+                tokio::time::sleep(hold).await;
+                drop::<InFlightGuard>(admission.slot);
+                Ok(())
+            })
+        })
+        .collect()
+}
+
+fn policy(min: u32, max: u32, idle_secs: u64) -> AutoscaleConfig {
+    AutoscaleConfig {
+        min_workers: min,
+        max_workers: max,
+        max_idle_time: Dur::from_secs(idle_secs),
+        panic_window: Dur::from_secs(2),
+        stable_window: Dur::from_secs(10),
+        ..AutoscaleConfig::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_grows_the_pool_fast_and_idle_shrinks_it_to_min() {
+    let rig = rig(policy(1, 8, 30), 2, Duration::from_millis(300));
+    advance_until("initial worker", Duration::from_secs(1), || {
+        ready(&rig.pool) == 1
+    })
+    .await;
+
+    // A burst of 12 long requests against 1 worker with 2 slots.
+    let burst_at = Instant::now();
+    let tasks = load(&rig, 12, Duration::from_secs(5));
+    let decided = advance_until("first scale-up launch", Duration::from_secs(1), || {
+        rig.provider.launches().len() > 1
+    })
+    .await;
+    assert!(
+        decided <= Duration::from_millis(250),
+        "scale-up decision after {decided:?}"
+    );
+    advance_until("at least 3 ready", Duration::from_secs(3), || {
+        ready(&rig.pool) >= 3
+    })
+    .await;
+    let peak = advance_until("pool at its size", Duration::from_secs(5), || {
+        ready(&rig.pool) >= 6
+    })
+    .await;
+    assert!(rig.pool.workers().len() <= 8);
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Ok(()), "no request failed");
+    }
+    let _ = (burst_at, peak);
+
+    // Load gone: back to the minimum about max_idle_time later, never below it.
+    let quiet_at = Instant::now();
+    advance_until("back to min", Duration::from_secs(45), || {
+        rig.pool.workers().len() == 1
+    })
+    .await;
+    // Workers idle since before the last request ended may go a little earlier.
+    let took = quiet_at.elapsed();
+    assert!(
+        took >= Duration::from_secs(25) && took <= Duration::from_secs(32),
+        "{took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(rig.pool.workers().len(), 1);
+    let events = rig.scaler.activity.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == Action::ScaleUp && e.reason.contains("queue depth")),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e.action == Action::ScaleDown));
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_from_zero_launches_at_once_and_serves_the_first_request() {
+    let rig = rig(policy(0, 4, 30), 4, Duration::from_millis(800));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        rig.provider.launches().is_empty(),
+        "min 0 starts with nothing"
+    );
+    let asked = Instant::now();
+    let (pool, route) = (Arc::clone(&rig.pool), Arc::clone(&rig.route));
+    let first = tokio::spawn(async move {
+        pool.acquire(&route, None)
+            .await
+            .map(|a| (a.waited, a.reason))
+    });
+    advance_until("launch", Duration::from_millis(5), || {
+        !rig.provider.launches().is_empty()
+    })
+    .await;
+    assert!(rig.provider.launches()[0].duration_since(asked) <= Duration::from_millis(5));
+    let (waited, reason) = first.await.unwrap().unwrap();
+    assert_eq!(reason, Some(crate::pool::WaitReason::NoWorker));
+    assert!(
+        waited >= Duration::from_millis(800) && waited <= Duration::from_millis(850),
+        "{waited:?}"
+    );
+    assert_eq!(rig.provider.launches().len(), 1, "one request, one launch");
+
+    // Idle again: scaled back to zero after max_idle_time.
+    advance_until("scaled to zero", Duration::from_secs(40), || {
+        rig.pool.workers().is_empty()
+    })
+    .await;
+    assert_eq!(rig.provider.released.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_launch_fails_its_waiters_fast_and_backs_off() {
+    let rig = rig(policy(0, 4, 30), 4, Duration::from_millis(100));
+    rig.provider.fail.store(true, Ordering::SeqCst);
+    let (pool, route) = (Arc::clone(&rig.pool), Arc::clone(&rig.route));
+    let started = Instant::now();
+    let result = pool.acquire(&route, None).await.map(|_| ());
+    assert_eq!(result, Err(Rejection::NoCapacity));
+    assert!(started.elapsed() < Duration::from_millis(50));
+    // More requests keep coming: launches are spaced by the growing backoff, not a tight loop.
+    let _tasks = load(&rig, 3, Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut decisions = rig.provider.launches();
+    decisions.dedup();
+    assert!(
+        decisions.len() <= 4,
+        "{} launch decisions in 10 s",
+        decisions.len()
+    );
+    for pair in decisions.windows(2) {
+        assert!(
+            pair[1].duration_since(pair[0]) >= Duration::from_millis(900),
+            "{decisions:?}"
+        );
+    }
+    assert!(rig
+        .scaler
+        .activity
+        .events()
+        .iter()
+        .any(|e| e.action == Action::LaunchFailed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_worker_is_replaced() {
+    let rig = rig(policy(2, 4, 30), 4, Duration::from_millis(200));
+    advance_until("two ready", Duration::from_secs(2), || {
+        ready(&rig.pool) == 2
+    })
+    .await;
+    let victim = rig.pool.workers()[0].addr;
+    rig.provider.kill(victim);
+    advance_until("replaced", Duration::from_secs(2), || {
+        ready(&rig.pool) == 2 && rig.pool.workers().iter().all(|w| w.addr != victim)
+    })
+    .await;
+    assert_eq!(rig.provider.launches().len(), 3);
+    assert!(rig
+        .scaler
+        .activity
+        .events()
+        .iter()
+        .any(|e| e.action == Action::Replace));
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_in_drains_before_release_and_loses_nothing() {
+    let rig = rig(policy(1, 4, 5), 1, Duration::from_millis(100));
+    rig.scaler.set_manual(3);
+    advance_until("three ready", Duration::from_secs(2), || {
+        ready(&rig.pool) == 3
+    })
+    .await;
+    // Requests on every worker, then an operator scales to 1 while they run.
+    let tasks = load(&rig, 3, Duration::from_secs(2));
+    advance_until("all busy", Duration::from_secs(1), || {
+        rig.pool.in_flight() == 3
+    })
+    .await;
+    rig.scaler.set_manual(1);
+    advance_until("draining", Duration::from_secs(1), || {
+        rig.pool
+            .workers()
+            .iter()
+            .filter(|w| w.state() == WorkerState::Draining)
+            .count()
+            == 2
+    })
+    .await;
+    // Nothing is released while its request runs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rig.provider.released.load(Ordering::SeqCst), 0);
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Ok(()));
+    }
+    advance_until("released after drain", Duration::from_secs(1), || {
+        rig.provider.released.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(rig.pool.workers().len(), 1);
+    assert_eq!(rig.scaler.desired(), 1);
+    assert_eq!(
+        rig.provider.launches().len(),
+        3,
+        "the operator's count was not undone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_surplus_worker_goes_idle_and_a_returning_burst_reuses_it() {
+    let rig = rig(policy(1, 4, 20), 4, Duration::from_millis(100));
+    rig.scaler.set_manual(3);
+    advance_until("three ready", Duration::from_secs(2), || {
+        ready(&rig.pool) == 3
+    })
+    .await;
+    // Light steady load (1 request at a time): two workers are surplus.
+    let light = tokio::spawn({
+        let (pool, route) = (Arc::clone(&rig.pool), Arc::clone(&rig.route));
+        async move {
+            for _ in 0..100 {
+                let a = pool.acquire(&route, None).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(a);
+            }
+        }
+    });
+    advance_until("surplus marked", Duration::from_secs(15), || {
+        rig.pool.workers().iter().filter(|w| w.is_surplus()).count() == 2
+    })
+    .await;
+    // A burst before max_idle_time: the surplus workers serve it, nothing new launches.
+    let launches_before = rig.provider.launches().len();
+    let burst = load(&rig, 5, Duration::from_millis(500));
+    for t in burst {
+        assert_eq!(t.await.unwrap(), Ok(()));
+    }
+    assert_eq!(
+        rig.provider.launches().len(),
+        launches_before,
+        "no cold start"
+    );
+    light.abort();
+}
