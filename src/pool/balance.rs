@@ -102,7 +102,12 @@ fn least_inflight_p2c(
             (false, true) => Some(wb),
             (false, false) => None,
         };
-        if let Some(guard) = first.and_then(|w| w.try_acquire()) {
+        // A surplus pick means both samples were surplus or busy: the scan below finds a
+        // non-surplus worker if one has room, so surplus workers really go idle.
+        if let Some(guard) = first
+            .filter(|w| !w.is_surplus())
+            .and_then(|w| w.try_acquire())
+        {
             return Some(guard);
         }
     }

@@ -35,6 +35,11 @@ impl Weir {
         self.addrs[0]
     }
 
+    /// The scaling history.
+    pub fn activity(&self) -> Vec<weir::scale::ActivityEvent> {
+        self.server.as_ref().unwrap().shared.activity.events()
+    }
+
     /// Requests waiting in `pool`'s queue.
     pub fn waiting(&self, pool: &str) -> usize {
         self.server.as_ref().unwrap().shared.snapshot().pools[pool].waiting()
