@@ -45,6 +45,7 @@ struct Books {
     samples: VecDeque<(Instant, f64)>,
     failures_in_a_row: u32,
     next_launch_at: Option<Instant>,
+    last_scale_up: Option<Instant>,
     manual: Option<u32>,
 }
 
@@ -271,10 +272,23 @@ impl PoolScaler {
         self.mark_surplus(&workers, decision.surplus);
 
         if decision.launch > 0 {
-            if backoff_until.is_some_and(|t| now < t) && manual.is_none() {
-                return;
-            }
             let capacity = ready + starting;
+            if manual.is_none() {
+                if backoff_until.is_some_and(|t| now < t) {
+                    return;
+                }
+                // Event-driven steps can come back to back; one scale-up decision per sample
+                // interval keeps scale_up_step a rate, except to get the first worker or the
+                // minimum, which never waits.
+                let recent = self
+                    .books()
+                    .last_scale_up
+                    .is_some_and(|t| now.duration_since(t) < SAMPLE_INTERVAL);
+                if recent && capacity > 0 && capacity >= decision.effective_min {
+                    return;
+                }
+            }
+            self.books().last_scale_up = Some(now);
             let action = if manual.is_some() {
                 Action::Manual
             } else {
