@@ -13,11 +13,18 @@
 //! - [`provider`]: where workers come from (static lists, local processes, shell commands).
 //! - [`error`]: the one error type of the request path and its HTTP statuses.
 //! - [`config`] and [`state`]: the TOML model, validation, and the live `ArcSwap` snapshot.
+//! - [`control`]: the control-plane thread: health, scalers, admin API, reload.
+//! - [`admin`], [`telemetry`], [`access_log`]: the admin API and CLI views, Prometheus metrics,
+//!   the JSON access log.
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
 
 #![deny(unsafe_code)]
 
+pub mod access_log;
+pub mod admin;
+pub mod clock;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod health;
@@ -28,4 +35,5 @@ pub mod routing;
 pub mod scale;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;

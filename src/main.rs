@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
+use http::Method;
+use weir::admin::{cli, cli::AdminTarget, views};
 use weir::config;
 use weir::server::Server;
 use weir::state::Snapshot;
@@ -39,6 +41,25 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// List every worker: id, pool, state, in-flight, address, age.
+    Workers(AdminArgs),
+    /// List the requests waiting for a worker.
+    Queue(AdminArgs),
+    /// List the pools: ready, desired, min, max, in-flight, queued.
+    Pools(AdminArgs),
+    /// Show the scaling history.
+    Activity(AdminArgs),
+    /// Set a pool's worker count now; the scaler carries on from there.
+    Scale {
+        /// The pool.
+        pool: String,
+        /// Desired workers (0 to max_workers).
+        workers: u32,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the running weir load its config file again.
+    Reload(AdminArgs),
     /// Run the demo worker (a small HTTP server for trying, testing and benchmarking weir).
     DemoWorker {
         /// Address to listen on; repeat to serve several ports from one process.
@@ -56,6 +77,46 @@ enum Command {
     },
 }
 
+/// How the CLI views reach a running weir.
+#[derive(clap::Args, Clone)]
+struct AdminArgs {
+    /// Admin API URL (default: the config's admin.listen, else http://127.0.0.1:9901).
+    #[arg(long)]
+    admin: Option<String>,
+    /// Bearer token (default: $WEIR_ADMIN_TOKEN, else the config's admin token).
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Config to read the admin address and token from.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+impl AdminArgs {
+    fn target(&self) -> Result<AdminTarget, String> {
+        let from_config = config::load(&self.config).ok();
+        let url = match (&self.admin, &from_config) {
+            (Some(url), _) => url.clone(),
+            (None, Some(c)) => {
+                let listen = c
+                    .admin
+                    .listen
+                    .replace("0.0.0.0", "127.0.0.1")
+                    .replace("[::]", "[::1]");
+                format!("http://{listen}")
+            }
+            (None, None) => format!("http://{}", config::DEFAULT_ADMIN_LISTEN),
+        };
+        let token = self
+            .token
+            .clone()
+            .or_else(|| from_config.and_then(|c| c.admin.resolved_token().ok().flatten()));
+        AdminTarget::parse(&url, token)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -71,6 +132,43 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(&config),
+        Command::Workers(args) => admin_view(&args, "/api/v1/workers", |b| {
+            serde_json::from_slice::<Vec<views::WorkerView>>(b).map(|v| cli::workers_table(&v))
+        }),
+        Command::Queue(args) => admin_view(&args, "/api/v1/queue", |b| {
+            serde_json::from_slice::<Vec<views::QueueView>>(b).map(|v| cli::queue_table(&v))
+        }),
+        Command::Pools(args) => admin_view(&args, "/api/v1/pools", |b| {
+            serde_json::from_slice::<Vec<views::PoolView>>(b).map(|v| cli::pools_table(&v))
+        }),
+        Command::Activity(args) => admin_view(&args, "/api/v1/activity", |b| {
+            serde_json::from_slice::<Vec<views::ActivityView>>(b).map(|v| cli::activity_table(&v))
+        }),
+        Command::Scale {
+            pool,
+            workers,
+            admin,
+        } => admin_post(
+            &admin,
+            &format!("/api/v1/pools/{pool}/scale"),
+            format!("{{\"workers\": {workers}}}"),
+            |v| format!("{pool}: scaling to {} worker(s)\n", v["workers"]),
+        ),
+        Command::Reload(args) => admin_post(&args, "/api/v1/reload", String::new(), |v| {
+            let changed: Vec<String> = v["changed"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if changed.is_empty() {
+                "reloaded: nothing changed\n".to_string()
+            } else {
+                format!("reloaded:\n  {}\n", changed.join("\n  "))
+            }
+        }),
         Command::DemoWorker {
             listen,
             name,
@@ -83,6 +181,70 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    Ok(runtime.block_on(future))
+}
+
+fn admin_view(
+    args: &AdminArgs,
+    path: &str,
+    render: impl Fn(&[u8]) -> Result<String, serde_json::Error>,
+) -> ExitCode {
+    let result = args.target().and_then(|target| {
+        block_on(async move { target.call(Method::GET, path, None).await }).and_then(|r| r)
+    });
+    match result {
+        Ok(bytes) if args.json => {
+            println!("{}", String::from_utf8_lossy(&bytes));
+            ExitCode::SUCCESS
+        }
+        Ok(bytes) => match render(&bytes) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("unexpected answer from the admin API: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn admin_post(
+    args: &AdminArgs,
+    path: &str,
+    body: String,
+    render: impl Fn(&serde_json::Value) -> String,
+) -> ExitCode {
+    let result = args.target().and_then(|target| {
+        block_on(async move { target.call(Method::POST, path, Some(body)).await }).and_then(|r| r)
+    });
+    match result {
+        Ok(bytes) if args.json => {
+            println!("{}", String::from_utf8_lossy(&bytes));
+            ExitCode::SUCCESS
+        }
+        Ok(bytes) => {
+            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            print!("{}", render(&value));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -100,7 +262,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::start(snapshot) {
+    let server = match Server::start(snapshot, Some(path.to_path_buf())) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

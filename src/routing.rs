@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::pool::{Pool, RouteQueue};
+use crate::telemetry::RouteMetrics;
 
 /// Which hosts a route answers for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub struct Route {
     pub pool: Arc<Pool>,
     /// Where matching requests wait for a worker slot.
     pub queue: Arc<RouteQueue>,
+    /// The route's metric series.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Route {
@@ -116,6 +119,7 @@ impl RouteTable {
             };
             let route = Route {
                 queue: RouteQueue::new(Arc::clone(&name), &rc.queue),
+                metrics: RouteMetrics::new(&name, &pool.name),
                 name,
                 prefix: prefix_text.trim_end_matches('/').to_string(),
                 pool,
@@ -137,6 +141,15 @@ impl RouteTable {
         }
         table.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         Ok(table)
+    }
+
+    /// Every route, in no particular order (metrics, admin).
+    pub fn all(&self) -> impl Iterator<Item = &Route> {
+        self.exact
+            .values()
+            .chain(self.wildcard.iter().map(|(_, r)| r))
+            .chain(std::iter::once(&self.any))
+            .flat_map(|r| r.0.iter())
     }
 
     /// The route for `host` (as sent: any case, maybe with a port) and `path`. The most specific

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 use dashmap::DashMap;
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, ConfigError};
 use crate::pool::Pool;
 use crate::proxy::Cidr;
@@ -30,12 +31,25 @@ pub struct Snapshot {
     pub upstream: UpstreamSettings,
     /// TLS settings per listener (same order as `config.listeners`); `None` for plain TCP.
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// The access log, when on.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// The admin token, when set.
+    pub admin_token: Option<String>,
 }
 
 impl Snapshot {
     /// Build from a config that `config::parse` accepted; loads certificates, so it can still
     /// fail on a certificate or key that does not parse.
     pub fn build(config: Config, origin: &str) -> Result<Self, ConfigError> {
+        Snapshot::build_reusing(config, origin, &HashMap::new())
+    }
+
+    /// Build, taking the pools named in `reuse` as they are (reload keeps their workers).
+    pub fn build_reusing(
+        config: Config,
+        origin: &str,
+        reuse: &HashMap<String, Arc<Pool>>,
+    ) -> Result<Self, ConfigError> {
         let fail = |key: String, message: String| ConfigError {
             origin: origin.to_string(),
             line: None,
@@ -46,6 +60,9 @@ impl Snapshot {
             .pools
             .iter()
             .map(|(name, pc)| {
+                if let Some(pool) = reuse.get(name) {
+                    return Ok((name.clone(), Arc::clone(pool)));
+                }
                 Pool::from_config(name, pc)
                     .map(|p| (name.clone(), p))
                     .map_err(|m| fail(format!("pools.{name}"), m))
@@ -75,7 +92,23 @@ impl Snapshot {
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
+        let access_log = if config.access_log.enabled {
+            Some(AccessLog::open(&config.access_log.path).map_err(|e| {
+                fail(
+                    "access_log.path".into(),
+                    format!("{}: {e}", config.access_log.path),
+                )
+            })?)
+        } else {
+            None
+        };
+        let admin_token = config
+            .admin
+            .resolved_token()
+            .map_err(|m| fail("admin.token_env".into(), m))?;
         Ok(Snapshot {
+            access_log,
+            admin_token,
             upstream: UpstreamSettings::from(&config.upstream),
             config: Arc::new(config),
             routes,

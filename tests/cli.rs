@@ -99,7 +99,7 @@ fn run_serves_demo_worker_processes_and_stops_on_sigterm() {
 
     let path = temp_config(
         "run",
-        &format!("[server]\nthreads = 2\nshutdown_grace = \"2s\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{worker_addr}\"] }}\n"),
+        &format!("[server]\nthreads = 2\nshutdown_grace = \"2s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{worker_addr}\"] }}\n"),
     );
     let mut weir = Reaped(
         Command::new(WEIR)

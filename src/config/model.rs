@@ -53,6 +53,72 @@ pub struct Config {
     /// Named groups of workers.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolConfig>,
+    /// The admin API, /metrics and health endpoints.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// One JSON line per request.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+}
+
+/// Where the admin API listens by default: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// "IP:port"; a non-loopback address needs a token.
+    pub listen: String,
+    /// Bearer token required by /api/ and /metrics.
+    pub token: Option<String>,
+    /// Name of an environment variable holding the token (keeps it out of the file).
+    pub token_env: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: DEFAULT_ADMIN_LISTEN.to_string(),
+            token: None,
+            token_env: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token in force: `token`, else the value of `token_env`.
+    pub fn resolved_token(&self) -> Result<Option<String>, String> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
+        match &self.token_env {
+            Some(var) => match std::env::var(var) {
+                Ok(value) if !value.is_empty() => Ok(Some(value)),
+                _ => Err(format!("environment variable {var} is not set")),
+            },
+            None => Ok(None),
+        }
+    }
+}
+
+/// The access log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Off by default (and in benchmarks).
+    pub enabled: bool,
+    /// "-" for standard output, or a file path (appended to).
+    pub path: String,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: false,
+            path: "-".to_string(),
+        }
+    }
 }
 
 /// Client-side settings (the "downstream" side, in Envoy's words).
@@ -401,7 +467,7 @@ pub enum Balance {
 pub const DEFAULT_STOP_GRACE: Dur = Dur::from_secs(10);
 
 /// Source of a pool's workers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProviderConfig {
     /// A fixed list of worker addresses.

@@ -124,6 +124,18 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
         crate::proxy::Cidr::parse(cidr)
             .map_err(|m| fail(format!("server.trusted_proxies[{i}]"), m))?;
     }
+    let admin =
+        parse_socket_addr(&config.admin.listen).map_err(|m| fail("admin.listen".into(), m))?;
+    let token = config
+        .admin
+        .resolved_token()
+        .map_err(|m| fail("admin.token_env".into(), m))?;
+    if !admin.ip().is_loopback() && token.is_none() {
+        return Err(fail(
+            "admin.listen".into(),
+            format!("{admin} is not a loopback address: set admin.token (or admin.token_env) to expose the admin API"),
+        ));
+    }
     let mut seen_listen = HashSet::new();
     for (i, listener) in config.listeners.iter().enumerate() {
         let addr = parse_socket_addr(&listener.listen)

@@ -82,11 +82,10 @@ pub fn watch_pool(pool: &Arc<Pool>) {
 
 /// Start probing one worker until it leaves its pool.
 pub fn watch_worker(pool: &Arc<Pool>, worker: &Arc<Worker>) {
-    let settings = pool.health.clone();
     let pool_name = pool.name.clone();
     let pool = Arc::downgrade(pool);
     let weak = Arc::downgrade(worker);
-    tokio::spawn(probe_loop(pool, pool_name, weak, settings));
+    tokio::spawn(probe_loop(pool, pool_name, weak));
 }
 
 /// Consecutive probe outcomes of one worker, and the state change they call for.
@@ -118,12 +117,7 @@ impl ProbeTally {
     }
 }
 
-async fn probe_loop(
-    pool: Weak<Pool>,
-    pool_name: String,
-    worker: Weak<Worker>,
-    settings: HealthSettings,
-) {
+async fn probe_loop(pool: Weak<Pool>, pool_name: String, worker: Weak<Worker>) {
     let started = tokio::time::Instant::now();
     let mut tally = ProbeTally::default();
     loop {
@@ -135,10 +129,13 @@ async fn probe_loop(
         if !pool.workers().iter().any(|w| Arc::ptr_eq(w, &worker)) {
             return;
         }
+        // Read each round, so a reload's new settings apply at once.
+        let settings = pool.health();
         drop(pool);
         let state = worker.state();
         if state != WorkerState::Draining {
             let outcome = probe(worker.addr, &settings.kind, settings.timeout).await;
+            crate::telemetry::record_health_check(&pool_name, outcome.is_ok());
             // Passive ejection may have changed the state while the probe ran.
             let state = worker.state();
             match tally.record(outcome.is_ok(), state, &settings) {

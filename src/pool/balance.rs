@@ -15,7 +15,7 @@ const DEFAULT_SURPLUS_PENALTY: u32 = 10;
 /// Picks a worker for the next request.
 #[derive(Debug)]
 pub struct Balancer {
-    policy: Balance,
+    policy: std::sync::atomic::AtomicU8,
     next: AtomicUsize,
     surplus_penalty: AtomicU32,
 }
@@ -24,7 +24,7 @@ impl Balancer {
     /// A balancer with the given policy.
     pub fn new(policy: Balance) -> Self {
         Balancer {
-            policy,
+            policy: std::sync::atomic::AtomicU8::new(encode(policy)),
             next: AtomicUsize::new(0),
             surplus_penalty: AtomicU32::new(DEFAULT_SURPLUS_PENALTY),
         }
@@ -32,7 +32,12 @@ impl Balancer {
 
     /// The policy in use.
     pub fn policy(&self) -> Balance {
-        self.policy
+        decode(self.policy.load(Ordering::Relaxed))
+    }
+
+    /// Switch policy (config reload).
+    pub fn set_policy(&self, policy: Balance) {
+        self.policy.store(encode(policy), Ordering::Relaxed);
     }
 
     /// Set the in-flight count above which surplus workers take overflow (the scaler's target).
@@ -44,7 +49,7 @@ impl Balancer {
     /// Take a slot on a ready worker with headroom, skipping `exclude` (a worker that just
     /// failed this request); `None` when there is none.
     pub fn acquire(&self, workers: &[Arc<Worker>], exclude: Option<u64>) -> Option<InFlightGuard> {
-        match self.policy {
+        match self.policy() {
             Balance::RoundRobin => self.round_robin(workers, exclude),
             Balance::LeastInflight => least_inflight_p2c(
                 workers,
@@ -74,6 +79,21 @@ impl Balancer {
                     .filter(|w| w.is_surplus())
                     .find_map(|w| w.try_acquire())
             })
+    }
+}
+
+fn encode(policy: Balance) -> u8 {
+    match policy {
+        Balance::LeastInflight => 0,
+        Balance::RoundRobin => 1,
+    }
+}
+
+fn decode(v: u8) -> Balance {
+    if v == 1 {
+        Balance::RoundRobin
+    } else {
+        Balance::LeastInflight
     }
 }
 

@@ -15,7 +15,7 @@ pub use queue::{RouteQueue, WaitReason, WaitingRequest};
 pub use retry_budget::RetryBudget;
 pub use worker::{InFlightGuard, Worker, WorkerSpec, WorkerState, UNLIMITED};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -59,13 +59,12 @@ pub struct RetrySettings {
 pub struct Pool {
     /// The `[pools.NAME]` key.
     pub name: String,
-    /// How workers are probed.
-    pub health: HealthSettings,
-    /// Retry policy.
-    pub retry: RetrySettings,
+    health: ArcSwap<HealthSettings>,
+    retry_max_tries: AtomicU32,
+    retry_buffer_bytes: AtomicUsize,
     balancer: Balancer,
     workers: ArcSwap<Vec<Arc<Worker>>>,
-    worker_concurrency: u32,
+    worker_concurrency: AtomicU32,
     waiting: Arc<AtomicUsize>,
     queue: Mutex<WaitQueue>,
     budget: RetryBudget,
@@ -105,22 +104,68 @@ impl Pool {
                 .collect();
             Pool {
                 name: name.to_string(),
-                retry: RetrySettings {
-                    max_tries: config.retries.max_tries.max(1),
-                    buffer_body_bytes: config.retries.buffer_body_bytes,
-                },
+                retry_max_tries: AtomicU32::new(config.retries.max_tries.max(1)),
+                retry_buffer_bytes: AtomicUsize::new(config.retries.buffer_body_bytes),
                 budget: RetryBudget::new(config.retries.budget),
                 demand: tokio::sync::Notify::new(),
-                health,
+                health: ArcSwap::from_pointee(health),
                 balancer: Balancer::new(config.balance),
                 workers: ArcSwap::from_pointee(workers),
-                worker_concurrency,
+                worker_concurrency: AtomicU32::new(worker_concurrency),
                 queue: Mutex::new(WaitQueue::new(Arc::clone(&waiting))),
                 waiting,
                 me: me.clone(),
             }
         });
         Ok(pool)
+    }
+
+    /// Retry settings now.
+    pub fn retry(&self) -> RetrySettings {
+        RetrySettings {
+            max_tries: self.retry_max_tries.load(Ordering::Relaxed),
+            buffer_body_bytes: self.retry_buffer_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Probe settings now.
+    pub fn health(&self) -> Arc<HealthSettings> {
+        self.health.load_full()
+    }
+
+    /// Apply a reloaded config's policies (balance, concurrency, health, retries) in place, so
+    /// workers, counters and waiting requests carry on. Returns whether anything changed.
+    pub fn apply_config(&self, config: &PoolConfig) -> Result<bool, String> {
+        let health = HealthSettings::from_config(config.health.as_ref())?;
+        let mut changed = false;
+        if self.balancer.policy() != config.balance {
+            self.balancer.set_policy(config.balance);
+            changed = true;
+        }
+        let concurrency = config.worker_concurrency.unwrap_or(UNLIMITED);
+        if self.worker_concurrency.swap(concurrency, Ordering::Relaxed) != concurrency {
+            for w in self.workers.load().iter() {
+                w.set_max_in_flight(concurrency);
+            }
+            changed = true;
+        }
+        if format!("{:?}", *self.health.load_full()) != format!("{health:?}") {
+            for w in self.workers.load().iter() {
+                w.set_unhealthy_threshold(health.unhealthy_threshold);
+            }
+            self.health.store(Arc::new(health));
+            changed = true;
+        }
+        let tries = config.retries.max_tries.max(1);
+        changed |= self.retry_max_tries.swap(tries, Ordering::Relaxed) != tries;
+        changed |= self
+            .retry_buffer_bytes
+            .swap(config.retries.buffer_body_bytes, Ordering::Relaxed)
+            != config.retries.buffer_body_bytes;
+        changed |= self.budget.set_ratio(config.retries.budget);
+        // More room may have opened up for waiting requests.
+        self.dispatch();
+        Ok(changed)
     }
 
     fn lock_queue(&self) -> MutexGuard<'_, WaitQueue> {
@@ -276,8 +321,8 @@ impl Pool {
             name,
             addr,
             state,
-            max_in_flight: self.worker_concurrency,
-            unhealthy_threshold: self.health.unhealthy_threshold,
+            max_in_flight: self.worker_concurrency.load(Ordering::Relaxed),
+            unhealthy_threshold: self.health.load().unhealthy_threshold,
         };
         let worker = Worker::new(spec, Arc::clone(&self.waiting), self.me.clone());
         self.workers.rcu(|current| {

@@ -24,7 +24,7 @@ struct Sample {
 
 /// The budget of one pool.
 pub struct RetryBudget {
-    ratio: f64,
+    ratio: Mutex<f64>,
     state: Mutex<(VecDeque<Sample>, u64)>,
 }
 
@@ -32,9 +32,17 @@ impl RetryBudget {
     /// A budget allowing `ratio` retries per request over the window.
     pub fn new(ratio: f64) -> Self {
         RetryBudget {
-            ratio,
+            ratio: Mutex::new(ratio),
             state: Mutex::new((VecDeque::new(), 0)),
         }
+    }
+
+    /// Change the ratio (config reload); true if it changed.
+    pub fn set_ratio(&self, ratio: f64) -> bool {
+        let mut current = self.ratio.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = (*current - ratio).abs() > f64::EPSILON;
+        *current = ratio;
+        changed
     }
 
     /// Spend one retry if the budget allows; `requests_total` is the pool's request count so far.
@@ -62,7 +70,8 @@ impl RetryBudget {
         let base = &samples[0];
         let window_requests = requests_total.saturating_sub(base.requests);
         let window_retries = retries.saturating_sub(base.retries);
-        let allowed = MIN_RETRIES_PER_WINDOW + (self.ratio * window_requests as f64) as u64;
+        let ratio = *self.ratio.lock().unwrap_or_else(|p| p.into_inner());
+        let allowed = MIN_RETRIES_PER_WINDOW + (ratio * window_requests as f64) as u64;
         if window_retries < allowed {
             *retries += 1;
             true

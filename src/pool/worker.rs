@@ -144,6 +144,18 @@ impl Worker {
         self.max_in_flight.load(Ordering::Relaxed)
     }
 
+    /// Change the concurrency cap (config reload); in-flight requests above it finish.
+    pub fn set_max_in_flight(&self, cap: u32) {
+        self.max_in_flight.store(cap.max(1), Ordering::Relaxed);
+        self.wake_waiters();
+    }
+
+    /// Change how many passive failures in a row eject it (config reload).
+    pub fn set_unhealthy_threshold(&self, threshold: u32) {
+        self.unhealthy_threshold
+            .store(threshold.max(1), Ordering::Relaxed);
+    }
+
     /// Requests this worker has completed (responses finished or abandoned).
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)

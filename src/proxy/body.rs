@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
 use super::conn::ActivityGuard;
+use super::outcome::Outcome;
 use crate::pool::InFlightGuard;
 use crate::upstream::{UpstreamBody, Upstreams};
 
@@ -27,14 +28,24 @@ pub struct Exchange {
     pub upstreams: Arc<Upstreams>,
     /// Idle connections kept per worker.
     pub max_idle: usize,
+    /// Metrics and access-log record, finished with the body.
+    pub outcome: Option<Outcome>,
 }
 
 impl Exchange {
     /// The body ended cleanly: the connection may carry another request.
-    fn complete(mut self) {
+    fn complete(mut self, bytes_out: u64) {
         if let Some(sender) = self.conn.take() {
             let id = self.in_flight.worker().id;
             self.upstreams.give_back(id, sender, self.max_idle);
+        }
+        self.finish(bytes_out);
+    }
+
+    /// The body ended, cleanly or not: record the request.
+    fn finish(&mut self, bytes_out: u64) {
+        if let Some(outcome) = self.outcome.take() {
+            outcome.finish(bytes_out);
         }
     }
 }
@@ -47,6 +58,8 @@ pub enum ProxyBody {
         body: Incoming,
         /// Released when the body ends; `None` once released.
         exchange: Option<Exchange>,
+        /// Body bytes sent so far.
+        bytes_out: u64,
     },
     /// A complete body (errors, small replies).
     Full(Option<Bytes>),
@@ -74,21 +87,31 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream { body, exchange } => {
+            ProxyBody::Upstream {
+                body,
+                exchange,
+                bytes_out,
+            } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            *bytes_out += data.len() as u64;
+                        }
+                    }
                     Poll::Ready(None) => {
                         if let Some(exchange) = exchange.take() {
-                            exchange.complete();
+                            exchange.complete(*bytes_out);
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {
                         // The worker connection broke mid-body: never reuse it.
                         if let Some(mut exchange) = exchange.take() {
                             exchange.conn = None;
+                            exchange.finish(*bytes_out);
                         }
                     }
-                    _ => {}
+                    Poll::Pending => {}
                 }
                 polled
             }
@@ -113,12 +136,19 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let ProxyBody::Upstream { body, exchange } = self {
-            if let Some(exchange) = exchange.take() {
+        if let ProxyBody::Upstream {
+            body,
+            exchange,
+            bytes_out,
+        } = self
+        {
+            if let Some(mut exchange) = exchange.take() {
                 // hyper skips polling bodies that are already at their end (204, HEAD,
                 // Content-Length: 0); those still finished cleanly.
                 if body.is_end_stream() {
-                    exchange.complete();
+                    exchange.complete(*bytes_out);
+                } else {
+                    exchange.finish(*bytes_out);
                 }
             }
         }

@@ -4,13 +4,16 @@
 mod body;
 mod conn;
 mod headers;
+mod outcome;
 mod tunnel;
 
 pub use body::ProxyBody;
 pub use conn::{ActivityGuard, ConnContext};
 pub use headers::Cidr;
+pub use outcome::Outcome;
 
 use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +31,7 @@ use crate::error::ProxyError;
 use crate::pool::{InFlightGuard, Rejection, RetrySettings, WaitReason, Worker};
 use crate::routing::Route;
 use crate::state::Snapshot;
+use crate::telemetry::RejectReason;
 use crate::upstream::{UpstreamBody, UpstreamSettings, Upstreams};
 use body::Exchange;
 use headers::ClientFacts;
@@ -42,19 +46,23 @@ pub async fn handle(
     cx: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let activity = cx.begin();
+    let outcome = Outcome::start(&req, &cx);
     // Kept only for the log line of a failed request; both clones are reference-count bumps.
     let method = req.method().clone();
     let uri = req.uri().clone();
-    match forward(req, &cx, activity).await {
+    match forward(req, &cx, activity, outcome).await {
         Ok(response) => Ok(response),
-        Err(err) => {
+        Err((err, mut outcome)) => {
             let status = err.status();
             if status.is_server_error() {
                 warn!(client = %cx.peer, %method, %uri, status = status.as_u16(), error = %err, "request failed");
             } else {
                 debug!(client = %cx.peer, %method, %uri, status = status.as_u16(), error = %err, "request refused");
             }
-            Ok(error_response(&err))
+            let response = error_response(&err);
+            outcome.status = status.as_u16();
+            outcome.finish(err.body().len() as u64);
+            Ok(response)
         }
     }
 }
@@ -76,10 +84,44 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
 }
 
 async fn forward(
+    req: Request<Incoming>,
+    cx: &Arc<ConnContext>,
+    activity: ActivityGuard,
+    mut outcome: Outcome,
+) -> Result<Response<ProxyBody>, (ProxyError, Outcome)> {
+    match proxy(req, cx, activity, &mut outcome).await {
+        Ok(Forwarded::Response(mut response, exchange)) => {
+            outcome.status = response.status().as_u16();
+            let mut exchange = *exchange;
+            exchange.outcome = Some(outcome);
+            let _ = &mut response;
+            Ok(response.map(|body| ProxyBody::Upstream {
+                body,
+                exchange: Some(exchange),
+                bytes_out: 0,
+            }))
+        }
+        Ok(Forwarded::Upgraded(response)) => {
+            outcome.status = response.status().as_u16();
+            outcome.finish(0);
+            Ok(response)
+        }
+        Err(err) => Err((err, outcome)),
+    }
+}
+
+/// A forwarded request's response: streamed with its bookkeeping, or an upgrade's 101.
+enum Forwarded {
+    Response(Response<Incoming>, Box<Exchange>),
+    Upgraded(Response<ProxyBody>),
+}
+
+async fn proxy(
     mut req: Request<Incoming>,
     cx: &Arc<ConnContext>,
     activity: ActivityGuard,
-) -> Result<Response<ProxyBody>, ProxyError> {
+    outcome: &mut Outcome,
+) -> Result<Forwarded, ProxyError> {
     let upgrade = req.version() <= Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();
@@ -88,9 +130,14 @@ async fn forward(
     let (retry, settings) = {
         let snapshot = cx.shared.snapshot();
         let route = lookup(&snapshot, &head.headers, &head.uri)?;
-        (route.pool.retry, snapshot.upstream)
+        outcome.route = Some(Arc::clone(&route.metrics));
+        if outcome.wants_details() {
+            outcome.route_name = Some(Arc::clone(&route.name));
+        }
+        (route.pool.retry(), snapshot.upstream)
     };
-    let body = request_body(&head, body, &retry).await?;
+    let bytes_in = outcome.access.as_ref().map(|a| Arc::clone(&a.bytes_in));
+    let body = request_body(&head, body, &retry, bytes_in).await?;
     // Idempotent requests with a body held in memory (or none) can be sent again.
     let replayable = is_idempotent(&head.method) && matches!(body, UpstreamBody::Bytes(_));
 
@@ -101,15 +148,23 @@ async fn forward(
     let mut cold_start = None;
     let (slot, mut response, sender) = loop {
         tries += 1;
-        let Some((slot, cold)) = admit(cx, &outgoing, exclude).await? else {
+        let Some((slot, waited, cold)) = admit(cx, &outgoing, exclude, outcome).await? else {
             // No other worker is free for a retry: the first failure stands.
             return Err(last_error.unwrap_or(ProxyError::NoRoute));
         };
+        outcome.queue_wait += waited;
         cold_start = cold_start.or(cold);
+        let sent_at = Instant::now();
         let worker = Arc::clone(slot.worker());
         match send(&cx.upstreams, &worker, &settings, outgoing, replayable).await {
             Ok((response, sender)) => {
                 worker.record_success();
+                if let Some(metrics) = &outcome.route {
+                    metrics.record_upstream(sent_at.elapsed());
+                }
+                if outcome.wants_details() {
+                    outcome.worker = Some(Arc::clone(&worker));
+                }
                 break (slot, response, sender);
             }
             Err(failure) => {
@@ -124,6 +179,10 @@ async fn forward(
                     return Err(failure.error);
                 }
                 debug!(worker = %worker.name, error = %failure.error, "retrying on another worker");
+                outcome.retries += 1;
+                if let Some(metrics) = &outcome.route {
+                    metrics.record_retry();
+                }
                 outgoing = unsent;
                 exclude = Some(worker.id);
                 last_error = Some(failure.error);
@@ -147,7 +206,7 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         let worker_upgrade = hyper::upgrade::on(&mut response);
         tunnel::spawn(client_upgrade, worker_upgrade, slot, activity);
-        return Ok(response.map(|_| ProxyBody::empty()));
+        return Ok(Forwarded::Upgraded(response.map(|_| ProxyBody::empty())));
     }
 
     headers::strip_hop_by_hop(response.headers_mut());
@@ -164,11 +223,9 @@ async fn forward(
         conn: Some(sender),
         upstreams: Arc::clone(&cx.upstreams),
         max_idle: settings.max_idle_per_worker,
+        outcome: None,
     };
-    Ok(response.map(|body| ProxyBody::Upstream {
-        body,
-        exchange: Some(exchange),
-    }))
+    Ok(Forwarded::Response(response, Box::new(exchange)))
 }
 
 /// The route of a (rewritten) request: its Host header and path.
@@ -191,36 +248,53 @@ async fn admit(
     cx: &ConnContext,
     outgoing: &Request<UpstreamBody>,
     exclude: Option<u64>,
-) -> Result<Option<(InFlightGuard, Option<Duration>)>, ProxyError> {
+    outcome: &Outcome,
+) -> Result<Option<(InFlightGuard, Duration, Option<Duration>)>, ProxyError> {
     let (pool, queue) = {
         let snapshot = cx.shared.snapshot();
         let route = lookup(&snapshot, outgoing.headers(), outgoing.uri())?;
         if let Some(slot) = route.pool.try_acquire(exclude) {
-            return Ok(Some((slot, None)));
+            return Ok(Some((slot, Duration::ZERO, None)));
         }
         if exclude.is_some() {
             return Ok(None);
         }
         (Arc::clone(&route.pool), Arc::clone(&route.queue))
     };
+    let metrics = outcome.route.as_deref();
+    let reject = |reason: RejectReason| {
+        if let Some(m) = metrics {
+            m.record_rejection(reason);
+        }
+    };
     match pool.acquire(&queue, None).await {
         Ok(admission) => {
+            if let Some(m) = metrics {
+                m.record_queue_wait(admission.waited);
+            }
             // Waiting with no worker at all means waiting for one to start: a cold start.
             let cold = (admission.reason == Some(WaitReason::NoWorker)).then_some(admission.waited);
-            Ok(Some((admission.slot, cold)))
+            Ok(Some((admission.slot, admission.waited, cold)))
         }
         Err(Rejection::QueueFull) => {
             debug!(route = %queue.route, "queue full");
+            reject(RejectReason::Full);
             Err(ProxyError::QueueFull {
                 retry_after: queue.retry_after_secs,
             })
         }
-        Err(Rejection::QueueTimeout) => Err(ProxyError::QueueTimeout {
-            retry_after: queue.retry_after_secs,
-        }),
-        Err(Rejection::NoCapacity) => Err(ProxyError::NoCapacity {
-            retry_after: queue.retry_after_secs,
-        }),
+        Err(Rejection::QueueTimeout) => {
+            reject(RejectReason::Timeout);
+            Err(ProxyError::QueueTimeout {
+                retry_after: queue.retry_after_secs,
+            })
+        }
+        Err(Rejection::NoCapacity) => {
+            reject(RejectReason::NoCapacity);
+            Err(ProxyError::NoCapacity {
+                retry_after: queue.retry_after_secs,
+            })
+        }
     }
 }
 
@@ -248,6 +322,7 @@ async fn request_body(
     head: &Parts,
     body: Incoming,
     retry: &RetrySettings,
+    counter: Option<Arc<AtomicU64>>,
 ) -> Result<UpstreamBody, ProxyError> {
     if body.is_end_stream() {
         return Ok(UpstreamBody::empty());
@@ -255,10 +330,19 @@ async fn request_body(
     let declared = body.size_hint().exact();
     let small = declared.is_some_and(|n| n <= retry.buffer_body_bytes as u64);
     if retry.max_tries < 2 || !small || !is_idempotent(&head.method) {
-        return Ok(UpstreamBody::Stream(body));
+        return Ok(match counter {
+            Some(counter) => UpstreamBody::Counted(body, counter),
+            None => UpstreamBody::Stream(body),
+        });
     }
     match body.collect().await {
-        Ok(collected) => Ok(UpstreamBody::Bytes(Some(collected.to_bytes()))),
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            if let Some(counter) = counter {
+                counter.store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(UpstreamBody::Bytes(Some(bytes)))
+        }
         Err(_) => Err(ProxyError::BadRequest(
             "weir: the request body ended early\n",
         )),

@@ -65,6 +65,7 @@ impl ActivityLog {
     /// Record an event (and log it).
     pub fn record(&self, pool: &str, action: Action, from: u32, to: u32, reason: String) {
         info!(pool, action = action.as_str(), from, to, %reason, "scaling activity");
+        crate::telemetry::record_scale_event(pool, action.as_str());
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if events.len() == ACTIVITY_CAPACITY {
             events.pop_front();

@@ -35,16 +35,7 @@ impl CivilMinute {
     pub fn from_unix_minutes(minutes: u64) -> Self {
         let days = (minutes / 1440) as i64;
         let minute_of_day = (minutes % 1440) as u32;
-        // Howard Hinnant's days-to-civil algorithm.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let _year = yoe + era * 400 + i64::from(month <= 2);
+        let (_year, month, day) = crate::clock::civil_from_days(days);
         CivilMinute {
             minute: minute_of_day % 60,
             hour: minute_of_day / 60,

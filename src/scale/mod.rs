@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -53,7 +54,7 @@ struct Books {
 pub struct PoolScaler {
     pool: Arc<Pool>,
     provider: Arc<dyn Provider>,
-    policy: ScalePolicy,
+    policy: ArcSwap<ScalePolicy>,
     activity: Arc<ActivityLog>,
     books: Mutex<Books>,
     pending_launches: AtomicU32,
@@ -76,7 +77,7 @@ impl PoolScaler {
             desired: AtomicU32::new(policy.initial_workers),
             pool,
             provider,
-            policy,
+            policy: ArcSwap::from_pointee(policy),
             activity,
             books: Mutex::new(Books::default()),
             pending_launches: AtomicU32::new(0),
@@ -101,8 +102,22 @@ impl PoolScaler {
     }
 
     /// The policy in force.
-    pub fn policy(&self) -> &ScalePolicy {
-        &self.policy
+    pub fn policy(&self) -> Arc<ScalePolicy> {
+        self.policy.load_full()
+    }
+
+    /// Swap in a new policy (config reload); the next step uses it.
+    pub fn set_policy(&self, policy: ScalePolicy) {
+        self.pool
+            .balancer()
+            .set_surplus_penalty(policy.target_inflight.ceil() as u32);
+        self.policy.store(Arc::new(policy));
+        self.pool.demand().notify_one();
+    }
+
+    /// The provider, described (admin API).
+    pub fn describe(&self) -> String {
+        self.provider.describe()
     }
 
     /// Workers the pool should have now (admin API).
@@ -119,7 +134,7 @@ impl PoolScaler {
 
     /// Run until `shutdown` flips, then drain and release every worker.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let initial = self.policy.initial_workers;
+        let initial = self.policy().initial_workers;
         if initial > 0 {
             self.activity.record(
                 &self.pool.name,
@@ -147,6 +162,7 @@ impl PoolScaler {
 
     /// One decision: sample, keep the books, decide, act. Public so tests can drive it.
     pub fn step(self: &Arc<Self>, now: Instant, now_minutes: u64) {
+        let policy = self.policy();
         let workers = self.pool.workers();
         // Demand is what is in flight on workers that stay; a draining worker's requests are
         // finishing, not asking for capacity.
@@ -161,7 +177,7 @@ impl PoolScaler {
         // Load windows.
         let load = (in_flight + queued) as f64;
         books.samples.push_back((now, load));
-        let stable_window = self.policy.stable_window;
+        let stable_window = policy.stable_window;
         while books
             .samples
             .front()
@@ -172,7 +188,7 @@ impl PoolScaler {
         let panic_peak = books
             .samples
             .iter()
-            .filter(|(at, _)| now.duration_since(*at) <= self.policy.panic_window)
+            .filter(|(at, _)| now.duration_since(*at) <= policy.panic_window)
             .map(|(_, l)| *l)
             .fold(0.0, f64::max);
         let stable_avg =
@@ -209,7 +225,7 @@ impl PoolScaler {
                 WorkerState::Starting => {
                     starting += 1;
                     let started = *books.started_at.entry(w.id).or_insert(now);
-                    if now.duration_since(started) >= self.policy.startup_timeout {
+                    if now.duration_since(started) >= policy.startup_timeout {
                         give_up.push((
                             Arc::clone(w),
                             "not ready within startup_timeout".to_string(),
@@ -218,7 +234,7 @@ impl PoolScaler {
                 }
                 WorkerState::Unhealthy => {
                     let since = *books.unhealthy_since.entry(w.id).or_insert(now);
-                    if now.duration_since(since) >= self.policy.replace_unhealthy_after {
+                    if now.duration_since(since) >= policy.replace_unhealthy_after {
                         give_up.push((Arc::clone(w), "unhealthy for too long".to_string()));
                     }
                 }
@@ -261,7 +277,7 @@ impl PoolScaler {
             now_minutes,
             idle,
         };
-        let mut decision = decide(&self.policy, &signals);
+        let mut decision = decide(&policy, &signals);
         if let Some(n) = manual {
             decision = self.manual_decision(n, &signals, decision.effective_min);
             // The operator's count starts a new history: this tick's load, taken before it,
@@ -321,7 +337,7 @@ impl PoolScaler {
             );
             for id in decision.release {
                 if let Some(worker) = workers.iter().find(|w| w.id == id) {
-                    self.spawn_retire(Arc::clone(worker), self.policy.drain_timeout);
+                    self.spawn_retire(Arc::clone(worker), policy.drain_timeout);
                 }
             }
         }
@@ -330,7 +346,7 @@ impl PoolScaler {
     /// A desired count set by hand: launch up to it, or drain down to it (idle and least busy
     /// first), within the effective minimum and the maximum.
     fn manual_decision(&self, n: u32, s: &Signals, effective_min: u32) -> Decision {
-        let target = n.clamp(effective_min, self.policy.max_workers);
+        let target = n.clamp(effective_min, self.policy().max_workers);
         let capacity = s.ready + s.starting;
         let mut decision = Decision {
             desired: target,
@@ -402,7 +418,7 @@ impl PoolScaler {
             name: name.clone(),
         };
         let launched =
-            tokio::time::timeout(self.policy.startup_timeout, self.provider.launch(spec)).await;
+            tokio::time::timeout(self.policy().startup_timeout, self.provider.launch(spec)).await;
         let failure = match launched {
             Ok(Ok(launched)) => {
                 let worker =
@@ -424,7 +440,7 @@ impl PoolScaler {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!(
                 "launch did not return within {:?}",
-                self.policy.startup_timeout
+                self.policy().startup_timeout
             ),
         };
         self.note_launch_failure(Instant::now());
@@ -524,7 +540,7 @@ impl PoolScaler {
         let workers = self.pool.workers();
         let drains = workers.iter().map(|w| {
             self.books().retiring.insert(w.id, ());
-            self.retire(w, self.policy.drain_timeout)
+            self.retire(w, self.policy().drain_timeout)
         });
         futures_join_all(drains).await;
     }

@@ -7,6 +7,7 @@ mod listen;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,10 +21,8 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{parse_socket_addr, ServerConfig};
-use crate::health;
-use crate::provider;
+use crate::control::{self, Control};
 use crate::proxy::{self, ConnContext};
-use crate::scale::{PoolScaler, ScalePolicy};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::Upstreams;
 
@@ -56,10 +55,14 @@ pub struct Server {
     pub local_addrs: Vec<SocketAddr>,
     /// The live state; reloads publish into it.
     pub shared: Arc<Shared>,
+    /// The admin listener's bound address.
+    pub admin_addr: SocketAddr,
+    /// The control plane (reload, scalers).
+    pub control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     control_shutdown: watch::Sender<bool>,
-    control: Option<JoinHandle<()>>,
+    control_thread: Option<JoinHandle<()>>,
 }
 
 /// What every serving thread shares.
@@ -70,8 +73,8 @@ struct Common {
 }
 
 impl Server {
-    /// Bind every listener and start the serving threads.
-    pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
+    /// Bind every listener and start the serving threads; `config_path` is what reloads read.
+    pub fn start(snapshot: Snapshot, config_path: Option<PathBuf>) -> Result<Server, StartError> {
         let config = Arc::clone(&snapshot.config);
         let threads = match config.server.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -94,7 +97,20 @@ impl Server {
             local_addrs.push(local);
             sockets.push(bound);
         }
+        let admin_listen = parse_socket_addr(&config.admin.listen)
+            .map_err(|m| StartError(format!("admin.listen: {m}")))?;
+        let admin = StdTcpListener::bind(admin_listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| {
+                StartError(format!(
+                    "admin.listen: cannot listen on {admin_listen}: {e}"
+                ))
+            })?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|e| StartError(format!("admin.listen: {e}")))?;
         let shared = Shared::new(snapshot);
+        let control = Control::new(Arc::clone(&shared), config_path);
         let common = Arc::new(Common {
             shared: Arc::clone(&shared),
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
@@ -103,10 +119,10 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = Vec::with_capacity(threads);
         let (control_shutdown, control_shutdown_rx) = watch::channel(false);
-        let control_shared = Arc::clone(&shared);
-        let control = std::thread::Builder::new()
+        let control_plane = Arc::clone(&control);
+        let control_thread = std::thread::Builder::new()
             .name("weir-control".into())
-            .spawn(move || control_thread(control_shared, control_shutdown_rx))
+            .spawn(move || control::run(control_plane, Some(admin), control_shutdown_rx))
             .map_err(|e| StartError(format!("cannot start the control thread: {e}")))?;
         for t in 0..threads {
             let mine: Vec<(usize, StdTcpListener)> = sockets
@@ -130,13 +146,16 @@ impl Server {
             };
             info!(%addr, kind, threads, "listening");
         }
+        info!(addr = %admin_addr, "admin API listening");
         Ok(Server {
             local_addrs,
             shared,
+            admin_addr,
+            control,
             shutdown,
             threads: handles,
             control_shutdown,
-            control: Some(control),
+            control_thread: Some(control_thread),
         })
     }
 
@@ -151,64 +170,12 @@ impl Server {
         }
         // Only now that no request is in flight: stop the scalers, which release the workers.
         let _ = self.control_shutdown.send(true);
-        if let Some(control) = self.control.take() {
+        if let Some(control) = self.control_thread.take() {
             if control.join().is_err() {
                 error!("the control thread panicked during shutdown");
             }
         }
     }
-}
-
-/// The control plane's thread: health checks and the scalers run here, off the serving
-/// threads. It stops after the serving threads, releasing the workers it launched.
-fn control_thread(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot build the control runtime; no health checks will run");
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let snapshot = shared.snapshot_full();
-        let mut scalers = Vec::new();
-        for (name, pool) in &snapshot.pools {
-            health::watch_pool(pool);
-            let Some(config) = snapshot.config.pools.get(name) else {
-                continue;
-            };
-            let provider = match provider::from_config(name, &config.provider) {
-                Ok(p) => p,
-                Err(e) => {
-                    error!(pool = %name, error = %e, "cannot set up the provider; the pool will not scale");
-                    continue;
-                }
-            };
-            if !provider.can_launch() {
-                continue;
-            }
-            let autoscale = config.autoscale.clone().unwrap_or_default();
-            let policy = match ScalePolicy::from_config(&autoscale, config.worker_concurrency) {
-                Ok(p) => p,
-                Err(e) => {
-                    error!(pool = %name, error = %e, "bad autoscale policy; the pool will not scale");
-                    continue;
-                }
-            };
-            let scaler = PoolScaler::new(Arc::clone(pool), provider, policy, Arc::clone(&shared.activity));
-            shared.scalers.insert(name.clone(), Arc::clone(&scaler));
-            scalers.push(tokio::spawn(scaler.run(shutdown.clone())));
-        }
-        drop(snapshot);
-        let _ = shutdown.changed().await;
-        // Each scaler drains and releases its workers before its task ends.
-        for scaler in scalers {
-            let _ = scaler.await;
-        }
-    });
 }
 
 fn serve_thread(

@@ -73,10 +73,15 @@ pub fn start_weir(server_keys: &str, rest: &str) -> Weir {
         server.push_str("shutdown_grace = \"200ms\"\n");
     }
     server.push_str(server_keys);
-    let text = format!("{server}\n{rest}");
+    let admin = if rest.contains("[admin]") {
+        ""
+    } else {
+        "[admin]\nlisten = \"127.0.0.1:0\"\n"
+    };
+    let text = format!("{server}\n{admin}{rest}");
     let config = weir::config::parse(&text, "test.toml").expect("test config is valid");
     let snapshot = Snapshot::build(config, "test.toml").expect("snapshot builds");
-    let server = Server::start(snapshot).expect("weir starts");
+    let server = Server::start(snapshot, None).expect("weir starts");
     Weir {
         addrs: server.local_addrs.clone(),
         server: Some(server),

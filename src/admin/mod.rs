@@ -1,0 +1,272 @@
+//! The admin listener: liveness and readiness, the JSON API, and Prometheus /metrics. It runs
+//! on the control thread, never on a serving thread. With a token set, /api/ and /metrics need
+//! `Authorization: Bearer <token>` (compared in constant time).
+
+pub mod cli;
+pub mod views;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::control::Control;
+use crate::pool::WorkerState;
+
+/// Largest admin request body (a scale request is a few bytes).
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+type AdminResponse = Response<Full<Bytes>>;
+
+/// Serve the admin API on `listener` until `shutdown` flips.
+pub async fn serve(
+    listener: TcpListener,
+    control: Arc<Control>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let control = Arc::clone(&control);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let control = Arc::clone(&control);
+                async move { Ok::<_, Infallible>(route(req, &control, peer).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> AdminResponse {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> AdminResponse {
+    #[derive(Serialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    json(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
+}
+
+/// Equal in time whatever the contents, so a token cannot be guessed byte by byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+}
+
+async fn route(req: Request<Incoming>, control: &Control, peer: SocketAddr) -> AdminResponse {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => {
+            return json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+        }
+        (&Method::GET, "/readyz") => return readiness(control),
+        _ => {}
+    }
+    let token = control.shared().snapshot().admin_token.clone();
+    let protected = path.starts_with("/api/") || path == "/metrics";
+    if protected && !authorized(&req, token.as_deref()) {
+        debug!(%peer, %path, "admin call without a valid token");
+        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"weir\""),
+        );
+        return response;
+    }
+    let shared = control.shared();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            let text = crate::telemetry::render(&shared.snapshot());
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        (&Method::GET, "/api/v1/workers") => json(StatusCode::OK, &views::workers(shared)),
+        (&Method::GET, "/api/v1/queue") => json(StatusCode::OK, &views::queue(shared)),
+        (&Method::GET, "/api/v1/pools") => json(StatusCode::OK, &views::pools(shared)),
+        (&Method::GET, "/api/v1/activity") => json(StatusCode::OK, &views::activity(shared)),
+        (&Method::POST, "/api/v1/reload") => match control.reload() {
+            Ok(changed) => json(StatusCode::OK, &serde_json::json!({ "changed": changed })),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        },
+        (&Method::POST, p) if p.starts_with("/api/v1/pools/") && p.ends_with("/scale") => {
+            let name = &p["/api/v1/pools/".len()..p.len() - "/scale".len()];
+            scale(req, control, name).await
+        }
+        (&Method::POST, p) if p.starts_with("/api/v1/workers/") => {
+            let rest = &p["/api/v1/workers/".len()..];
+            match rest.rsplit_once('/') {
+                Some((id, "protect")) => protect(control, id, true),
+                Some((id, "unprotect")) => protect(control, id, false),
+                _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: POST {p}")),
+            }
+        }
+        (_, p) => error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {method} {p}"),
+        ),
+    }
+}
+
+fn readiness(control: &Control) -> AdminResponse {
+    let shared = control.shared();
+    let snapshot = shared.snapshot();
+    let mut not_ready = Vec::new();
+    for route in snapshot.routes.all() {
+        let pool = &route.pool;
+        let has_ready = pool
+            .workers()
+            .iter()
+            .any(|w| w.state() == WorkerState::Ready);
+        let can_launch = shared.scalers.contains_key(&pool.name);
+        if !has_ready && !can_launch {
+            not_ready.push(format!(
+                "route {} (pool {}) has no ready worker",
+                route.name, pool.name
+            ));
+        }
+    }
+    if not_ready.is_empty() {
+        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not_ready", "reasons": not_ready}),
+        )
+    }
+}
+
+async fn scale(req: Request<Incoming>, control: &Control, name: &str) -> AdminResponse {
+    let shared = control.shared();
+    if !shared.snapshot().pools.contains_key(name) {
+        return error(StatusCode::NOT_FOUND, format!("no pool named {name:?}"));
+    }
+    let Some(scaler) = shared.scalers.get(name).map(|s| Arc::clone(&s)) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("pool {name:?} is static: its workers are exactly its addresses"),
+        );
+    };
+    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "request body too large or incomplete",
+            )
+        }
+    };
+    let request: views::ScaleRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"workers\": N}}: {e}"),
+            )
+        }
+    };
+    let max = scaler.policy().max_workers;
+    if request.workers > max {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "workers must be between 0 and max_workers ({max}); got {}",
+                request.workers
+            ),
+        );
+    }
+    scaler.set_manual(request.workers);
+    let min = scaler
+        .policy()
+        .effective_min(crate::scale::unix_minutes_now());
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"pool": name, "workers": request.workers.max(min), "requested": request.workers}),
+    )
+}
+
+fn protect(control: &Control, id: &str, protected: bool) -> AdminResponse {
+    let snapshot = control.shared().snapshot();
+    for pool in snapshot.pools.values() {
+        if let Some(w) = pool.workers().iter().find(|w| w.name == id) {
+            w.set_protected(protected);
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({"id": id, "protected": protected}),
+            );
+        }
+    }
+    error(StatusCode::NOT_FOUND, format!("no worker {id:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -1,0 +1,296 @@
+//! The control plane, on its own thread: health checks, the scalers, the admin API, and live
+//! config reload. Serving threads only read what it publishes.
+
+use std::collections::HashMap;
+use std::net::TcpListener as StdTcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::{self, PoolConfig};
+use crate::health;
+use crate::pool::Pool;
+use crate::provider;
+use crate::scale::{PoolScaler, ScalePolicy};
+use crate::state::{Shared, Snapshot};
+
+/// A running scaler and how to stop it.
+struct ScalerTask {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The control plane of one weir.
+pub struct Control {
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+    scalers: Mutex<HashMap<String, ScalerTask>>,
+    reload_lock: Mutex<()>,
+}
+
+impl Control {
+    /// A control plane over `shared`; `config_path` is what reloads read.
+    pub fn new(shared: Arc<Shared>, config_path: Option<PathBuf>) -> Arc<Self> {
+        Arc::new(Control {
+            shared,
+            config_path,
+            scalers: Mutex::new(HashMap::new()),
+            reload_lock: Mutex::new(()),
+        })
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Start health checks and (for launchable providers) the scaler of a pool.
+    pub fn start_pool(&self, name: &str, pool: &Arc<Pool>, config: &PoolConfig) {
+        health::watch_pool(pool);
+        let provider = match provider::from_config(name, &config.provider) {
+            Ok(p) => p,
+            Err(e) => {
+                error!(pool = %name, error = %e, "cannot set up the provider; the pool will not scale");
+                return;
+            }
+        };
+        if !provider.can_launch() {
+            return;
+        }
+        let autoscale = config.autoscale.clone().unwrap_or_default();
+        let policy = match ScalePolicy::from_config(&autoscale, config.worker_concurrency) {
+            Ok(p) => p,
+            Err(e) => {
+                error!(pool = %name, error = %e, "bad autoscale policy; the pool will not scale");
+                return;
+            }
+        };
+        let scaler = PoolScaler::new(
+            Arc::clone(pool),
+            provider,
+            policy,
+            Arc::clone(&self.shared.activity),
+        );
+        self.shared
+            .scalers
+            .insert(name.to_string(), Arc::clone(&scaler));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(scaler.run(stop_rx));
+        self.lock_scalers()
+            .insert(name.to_string(), ScalerTask { stop, task });
+    }
+
+    fn lock_scalers(&self) -> std::sync::MutexGuard<'_, HashMap<String, ScalerTask>> {
+        self.scalers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stop a pool's scaler; it drains and releases its workers in the background.
+    fn stop_pool(&self, name: &str) {
+        self.shared.scalers.remove(name);
+        if let Some(task) = self.lock_scalers().remove(name) {
+            let _ = task.stop.send(true);
+            tokio::spawn(async move {
+                let _ = task.task.await;
+            });
+        }
+    }
+
+    /// Stop every scaler and wait until their workers are released.
+    pub async fn stop_all(&self) {
+        let tasks: Vec<ScalerTask> = self.lock_scalers().drain().map(|(_, t)| t).collect();
+        for task in &tasks {
+            let _ = task.stop.send(true);
+        }
+        for task in tasks {
+            let _ = task.task.await;
+        }
+    }
+
+    /// Load the config file again and swap it in: routes, pools (added, removed, changed
+    /// policy), certificates, limits and logs, without dropping a connection or an in-flight
+    /// request. On any error the running config stays and the error is returned. Returns what
+    /// changed, one entry per change.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or("weir was started without a config file; nothing to reload")?;
+        let origin = path.display().to_string();
+        let new_config = config::load(path).map_err(|e| e.to_string())?;
+        let old = self.shared.snapshot_full();
+        let mut changes = Vec::new();
+
+        let old_listens: Vec<(&str, bool)> = old
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.listen.as_str(), l.tls.is_some()))
+            .collect();
+        let new_listens: Vec<(&str, bool)> = new_config
+            .listeners
+            .iter()
+            .map(|l| (l.listen.as_str(), l.tls.is_some()))
+            .collect();
+        if old_listens != new_listens {
+            return Err("listeners: addresses or TLS on/off changed; those need a restart (nothing was applied)".into());
+        }
+        if old.config.admin.listen != new_config.admin.listen {
+            return Err("admin.listen changed; that needs a restart (nothing was applied)".into());
+        }
+
+        // Keep pools whose provider is unchanged, with their workers, counters and queues.
+        let mut reuse = HashMap::new();
+        let mut added = Vec::new();
+        for (name, pc) in &new_config.pools {
+            match (old.pools.get(name), old.config.pools.get(name)) {
+                (Some(pool), Some(old_pc)) if old_pc.provider == pc.provider => {
+                    if pool
+                        .apply_config(pc)
+                        .map_err(|e| format!("pools.{name}: {e}"))?
+                    {
+                        changes.push(format!("pools.{name}: policy changed"));
+                    }
+                    if let Some(scaler) = self.shared.scalers.get(name) {
+                        let autoscale = pc.autoscale.clone().unwrap_or_default();
+                        let policy = ScalePolicy::from_config(&autoscale, pc.worker_concurrency)
+                            .map_err(|e| format!("pools.{name}.autoscale: {e}"))?;
+                        if format!("{:?}", *scaler.policy()) != format!("{policy:?}") {
+                            scaler.set_policy(policy);
+                            changes.push(format!("pools.{name}.autoscale: changed"));
+                        }
+                    }
+                    reuse.insert(name.clone(), Arc::clone(pool));
+                }
+                (Some(_), _) => {
+                    changes.push(format!("pools.{name}: provider changed, workers replaced"));
+                    added.push(name.clone());
+                }
+                (None, _) => {
+                    changes.push(format!("pools.{name}: added"));
+                    added.push(name.clone());
+                }
+            }
+        }
+        let removed: Vec<String> = old
+            .pools
+            .keys()
+            .filter(|name| !reuse.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in &removed {
+            if !new_config.pools.contains_key(name) {
+                changes.push(format!(
+                    "pools.{name}: removed (workers drained and released)"
+                ));
+            }
+        }
+
+        let snapshot =
+            Snapshot::build_reusing(new_config, &origin, &reuse).map_err(|e| e.to_string())?;
+        if format!("{:?}", old.config.routes) != format!("{:?}", snapshot.config.routes) {
+            changes.push("routes: changed".into());
+        }
+        for (i, (a, b)) in old
+            .config
+            .listeners
+            .iter()
+            .zip(&snapshot.config.listeners)
+            .enumerate()
+        {
+            if format!("{:?}", a.tls) != format!("{:?}", b.tls) || a.tls.is_some() {
+                // Certificates are re-read from disk on every reload: files may have changed.
+                if b.tls.is_some() {
+                    changes.push(format!("listeners[{i}].tls: certificates reloaded"));
+                }
+            }
+        }
+        if format!("{:?}", old.config.server) != format!("{:?}", snapshot.config.server) {
+            changes.push("server: changed (applies to new connections)".into());
+        }
+        if format!("{:?}", old.config.upstream) != format!("{:?}", snapshot.config.upstream) {
+            changes.push("upstream: changed".into());
+        }
+        if format!("{:?}", old.config.access_log) != format!("{:?}", snapshot.config.access_log) {
+            changes.push("access_log: changed".into());
+        }
+        if format!("{:?}", old.config.admin.token) != format!("{:?}", snapshot.config.admin.token)
+            || old.config.admin.token_env != snapshot.config.admin.token_env
+        {
+            changes.push("admin: token changed".into());
+        }
+        let new_config = Arc::clone(&snapshot.config);
+        let new_pools = snapshot.pools.clone();
+        self.shared.publish(snapshot);
+
+        for name in &removed {
+            self.stop_pool(name);
+        }
+        for name in &added {
+            if let (Some(pool), Some(pc)) = (new_pools.get(name), new_config.pools.get(name)) {
+                self.start_pool(name, pool, pc);
+            }
+        }
+        info!(changes = ?changes, "config reloaded");
+        Ok(changes)
+    }
+}
+
+/// Run the control plane until `shutdown` flips: start every pool, serve the admin API, reload
+/// on SIGHUP. Then stop the scalers, which release their workers.
+pub fn run(
+    control: Arc<Control>,
+    admin: Option<StdTcpListener>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot build the control runtime; no health checks, scaling or admin API");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let snapshot = control.shared.snapshot_full();
+        for (name, pool) in &snapshot.pools {
+            if let Some(pc) = snapshot.config.pools.get(name) {
+                control.start_pool(name, pool, pc);
+            }
+        }
+        drop(snapshot);
+        if let Some(listener) = admin {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::spawn(crate::admin::serve(listener, Arc::clone(&control), shutdown.clone()));
+                }
+                Err(e) => error!(error = %e, "cannot serve the admin API"),
+            }
+        }
+        let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let mut sighup = match sighup {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; reload through the admin API");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(()) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                    match control.reload() {
+                        Ok(changes) => info!(?changes, "SIGHUP: config reloaded"),
+                        Err(e) => error!(error = %e, "SIGHUP: reload failed; the running config stays"),
+                    }
+                }
+            }
+        }
+        control.stop_all().await;
+    });
+}

@@ -1,0 +1,121 @@
+//! What becomes of one request, for metrics and the access log, recorded once when its
+//! response ends (or fails, or the client leaves).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{header, Request};
+use tokio::time::Instant;
+
+use super::conn::ConnContext;
+use crate::access_log::{AccessEntry, AccessLog};
+use crate::pool::Worker;
+use crate::telemetry::RouteMetrics;
+
+/// Access-log facts captured at the start (only when the access log is on).
+pub struct AccessContext {
+    log: Arc<AccessLog>,
+    time: SystemTime,
+    client: String,
+    method: String,
+    host: String,
+    path: String,
+    /// Request body bytes, counted as they pass.
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+/// The running record of one request.
+pub struct Outcome {
+    started: Instant,
+    /// The matched route's series; `None` until routed.
+    pub route: Option<Arc<RouteMetrics>>,
+    /// Route label for the access log.
+    pub route_name: Option<Arc<str>>,
+    /// Time spent in the queue.
+    pub queue_wait: Duration,
+    /// Retries on other workers.
+    pub retries: u32,
+    /// The worker that answered (kept only for the access log).
+    pub worker: Option<Arc<Worker>>,
+    /// Status sent.
+    pub status: u16,
+    /// Access-log facts, when the log is on.
+    pub access: Option<Box<AccessContext>>,
+}
+
+impl Outcome {
+    /// Start the record of `req`.
+    pub fn start<B>(req: &Request<B>, cx: &ConnContext) -> Self {
+        let access = cx.shared.snapshot().access_log.clone().map(|log| {
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| {
+                    req.headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .unwrap_or_default()
+                .to_string();
+            Box::new(AccessContext {
+                log,
+                time: SystemTime::now(),
+                client: cx.peer.ip().to_canonical().to_string(),
+                method: req.method().as_str().to_string(),
+                host,
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+                    .to_string(),
+                bytes_in: Arc::new(AtomicU64::new(0)),
+            })
+        });
+        Outcome {
+            started: Instant::now(),
+            route: None,
+            route_name: None,
+            queue_wait: Duration::ZERO,
+            retries: 0,
+            worker: None,
+            status: 0,
+            access,
+        }
+    }
+
+    /// Whether the access log wants the worker and byte counts.
+    pub fn wants_details(&self) -> bool {
+        self.access.is_some()
+    }
+
+    /// Record it: metrics always, the access log when on.
+    pub fn finish(self, bytes_out: u64) {
+        let duration = self.started.elapsed();
+        let metrics = self
+            .route
+            .as_ref()
+            .unwrap_or_else(|| RouteMetrics::unrouted());
+        metrics.record(self.status, duration);
+        if let Some(access) = self.access {
+            let worker = self.worker.as_ref().map(|w| w.name.as_str()).unwrap_or("");
+            access.log.write(&AccessEntry {
+                time: crate::clock::rfc3339(access.time),
+                client: &access.client,
+                method: &access.method,
+                host: &access.host,
+                path: &access.path,
+                route: self.route_name.as_deref().unwrap_or(""),
+                status: self.status,
+                bytes_in: access.bytes_in.load(Ordering::Relaxed),
+                bytes_out,
+                duration_ms: duration.as_secs_f64() * 1000.0,
+                queue_wait_ms: self.queue_wait.as_secs_f64() * 1000.0,
+                worker,
+                retries: self.retries,
+            });
+        }
+    }
+}

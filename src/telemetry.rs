@@ -1,0 +1,155 @@
+//! Prometheus metrics through the `metrics` crate. Request-path series use handles registered
+//! once per route and pool (an atomic add per request, no registry lookup); gauges are set from
+//! the live atomics at scrape time, so they cost the request path nothing.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::pool::WorkerState;
+use crate::state::Snapshot;
+
+/// Histogram buckets in seconds: 0.5 ms to 60 s, dense where proxied requests usually are.
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// The process-wide Prometheus recorder (installed on first use). `None` if some other
+/// recorder was installed first (an embedding program's), in which case /metrics is empty.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The Prometheus text exposition, with gauges refreshed from `snapshot` first.
+pub fn render(snapshot: &Snapshot) -> String {
+    let Some(handle) = prometheus() else {
+        return String::new();
+    };
+    for (name, pool) in &snapshot.pools {
+        gauge!("weir_inflight_requests", "pool" => name.clone()).set(pool.in_flight() as f64);
+        let workers = pool.workers();
+        for state in [
+            WorkerState::Starting,
+            WorkerState::Ready,
+            WorkerState::Draining,
+            WorkerState::Unhealthy,
+        ] {
+            let n = workers.iter().filter(|w| w.state() == state).count();
+            gauge!("weir_workers", "pool" => name.clone(), "state" => state.as_str()).set(n as f64);
+        }
+    }
+    for route in snapshot.routes.all() {
+        gauge!("weir_queue_depth", "route" => route.name.to_string())
+            .set(route.queue.depth() as f64);
+    }
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Status classes, indexed by `status / 100`.
+const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Why a queued request was turned away, as a metric label.
+#[derive(Debug, Clone, Copy)]
+pub enum RejectReason {
+    /// Queue full.
+    Full = 0,
+    /// Waited too long.
+    Timeout = 1,
+    /// The launch it waited for failed.
+    NoCapacity = 2,
+}
+
+/// A route's request-path series (and its pool's upstream series, shared by the pool's routes).
+pub struct RouteMetrics {
+    requests: [Counter; 6],
+    duration: Histogram,
+    queue_wait: Histogram,
+    rejected: [Counter; 3],
+    upstream: Histogram,
+    retries: Counter,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
+}
+
+impl RouteMetrics {
+    /// Register the series of route `route`, which sends to pool `pool`.
+    pub fn new(route: &str, pool: &str) -> Arc<Self> {
+        let _ = prometheus();
+        let route = route.to_string();
+        let pool = pool.to_string();
+        Arc::new(RouteMetrics {
+            requests: CLASSES.map(|class| {
+                counter!("weir_requests_total", "route" => route.clone(), "status_class" => class)
+            }),
+            duration: histogram!("weir_request_duration_seconds", "route" => route.clone()),
+            queue_wait: histogram!("weir_queue_wait_seconds", "route" => route.clone()),
+            rejected: ["full", "timeout", "no_capacity"].map(|reason| {
+                counter!("weir_queue_rejected_total", "route" => route.clone(), "reason" => reason)
+            }),
+            upstream: histogram!("weir_upstream_duration_seconds", "pool" => pool.clone()),
+            retries: counter!("weir_retries_total", "pool" => pool),
+        })
+    }
+
+    /// The series for requests that matched no route.
+    pub fn unrouted() -> &'static Arc<RouteMetrics> {
+        static UNROUTED: OnceLock<Arc<RouteMetrics>> = OnceLock::new();
+        UNROUTED.get_or_init(|| RouteMetrics::new("(none)", "(none)"))
+    }
+
+    /// A response finished (or failed) after `duration`.
+    pub fn record(&self, status: u16, duration: Duration) {
+        let class = usize::from(status / 100);
+        self.requests[if class < CLASSES.len() { class } else { 0 }].increment(1);
+        self.duration.record(duration.as_secs_f64());
+    }
+
+    /// A request waited `wait` in the queue before getting a slot.
+    pub fn record_queue_wait(&self, wait: Duration) {
+        self.queue_wait.record(wait.as_secs_f64());
+    }
+
+    /// A worker answered with headers after `duration`.
+    pub fn record_upstream(&self, duration: Duration) {
+        self.upstream.record(duration.as_secs_f64());
+    }
+
+    /// A request was retried on another worker.
+    pub fn record_retry(&self) {
+        self.retries.increment(1);
+    }
+
+    /// A request was turned away by the queue.
+    pub fn record_rejection(&self, reason: RejectReason) {
+        self.rejected[reason as usize].increment(1);
+    }
+}
+
+/// A health probe ran (control plane; not on the request path).
+pub fn record_health_check(pool: &str, passed: bool) {
+    counter!("weir_health_checks_total", "pool" => pool.to_string(), "result" => if passed { "pass" } else { "fail" })
+        .increment(1);
+}
+
+/// The scaler acted (control plane).
+pub fn record_scale_event(pool: &str, action: &'static str) {
+    counter!("weir_scale_events_total", "pool" => pool.to_string(), "action" => action)
+        .increment(1);
+}
