@@ -161,24 +161,16 @@ pub fn workers_table(workers: &[WorkerView]) -> String {
                 w.pool.clone(),
                 format!("{}{}", w.state, if w.protected { "*" } else { "" }),
                 w.in_flight.to_string(),
-                w.served.to_string(),
                 w.address.clone(),
                 short_time(&w.created_at),
             ]
         })
         .collect();
+    // `served` and the flags are in --json; the table keeps to 80 columns.
     table(
-        &[
-            "ID",
-            "POOL",
-            "STATE",
-            "IN_FLIGHT",
-            "SERVED",
-            "ADDRESS",
-            "CREATED_AT",
-        ],
+        &["ID", "POOL", "STATE", "IN_FLIGHT", "ADDRESS", "CREATED_AT"],
         &rows,
-        100,
+        80,
     )
 }
 

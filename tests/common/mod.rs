@@ -35,6 +35,18 @@ impl Weir {
         self.addrs[0]
     }
 
+    /// The admin listener.
+    pub fn admin(&self) -> SocketAddr {
+        self.server.as_ref().unwrap().admin_addr
+    }
+
+    /// Stop gracefully now (as SIGTERM does).
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+    }
+
     /// The scaling history.
     pub fn activity(&self) -> Vec<weir::scale::ActivityEvent> {
         self.server.as_ref().unwrap().shared.activity.events()
@@ -65,6 +77,11 @@ impl Drop for Weir {
 /// Start weir from config text. `server_keys` go into `[server]` (threads and a short shutdown
 /// grace are set unless given); `rest` holds listeners, routes and pools.
 pub fn start_weir(server_keys: &str, rest: &str) -> Weir {
+    start_weir_at(server_keys, rest, None)
+}
+
+/// Like [`start_weir`], also writing the config to `path` so reloads can read it.
+pub fn start_weir_at(server_keys: &str, rest: &str, path: Option<&std::path::Path>) -> Weir {
     let mut server = String::from("[server]\n");
     if !server_keys.contains("threads") {
         server.push_str("threads = 2\n");
@@ -79,9 +96,12 @@ pub fn start_weir(server_keys: &str, rest: &str) -> Weir {
         "[admin]\nlisten = \"127.0.0.1:0\"\n"
     };
     let text = format!("{server}\n{admin}{rest}");
+    if let Some(path) = path {
+        std::fs::write(path, &text).unwrap();
+    }
     let config = weir::config::parse(&text, "test.toml").expect("test config is valid");
     let snapshot = Snapshot::build(config, "test.toml").expect("snapshot builds");
-    let server = Server::start(snapshot, None).expect("weir starts");
+    let server = Server::start(snapshot, path.map(|p| p.to_path_buf())).expect("weir starts");
     Weir {
         addrs: server.local_addrs.clone(),
         server: Some(server),
@@ -274,4 +294,31 @@ pub fn demo_process(name: &str) -> (Reaped, SocketAddr) {
     let line = wait_for_line(&out, "listening on");
     let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
     (child, addr)
+}
+
+/// A GET or POST to the admin API: (status, body).
+pub async fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, String) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let reply = Client::connect(admin)
+        .await
+        .send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await;
+    (reply.status, reply.text())
+}
+
+/// A temp file path unique to this test process.
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("weir-test-{}-{name}", std::process::id()))
 }
