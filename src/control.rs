@@ -214,6 +214,9 @@ impl Control {
         if format!("{:?}", old.config.upstream) != format!("{:?}", snapshot.config.upstream) {
             changes.push("upstream: changed".into());
         }
+        if format!("{:?}", old.config.alerts) != format!("{:?}", snapshot.config.alerts) {
+            changes.push("alerts: changed".into());
+        }
         if format!("{:?}", old.config.access_log) != format!("{:?}", snapshot.config.access_log) {
             changes.push("access_log: changed".into());
         }
@@ -264,6 +267,7 @@ pub fn run(
             }
         }
         drop(snapshot);
+        tokio::spawn(crate::alerts::run(Arc::clone(&control.shared)));
         if let Some(listener) = admin {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {

@@ -139,6 +139,7 @@ impl RouteMetrics {
     /// A request was turned away by the queue.
     pub fn record_rejection(&self, reason: RejectReason) {
         self.rejected[reason as usize].increment(1);
+        crate::alerts::record_rejection();
     }
 }
 

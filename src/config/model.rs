@@ -59,6 +59,81 @@ pub struct Config {
     /// One JSON line per request.
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    /// Alert rules posting to webhooks.
+    #[serde(default)]
+    pub alerts: Vec<AlertConfig>,
+}
+
+/// Least time between two firing notifications of one rule by default.
+pub const DEFAULT_ALERT_MIN_INTERVAL: Dur = Dur::from_secs(300);
+/// The window alerts look back over by default.
+pub const DEFAULT_ALERT_WINDOW: Dur = Dur::from_secs(60);
+
+/// What an alert watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// 5xx responses in the window >= `threshold`.
+    #[serde(rename = "errors_5xx")]
+    Errors5xx,
+    /// p99 latency over the window > `latency`.
+    LatencyP99,
+    /// Unhealthy workers now >= `threshold`.
+    UnhealthyWorkers,
+    /// Queue rejections in the window >= `threshold`.
+    QueueRejections,
+    /// Every scaling event (a notification each).
+    ScaleEvents,
+}
+
+impl AlertKind {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Errors5xx => "errors_5xx",
+            AlertKind::LatencyP99 => "latency_p99",
+            AlertKind::UnhealthyWorkers => "unhealthy_workers",
+            AlertKind::QueueRejections => "queue_rejections",
+            AlertKind::ScaleEvents => "scale_events",
+        }
+    }
+}
+
+/// One alert rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Label in notifications (default: the kind).
+    pub name: Option<String>,
+    /// What to watch.
+    pub kind: AlertKind,
+    /// Count threshold (errors_5xx, unhealthy_workers, queue_rejections).
+    #[serde(default = "one")]
+    pub threshold: u64,
+    /// Latency limit (latency_p99).
+    pub latency: Option<Dur>,
+    /// Sliding window.
+    #[serde(default = "default_alert_window")]
+    pub window: Dur,
+    /// Where to POST `{"text": ...}` (http:// or https://).
+    pub webhook: String,
+    /// Least time between firing notifications.
+    #[serde(default = "default_alert_min_interval")]
+    pub min_interval: Dur,
+    /// Only this pool (unhealthy_workers, scale_events).
+    pub pool: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn default_alert_window() -> Dur {
+    DEFAULT_ALERT_WINDOW
+}
+
+fn default_alert_min_interval() -> Dur {
+    DEFAULT_ALERT_MIN_INTERVAL
 }
 
 /// Where the admin API listens by default: loopback only.

@@ -136,6 +136,41 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             format!("{admin} is not a loopback address: set admin.token (or admin.token_env) to expose the admin API"),
         ));
     }
+    for (i, alert) in config.alerts.iter().enumerate() {
+        let key = format!("alerts[{i}]");
+        let uri: http::Uri = alert.webhook.parse().map_err(|_| {
+            fail(
+                format!("{key}.webhook"),
+                format!("{:?} is not a URL", alert.webhook),
+            )
+        })?;
+        if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+            return Err(fail(
+                format!("{key}.webhook"),
+                "needs an http:// or https:// URL with a host".into(),
+            ));
+        }
+        if alert.kind == super::AlertKind::LatencyP99 && alert.latency.is_none() {
+            return Err(fail(
+                format!("{key}.latency"),
+                "latency_p99 needs a latency, e.g. \"500ms\"".into(),
+            ));
+        }
+        if alert.window.get().is_zero() {
+            return Err(fail(
+                format!("{key}.window"),
+                "must be longer than zero".into(),
+            ));
+        }
+        if let Some(pool) = &alert.pool {
+            if !config.pools.contains_key(pool) {
+                return Err(fail(
+                    format!("{key}.pool"),
+                    format!("unknown pool {pool:?}"),
+                ));
+            }
+        }
+    }
     let mut seen_listen = HashSet::new();
     for (i, listener) in config.listeners.iter().enumerate() {
         let addr = parse_socket_addr(&listener.listen)

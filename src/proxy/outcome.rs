@@ -99,6 +99,7 @@ impl Outcome {
             .as_ref()
             .unwrap_or_else(|| RouteMetrics::unrouted());
         metrics.record(self.status, duration);
+        crate::alerts::record_response(self.status, duration);
         if let Some(access) = self.access {
             let worker = self.worker.as_ref().map(|w| w.name.as_str()).unwrap_or("");
             access.log.write(&AccessEntry {

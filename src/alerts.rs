@@ -1,0 +1,371 @@
+//! Alerts: rules evaluated every second over sliding windows of weir's own counters, posting
+//! Slack-compatible JSON (`{"text": ...}`) to a webhook when they fire and when they resolve.
+//! Evaluation and delivery run on the control thread; a slow or dead webhook costs the request
+//! path nothing. Deliveries are rate-limited per rule and retried a few times.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::{AlertConfig, AlertKind};
+use crate::pool::WorkerState;
+use crate::state::Shared;
+
+/// How often rules are evaluated.
+pub const EVALUATE_EVERY: Duration = Duration::from_secs(1);
+/// Tries per webhook delivery.
+const DELIVERY_TRIES: u32 = 3;
+/// Deadline of one delivery try.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// 5xx responses sent since start (all routes).
+static RESPONSES_5XX: AtomicU64 = AtomicU64::new(0);
+/// Requests turned away by a queue since start.
+static QUEUE_REJECTIONS: AtomicU64 = AtomicU64::new(0);
+/// Whether any latency rule exists (the histogram is only fed then).
+static TRACK_LATENCY: AtomicBool = AtomicBool::new(false);
+
+/// Latency histogram buckets: bucket `i` holds durations below `2^(i/2) * 100 us`.
+const LATENCY_BUCKETS: usize = 48;
+static LATENCY: [AtomicU64; LATENCY_BUCKETS] = [const { AtomicU64::new(0) }; LATENCY_BUCKETS];
+
+fn bucket_upper_bound(i: usize) -> Duration {
+    Duration::from_secs_f64(100e-6 * 2f64.powf(i as f64 / 2.0))
+}
+
+/// Count a response (called once per request when it ends).
+pub fn record_response(status: u16, duration: Duration) {
+    if status >= 500 {
+        RESPONSES_5XX.fetch_add(1, Ordering::Relaxed);
+    }
+    if TRACK_LATENCY.load(Ordering::Relaxed) {
+        let i = (0..LATENCY_BUCKETS)
+            .find(|&i| duration < bucket_upper_bound(i))
+            .unwrap_or(LATENCY_BUCKETS - 1);
+        LATENCY[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Count a queue rejection.
+pub fn record_rejection() {
+    QUEUE_REJECTIONS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counters at one moment.
+#[derive(Clone)]
+struct Sample {
+    at: Instant,
+    errors: u64,
+    rejections: u64,
+    latency: [u64; LATENCY_BUCKETS],
+}
+
+fn sample(at: Instant) -> Sample {
+    Sample {
+        at,
+        errors: RESPONSES_5XX.load(Ordering::Relaxed),
+        rejections: QUEUE_REJECTIONS.load(Ordering::Relaxed),
+        latency: std::array::from_fn(|i| LATENCY[i].load(Ordering::Relaxed)),
+    }
+}
+
+/// The 99th percentile of the latencies recorded between two samples (upper bucket bound).
+fn p99(old: &Sample, new: &Sample) -> Option<Duration> {
+    let counts: Vec<u64> = (0..LATENCY_BUCKETS)
+        .map(|i| new.latency[i] - old.latency[i])
+        .collect();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (total as f64 * 0.99).ceil() as u64;
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(bucket_upper_bound(i));
+        }
+    }
+    Some(bucket_upper_bound(LATENCY_BUCKETS - 1))
+}
+
+struct RuleState {
+    config: AlertConfig,
+    firing: bool,
+    last_sent: Option<Instant>,
+    events_seen: usize,
+}
+
+/// Evaluate the snapshot's alert rules every second until the task is dropped.
+pub async fn run(shared: Arc<Shared>) {
+    let mut samples: VecDeque<Sample> = VecDeque::new();
+    let mut rules: Vec<RuleState> = Vec::new();
+    let mut rules_from: Option<Arc<crate::config::Config>> = None;
+    let mut tick = tokio::time::interval(EVALUATE_EVERY);
+    loop {
+        tick.tick().await;
+        let snapshot = shared.snapshot_full();
+        // Pick up new rules after a reload, keeping the state of unchanged ones.
+        if rules_from
+            .as_ref()
+            .is_none_or(|c| !Arc::ptr_eq(c, &snapshot.config))
+        {
+            // At start, report the scaling since start too; after a reload, only what follows.
+            let events = if rules_from.is_none() {
+                0
+            } else {
+                shared.activity.events().len()
+            };
+            let old = std::mem::take(&mut rules);
+            rules = snapshot
+                .config
+                .alerts
+                .iter()
+                .map(|config| {
+                    let kept = old
+                        .iter()
+                        .find(|r| format!("{:?}", r.config) == format!("{config:?}"));
+                    RuleState {
+                        config: config.clone(),
+                        firing: kept.is_some_and(|r| r.firing),
+                        last_sent: kept.and_then(|r| r.last_sent),
+                        events_seen: kept.map_or(events, |r| r.events_seen),
+                    }
+                })
+                .collect();
+            TRACK_LATENCY.store(
+                rules.iter().any(|r| r.config.kind == AlertKind::LatencyP99),
+                Ordering::Relaxed,
+            );
+            rules_from = Some(Arc::clone(&snapshot.config));
+        }
+        let now = Instant::now();
+        samples.push_back(sample(now));
+        let longest = rules
+            .iter()
+            .map(|r| r.config.window.get())
+            .max()
+            .unwrap_or(Duration::ZERO);
+        while samples.len() > 2 && now.duration_since(samples[1].at) >= longest {
+            samples.pop_front();
+        }
+        let latest = samples.back().cloned();
+        for rule in &mut rules {
+            let window = rule.config.window.get();
+            let base = samples
+                .iter()
+                .find(|s| now.duration_since(s.at) <= window)
+                .or(samples.front());
+            let (Some(base), Some(latest)) = (base, latest.as_ref()) else {
+                continue;
+            };
+            evaluate(rule, &shared, base, latest, now);
+        }
+    }
+}
+
+fn evaluate(rule: &mut RuleState, shared: &Shared, base: &Sample, latest: &Sample, now: Instant) {
+    let c = &rule.config;
+    let name = c
+        .name
+        .clone()
+        .unwrap_or_else(|| c.kind.as_str().to_string());
+    let window = humantime::format_duration(c.window.get());
+    let (breached, detail) = match c.kind {
+        AlertKind::Errors5xx => {
+            let n = latest.errors - base.errors;
+            (
+                n >= c.threshold,
+                format!(
+                    "{n} 5xx responses in the last {window} (threshold {})",
+                    c.threshold
+                ),
+            )
+        }
+        AlertKind::QueueRejections => {
+            let n = latest.rejections - base.rejections;
+            (
+                n >= c.threshold,
+                format!(
+                    "{n} queue rejections in the last {window} (threshold {})",
+                    c.threshold
+                ),
+            )
+        }
+        AlertKind::LatencyP99 => {
+            let limit = c.latency.map(|d| d.get()).unwrap_or(Duration::MAX);
+            match p99(base, latest) {
+                Some(p) => (
+                    p > limit,
+                    format!("p99 latency about {p:?} over the last {window} (limit {limit:?})"),
+                ),
+                None => (false, "no requests".into()),
+            }
+        }
+        AlertKind::UnhealthyWorkers => {
+            let snapshot = shared.snapshot();
+            let n = snapshot
+                .pools
+                .iter()
+                .filter(|(name, _)| c.pool.as_ref().is_none_or(|p| p == *name))
+                .flat_map(|(_, pool)| pool.workers().iter().map(|w| w.state()).collect::<Vec<_>>())
+                .filter(|s| *s == WorkerState::Unhealthy)
+                .count() as u64;
+            (
+                n >= c.threshold,
+                format!("{n} unhealthy worker(s) (threshold {})", c.threshold),
+            )
+        }
+        AlertKind::ScaleEvents => {
+            let events = shared.activity.events();
+            let new: Vec<_> = events
+                .iter()
+                .skip(rule.events_seen.min(events.len()))
+                .filter(|e| c.pool.as_ref().is_none_or(|p| *p == e.pool))
+                .collect();
+            rule.events_seen = events.len();
+            for e in new {
+                let text = format!(
+                    "weir: {} {} {} -> {}: {}",
+                    e.pool,
+                    e.action.as_str(),
+                    e.from,
+                    e.to,
+                    e.reason
+                );
+                deliver(c.webhook.clone(), text);
+            }
+            return;
+        }
+    };
+    if breached && !rule.firing {
+        let allowed = rule
+            .last_sent
+            .is_none_or(|t| now.duration_since(t) >= c.min_interval.get());
+        if allowed {
+            rule.firing = true;
+            rule.last_sent = Some(now);
+            info!(alert = %name, %detail, "alert firing");
+            deliver(
+                c.webhook.clone(),
+                format!("FIRING weir alert {name}: {detail}"),
+            );
+        }
+    } else if !breached && rule.firing {
+        rule.firing = false;
+        info!(alert = %name, "alert resolved");
+        deliver(
+            c.webhook.clone(),
+            format!("RESOLVED weir alert {name}: {detail}"),
+        );
+    }
+}
+
+/// Post `{"text": text}` to `url` in the background, with retries.
+fn deliver(url: String, text: String) {
+    tokio::spawn(async move {
+        let body = serde_json::json!({ "text": text }).to_string();
+        for attempt in 1..=DELIVERY_TRIES {
+            match tokio::time::timeout(DELIVERY_TIMEOUT, post(&url, body.clone())).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => warn!(%url, attempt, error = %e, "alert webhook failed"),
+                Err(_) => warn!(%url, attempt, "alert webhook timed out"),
+            }
+            tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+        }
+        warn!(%url, "alert dropped after {DELIVERY_TRIES} tries");
+    });
+}
+
+async fn post(url: &str, body: String) -> Result<(), String> {
+    let uri: Uri = url.parse().map_err(|e| format!("bad webhook URL: {e}"))?;
+    let host = uri.host().ok_or("webhook URL has no host")?.to_string();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = Request::post(path)
+        .header(
+            header::HOST,
+            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
+        )
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::USER_AGENT, "weir-alerts")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let status = if https {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let config = rustls::ClientConfig::builder_with_provider(crate::server::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name =
+            rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        send(TokioIo::new(tls), request).await?
+    } else {
+        send(TokioIo::new(tcp), request).await?
+    };
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+async fn send<I>(io: TokioIo<I>, request: Request<Full<Bytes>>) -> Result<http::StatusCode, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_from_bucket_deltas() {
+        let mut old = sample(Instant::now());
+        old.latency = [0; LATENCY_BUCKETS];
+        let mut new = old.clone();
+        new.latency[2] = 98; // < 200 us
+        new.latency[20] = 2; // < 102 ms
+        assert_eq!(p99(&old, &new), Some(bucket_upper_bound(20)));
+        // One slow request in 200 is under 1%: p99 is the fast bucket.
+        new.latency[2] = 199;
+        new.latency[20] = 1;
+        assert_eq!(p99(&old, &new), Some(bucket_upper_bound(2)));
+        assert_eq!(p99(&old, &old), None);
+    }
+}
