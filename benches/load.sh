@@ -11,6 +11,8 @@
 #                      PATH_TO_GET=/ BASE_PORT=18080 SKIP_OTHERS=1 (weir and direct only)
 #   WEIR_VARIANTS='name=pool keys;name2=pool keys' runs extra weir processes whose pool gets
 #   those keys, e.g. WEIR_VARIANTS='capped=worker_concurrency = 16' to measure the queue path.
+#   A key starting with '[' opens a table, e.g. 'logged=[access_log]|enabled = true|path = "/tmp/a.log"'
+#   ('|' stands for a newline). WEIR_BASELINE=/path/to/other/weir adds that build as "baseline".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,19 +54,24 @@ PIDS+=($!)
 wait_port "$WORKER_PORT"
 
 declare -A WEIR_PIDS
-start_weir() { # name port pool-keys
+start_weir() { # name port pool-keys [binary]
+  local binary=${4:-$WEIR}
+  # Each weir gets its own admin port (a baseline build may predate the admin API).
+  local admin=$'[admin]\nlisten = "127.0.0.1:0"'
+  [ "$binary" = "$WEIR" ] || admin=""
   cat > "$TMP/$1.toml" <<TOML
 [server]
 threads = $PROXY_THREADS
+$admin
 [[listeners]]
 listen = "127.0.0.1:$2"
 [[routes]]
 pool = "bench"
 [pools.bench]
 provider = { kind = "static", addresses = ["127.0.0.1:$WORKER_PORT"] }
-$3
+${3//|/$'\n'}
 TOML
-  WEIR_LOG=warn "$WEIR" run --config "$TMP/$1.toml" &
+  WEIR_LOG=warn "$binary" run --config "$TMP/$1.toml" &
   WEIR_PIDS[$1]=$!
   PIDS+=($!)
   wait_port "$2"
@@ -80,6 +87,10 @@ if [ -n "${WEIR_VARIANTS:-}" ]; then
     TARGETS+=("$vname:$VARIANT_PORT")
     VARIANT_PORT=$((VARIANT_PORT + 1))
   done
+fi
+if [ -n "${WEIR_BASELINE:-}" ]; then
+  start_weir baseline "$VARIANT_PORT" "" "$WEIR_BASELINE"
+  TARGETS+=("baseline:$VARIANT_PORT")
 fi
 
 NGINX=$( [ -z "${SKIP_OTHERS:-}" ] && command -v nginx || true)
