@@ -129,6 +129,14 @@ fn run_serves_demo_worker_processes_and_stops_on_sigterm() {
         assert_eq!(reply.text(), "hello from proc-worker\n");
     });
 
+    // SIGHUP reloads the config file in place.
+    let status = Command::new("kill")
+        .args(["-HUP", &weir.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for_line(&weir_err, "SIGHUP: config reloaded");
+
     let status = Command::new("kill")
         .args(["-TERM", &weir.0.id().to_string()])
         .status()
