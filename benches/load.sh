@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Side-by-side load test on loopback: wrk against the demo worker directly, through weir, and
-# through nginx and HAProxy when installed, in alternating rounds. Prints a markdown table of
-# median req/s, p50, p99, proxy CPU microseconds per request, and the ratio to nginx.
+# Side-by-side load test on loopback: the demo worker directly, through weir, and through nginx
+# and HAProxy when installed, in alternating rounds. Prints markdown tables of median req/s,
+# p50, p99, the proxy's CPU microseconds per request (from /proc: steadier than req/s when the
+# load generator shares the cores) and the ratio to nginx, then each proxy's RSS.
 #
-# Installs nothing. Needs Debian's `wrk`; optional: `nginx` (or nginx-light), `haproxy`.
+# Installs nothing. Needs Debian's `wrk`; optional: `nginx` (or nginx-light), `haproxy`,
+# `apache2-utils` (ab, for the new-TLS-connection scenario).
 #   apt-get install wrk nginx haproxy apache2-utils
 # Build first: cargo build --release
 #
-# Knobs (environment): ROUNDS=3 DURATION=10s CONNS=64 WRK_THREADS=1 PROXY_THREADS=1
-#                      PATH_TO_GET=/ BASE_PORT=18080 SKIP_OTHERS=1 (weir and direct only)
+# Scenarios (SCENARIOS, default all): plain (HTTP/1.1 keep-alive), https (keep-alive over TLS),
+# handshake (a new TLS connection per request, ab without -k), c1000 and c10000 (1,000 and
+# 10,000 concurrent keep-alive connections).
+# Knobs: ROUNDS=3 DURATION=10s CONNS=64 WRK_THREADS=1 PROXY_THREADS=1 PATH_TO_GET=/
+#   BASE_PORT=18080 SKIP_OTHERS=1 (weir and direct only) AB_REQUESTS=4000 AB_CONCURRENCY=16
 #   WEIR_VARIANTS='name=pool keys;name2=pool keys' runs extra weir processes whose pool gets
 #   those keys, e.g. WEIR_VARIANTS='capped=worker_concurrency = 16' to measure the queue path.
 #   A key starting with '[' opens a table, e.g. 'logged=[access_log]|enabled = true|path = "/tmp/a.log"'
@@ -23,14 +28,18 @@ WRK_THREADS=${WRK_THREADS:-1}
 PROXY_THREADS=${PROXY_THREADS:-1}
 PATH_TO_GET=${PATH_TO_GET:-/}
 BASE_PORT=${BASE_PORT:-18080}
+SCENARIOS=${SCENARIOS:-plain https handshake c1000 c10000}
+AB_REQUESTS=${AB_REQUESTS:-4000}
+AB_CONCURRENCY=${AB_CONCURRENCY:-16}
 WEIR=${WEIR:-target/release/weir}
+CERT=$PWD/certs-dev/cert.pem
+KEY=$PWD/certs-dev/key.pem
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 2; }
 [ -x "$WEIR" ] || { echo "needs $WEIR (cargo build --release)" >&2; exit 2; }
 
-WORKER_PORT=$((BASE_PORT + 1)); WEIR_PORT=$BASE_PORT
-NGINX_PORT=$((BASE_PORT + 2)); HAPROXY_PORT=$((BASE_PORT + 3))
+WORKER_PORT=$((BASE_PORT + 1))
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -41,7 +50,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-wait_port() { # port
+wait_port() {
   for _ in $(seq 1 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.05
@@ -53,58 +62,69 @@ wait_port() { # port
 PIDS+=($!)
 wait_port "$WORKER_PORT"
 
-declare -A WEIR_PIDS
-start_weir() { # name port pool-keys [binary]
-  local binary=${4:-$WEIR}
+# name -> "plain_port tls_port pids..." ; direct has no TLS port (0).
+declare -A PLAIN TLS PROC
+PLAIN[direct]=$WORKER_PORT; TLS[direct]=0; PROC[direct]=""
+TARGETS=(direct)
+NEXT_PORT=$((BASE_PORT + 10))
+
+start_weir() { # name pool-keys [binary]
+  local name=$1 keys=$2 binary=${3:-$WEIR}
+  local plain=$NEXT_PORT tls=$((NEXT_PORT + 1))
+  NEXT_PORT=$((NEXT_PORT + 2))
   # Each weir gets its own admin port (a baseline build may predate the admin API).
   local admin=$'[admin]\nlisten = "127.0.0.1:0"'
   [ "$binary" = "$WEIR" ] || admin=""
-  cat > "$TMP/$1.toml" <<TOML
+  cat > "$TMP/$name.toml" <<TOML
 [server]
 threads = $PROXY_THREADS
 $admin
 [[listeners]]
-listen = "127.0.0.1:$2"
+listen = "127.0.0.1:$plain"
+[[listeners]]
+listen = "127.0.0.1:$tls"
+tls = { cert = "$CERT", key = "$KEY" }
 [[routes]]
 pool = "bench"
 [pools.bench]
 provider = { kind = "static", addresses = ["127.0.0.1:$WORKER_PORT"] }
-${3//|/$'\n'}
+${keys//|/$'\n'}
 TOML
-  WEIR_LOG=warn "$binary" run --config "$TMP/$1.toml" &
-  WEIR_PIDS[$1]=$!
+  WEIR_LOG=warn "$binary" run --config "$TMP/$name.toml" &
   PIDS+=($!)
-  wait_port "$2"
+  PLAIN[$name]=$plain; TLS[$name]=$tls; PROC[$name]=$!
+  TARGETS+=("$name")
+  wait_port "$plain"
 }
-start_weir weir "$WEIR_PORT" ""
-TARGETS=("direct:$WORKER_PORT" "weir:$WEIR_PORT")
-VARIANT_PORT=$((BASE_PORT + 10))
+start_weir weir ""
 if [ -n "${WEIR_VARIANTS:-}" ]; then
   IFS=';' read -ra variants <<<"$WEIR_VARIANTS"
   for variant in "${variants[@]}"; do
-    vname=${variant%%=*}; vkeys=${variant#*=}
-    start_weir "$vname" "$VARIANT_PORT" "$vkeys"
-    TARGETS+=("$vname:$VARIANT_PORT")
-    VARIANT_PORT=$((VARIANT_PORT + 1))
+    start_weir "${variant%%=*}" "${variant#*=}"
   done
 fi
-if [ -n "${WEIR_BASELINE:-}" ]; then
-  start_weir baseline "$VARIANT_PORT" "" "$WEIR_BASELINE"
-  TARGETS+=("baseline:$VARIANT_PORT")
-fi
+[ -n "${WEIR_BASELINE:-}" ] && start_weir baseline "" "$WEIR_BASELINE"
 
 NGINX=$( [ -z "${SKIP_OTHERS:-}" ] && command -v nginx || true)
 if [ -n "$NGINX" ]; then
+  plain=$NEXT_PORT; tls=$((NEXT_PORT + 1)); NEXT_PORT=$((NEXT_PORT + 2))
   cat > "$TMP/nginx.conf" <<CONF
 worker_processes $PROXY_THREADS;
+worker_rlimit_nofile 20000;
 pid $TMP/nginx.pid;
 error_log $TMP/nginx-error.log warn;
-events { worker_connections 20000; }
+events { worker_connections 19000; multi_accept on; }
 http {
   access_log off;
-  upstream worker { server 127.0.0.1:$WORKER_PORT; keepalive 256; }
+  keepalive_requests 1000000;
+  upstream worker { server 127.0.0.1:$WORKER_PORT; keepalive 256; keepalive_requests 1000000; }
   server {
-    listen 127.0.0.1:$NGINX_PORT;
+    listen 127.0.0.1:$plain reuseport backlog=4096;
+    listen 127.0.0.1:$tls ssl reuseport backlog=4096;
+    ssl_certificate $CERT;
+    ssl_certificate_key $KEY;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
     location / {
       proxy_pass http://worker;
       proxy_http_version 1.1;
@@ -114,16 +134,20 @@ http {
 }
 CONF
   "$NGINX" -c "$TMP/nginx.conf" -p "$TMP" -e "$TMP/nginx-error.log" -g "daemon on;" 2>/dev/null
-  wait_port "$NGINX_PORT"
-  TARGETS+=("nginx:$NGINX_PORT")
+  wait_port "$plain"
+  PLAIN[nginx]=$plain; TLS[nginx]=$tls; PROC[nginx]=nginx
+  TARGETS+=(nginx)
 fi
 
 HAPROXY=$( [ -z "${SKIP_OTHERS:-}" ] && command -v haproxy || true)
 if [ -n "$HAPROXY" ]; then
+  plain=$NEXT_PORT; tls=$((NEXT_PORT + 1)); NEXT_PORT=$((NEXT_PORT + 2))
+  cat "$CERT" "$KEY" > "$TMP/haproxy.pem"
   cat > "$TMP/haproxy.cfg" <<CONF
 global
   nbthread $PROXY_THREADS
-  maxconn 8000
+  maxconn 9900
+  tune.ssl.default-dh-param 2048
 defaults
   mode http
   timeout connect 5s
@@ -131,39 +155,46 @@ defaults
   timeout server 60s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
+  bind 127.0.0.1:$plain
+  bind 127.0.0.1:$tls ssl crt $TMP/haproxy.pem alpn http/1.1
   default_backend be
 backend be
   server w1 127.0.0.1:$WORKER_PORT
 CONF
   "$HAPROXY" -f "$TMP/haproxy.cfg" -db >/dev/null 2>&1 &
   PIDS+=($!)
-  HAPROXY_PID=$!
-  wait_port "$HAPROXY_PORT"
-  TARGETS+=("haproxy:$HAPROXY_PORT")
+  wait_port "$plain"
+  PLAIN[haproxy]=$plain; TLS[haproxy]=$tls; PROC[haproxy]=$!
+  TARGETS+=(haproxy)
 fi
 
-# CPU ticks (user + system) of a set of pids.
+pids_of() { # name -> pids to account CPU and memory to
+  case "${PROC[$1]}" in
+    "") echo "" ;;
+    nginx) local m; m=$(cat "$TMP/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
+    *) echo "${PROC[$1]}" ;;
+  esac
+}
+
 cpu_ticks() {
   local total=0 pid
   for pid in "$@"; do
     [ -r "/proc/$pid/stat" ] || continue
-    # fields 14 and 15 after the ")" of the command name
     total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
   done
   echo "$total"
 }
 
-proxy_pids() { # name
-  case "$1" in
-    direct) echo "" ;;
-    nginx) local m; m=$(cat "$TMP/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
-    haproxy) echo "$HAPROXY_PID" ;;
-    *) echo "${WEIR_PIDS[$1]:-}" ;;
-  esac
+rss_kib() { # field pids... -> summed VmRSS or VmHWM in KiB
+  local field=$1 total=0 pid; shift
+  for pid in "$@"; do
+    [ -r "/proc/$pid/status" ] || continue
+    total=$((total + $(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/status")))
+  done
+  echo "$total"
 }
 
-to_ms() { # "490.00us" | "2.10ms" | "1.2s"
+to_ms() {
   awk -v v="$1" 'BEGIN {
     if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
     else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
@@ -174,46 +205,107 @@ to_ms() { # "490.00us" | "2.10ms" | "1.2s"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 RESULTS="$TMP/results"
 : > "$RESULTS"
-# Warm-up, so pools and caches are filled before measuring.
-for target in "${TARGETS[@]}"; do
-  wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${target#*:}$PATH_TO_GET" >/dev/null
+declare -A IDLE_RSS
+for t in "${TARGETS[@]}"; do
+  p=$(pids_of "$t"); [ -n "$p" ] && IDLE_RSS[$t]=$(rss_kib VmRSS $p) || IDLE_RSS[$t]=0
 done
-for round in $(seq 1 "$ROUNDS"); do
-  for target in "${TARGETS[@]}"; do
-    name=${target%%:*}; port=${target#*:}
-    pids=$(proxy_pids "$name")
-    before=$( [ -n "$pids" ] && cpu_ticks $pids || echo 0)
-    out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port$PATH_TO_GET")
-    after=$( [ -n "$pids" ] && cpu_ticks $pids || echo 0)
+
+measure() { # scenario target command...
+  local scenario=$1 name=$2; shift 2
+  local pids; pids=$(pids_of "$name")
+  local before; before=$( [ -n "$pids" ] && cpu_ticks $pids || echo 0)
+  local out; out=$("$@" 2>&1 || true)
+  local after; after=$( [ -n "$pids" ] && cpu_ticks $pids || echo 0)
+  local rps total p50 p99
+  if [[ "$1" == ab ]]; then
+    rps=$(awk '/^Requests per second/ {print $4}' <<<"$out")
+    total=$(awk '/^Complete requests/ {print $3}' <<<"$out")
+    p50=$(awk '$1 == "50%" {print $2}' <<<"$out"); p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  else
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     total=$(awk '/requests in/ {print $1}' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-    cpu_us="-"
-    if [ -n "$pids" ] && [ "$total" -gt 0 ]; then
-      cpu_us=$(awk -v t=$((after - before)) -v us="$TICK_US" -v n="$total" 'BEGIN {printf "%.1f", t * us / n}')
-    fi
-    echo "$name $rps $p50 $p99 $cpu_us" >> "$RESULTS"
-    echo "round $round $name: $rps req/s p50 ${p50}ms p99 ${p99}ms cpu ${cpu_us}us/req $errors" >&2
+  fi
+  local errors; errors=$(awk '/Non-2xx|Socket errors|Failed requests/ {print}' <<<"$out" | tr '\n' ' ')
+  local cpu="-"
+  if [ -n "$pids" ] && [ "${total:-0}" -gt 0 ] 2>/dev/null; then
+    cpu=$(awk -v t=$((after - before)) -v us="$TICK_US" -v n="$total" 'BEGIN {printf "%.1f", t * us / n}')
+  fi
+  echo "$scenario $name ${rps:-0} ${p50:-0} ${p99:-0} $cpu" >> "$RESULTS"
+  echo "$scenario $name: ${rps:-0} req/s p50 ${p50:-?}ms p99 ${p99:-?}ms cpu ${cpu}us/req $errors" >&2
+}
+
+wrk_run() { # conns duration url
+  wrk -t"$WRK_THREADS" -c"$1" -d"$2" --latency "$3"
+}
+
+for scenario in $SCENARIOS; do
+  case $scenario in
+    plain|https) rounds=$ROUNDS ;;
+    *) rounds=1 ;;
+  esac
+  for round in $(seq 1 "$rounds"); do
+    for t in "${TARGETS[@]}"; do
+      plain_url="http://127.0.0.1:${PLAIN[$t]}$PATH_TO_GET"
+      tls_url="https://127.0.0.1:${TLS[$t]}$PATH_TO_GET"
+      case $scenario in
+        plain)
+          [ "$round" = 1 ] && wrk -t1 -c"$CONNS" -d2s "$plain_url" >/dev/null 2>&1
+          measure plain "$t" wrk_run "$CONNS" "$DURATION" "$plain_url" ;;
+        https)
+          [ "${TLS[$t]}" = 0 ] && continue
+          [ "$round" = 1 ] && wrk -t1 -c"$CONNS" -d2s "$tls_url" >/dev/null 2>&1
+          measure https "$t" wrk_run "$CONNS" "$DURATION" "$tls_url" ;;
+        handshake)
+          [ "${TLS[$t]}" = 0 ] && continue
+          command -v ab >/dev/null || continue
+          measure handshake "$t" ab -q -n "$AB_REQUESTS" -c "$AB_CONCURRENCY" "$tls_url" ;;
+        c1000)
+          measure c1000 "$t" wrk_run 1000 "$DURATION" "$plain_url" ;;
+        c10000)
+          measure c10000 "$t" wrk_run 10000 "$DURATION" "$plain_url" ;;
+      esac
+    done
   done
 done
 
 median() { sort -n | awk '{a[NR] = $1} END {if (NR == 0) exit; if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-col() { awk -v n="$1" -v c="$2" '$1 == n {print $c}' "$RESULTS" | { grep -v '^-$' || true; } | median; }
+col() { awk -v s="$1" -v n="$2" -v c="$3" '$1 == s && $2 == n {print $c}' "$RESULTS" | { grep -v '^-$' || true; } | median; }
 
-nginx_rps=""
-grep -q '^nginx ' "$RESULTS" && nginx_rps=$(col nginx 2)
 echo
-echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, $ROUNDS alternating rounds (medians), proxies with $PROXY_THREADS thread(s)/worker(s), path $PATH_TO_GET, $(nproc) cores"
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t$WRK_THREADS, proxies with $PROXY_THREADS thread(s)/worker(s), demo worker on 1 thread; medians of $ROUNDS alternating rounds of $DURATION (1 round for handshake/c1000/c10000)."
+for scenario in $SCENARIOS; do
+  case $scenario in
+    plain) title="HTTP/1.1 keep-alive, $CONNS connections" ;;
+    https) title="HTTPS keep-alive, $CONNS connections" ;;
+    handshake) title="new TLS connection per request (ab -n $AB_REQUESTS -c $AB_CONCURRENCY, no -k): CPU column is per handshake" ;;
+    c1000) title="1,000 keep-alive connections" ;;
+    c10000) title="10,000 keep-alive connections" ;;
+  esac
+  grep -q "^$scenario " "$RESULTS" || continue
+  nginx_rps=""
+  grep -q "^$scenario nginx " "$RESULTS" && nginx_rps=$(col "$scenario" nginx 3)
+  echo
+  echo "### $title"
+  echo
+  echo "| target | req/s | p50 ms | p99 ms | proxy CPU us/req | vs nginx |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for t in "${TARGETS[@]}"; do
+    grep -q "^$scenario $t " "$RESULTS" || continue
+    rps=$(col "$scenario" "$t" 3); p50=$(col "$scenario" "$t" 4); p99=$(col "$scenario" "$t" 5)
+    cpu=$(col "$scenario" "$t" 6); [ -n "$cpu" ] || cpu="-"
+    ratio="-"
+    [ -n "$nginx_rps" ] && ratio=$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {if (b > 0) printf "%.2fx", a / b}')
+    echo "| $t | $rps | $p50 | $p99 | $cpu | $ratio |"
+  done
+done
 echo
-echo "| target | req/s | p50 ms | p99 ms | proxy CPU us/req | vs nginx |"
-echo "|---|---:|---:|---:|---:|---:|"
-for target in "${TARGETS[@]}"; do
-  name=${target%%:*}
-  rps=$(col "$name" 2); p50=$(col "$name" 3); p99=$(col "$name" 4)
-  cpu=$(col "$name" 5); [ -n "$cpu" ] || cpu="-"
-  ratio="-"
-  [ -n "$nginx_rps" ] && ratio=$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {printf "%.2fx", a / b}')
-  echo "| $name | $rps | $p50 | $p99 | $cpu | $ratio |"
+echo "### Memory (RSS of all the proxy's processes)"
+echo
+echo "| target | idle RSS MiB | peak RSS MiB |"
+echo "|---|---:|---:|"
+for t in "${TARGETS[@]}"; do
+  p=$(pids_of "$t"); [ -n "$p" ] || continue
+  echo "| $t | $(awk -v k="${IDLE_RSS[$t]}" 'BEGIN {printf "%.1f", k/1024}') | $(awk -v k="$(rss_kib VmHWM $p)" 'BEGIN {printf "%.1f", k/1024}') |"
 done
