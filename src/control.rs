@@ -249,10 +249,7 @@ pub fn run(
     admin: Option<StdTcpListener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::server::current_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot build the control runtime; no health checks, scaling or admin API");

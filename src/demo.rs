@@ -255,9 +255,7 @@ pub fn run(
     threads: usize,
 ) -> Result<(), String> {
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        crate::server::current_thread_runtime()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

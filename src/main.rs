@@ -185,10 +185,8 @@ fn main() -> ExitCode {
 }
 
 fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    let runtime =
+        weir::server::current_thread_runtime().map_err(|e| format!("cannot start runtime: {e}"))?;
     Ok(runtime.block_on(future))
 }
 
@@ -279,9 +277,7 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 fn wait_for_stop_signal() -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = weir::server::current_thread_runtime()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -62,6 +62,17 @@ async fn tls_connect(
         .expect("TLS handshake")
 }
 
+/// One HTTP/1.1 GET / over an established TLS stream; asserts 200 and returns the body.
+async fn get_over_tls(tls: TlsStream<TcpStream>, host: &str) -> bytes::Bytes {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(get_req("/", host)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap().to_bytes()
+}
+
 #[tokio::test]
 async fn http2_over_tls_negotiated_by_alpn() {
     let worker = demo("w1").await;
@@ -127,16 +138,7 @@ async fn http1_over_tls() {
     )
     .await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(get_req("/", "localhost"))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = get_over_tls(tls, "localhost").await;
     assert_eq!(&body[..], b"hello from w1\n");
 }
 
@@ -154,12 +156,7 @@ async fn sni_chooses_the_matching_certificate() {
             &[b"http/1.1"],
         )
         .await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let resp = sender.send_request(get_req("/", name)).await.unwrap();
-        assert_eq!(resp.status(), 200);
+        get_over_tls(tls, name).await;
     }
     // An unknown name gets the default certificate, which the alt root does not trust.
     let connector = tokio_rustls::TlsConnector::from(client_config("certs-dev/alt-cert.pem", &[]));
@@ -203,13 +200,5 @@ async fn garbage_instead_of_a_tls_handshake_is_dropped_and_weir_keeps_serving() 
         &[b"http/1.1"],
     )
     .await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(get_req("/", "localhost"))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    get_over_tls(tls, "localhost").await;
 }

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::control::Control;
 use crate::pool::WorkerState;
@@ -34,18 +34,9 @@ pub async fn serve(
     control: Arc<Control>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
+    while let Some((stream, peer)) =
+        crate::server::accept_until_shutdown(&listener, &mut shutdown, "admin").await
+    {
         let control = Arc::clone(&control);
         tokio::spawn(async move {
             let service = service_fn(move |req| {

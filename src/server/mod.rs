@@ -178,15 +178,40 @@ impl Server {
     }
 }
 
+/// A current-thread runtime with IO and timers: the shape of every weir thread.
+pub fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// The next connection from `listener`, or `None` once `shutdown` flips. A failed accept (out
+/// of file descriptors, say) is logged and retried after a pause, so the loop never spins.
+pub async fn accept_until_shutdown(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    warn!(error = %e, listener = what, "accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
 fn serve_thread(
     sockets: Vec<(usize, StdTcpListener)>,
     common: Arc<Common>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match current_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot build a serving runtime; this thread serves nothing");
@@ -240,18 +265,8 @@ async fn accept_loop(
     upstreams: Arc<Upstreams>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
+    while let Some((stream, peer)) = accept_until_shutdown(&listener, &mut shutdown, "proxy").await
+    {
         // The cap is taken after accept: the kernel hashed this connection to this thread's
         // socket, so this thread must serve it. At the cap the loop waits here, holding at most
         // one accepted connection, and the rest queue in the kernel backlog.
