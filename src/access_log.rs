@@ -6,7 +6,6 @@ use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::Serialize;
 use tracing::warn;
@@ -112,9 +111,4 @@ fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
         }
         let _ = out.flush();
     }
-}
-
-/// Now as an RFC 3339 string (for `AccessEntry::time`).
-pub fn now_rfc3339(started: SystemTime) -> String {
-    crate::clock::rfc3339(started)
 }

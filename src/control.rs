@@ -194,18 +194,10 @@ impl Control {
         if format!("{:?}", old.config.routes) != format!("{:?}", snapshot.config.routes) {
             changes.push("routes: changed".into());
         }
-        for (i, (a, b)) in old
-            .config
-            .listeners
-            .iter()
-            .zip(&snapshot.config.listeners)
-            .enumerate()
-        {
-            if format!("{:?}", a.tls) != format!("{:?}", b.tls) || a.tls.is_some() {
-                // Certificates are re-read from disk on every reload: files may have changed.
-                if b.tls.is_some() {
-                    changes.push(format!("listeners[{i}].tls: certificates reloaded"));
-                }
+        // Certificates are re-read from disk on every reload: the files may have changed.
+        for (i, listener) in snapshot.config.listeners.iter().enumerate() {
+            if listener.tls.is_some() {
+                changes.push(format!("listeners[{i}].tls: certificates reloaded"));
             }
         }
         if format!("{:?}", old.config.server) != format!("{:?}", snapshot.config.server) {

@@ -90,11 +90,10 @@ async fn forward(
     mut outcome: Outcome,
 ) -> Result<Response<ProxyBody>, (ProxyError, Outcome)> {
     match proxy(req, cx, activity, &mut outcome).await {
-        Ok(Forwarded::Response(mut response, exchange)) => {
+        Ok(Forwarded::Response(response, exchange)) => {
             outcome.status = response.status().as_u16();
             let mut exchange = *exchange;
             exchange.outcome = Some(outcome);
-            let _ = &mut response;
             Ok(response.map(|body| ProxyBody::Upstream {
                 body,
                 exchange: Some(exchange),
