@@ -1,5 +1,10 @@
 # weir: multi-stage build; the runtime image holds only the binary and its default config.
+# The shipped config listens on 127.0.0.1 (reachable only inside the container): mount your own
+# config listening on 0.0.0.0, e.g. docker run -v $PWD/my.toml:/etc/weir/config/weir.toml -p 8080:8080 weir
 FROM rust:1-slim-bookworm AS build
+# aws-lc-sys (rustls's crypto) builds C with gcc and runs perl scripts.
+RUN apt-get update && apt-get install -y --no-install-recommends perl make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
