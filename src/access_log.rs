@@ -47,7 +47,7 @@ pub struct AccessEntry<'a> {
 /// The access log sink.
 pub struct AccessLog {
     target: String,
-    tx: SyncSender<String>,
+    tx: SyncSender<Vec<u8>>,
     dropped: AtomicU64,
 }
 
@@ -81,10 +81,12 @@ impl AccessLog {
 
     /// Queue one entry; never blocks.
     pub fn write(&self, entry: &AccessEntry<'_>) {
-        let Ok(mut line) = serde_json::to_string(entry) else {
+        // One allocation per line, sized for a typical entry.
+        let mut line = Vec::with_capacity(320);
+        if serde_json::to_writer(&mut line, entry).is_err() {
             return;
-        };
-        line.push('\n');
+        }
+        line.push(b'\n');
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -101,13 +103,13 @@ impl AccessLog {
     }
 }
 
-fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+fn write_lines(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
+        let _ = out.write_all(&line);
         // Write what is queued, then flush once the queue is empty.
         while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(more.as_bytes());
+            let _ = out.write_all(&more);
         }
         let _ = out.flush();
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{header, Request};
+use http::{header, HeaderValue, Method, Request, Uri};
 use tokio::time::Instant;
 
 use super::conn::ConnContext;
@@ -13,14 +13,15 @@ use crate::access_log::{AccessEntry, AccessLog};
 use crate::pool::Worker;
 use crate::telemetry::RouteMetrics;
 
-/// Access-log facts captured at the start (only when the access log is on).
+/// Access-log facts captured at the start (only when the access log is on). Held as the
+/// request's own reference-counted values, so capturing them copies no bytes.
 pub struct AccessContext {
     log: Arc<AccessLog>,
     time: SystemTime,
-    client: String,
-    method: String,
-    host: String,
-    path: String,
+    client: HeaderValue,
+    method: Method,
+    host: Option<HeaderValue>,
+    uri: Uri,
     /// Request body bytes, counted as they pass.
     pub bytes_in: Arc<AtomicU64>,
 }
@@ -48,29 +49,17 @@ impl Outcome {
     /// Start the record of `req`.
     pub fn start<B>(req: &Request<B>, cx: &ConnContext) -> Self {
         let access = cx.shared.snapshot().access_log.clone().map(|log| {
-            let host = req
-                .uri()
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| {
-                    req.headers()
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                })
-                .unwrap_or_default()
-                .to_string();
+            let host = match req.uri().authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+                None => req.headers().get(header::HOST).cloned(),
+            };
             Box::new(AccessContext {
                 log,
                 time: SystemTime::now(),
-                client: cx.peer.ip().to_canonical().to_string(),
-                method: req.method().as_str().to_string(),
+                client: cx.peer_ip.clone(),
+                method: req.method().clone(),
                 host,
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/")
-                    .to_string(),
+                uri: req.uri().clone(),
                 bytes_in: Arc::new(AtomicU64::new(0)),
             })
         });
@@ -104,10 +93,14 @@ impl Outcome {
             let worker = self.worker.as_ref().map(|w| w.name.as_str()).unwrap_or("");
             access.log.write(&AccessEntry {
                 time: crate::clock::rfc3339(access.time),
-                client: &access.client,
-                method: &access.method,
-                host: &access.host,
-                path: &access.path,
+                client: access.client.to_str().unwrap_or_default(),
+                method: access.method.as_str(),
+                host: access
+                    .host
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or_default(),
+                path: access.uri.path_and_query().map_or("/", |p| p.as_str()),
                 route: self.route_name.as_deref().unwrap_or(""),
                 status: self.status,
                 bytes_in: access.bytes_in.load(Ordering::Relaxed),
