@@ -26,6 +26,8 @@ pub enum ProxyError {
     Connect(std::io::Error),
     /// The worker connection failed before a response arrived.
     Upstream(hyper::Error),
+    /// The worker answered in a way weir cannot pass on.
+    BadWorkerResponse(&'static str),
     /// The launch the request waited for failed, and no other worker can take it.
     NoCapacity {
         /// `Retry-After` seconds.
@@ -55,7 +57,9 @@ impl ProxyError {
             | ProxyError::QueueTimeout { .. }
             | ProxyError::NoCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::BadWorkerResponse(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -67,9 +71,10 @@ impl ProxyError {
             ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. }
             | ProxyError::NoCapacity { .. } => Fault::Proxy,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::ResponseTimeout => {
-                Fault::Worker
-            }
+            ProxyError::Connect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::BadWorkerResponse(_)
+            | ProxyError::ResponseTimeout => Fault::Worker,
         }
     }
 
@@ -94,6 +99,7 @@ impl ProxyError {
             ProxyError::BadRequest(why) => why,
             ProxyError::Connect(_) => "weir: could not connect to a worker\n",
             ProxyError::Upstream(_) => "weir: the worker failed before responding\n",
+            ProxyError::BadWorkerResponse(why) => why,
             ProxyError::ResponseTimeout => "weir: the worker did not respond in time\n",
         }
     }
@@ -109,6 +115,9 @@ impl fmt::Display for ProxyError {
             ProxyError::BadRequest(why) => write!(f, "bad request: {}", why.trim_end()),
             ProxyError::Connect(e) => write!(f, "connect to worker failed: {e}"),
             ProxyError::Upstream(e) => write!(f, "worker connection failed: {e}"),
+            ProxyError::BadWorkerResponse(why) => {
+                write!(f, "bad worker response: {}", why.trim_end())
+            }
             ProxyError::ResponseTimeout => f.write_str("worker response timed out"),
         }
     }

@@ -137,3 +137,24 @@ async fn stale_pooled_connection_is_retried_not_a_502() {
     // Requests 2..5 each met a pooled connection that the worker dropped, and were replayed.
     assert!(connections.load(Ordering::SeqCst) >= 5);
 }
+
+#[tokio::test]
+async fn unasked_protocol_switch_is_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut stream).await.is_some() {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n")
+                        .await;
+                    let _ = read_head(&mut stream).await;
+                }
+            });
+        }
+    });
+    let weir = start_simple("", "", &[addr]);
+    let reply = get(weir.addr(), "/").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+}

@@ -191,7 +191,7 @@ async fn proxy(
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
-            return Err(ProxyError::BadRequest(
+            return Err(ProxyError::BadWorkerResponse(
                 "weir: the worker switched protocols unasked\n",
             ));
         };
