@@ -25,7 +25,7 @@ pub enum ProxyError {
     /// TCP connect to the worker failed or timed out.
     Connect(std::io::Error),
     /// The worker connection failed before a response arrived.
-    Upstream(hyper::Error),
+    Upstream(std::io::Error),
     /// The worker answered in a way weir cannot pass on.
     BadWorkerResponse(&'static str),
     /// The launch the request waited for failed, and no other worker can take it.

@@ -8,13 +8,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
 use super::conn::ActivityGuard;
 use super::outcome::Outcome;
 use crate::pool::InFlightGuard;
-use crate::upstream::{UpstreamBody, Upstreams};
+use crate::upstream::{Upstreams, WorkerBody, WorkerConn};
 
 /// What finishing a proxied response must release.
 pub struct Exchange {
@@ -22,8 +20,6 @@ pub struct Exchange {
     pub in_flight: InFlightGuard,
     /// Keeps the client connection from counting as idle.
     pub activity: ActivityGuard,
-    /// The worker connection, returned to `upstreams` only after a clean end.
-    pub conn: Option<SendRequest<UpstreamBody>>,
     /// The serving thread's pool the connection goes back to.
     pub upstreams: Arc<Upstreams>,
     /// Idle connections kept per worker.
@@ -33,11 +29,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The body ended cleanly: the connection may carry another request.
-    fn complete(mut self, bytes_out: u64) {
-        if let Some(sender) = self.conn.take() {
+    /// The body ended cleanly: the worker connection, if reusable, goes back to the pool.
+    fn complete(mut self, conn: Option<WorkerConn>, bytes_out: u64) {
+        if let Some(conn) = conn {
             let id = self.in_flight.worker().id;
-            self.upstreams.give_back(id, sender, self.max_idle);
+            self.upstreams.give_back(id, conn, self.max_idle);
         }
         self.finish(bytes_out);
     }
@@ -51,11 +47,13 @@ impl Exchange {
 }
 
 /// A response body: streamed from a worker, or a short message from weir itself.
+// The worker variant is the common one; boxing it would cost an allocation per response.
+#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     /// Streaming from a worker.
     Upstream {
         /// The worker's body.
-        body: Incoming,
+        body: WorkerBody,
         /// Released when the body ends; `None` once released.
         exchange: Option<Exchange>,
         /// Body bytes sent so far.
@@ -79,12 +77,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream {
@@ -92,7 +90,7 @@ impl Body for ProxyBody {
                 exchange,
                 bytes_out,
             } => {
-                let polled = Pin::new(body).poll_frame(cx);
+                let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
@@ -101,13 +99,12 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(None) => {
                         if let Some(exchange) = exchange.take() {
-                            exchange.complete(*bytes_out);
+                            exchange.complete(body.take_reusable(), *bytes_out);
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {
-                        // The worker connection broke mid-body: never reuse it.
+                        // The worker connection broke mid-body: it is dropped with the body.
                         if let Some(mut exchange) = exchange.take() {
-                            exchange.conn = None;
                             exchange.finish(*bytes_out);
                         }
                     }
@@ -146,7 +143,7 @@ impl Drop for ProxyBody {
                 // hyper skips polling bodies that are already at their end (204, HEAD,
                 // Content-Length: 0); those still finished cleanly.
                 if body.is_end_stream() {
-                    exchange.complete(*bytes_out);
+                    exchange.complete(body.take_reusable(), *bytes_out);
                 } else {
                     exchange.finish(*bytes_out);
                 }

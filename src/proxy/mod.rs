@@ -23,7 +23,6 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -32,7 +31,10 @@ use crate::pool::{InFlightGuard, Rejection, RetrySettings, WaitReason, Worker};
 use crate::routing::Route;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;
-use crate::upstream::{UpstreamBody, UpstreamSettings, Upstreams};
+use crate::upstream::{
+    call, encode_head, BodyFraming, CallError, CallFailure, UpstreamBody, UpstreamSettings,
+    Upstreams, WorkerBody, WorkerConn,
+};
 use body::Exchange;
 use headers::ClientFacts;
 
@@ -111,7 +113,7 @@ async fn forward(
 
 /// A forwarded request's response: streamed with its bookkeeping, or an upgrade's 101.
 enum Forwarded {
-    Response(Response<Incoming>, Box<Exchange>),
+    Response(Response<WorkerBody>, Box<Exchange>),
     Upgraded(Response<ProxyBody>),
 }
 
@@ -140,14 +142,14 @@ async fn proxy(
     // Idempotent requests with a body held in memory (or none) can be sent again.
     let replayable = is_idempotent(&head.method) && matches!(body, UpstreamBody::Bytes(_));
 
-    let mut outgoing = Request::from_parts(head, body);
+    let mut outgoing = Outgoing::new(head, body);
     let mut exclude = None;
     let mut tries = 0;
     let mut last_error = None;
     let mut cold_start = None;
-    let (slot, mut response, sender) = loop {
+    let (slot, mut response, worker_body) = loop {
         tries += 1;
-        let Some((slot, waited, cold)) = admit(cx, &outgoing, exclude, outcome).await? else {
+        let Some((slot, waited, cold)) = admit(cx, &outgoing.parts, exclude, outcome).await? else {
             // No other worker is free for a retry: the first failure stands.
             return Err(last_error.unwrap_or(ProxyError::NoRoute));
         };
@@ -156,7 +158,7 @@ async fn proxy(
         let sent_at = Instant::now();
         let worker = Arc::clone(slot.worker());
         match send(&cx.upstreams, &worker, &settings, outgoing, replayable).await {
-            Ok((response, sender)) => {
+            Ok((response, worker_body)) => {
                 worker.record_success();
                 if let Some(metrics) = &outcome.route {
                     metrics.record_upstream(sent_at.elapsed());
@@ -164,7 +166,7 @@ async fn proxy(
                 if outcome.wants_details() {
                     outcome.worker = Some(Arc::clone(&worker));
                 }
-                break (slot, response, sender);
+                break (slot, response, worker_body);
             }
             Err(failure) => {
                 if failure.passive && worker.record_failure() {
@@ -174,7 +176,7 @@ async fn proxy(
                 let Some(unsent) = failure.unsent else {
                     return Err(failure.error);
                 };
-                if tries >= retry.max_tries || !spend_retry(cx, &unsent) {
+                if tries >= retry.max_tries || !spend_retry(cx, &unsent.parts) {
                     return Err(failure.error);
                 }
                 debug!(worker = %worker.name, error = %failure.error, "retrying on another worker");
@@ -189,42 +191,49 @@ async fn proxy(
         }
     };
 
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if response.status == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             return Err(ProxyError::BadWorkerResponse(
                 "weir: the worker switched protocols unasked\n",
             ));
         };
-        let upgrade_header = response.headers_mut().remove(header::UPGRADE);
-        headers::strip_hop_by_hop(response.headers_mut());
+        let Some((worker_stream, early)) = worker_body.into_upgraded() else {
+            return Err(ProxyError::BadWorkerResponse(
+                "weir: the worker switched protocols before reading the request\n",
+            ));
+        };
+        let upgrade_header = response.headers.remove(header::UPGRADE);
+        headers::strip_hop_by_hop(&mut response.headers);
         if let Some(protocol) = upgrade_header {
-            response.headers_mut().insert(header::UPGRADE, protocol);
+            response.headers.insert(header::UPGRADE, protocol);
         }
         response
-            .headers_mut()
+            .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        let worker_upgrade = hyper::upgrade::on(&mut response);
-        tunnel::spawn(client_upgrade, worker_upgrade, slot, activity);
-        return Ok(Forwarded::Upgraded(response.map(|_| ProxyBody::empty())));
+        tunnel::spawn(client_upgrade, worker_stream, early, slot, activity);
+        return Ok(Forwarded::Upgraded(Response::from_parts(
+            response,
+            ProxyBody::empty(),
+        )));
     }
 
-    headers::strip_hop_by_hop(response.headers_mut());
+    headers::strip_hop_by_hop(&mut response.headers);
     if let Some(waited) = cold_start {
         if let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis())) {
-            response
-                .headers_mut()
-                .insert(X_WEIR_COLD_START.clone(), value);
+            response.headers.insert(X_WEIR_COLD_START.clone(), value);
         }
     }
     let exchange = Exchange {
         in_flight: slot,
         activity,
-        conn: Some(sender),
         upstreams: Arc::clone(&cx.upstreams),
         max_idle: settings.max_idle_per_worker,
         outcome: None,
     };
-    Ok(Forwarded::Response(response, Box::new(exchange)))
+    Ok(Forwarded::Response(
+        Response::from_parts(response, worker_body),
+        Box::new(exchange),
+    ))
 }
 
 /// The route of a (rewritten) request: its Host header and path.
@@ -245,13 +254,13 @@ fn lookup<'s>(
 /// or not at all. The route is looked up again each time, so a retry sees the pool as it is.
 async fn admit(
     cx: &ConnContext,
-    outgoing: &Request<UpstreamBody>,
+    head: &Parts,
     exclude: Option<u64>,
     outcome: &Outcome,
 ) -> Result<Option<(InFlightGuard, Duration, Option<Duration>)>, ProxyError> {
     let (pool, queue) = {
         let snapshot = cx.shared.snapshot();
-        let route = lookup(&snapshot, outgoing.headers(), outgoing.uri())?;
+        let route = lookup(&snapshot, &head.headers, &head.uri)?;
         if let Some(slot) = route.pool.try_acquire(exclude) {
             return Ok(Some((slot, Duration::ZERO, None)));
         }
@@ -298,9 +307,9 @@ async fn admit(
 }
 
 /// Spend a retry from the budget of the request's pool.
-fn spend_retry(cx: &ConnContext, req: &Request<UpstreamBody>) -> bool {
+fn spend_retry(cx: &ConnContext, head: &Parts) -> bool {
     let snapshot = cx.shared.snapshot();
-    match lookup(&snapshot, req.headers(), req.uri()) {
+    match lookup(&snapshot, &head.headers, &head.uri) {
         Ok(route) => route.pool.try_spend_retry(),
         Err(_) => false,
     }
@@ -412,30 +421,33 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// What is needed to send a request again: its head and its in-memory body.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+/// A request ready for a worker: its head (kept for routing a retry) with the bytes it encodes
+/// to (encoded once, so retries and replays resend them without copying the header map), and
+/// its body.
+struct Outgoing {
+    parts: Parts,
+    encoded: Bytes,
     body: UpstreamBody,
+    chunked: bool,
 }
 
-impl Replay {
-    fn of(req: &Request<UpstreamBody>) -> Option<Self> {
-        Some(Replay {
-            body: req.body().replay_copy()?,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        })
-    }
-
-    fn into_request(self) -> Request<UpstreamBody> {
-        let mut req = Request::new(self.body);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.headers_mut() = self.headers;
-        req
+impl Outgoing {
+    fn new(parts: Parts, body: UpstreamBody) -> Self {
+        let known = match &body {
+            UpstreamBody::Bytes(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            UpstreamBody::Stream(b) | UpstreamBody::Counted(b, _) => b.size_hint().exact(),
+        };
+        let framing = BodyFraming::choose(
+            &parts.method,
+            known,
+            parts.headers.contains_key(header::CONTENT_LENGTH),
+        );
+        Outgoing {
+            encoded: encode_head(&parts, framing),
+            chunked: framing == BodyFraming::Chunked,
+            parts,
+            body,
+        }
     }
 }
 
@@ -445,11 +457,11 @@ struct SendFailure {
     /// The worker is to blame (connect failure, reset before response headers).
     passive: bool,
     /// The request, when it may be sent to another worker: never written, or replayable.
-    unsent: Option<Request<UpstreamBody>>,
+    unsent: Option<Outgoing>,
 }
 
 impl SendFailure {
-    fn new(error: ProxyError, passive: bool, unsent: Option<Request<UpstreamBody>>) -> Self {
+    fn new(error: ProxyError, passive: bool, unsent: Option<Outgoing>) -> Self {
         SendFailure {
             error,
             passive,
@@ -466,55 +478,111 @@ async fn send(
     upstreams: &Upstreams,
     worker: &Worker,
     settings: &UpstreamSettings,
-    req: Request<UpstreamBody>,
+    outgoing: Outgoing,
     replayable: bool,
-) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), SendFailure> {
+) -> Result<(http::response::Parts, WorkerBody), SendFailure> {
     let deadline = Instant::now() + settings.response_timeout;
-    let mut conn = match upstreams.checkout(worker, settings).await {
+    let conn = match upstreams.checkout(worker, settings).await {
         Ok(conn) => conn,
-        Err(e) => return Err(SendFailure::new(e, true, Some(req))),
+        Err(e) => return Err(SendFailure::new(e, true, Some(outgoing))),
     };
-    let replay = if replayable { Replay::of(&req) } else { None };
-    let mut failure =
-        match tokio::time::timeout_at(deadline, conn.sender.try_send_request(req)).await {
-            Err(_) => return Err(SendFailure::new(ProxyError::ResponseTimeout, false, None)),
-            Ok(Ok(response)) => return Ok((response, conn.sender)),
-            Ok(Err(failure)) => failure,
-        };
-    let unsent = failure.take_message();
-    let was_unsent = unsent.is_some();
-    let retry = unsent.or_else(|| replay.map(Replay::into_request));
-    if !conn.reused {
-        // A fresh connection failed: the worker's fault. The request may go elsewhere if it was
-        // never written or can be replayed.
-        let error = ProxyError::Upstream(failure.into_error());
-        return Err(SendFailure::new(error, true, retry));
-    }
-    let Some(retry) = retry else {
-        return Err(SendFailure::new(
-            ProxyError::Upstream(failure.into_error()),
-            false,
-            None,
-        ));
+    let reused = conn.reused;
+    let failure = match attempt(conn, outgoing, replayable, deadline).await {
+        Ok(response) => return Ok(response),
+        Err(failure) => failure,
     };
-    debug!(worker = %worker.name, error = %failure.error(), unsent = was_unsent, "pooled connection failed; retrying on a fresh one");
-    let replay = if replayable { Replay::of(&retry) } else { None };
-    let mut fresh = match upstreams.connect(worker, settings).await {
+    let retry = match failure.unsent {
+        Some(retry) if reused && failure.connection_failed => retry,
+        unsent => {
+            // A fresh connection failing is the worker's fault; a pooled one may just have
+            // gone stale, so it is not held against the worker.
+            let passive = failure.worker_fault || (failure.connection_failed && !reused);
+            return Err(SendFailure::new(failure.error, passive, unsent));
+        }
+    };
+    debug!(worker = %worker.name, error = %failure.error, "pooled connection failed; retrying on a fresh one");
+    let fresh = match upstreams.connect(worker, settings).await {
         Ok(conn) => conn,
         Err(e) => return Err(SendFailure::new(e, true, Some(retry))),
     };
-    match tokio::time::timeout_at(deadline, fresh.sender.try_send_request(retry)).await {
-        Err(_) => Err(SendFailure::new(ProxyError::ResponseTimeout, false, None)),
-        Ok(Ok(response)) => Ok((response, fresh.sender)),
-        Ok(Err(mut failure)) => {
-            let again = failure
-                .take_message()
-                .or_else(|| replay.map(Replay::into_request));
-            Err(SendFailure::new(
-                ProxyError::Upstream(failure.into_error()),
-                true,
-                again,
-            ))
+    match attempt(fresh, retry, replayable, deadline).await {
+        Ok(response) => Ok(response),
+        Err(failure) => {
+            let passive = failure.worker_fault || failure.connection_failed;
+            Err(SendFailure::new(failure.error, passive, failure.unsent))
         }
     }
+}
+
+/// Why one try on one connection failed.
+struct AttemptFailure {
+    error: ProxyError,
+    /// Writing or reading the connection failed (which a stale pooled connection also does).
+    connection_failed: bool,
+    /// The worker certainly misbehaved (an unparseable response).
+    worker_fault: bool,
+    /// The request, when it can still be sent: never written, or replayable.
+    unsent: Option<Outgoing>,
+}
+
+/// One try of `outgoing` on `conn`, up to `deadline` for the response head.
+async fn attempt(
+    conn: WorkerConn,
+    outgoing: Outgoing,
+    replayable: bool,
+    deadline: Instant,
+) -> Result<(http::response::Parts, WorkerBody), AttemptFailure> {
+    let Outgoing {
+        parts,
+        encoded,
+        body,
+        chunked,
+    } = outgoing;
+    let replay = if replayable { body.replay_copy() } else { None };
+    let called = call(conn, encoded.clone(), body, chunked, &parts.method);
+    let CallError {
+        failure,
+        unsent: _,
+        body,
+    } = match tokio::time::timeout_at(deadline, called).await {
+        Ok(Ok(response)) => return Ok(response),
+        Ok(Err(e)) => e,
+        Err(_) => {
+            return Err(AttemptFailure {
+                error: ProxyError::ResponseTimeout,
+                connection_failed: false,
+                worker_fault: false,
+                unsent: None,
+            })
+        }
+    };
+    let (error, connection_failed, worker_fault) = match failure {
+        CallFailure::Io(e) => (ProxyError::Upstream(e), true, false),
+        CallFailure::Decode(e) => (
+            ProxyError::BadWorkerResponse(e.client_message()),
+            false,
+            true,
+        ),
+        CallFailure::ClientBody => (
+            ProxyError::BadRequest("weir: the request body ended early\n"),
+            false,
+            false,
+        ),
+    };
+    let unsent = if connection_failed {
+        body.or(replay).map(|body| Outgoing {
+            parts,
+            encoded,
+            body,
+            chunked,
+        })
+    } else {
+        None
+    };
+    Err(AttemptFailure {
+        error,
+        connection_failed,
+        worker_fault,
+        unsent,
+    })
 }

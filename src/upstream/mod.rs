@@ -1,5 +1,6 @@
-//! Connections from one serving thread to workers: connect with a deadline, HTTP/1.1 handshake,
-//! and a keep-alive pool keyed by worker id.
+//! Connections from one serving thread to workers: connect with a deadline, weir's own lean
+//! HTTP/1.1 client (encode the request head once, parse the response with httparse, read the
+//! body as the client pulls it), and a keep-alive pool keyed by worker id.
 //!
 //! Each serving thread owns one [`Upstreams`]: requests on a thread reuse that thread's
 //! connections, so no connection is handed between threads and the pool's mutex is never
@@ -9,19 +10,24 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::debug;
 
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::pool::Worker;
 
 mod body;
+mod call;
+mod conn;
+mod decode;
+mod encode;
 
 pub use body::UpstreamBody;
+pub use call::{call, CallError, CallFailure, WorkerBody};
+pub use conn::WorkerConn;
+pub use decode::DecodeError;
+pub use encode::{encode_head, BodyFraming};
 
 /// The upstream settings the request path needs after it lets go of the config snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -47,16 +53,8 @@ impl From<&UpstreamConfig> for UpstreamSettings {
     }
 }
 
-/// A connection ready to carry one request.
-pub struct Conn {
-    /// The HTTP/1.1 request sender.
-    pub sender: SendRequest<UpstreamBody>,
-    /// True when it came from the idle pool (and so may have gone stale).
-    pub reused: bool,
-}
-
 struct IdleConn {
-    sender: SendRequest<UpstreamBody>,
+    conn: WorkerConn,
     since: Instant,
 }
 
@@ -85,26 +83,22 @@ impl Upstreams {
         &self,
         worker: &Worker,
         settings: &UpstreamSettings,
-    ) -> Result<Conn, ProxyError> {
-        while let Some(mut sender) = self.take_idle(worker.id, settings.idle_timeout) {
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Ok(Conn {
-                    sender,
-                    reused: true,
-                });
-            }
+    ) -> Result<WorkerConn, ProxyError> {
+        if let Some(conn) = self.take_idle(worker.id, settings.idle_timeout) {
+            return Ok(conn);
         }
         self.connect(worker, settings).await
     }
 
     /// The most recently used live idle connection (LIFO keeps few connections warm).
-    fn take_idle(&self, worker_id: u64, max_idle: Duration) -> Option<SendRequest<UpstreamBody>> {
+    fn take_idle(&self, worker_id: u64, max_idle: Duration) -> Option<WorkerConn> {
         let mut idle = self.lock();
         let conns = idle.get_mut(&worker_id)?;
         let now = Instant::now();
-        while let Some(conn) = conns.pop_back() {
-            if !conn.sender.is_closed() && now.duration_since(conn.since) < max_idle {
-                return Some(conn.sender);
+        while let Some(mut idle) = conns.pop_back() {
+            if now.duration_since(idle.since) < max_idle && idle.conn.is_usable_idle() {
+                idle.conn.reused = true;
+                return Some(idle.conn);
             }
         }
         None
@@ -115,7 +109,7 @@ impl Upstreams {
         &self,
         worker: &Worker,
         settings: &UpstreamSettings,
-    ) -> Result<Conn, ProxyError> {
+    ) -> Result<WorkerConn, ProxyError> {
         let stream =
             match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(worker.addr))
                 .await
@@ -131,31 +125,18 @@ impl Upstreams {
             };
         // Small proxied writes must not wait for Nagle.
         stream.set_nodelay(true).map_err(ProxyError::Connect)?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ProxyError::Upstream)?;
-        let worker_name = worker.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(worker = %worker_name, error = %e, "worker connection ended with an error");
-            }
-        });
-        Ok(Conn {
-            sender,
-            reused: false,
-        })
+        Ok(WorkerConn::new(stream))
     }
 
     /// Return a connection whose exchange finished cleanly, for the next request to reuse.
-    pub fn give_back(&self, worker_id: u64, sender: SendRequest<UpstreamBody>, max_idle: usize) {
-        if sender.is_closed() || max_idle == 0 {
+    pub fn give_back(&self, worker_id: u64, conn: WorkerConn, max_idle: usize) {
+        if max_idle == 0 || !conn.is_usable_idle() {
             return;
         }
         let mut idle = self.lock();
         let conns = idle.entry(worker_id).or_default();
         conns.push_back(IdleConn {
-            sender,
+            conn,
             since: Instant::now(),
         });
         while conns.len() > max_idle {
@@ -168,7 +149,7 @@ impl Upstreams {
     pub fn sweep(&self, max_idle: Duration) {
         let now = Instant::now();
         self.lock().retain(|_, conns| {
-            conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < max_idle);
+            conns.retain(|c| now.duration_since(c.since) < max_idle && c.conn.is_usable_idle());
             !conns.is_empty()
         });
     }

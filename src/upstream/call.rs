@@ -1,0 +1,475 @@
+//! One request/response exchange on a worker connection, driven from the request's own task:
+//! write the head (and an in-memory body) in one `writev`, stream any remaining body while the
+//! response head is awaited, then hand the response body out as a [`WorkerBody`] that reads the
+//! socket as the client side pulls it. A body still uploading when the response head arrives
+//! keeps going from the response body's polls, so nothing is spawned.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::header::HeaderMap;
+use http::Method;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use super::body::UpstreamBody;
+use super::conn::WorkerConn;
+use super::decode::{parse_head, BodyDecoder, DecodeError, Decoded, Framing};
+use super::encode::chunk_header;
+
+/// Bytes read per system call while reading a response head.
+const HEAD_READ: usize = 8 * 1024;
+/// Largest read while streaming a response body.
+const BODY_READ: usize = 64 * 1024;
+
+/// Why an exchange failed before a response head was read.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// Writing or reading the worker connection failed, or it closed before a full head.
+    Io(io::Error),
+    /// The worker's response head cannot be passed on.
+    Decode(DecodeError),
+    /// The client's request body failed mid-upload (the client left or sent a bad body).
+    ClientBody,
+}
+
+/// A failed exchange, and what is needed to decide on a retry.
+pub struct CallError {
+    /// What went wrong.
+    pub failure: CallFailure,
+    /// No byte of the request reached the socket.
+    pub unsent: bool,
+    /// The body, handed back when nothing was sent so the request can go elsewhere.
+    pub body: Option<UpstreamBody>,
+}
+
+/// Send a request (its encoded `head` and `body`) on `conn` and read the response head.
+/// `method` decides whether the response has a body (HEAD's never does).
+pub async fn call(
+    mut conn: WorkerConn,
+    head: Bytes,
+    body: UpstreamBody,
+    chunked: bool,
+    method: &Method,
+) -> Result<(http::response::Parts, WorkerBody), CallError> {
+    let mut upload = Upload::new(head, body, chunked);
+    let parsed = poll_fn(|cx| poll_head(cx, &mut conn, &mut upload, method)).await;
+    match parsed {
+        Ok((parts, framing, keep_alive)) => Ok((
+            parts,
+            WorkerBody {
+                conn: Some(conn),
+                decoder: BodyDecoder::new(framing),
+                upload,
+                keep_alive,
+                upgrade: framing == Framing::Upgrade,
+            },
+        )),
+        Err(failure) => {
+            let unsent = upload.written == 0;
+            Err(CallError {
+                failure,
+                unsent,
+                body: if unsent { upload.into_body() } else { None },
+            })
+        }
+    }
+}
+
+type HeadResult = Result<(http::response::Parts, Framing, bool), CallFailure>;
+
+fn poll_head(
+    cx: &mut Context<'_>,
+    conn: &mut WorkerConn,
+    upload: &mut Upload,
+    method: &Method,
+) -> Poll<HeadResult> {
+    match upload.poll_pump(cx, &mut conn.stream) {
+        Poll::Ready(Err(PumpError::Client)) => return Poll::Ready(Err(CallFailure::ClientBody)),
+        Poll::Ready(Err(PumpError::Worker(e))) => {
+            // The worker stopped reading; it may still have answered (a 413, say): read on,
+            // and report the write error only if no response comes.
+            upload.abandon(e);
+        }
+        Poll::Ready(Ok(())) | Poll::Pending => {}
+    }
+    loop {
+        if !conn.read_buf.is_empty() {
+            match parse_head(&mut conn.read_buf, method) {
+                Ok(Some(head)) => {
+                    return Poll::Ready(Ok((head.parts, head.framing, head.keep_alive)))
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(CallFailure::Decode(e))),
+            }
+        }
+        match conn.poll_fill(cx, HEAD_READ) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) => {
+                let error = upload.write_error.take().unwrap_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the worker closed the connection before responding",
+                    )
+                });
+                return Poll::Ready(Err(CallFailure::Io(error)));
+            }
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(CallFailure::Io(e))),
+        }
+    }
+}
+
+/// A worker's response body, read from the connection as the client side polls it. Ends with
+/// the connection reusable only when the body was complete, the request fully sent, and the
+/// worker did not ask to close.
+pub struct WorkerBody {
+    conn: Option<WorkerConn>,
+    decoder: BodyDecoder,
+    upload: Upload,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+impl WorkerBody {
+    /// The connection, once the body has ended cleanly and the connection can carry another
+    /// request.
+    pub fn take_reusable(&mut self) -> Option<WorkerConn> {
+        if self.decoder.is_done() && self.keep_alive && self.upload.is_finished() {
+            self.conn.take()
+        } else {
+            None
+        }
+    }
+
+    /// The socket and any bytes already read past the head, after a 101 response to a request
+    /// whose body was fully sent.
+    pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
+        if !self.upgrade || !self.upload.is_finished() {
+            return None;
+        }
+        let (stream, rest) = self.conn.take()?.into_parts();
+        Some((stream, rest.freeze()))
+    }
+
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if !self.upload.is_finished() {
+            match self.upload.poll_pump(cx, &mut conn.stream) {
+                Poll::Ready(Err(PumpError::Client)) => {
+                    return Poll::Ready(Some(Err(io::Error::other(
+                        "the client's request body failed mid-upload",
+                    ))));
+                }
+                Poll::Ready(Err(PumpError::Worker(e))) => self.upload.abandon(e),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+        }
+        loop {
+            match self.decoder.decode(&mut conn.read_buf) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Decoded::Trailers(trailers)) => {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Ok(Decoded::Done) => return Poll::Ready(None),
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e.client_message().trim_end(),
+                    ))))
+                }
+            }
+            let want = self
+                .decoder
+                .remaining()
+                .map_or(BODY_READ, |left| left.clamp(1, BODY_READ as u64) as usize);
+            match conn.poll_fill(cx, want) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if self.decoder.eof().is_err() {
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the worker closed the connection mid-body",
+                        ))));
+                    }
+                    self.keep_alive = false;
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+}
+
+impl Body for WorkerBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.get_mut().poll_body(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Why pumping the request body stopped.
+enum PumpError {
+    /// Writing to the worker failed.
+    Worker(io::Error),
+    /// The client's body failed.
+    Client,
+}
+
+/// The request bytes still to go: queued segments (head, in-memory body, chunk framing), then
+/// whatever a streamed body yields.
+struct Upload {
+    queue: Segments,
+    body: Option<UpstreamBody>,
+    chunked: bool,
+    /// Request bytes written so far.
+    written: u64,
+    /// The write error that stopped the upload, kept to explain a missing response.
+    write_error: Option<io::Error>,
+    /// The worker stopped taking the request; nothing more is written.
+    abandoned: bool,
+}
+
+impl Upload {
+    fn new(head: Bytes, body: UpstreamBody, chunked: bool) -> Self {
+        let mut queue = Segments::default();
+        queue.push(head);
+        let body = match body {
+            UpstreamBody::Bytes(bytes) => {
+                if let Some(bytes) = bytes {
+                    queue.push(bytes);
+                }
+                None
+            }
+            streamed => Some(streamed),
+        };
+        Upload {
+            queue,
+            body,
+            chunked,
+            written: 0,
+            write_error: None,
+            abandoned: false,
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        !self.abandoned && self.queue.is_empty() && self.body.is_none()
+    }
+
+    fn abandon(&mut self, error: io::Error) {
+        self.abandoned = true;
+        self.write_error = Some(error);
+        self.queue = Segments::default();
+        self.body = None;
+    }
+
+    /// The streamed body, when nothing of it has been taken.
+    fn into_body(self) -> Option<UpstreamBody> {
+        self.body
+    }
+
+    /// Write what can be written now. `Ready(Ok)` once everything is sent.
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+    ) -> Poll<Result<(), PumpError>> {
+        if self.abandoned {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if !self.queue.is_empty() {
+                let slices = self.queue.io_slices();
+                match Pin::new(&mut *stream).poll_write_vectored(cx, slices.as_slice()) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(PumpError::Worker(io::ErrorKind::WriteZero.into())))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n as u64;
+                        self.queue.advance(n);
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Worker(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(PumpError::Client)),
+                Poll::Ready(None) => {
+                    self.body = None;
+                    if self.chunked {
+                        self.queue.push(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if self.chunked => {
+                        self.queue.push(chunk_header(data.len()));
+                        self.queue.push(data);
+                        self.queue.push(Bytes::from_static(b"\r\n"));
+                    }
+                    Ok(data) => self.queue.push(data),
+                    Err(frame) => {
+                        // Trailers end a chunked body; a length-delimited one has no place for
+                        // them, so they are dropped there.
+                        if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
+                            self.queue.push(last_chunk_with(&trailers));
+                            self.chunked = false;
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The last chunk followed by a trailer section.
+fn last_chunk_with(trailers: &HeaderMap) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// Up to three byte strings waiting to be written with one `writev`.
+#[derive(Default)]
+struct Segments {
+    parts: [Bytes; 3],
+    start: usize,
+    end: usize,
+}
+
+impl Segments {
+    fn push(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.end == self.parts.len() {
+            // Full only if a caller pushes more than one frame's worth; keep order by merging.
+            let merged: Vec<u8> = self.parts[self.end - 1]
+                .iter()
+                .chain(bytes.iter())
+                .copied()
+                .collect();
+            self.parts[self.end - 1] = Bytes::from(merged);
+            return;
+        }
+        self.parts[self.end] = bytes;
+        self.end += 1;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn io_slices(&self) -> SliceArray<'_> {
+        let mut array = SliceArray {
+            slices: [IoSlice::new(&[]); 3],
+            len: 0,
+        };
+        for part in &self.parts[self.start..self.end] {
+            array.slices[array.len] = IoSlice::new(part);
+            array.len += 1;
+        }
+        array
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.start < self.end {
+            let part = &mut self.parts[self.start];
+            if n >= part.len() {
+                n -= part.len();
+                *part = Bytes::new();
+                self.start += 1;
+            } else {
+                part.advance(n);
+                n = 0;
+            }
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+struct SliceArray<'a> {
+    slices: [IoSlice<'a>; 3],
+    len: usize,
+}
+
+impl<'a> SliceArray<'a> {
+    fn as_slice(&self) -> &[IoSlice<'a>] {
+        &self.slices[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_advance_across_parts() {
+        let mut s = Segments::default();
+        s.push(Bytes::from_static(b"abc"));
+        s.push(Bytes::from_static(b""));
+        s.push(Bytes::from_static(b"defg"));
+        assert_eq!(s.io_slices().as_slice().len(), 2);
+        s.advance(4);
+        assert_eq!(&*s.io_slices().as_slice()[0], b"efg");
+        s.advance(3);
+        assert!(s.is_empty());
+        s.push(Bytes::from_static(b"1"));
+        s.push(Bytes::from_static(b"2"));
+        s.push(Bytes::from_static(b"3"));
+        s.push(Bytes::from_static(b"4"));
+        let joined: Vec<u8> = s
+            .io_slices()
+            .as_slice()
+            .iter()
+            .flat_map(|sl| sl.iter().copied())
+            .collect();
+        assert_eq!(joined, b"1234");
+    }
+
+    #[test]
+    fn trailers_close_a_chunked_body() {
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", "9".parse().unwrap());
+        assert_eq!(&last_chunk_with(&t)[..], b"0\r\nx-sum: 9\r\n\r\n");
+    }
+}

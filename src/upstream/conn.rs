@@ -1,0 +1,71 @@
+//! One HTTP/1.1 connection to a worker: the socket and its read buffer. It is driven by the
+//! request that holds it, inside that request's own task, so a proxied request costs no task
+//! hand-off, channel or extra wake-up; idle ones wait in the serving thread's pool.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Spare room below which the read buffer is grown before a read.
+const MIN_SPARE: usize = 2 * 1024;
+
+/// A connection to a worker.
+pub struct WorkerConn {
+    pub(super) stream: TcpStream,
+    pub(super) read_buf: BytesMut,
+    /// True when it came from the idle pool (and so may have been closed by the worker).
+    pub reused: bool,
+}
+
+impl WorkerConn {
+    /// A fresh connection.
+    pub fn new(stream: TcpStream) -> Self {
+        WorkerConn {
+            stream,
+            read_buf: BytesMut::new(),
+            reused: false,
+        }
+    }
+
+    /// Whether an idle connection can carry a request: nothing has arrived on it since its last
+    /// response. tokio's cached readiness answers without a system call in the usual case; only
+    /// when the socket has signalled something is it read (EOF, an error or stray bytes all
+    /// mean the connection is done).
+    pub fn is_usable_idle(&self) -> bool {
+        if !self.read_buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Read more bytes into the read buffer, with room for at least `want` of them.
+    /// `Ready(Ok(0))` is end of stream.
+    pub(super) fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        want: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.read_buf.capacity() - self.read_buf.len() < MIN_SPARE.min(want) {
+            self.read_buf.reserve(want);
+        }
+        let read = pin!(self.stream.read_buf(&mut self.read_buf));
+        read.poll(cx)
+    }
+
+    /// The socket and unread bytes, for a connection that switched protocols.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.read_buf)
+    }
+}

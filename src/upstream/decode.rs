@@ -1,0 +1,647 @@
+//! Reading a worker's HTTP/1.1 response: the head (parsed by httparse, header values kept as
+//! slices of the read buffer, no copies) and the body framing of RFC 9112 §6.3, with the body
+//! decoders for Content-Length, chunked and read-until-close bodies.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Most header fields a worker response may carry (hyper's default, too).
+pub const MAX_HEADERS: usize = 100;
+/// Largest response head (status line + fields) weir buffers; beyond it the response is refused.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Longest chunk-size line (with extensions) accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Largest trailer section accepted after the last chunk.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Why a worker's response cannot be passed on. Each maps to a 502 body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not an HTTP/1.x response head.
+    Head,
+    /// The head is larger than [`MAX_HEAD_BYTES`] or has more than [`MAX_HEADERS`] fields.
+    HeadTooLarge,
+    /// Content-Length is not a number, or its copies disagree.
+    ContentLength,
+    /// A malformed chunk size line, chunk end or trailer section.
+    Chunked,
+}
+
+impl DecodeError {
+    /// The short body sent to the client.
+    pub fn client_message(self) -> &'static str {
+        match self {
+            DecodeError::Head => "weir: the worker sent an invalid response\n",
+            DecodeError::HeadTooLarge => "weir: the worker's response head is too large\n",
+            DecodeError::ContentLength => "weir: the worker sent an invalid Content-Length\n",
+            DecodeError::Chunked => "weir: the worker sent a malformed chunked body\n",
+        }
+    }
+}
+
+/// How the body after a response head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a HEAD request, 204 or 304.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything until the worker closes the connection.
+    UntilClose,
+    /// 101 Switching Protocols: the connection now carries another protocol.
+    Upgrade,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// Status, version and header fields (hop-by-hop fields still included).
+    pub parts: http::response::Parts,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this response is read.
+    pub keep_alive: bool,
+}
+
+/// Parse a response head from the front of `buf`, consuming it. Informational responses (1xx
+/// other than 101) are consumed and skipped, as a client must. `Ok(None)` means more bytes are
+/// needed.
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, DecodeError> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut spans = [FieldSpan::default(); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let head_len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() > MAX_HEAD_BYTES {
+                    Err(DecodeError::HeadTooLarge)
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(DecodeError::HeadTooLarge),
+            Err(_) => return Err(DecodeError::Head),
+        };
+        if head_len > MAX_HEAD_BYTES {
+            return Err(DecodeError::HeadTooLarge);
+        }
+        let code = parsed.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| DecodeError::Head)?;
+        let version = match parsed.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 Continue, 103 Early Hints: not the response; read on.
+            buf.advance(head_len);
+            continue;
+        }
+        // Remember where each field lies, so the values can be slices of the frozen head.
+        let base = buf.as_ptr() as usize;
+        let count = parsed.headers.len();
+        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            *span = FieldSpan {
+                name: (name, name + field.name.len()),
+                value: (value, value + field.value.len()),
+            };
+        }
+        let head = buf.split_to(head_len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for span in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
+                .map_err(|_| DecodeError::Head)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+                .map_err(|_| DecodeError::Head)?;
+            headers.append(name, value);
+        }
+        let (framing, framing_keeps_alive) = framing(status, method, &headers)?;
+        let keep_alive = framing_keeps_alive && connection_persists(version, &headers);
+        let mut response = http::Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        let (parts, ()) = response.into_parts();
+        return Ok(Some(ResponseHead {
+            parts,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct FieldSpan {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// The body framing (RFC 9112 §6.3), and whether it lets the connection be reused.
+fn framing(
+    status: StatusCode,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), DecodeError> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Framing::Upgrade, false));
+    }
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        // Transfer-Encoding overrides Content-Length; a response with both is suspect, so its
+        // connection is not reused (RFC 9112 §6.3, point 3).
+        let clean = !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked_last {
+            (Framing::Chunked, clean)
+        } else {
+            (Framing::UntilClose, false)
+        });
+    }
+    match content_length(headers)? {
+        Some(0) => Ok((Framing::Empty, true)),
+        Some(n) => Ok((Framing::Length(n), true)),
+        None => Ok((Framing::UntilClose, false)),
+    }
+}
+
+/// The Content-Length, when present: every copy (and every item of a list) must agree.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, DecodeError> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| DecodeError::ContentLength)?;
+        for item in text.split(',') {
+            let item = item.trim();
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(DecodeError::ContentLength);
+            }
+            let n: u64 = item.parse().map_err(|_| DecodeError::ContentLength)?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(DecodeError::ContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// HTTP/1.1 connections persist unless `Connection: close`; HTTP/1.0 ones only with
+/// `Connection: keep-alive`.
+fn connection_persists(version: Version, headers: &HeaderMap) -> bool {
+    let has_token = |wanted: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(wanted))
+    };
+    if version == Version::HTTP_10 {
+        has_token("keep-alive")
+    } else {
+        !has_token("close")
+    }
+}
+
+/// What the body decoder produced from the buffered bytes.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Body bytes (a slice of the read buffer, not a copy).
+    Data(Bytes),
+    /// The trailer section of a chunked body.
+    Trailers(HeaderMap),
+    /// The body is complete.
+    Done,
+    /// More bytes must be read first.
+    NeedMore,
+}
+
+/// Incremental body decoder: feed it the read buffer after every read.
+#[derive(Debug)]
+pub enum BodyDecoder {
+    /// This many bytes left.
+    Length(u64),
+    /// In a chunked body.
+    Chunked(ChunkState),
+    /// Until the connection closes; `true` once it has.
+    UntilClose(bool),
+    /// Finished.
+    Done,
+}
+
+/// Where a chunked decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+impl BodyDecoder {
+    /// The decoder for a head's framing.
+    pub fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty | Framing::Upgrade | Framing::Length(0) => BodyDecoder::Done,
+            Framing::Length(n) => BodyDecoder::Length(n),
+            Framing::Chunked => BodyDecoder::Chunked(ChunkState::Size),
+            Framing::UntilClose => BodyDecoder::UntilClose(false),
+        }
+    }
+
+    /// Whether the body has ended.
+    pub fn is_done(&self) -> bool {
+        matches!(self, BodyDecoder::Done)
+    }
+
+    /// Bytes still expected, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            BodyDecoder::Length(n) => Some(*n),
+            BodyDecoder::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The worker closed the connection: the end of a read-until-close body, an error for any
+    /// other unfinished body.
+    pub fn eof(&mut self) -> Result<(), ()> {
+        match self {
+            BodyDecoder::UntilClose(closed) => {
+                *closed = true;
+                Ok(())
+            }
+            BodyDecoder::Done => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Take the next piece of the body from `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, DecodeError> {
+        loop {
+            match self {
+                BodyDecoder::Done => return Ok(Decoded::Done),
+                BodyDecoder::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = (*left).min(buf.len() as u64) as usize;
+                    *left -= take as u64;
+                    if *left == 0 {
+                        *self = BodyDecoder::Done;
+                    }
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                BodyDecoder::UntilClose(closed) => {
+                    if !buf.is_empty() {
+                        return Ok(Decoded::Data(buf.split().freeze()));
+                    }
+                    if *closed {
+                        *self = BodyDecoder::Done;
+                        continue;
+                    }
+                    return Ok(Decoded::NeedMore);
+                }
+                BodyDecoder::Chunked(state) => match step_chunked(state, buf)? {
+                    Some(Decoded::Done) => *self = BodyDecoder::Done,
+                    Some(Decoded::Trailers(trailers)) => {
+                        // The trailer section included the closing empty line.
+                        *self = BodyDecoder::Done;
+                        return Ok(Decoded::Trailers(trailers));
+                    }
+                    Some(decoded) => return Ok(decoded),
+                    None => continue,
+                },
+            }
+        }
+    }
+}
+
+/// One step of the chunked decoder: `Ok(None)` means the state moved and decoding goes on.
+fn step_chunked(
+    state: &mut ChunkState,
+    buf: &mut BytesMut,
+) -> Result<Option<Decoded>, DecodeError> {
+    match *state {
+        ChunkState::Size => {
+            let Some(line_end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                return Ok(Some(Decoded::NeedMore));
+            };
+            let size = chunk_size(&buf[..line_end])?;
+            buf.advance(line_end + 2);
+            *state = if size == 0 {
+                ChunkState::Trailers
+            } else {
+                ChunkState::Data(size)
+            };
+            Ok(None)
+        }
+        ChunkState::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Some(Decoded::NeedMore));
+            }
+            let take = left.min(buf.len() as u64) as usize;
+            *state = if left == take as u64 {
+                ChunkState::DataEnd
+            } else {
+                ChunkState::Data(left - take as u64)
+            };
+            Ok(Some(Decoded::Data(buf.split_to(take).freeze())))
+        }
+        ChunkState::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Some(Decoded::NeedMore));
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(DecodeError::Chunked);
+            }
+            buf.advance(2);
+            *state = ChunkState::Size;
+            Ok(None)
+        }
+        ChunkState::Trailers => {
+            if buf.len() >= 2 && &buf[..2] == b"\r\n" {
+                buf.advance(2);
+                return Ok(Some(Decoded::Done));
+            }
+            let Some(end) = find(buf, b"\r\n\r\n", MAX_TRAILER_BYTES)? else {
+                return Ok(Some(Decoded::NeedMore));
+            };
+            let section = buf.split_to(end + 4).freeze();
+            Ok(Some(Decoded::Trailers(parse_trailers(&section)?)))
+        }
+    }
+}
+
+fn parse_trailers(section: &Bytes) -> Result<HeaderMap, DecodeError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => {
+            let mut trailers = HeaderMap::with_capacity(fields.len());
+            for field in fields.iter() {
+                let name = HeaderName::from_bytes(field.name.as_bytes())
+                    .map_err(|_| DecodeError::Chunked)?;
+                let value = HeaderValue::from_maybe_shared(section.slice_ref(field.value))
+                    .map_err(|_| DecodeError::Chunked)?;
+                trailers.append(name, value);
+            }
+            Ok(trailers)
+        }
+        _ => Err(DecodeError::Chunked),
+    }
+}
+
+/// The size on a chunk-size line (hex digits, then optional `;extensions`).
+fn chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
+    let digits_end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(digits_end);
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(DecodeError::Chunked);
+    }
+    let rest = rest.trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(DecodeError::Chunked);
+    }
+    let text = std::str::from_utf8(digits).map_err(|_| DecodeError::Chunked)?;
+    u64::from_str_radix(text, 16).map_err(|_| DecodeError::Chunked)
+}
+
+fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, DecodeError> {
+    find(buf, b"\r\n", limit)
+}
+
+/// The position of `needle` in `buf`, `Ok(None)` if not there yet, an error once `limit` bytes
+/// have gone by without it.
+fn find(buf: &[u8], needle: &[u8], limit: usize) -> Result<Option<usize>, DecodeError> {
+    match buf.windows(needle.len()).position(|w| w == needle) {
+        Some(at) if at <= limit => Ok(Some(at)),
+        Some(_) => Err(DecodeError::Chunked),
+        None if buf.len() > limit + needle.len() => Err(DecodeError::Chunked),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, method: Method) -> Result<Option<ResponseHead>, DecodeError> {
+        let mut buf = BytesMut::from(text);
+        parse_head(&mut buf, &method)
+    }
+
+    fn body_of(framing: Framing, wire: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), DecodeError> {
+        // Feed one byte at a time: every split point must decode the same.
+        let mut decoder = BodyDecoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut trailers = None;
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(b) => body.extend_from_slice(&b),
+                Decoded::Trailers(t) => trailers = Some(t),
+                Decoded::Done => return Ok((body, trailers)),
+                Decoded::NeedMore => {
+                    if fed == wire.len() {
+                        decoder.eof().map_err(|()| DecodeError::Chunked)?;
+                        continue;
+                    }
+                    buf.extend_from_slice(&wire[fed..fed + 1]);
+                    fed += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parses_a_head_and_leaves_the_body() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello");
+        let head = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(head.parts.status, StatusCode::OK);
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(head.parts.headers["x-a"], "b");
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn partial_head_needs_more_and_huge_head_is_refused() {
+        assert!(head("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
+            .unwrap()
+            .is_none());
+        let huge = format!("HTTP/1.1 200 OK\r\nX-Big: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(
+            head(&huge, Method::GET).unwrap_err(),
+            DecodeError::HeadTooLarge
+        );
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert_eq!(
+            head(&text, Method::GET).unwrap_err(),
+            DecodeError::HeadTooLarge
+        );
+        assert_eq!(
+            head("SSH-2.0-OpenSSH\r\n\r\n", Method::GET).unwrap_err(),
+            DecodeError::Head
+        );
+    }
+
+    #[test]
+    fn informational_responses_are_skipped() {
+        let text = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+                    HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+        let head = head(text, Method::POST).unwrap().unwrap();
+        assert_eq!(head.parts.status, StatusCode::CREATED);
+        assert_eq!(head.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |text: &str, method: Method| {
+            head(text, method).map(|h| h.map(|h| (h.framing, h.keep_alive)))
+        };
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", Method::HEAD).unwrap(),
+            Some((Framing::Empty, true))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                Method::GET
+            )
+            .unwrap(),
+            Some((Framing::Empty, true))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                Method::GET
+            )
+            .unwrap(),
+            Some((Framing::Chunked, true))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                Method::GET
+            )
+            .unwrap(),
+            Some((Framing::Chunked, false))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Method::GET
+            )
+            .unwrap(),
+            Some((Framing::UntilClose, false))
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\n\r\n", Method::GET).unwrap(),
+            Some((Framing::UntilClose, false))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\nConnection: close\r\n\r\n",
+                Method::GET
+            )
+            .unwrap(),
+            Some((Framing::Length(4), false))
+        );
+        assert_eq!(
+            f("HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\n", Method::GET).unwrap(),
+            Some((Framing::Length(4), false))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.0 200 OK\r\nContent-Length: 4\r\nConnection: Keep-Alive\r\n\r\n",
+                Method::GET
+            )
+            .unwrap(),
+            Some((Framing::Length(4), true))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                Method::GET
+            )
+            .unwrap(),
+            Some((Framing::Upgrade, false))
+        );
+        for bad in ["4, 5", "-1", "+4", "0x10", ""] {
+            let text = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(
+                f(&text, Method::GET).unwrap_err(),
+                DecodeError::ContentLength,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn length_body() {
+        let (body, _) = body_of(Framing::Length(5), b"hello").unwrap();
+        assert_eq!(body, b"hello");
+        assert!(body_of(Framing::Length(6), b"hello").is_err());
+    }
+
+    #[test]
+    fn chunked_body_with_extensions_and_trailers() {
+        let wire = b"5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 7\r\n\r\n";
+        let (body, trailers) = body_of(Framing::Chunked, wire).unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(trailers.unwrap()["x-sum"], "7");
+        let (body, trailers) = body_of(Framing::Chunked, b"A\r\n0123456789\r\n0\r\n\r\n").unwrap();
+        assert_eq!(body, b"0123456789");
+        assert!(trailers.is_none());
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"5 junk\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhel",
+        ] {
+            assert!(body_of(Framing::Chunked, wire).is_err(), "{wire:?}");
+        }
+        let long_line = [b"1;".as_slice(), &[b'a'; MAX_CHUNK_LINE + 8]].concat();
+        assert!(body_of(Framing::Chunked, &long_line).is_err());
+    }
+
+    #[test]
+    fn until_close_body_ends_at_eof() {
+        let (body, _) = body_of(Framing::UntilClose, b"all of it").unwrap();
+        assert_eq!(body, b"all of it");
+    }
+}

@@ -1,0 +1,272 @@
+//! weir's HTTP/1.1 client against scripted workers speaking raw bytes: what it sends, which
+//! responses it accepts (1xx, chunked with trailers, close-delimited, HEAD), which it refuses
+//! with a 502, and when it reuses a connection.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the scripted worker does with a request: bytes to write, then whether to close.
+type Script = Arc<dyn Fn(&str) -> (Vec<u8>, bool) + Send + Sync>;
+
+struct Scripted {
+    addr: SocketAddr,
+    /// Connections that carried at least one request.
+    connections: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+/// A worker that reads each request (head plus a Content-Length body) and answers by `script`.
+async fn scripted(script: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static) -> Scripted {
+    let script: Script = Arc::new(script);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let (count, seen) = (Arc::clone(&connections), Arc::clone(&requests));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (script, seen, count) =
+                (Arc::clone(&script), Arc::clone(&seen), Arc::clone(&count));
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut first = true;
+                while let Some(request) = read_request(&mut stream, &mut pending).await {
+                    // Health probes connect without a request; only request-carrying
+                    // connections count.
+                    if std::mem::take(&mut first) {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    seen.lock().unwrap().push(request.clone());
+                    let (reply, close) = script(&request);
+                    if stream.write_all(&reply).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted {
+        addr,
+        connections,
+        requests,
+    }
+}
+
+/// One request's head and Content-Length body, as text.
+async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if pending.len() >= end + 4 + length {
+                let request: Vec<u8> = pending.drain(..end + 4 + length).collect();
+                return Some(String::from_utf8_lossy(&request).into_owned());
+            }
+        }
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn reply(text: &str) -> (Vec<u8>, bool) {
+    (text.as_bytes().to_vec(), false)
+}
+
+#[tokio::test]
+async fn keep_alive_connection_is_reused_and_the_request_is_rewritten() {
+    let worker = scripted(|_| reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).await;
+    let weir = start_simple("threads = 1", "", &[worker.addr]);
+    let mut client = Client::connect(weir.addr()).await;
+    for _ in 0..5 {
+        let reply = client.get("/path?q=1").await;
+        assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "ok"));
+    }
+    let post = http::Request::post("/submit")
+        .header("host", "test.local")
+        .header("connection", "keep-alive")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"abc")))
+        .unwrap();
+    assert_eq!(client.send(post).await.status, 200);
+    assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
+    let requests = worker.requests.lock().unwrap().clone();
+    assert!(
+        requests[0].starts_with("GET /path?q=1 HTTP/1.1\r\n"),
+        "{}",
+        requests[0]
+    );
+    assert!(requests[0].contains("host: test.local\r\n"));
+    assert!(requests[0].contains("x-forwarded-for: 127.0.0.1\r\n"));
+    assert!(!requests[0].contains("content-length"), "{}", requests[0]);
+    let last = requests.last().unwrap();
+    assert!(last.starts_with("POST /submit HTTP/1.1\r\n"), "{last}");
+    assert!(last.contains("content-length: 3\r\n"), "{last}");
+    assert!(!last.contains("connection:"), "{last}");
+    assert!(last.ends_with("\r\n\r\nabc"), "{last}");
+}
+
+#[tokio::test]
+async fn informational_responses_are_skipped_and_chunked_bodies_decoded() {
+    let worker = scripted(|_| {
+        reply(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+             HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-app: 1\r\n\r\n\
+             5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 9\r\n\r\n",
+        )
+    })
+    .await;
+    let weir = start_simple("threads = 1", "", &[worker.addr]);
+    let mut client = Client::connect(weir.addr()).await;
+    for _ in 0..2 {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "hello world");
+        assert_eq!(reply.headers["x-app"], "1");
+        assert!(
+            !reply.headers.contains_key("transfer-encoding")
+                || reply.headers["transfer-encoding"] == "chunked"
+        );
+    }
+    assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn close_delimited_body_is_passed_whole_and_the_connection_not_reused() {
+    let worker = scripted(|_| (b"HTTP/1.1 200 OK\r\n\r\nall of it".to_vec(), true)).await;
+    let weir = start_simple("threads = 1", "", &[worker.addr]);
+    let mut client = Client::connect(weir.addr()).await;
+    for _ in 0..3 {
+        let reply = client.get("/").await;
+        assert_eq!(reply.text(), "all of it");
+    }
+    assert_eq!(worker.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn head_response_has_no_body_and_keeps_the_connection() {
+    let worker = scripted(|_| reply("HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")).await;
+    let weir = start_simple("threads = 1", "", &[worker.addr]);
+    let mut client = Client::connect(weir.addr()).await;
+    for _ in 0..3 {
+        let head = http::Request::head("/")
+            .header("host", "test.local")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let reply = client.send(head).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.headers["content-length"], "1234");
+        assert!(reply.body.is_empty());
+    }
+    assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn malformed_responses_are_502_and_weir_keeps_serving() {
+    let cases: [(&str, &str); 4] = [
+        ("garbage", "SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+        (
+            "bad length",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\nhello",
+        ),
+        ("huge head", ""),
+        (
+            "bad status",
+            "HTTP/1.1 2000 What\r\ncontent-length: 0\r\n\r\n",
+        ),
+    ];
+    for (name, text) in cases {
+        let text = if name == "huge head" {
+            format!(
+                "HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n",
+                "a".repeat(70 * 1024)
+            )
+        } else {
+            text.to_string()
+        };
+        let worker = scripted(move |_| reply(&text)).await;
+        let weir = start_simple("threads = 1", "", &[worker.addr]);
+        let mut client = Client::connect(weir.addr()).await;
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 502, "{name}: {}", reply.text());
+        assert!(
+            reply.text().starts_with("weir: the worker"),
+            "{name}: {}",
+            reply.text()
+        );
+        // The client's connection is still good.
+        assert_eq!(client.get("/").await.status, 502, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn worker_closing_mid_body_aborts_the_client_response() {
+    let worker = scripted(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b".to_vec(),
+            true,
+        )
+    })
+    .await;
+    let weir = start_simple("threads = 1", "", &[worker.addr]);
+    let started = std::time::Instant::now();
+    let raw = raw_exchange(weir.addr(), b"GET / HTTP/1.1\r\nhost: test.local\r\n\r\n").await;
+    // The client connection is closed at once (not left waiting for 90 more bytes), with at
+    // most the head and the ten bytes that came.
+    assert!(
+        started.elapsed() < DEADLINE / 2,
+        "the client was left hanging"
+    );
+    assert!(raw.is_empty() || raw.ends_with("only ten b"), "{raw}");
+    let workers = weir.workers("app");
+    wait_until("in-flight released", || workers[0].in_flight() == 0).await;
+    // weir keeps serving (the worker misbehaves the same way again).
+    let again = raw_exchange(weir.addr(), b"GET / HTTP/1.1\r\nhost: test.local\r\n\r\n").await;
+    assert!(again.is_empty() || again.ends_with("only ten b"), "{again}");
+}
+
+#[tokio::test]
+async fn bytes_after_a_101_reach_the_client() {
+    let worker = scripted(|_| {
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nhello from the worker"
+                .to_vec(),
+            false,
+        )
+    })
+    .await;
+    let weir = start_simple("threads = 1", "", &[worker.addr]);
+    let mut stream = TcpStream::connect(weir.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: test.local\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("hello from the worker") {
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .expect("bytes within the deadline")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(worker.requests.lock().unwrap()[0].contains("upgrade: echo\r\n"));
+}
