@@ -48,13 +48,29 @@ pub async fn handle(
     cx: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let activity = cx.begin();
-    let outcome = Outcome::start(&req, &cx);
+    let mut outcome = Outcome::start(&req, &cx);
     // Kept only for the log line of a failed request; both clones are reference-count bumps.
     let method = req.method().clone();
     let uri = req.uri().clone();
-    match forward(req, &cx, activity, outcome).await {
-        Ok(response) => Ok(response),
-        Err((err, mut outcome)) => {
+    // One level of future nesting only: each async level stores its own copy of its arguments,
+    // and the whole future is moved into hyper's slot once per request.
+    match proxy(req, &cx, activity, &mut outcome).await {
+        Ok(Forwarded::Response(response, exchange)) => {
+            outcome.status = response.status().as_u16();
+            let mut exchange = *exchange;
+            exchange.outcome = Some(outcome);
+            Ok(response.map(|body| ProxyBody::Upstream {
+                body,
+                exchange: Some(exchange),
+                bytes_out: 0,
+            }))
+        }
+        Ok(Forwarded::Upgraded(response)) => {
+            outcome.status = response.status().as_u16();
+            outcome.finish(0);
+            Ok(response)
+        }
+        Err(err) => {
             let status = err.status();
             if status.is_server_error() {
                 warn!(client = %cx.peer, %method, %uri, status = status.as_u16(), error = %err, "request failed");
@@ -83,32 +99,6 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-async fn forward(
-    req: Request<Incoming>,
-    cx: &Arc<ConnContext>,
-    activity: ActivityGuard,
-    mut outcome: Outcome,
-) -> Result<Response<ProxyBody>, (ProxyError, Outcome)> {
-    match proxy(req, cx, activity, &mut outcome).await {
-        Ok(Forwarded::Response(response, exchange)) => {
-            outcome.status = response.status().as_u16();
-            let mut exchange = *exchange;
-            exchange.outcome = Some(outcome);
-            Ok(response.map(|body| ProxyBody::Upstream {
-                body,
-                exchange: Some(exchange),
-                bytes_out: 0,
-            }))
-        }
-        Ok(Forwarded::Upgraded(response)) => {
-            outcome.status = response.status().as_u16();
-            outcome.finish(0);
-            Ok(response)
-        }
-        Err(err) => Err((err, outcome)),
-    }
 }
 
 /// A forwarded request's response: streamed with its bookkeeping, or an upgrade's 101.
@@ -157,7 +147,7 @@ async fn proxy(
         cold_start = cold_start.or(cold);
         let sent_at = Instant::now();
         let worker = Arc::clone(slot.worker());
-        match send(&cx.upstreams, &worker, &settings, outgoing, replayable).await {
+        match send(&cx.upstreams, &worker, &settings, &mut outgoing, replayable).await {
             Ok((response, worker_body)) => {
                 worker.record_success();
                 if let Some(metrics) = &outcome.route {
@@ -173,10 +163,10 @@ async fn proxy(
                     warn!(worker = %worker.name, error = %failure.error, "worker ejected after consecutive failures");
                 }
                 drop(slot);
-                let Some(unsent) = failure.unsent else {
-                    return Err(failure.error);
-                };
-                if tries >= retry.max_tries || !spend_retry(cx, &unsent.parts) {
+                if !failure.retryable
+                    || tries >= retry.max_tries
+                    || !spend_retry(cx, &outgoing.parts)
+                {
                     return Err(failure.error);
                 }
                 debug!(worker = %worker.name, error = %failure.error, "retrying on another worker");
@@ -184,7 +174,6 @@ async fn proxy(
                 if let Some(metrics) = &outcome.route {
                     metrics.record_retry();
                 }
-                outgoing = unsent;
                 exclude = Some(worker.id);
                 last_error = Some(failure.error);
             }
@@ -423,11 +412,11 @@ fn join_cookies(headers: &mut HeaderMap) {
 
 /// A request ready for a worker: its head (kept for routing a retry) with the bytes it encodes
 /// to (encoded once, so retries and replays resend them without copying the header map), and
-/// its body.
+/// its body (`None` while a try holds it).
 struct Outgoing {
     parts: Parts,
     encoded: Bytes,
-    body: UpstreamBody,
+    body: Option<UpstreamBody>,
     chunked: bool,
 }
 
@@ -446,7 +435,7 @@ impl Outgoing {
             encoded: encode_head(&parts, framing),
             chunked: framing == BodyFraming::Chunked,
             parts,
-            body,
+            body: Some(body),
         }
     }
 }
@@ -456,18 +445,9 @@ struct SendFailure {
     error: ProxyError,
     /// The worker is to blame (connect failure, reset before response headers).
     passive: bool,
-    /// The request, when it may be sent to another worker: never written, or replayable.
-    unsent: Option<Outgoing>,
-}
-
-impl SendFailure {
-    fn new(error: ProxyError, passive: bool, unsent: Option<Outgoing>) -> Self {
-        SendFailure {
-            error,
-            passive,
-            unsent,
-        }
-    }
+    /// The request may go to another worker (never written, or replayable): its body is back
+    /// in the `Outgoing`.
+    retryable: bool,
 }
 
 /// Send the request to `worker` and wait for response headers until `response_timeout`.
@@ -478,40 +458,68 @@ async fn send(
     upstreams: &Upstreams,
     worker: &Worker,
     settings: &UpstreamSettings,
-    outgoing: Outgoing,
+    outgoing: &mut Outgoing,
     replayable: bool,
 ) -> Result<(http::response::Parts, WorkerBody), SendFailure> {
     let deadline = Instant::now() + settings.response_timeout;
     let conn = match upstreams.checkout(worker, settings).await {
         Ok(conn) => conn,
-        Err(e) => return Err(SendFailure::new(e, true, Some(outgoing))),
+        Err(error) => {
+            return Err(SendFailure {
+                error,
+                passive: true,
+                retryable: true,
+            })
+        }
     };
     let reused = conn.reused;
     let failure = match attempt(conn, outgoing, replayable, deadline).await {
         Ok(response) => return Ok(response),
         Err(failure) => failure,
     };
-    let retry = match failure.unsent {
-        Some(retry) if reused && failure.connection_failed => retry,
-        unsent => {
-            // A fresh connection failing is the worker's fault; a pooled one may just have
-            // gone stale, so it is not held against the worker.
-            let passive = failure.worker_fault || (failure.connection_failed && !reused);
-            return Err(SendFailure::new(failure.error, passive, unsent));
-        }
-    };
+    if !(reused && failure.connection_failed && failure.resendable) {
+        // A fresh connection failing is the worker's fault; a pooled one may just have gone
+        // stale, so it is not held against the worker.
+        return Err(SendFailure {
+            passive: failure.worker_fault || (failure.connection_failed && !reused),
+            retryable: failure.resendable,
+            error: failure.error,
+        });
+    }
     debug!(worker = %worker.name, error = %failure.error, "pooled connection failed; retrying on a fresh one");
+    // Rare: boxed, so the common path's future stays small.
+    Box::pin(send_on_fresh(
+        upstreams, worker, settings, outgoing, replayable, deadline,
+    ))
+    .await
+}
+
+/// The second try of [`send`], on a new connection.
+async fn send_on_fresh(
+    upstreams: &Upstreams,
+    worker: &Worker,
+    settings: &UpstreamSettings,
+    outgoing: &mut Outgoing,
+    replayable: bool,
+    deadline: Instant,
+) -> Result<(http::response::Parts, WorkerBody), SendFailure> {
     let fresh = match upstreams.connect(worker, settings).await {
         Ok(conn) => conn,
-        Err(e) => return Err(SendFailure::new(e, true, Some(retry))),
-    };
-    match attempt(fresh, retry, replayable, deadline).await {
-        Ok(response) => Ok(response),
-        Err(failure) => {
-            let passive = failure.worker_fault || failure.connection_failed;
-            Err(SendFailure::new(failure.error, passive, failure.unsent))
+        Err(error) => {
+            return Err(SendFailure {
+                error,
+                passive: true,
+                retryable: true,
+            })
         }
-    }
+    };
+    attempt(fresh, outgoing, replayable, deadline)
+        .await
+        .map_err(|failure| SendFailure {
+            passive: failure.worker_fault || failure.connection_failed,
+            retryable: failure.resendable,
+            error: failure.error,
+        })
 }
 
 /// Why one try on one connection failed.
@@ -521,25 +529,35 @@ struct AttemptFailure {
     connection_failed: bool,
     /// The worker certainly misbehaved (an unparseable response).
     worker_fault: bool,
-    /// The request, when it can still be sent: never written, or replayable.
-    unsent: Option<Outgoing>,
+    /// The request can still be sent (never written, or replayable): its body is back in the
+    /// `Outgoing`.
+    resendable: bool,
 }
 
 /// One try of `outgoing` on `conn`, up to `deadline` for the response head.
 async fn attempt(
     conn: WorkerConn,
-    outgoing: Outgoing,
+    outgoing: &mut Outgoing,
     replayable: bool,
     deadline: Instant,
 ) -> Result<(http::response::Parts, WorkerBody), AttemptFailure> {
-    let Outgoing {
-        parts,
-        encoded,
-        body,
-        chunked,
-    } = outgoing;
+    let Some(body) = outgoing.body.take() else {
+        // Only a try that kept the body can leave it out; nothing to send.
+        return Err(AttemptFailure {
+            error: ProxyError::BadRequest("weir: the request body ended early\n"),
+            connection_failed: false,
+            worker_fault: false,
+            resendable: false,
+        });
+    };
     let replay = if replayable { body.replay_copy() } else { None };
-    let called = call(conn, encoded.clone(), body, chunked, &parts.method);
+    let called = call(
+        conn,
+        outgoing.encoded.clone(),
+        body,
+        outgoing.chunked,
+        &outgoing.parts.method,
+    );
     let CallError {
         failure,
         unsent: _,
@@ -552,7 +570,7 @@ async fn attempt(
                 error: ProxyError::ResponseTimeout,
                 connection_failed: false,
                 worker_fault: false,
-                unsent: None,
+                resendable: false,
             })
         }
     };
@@ -569,20 +587,13 @@ async fn attempt(
             false,
         ),
     };
-    let unsent = if connection_failed {
-        body.or(replay).map(|body| Outgoing {
-            parts,
-            encoded,
-            body,
-            chunked,
-        })
-    } else {
-        None
-    };
+    if connection_failed {
+        outgoing.body = body.or(replay);
+    }
     Err(AttemptFailure {
         error,
         connection_failed,
         worker_fault,
-        unsent,
+        resendable: outgoing.body.is_some(),
     })
 }
