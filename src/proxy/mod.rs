@@ -13,6 +13,7 @@ pub use headers::Cidr;
 pub use outcome::Outcome;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +24,12 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
+use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::error::ProxyError;
-use crate::pool::{InFlightGuard, Rejection, RetrySettings, WaitReason, Worker};
+use crate::pool::{InFlightGuard, Pool, Rejection, RetrySettings, RouteQueue, WaitReason, Worker};
 use crate::routing::Route;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;
@@ -43,44 +45,57 @@ pub static X_WEIR_COLD_START: http::HeaderName = http::HeaderName::from_static("
 
 /// Serve one client request. Never fails: every error becomes a response with a short body and
 /// a log line.
-pub async fn handle(
+///
+/// The work before the first await (rewriting the head, routing) runs synchronously here, so the
+/// returned future holds only what the exchange needs: it is moved into hyper's slot on every
+/// request and kept per connection, and each byte of it costs on both counts.
+pub fn handle(
     req: Request<Incoming>,
     cx: Arc<ConnContext>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
     let activity = cx.begin();
     let mut outcome = Outcome::start(&req, &cx);
-    // Kept only for the log line of a failed request; both clones are reference-count bumps.
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    // One level of future nesting only: each async level stores its own copy of its arguments,
-    // and the whole future is moved into hyper's slot once per request.
-    match proxy(req, &cx, activity, &mut outcome).await {
-        Ok(Forwarded::Response(response, exchange)) => {
-            outcome.status = response.status().as_u16();
-            let mut exchange = *exchange;
-            exchange.outcome = Some(outcome);
-            Ok(response.map(|body| ProxyBody::Upstream {
-                body,
-                exchange: Some(exchange),
-                bytes_out: 0,
-            }))
-        }
-        Ok(Forwarded::Upgraded(response)) => {
-            outcome.status = response.status().as_u16();
-            outcome.finish(0);
-            Ok(response)
-        }
-        Err(err) => {
-            let status = err.status();
-            if status.is_server_error() {
-                warn!(client = %cx.peer, %method, %uri, status = status.as_u16(), error = %err, "request failed");
-            } else {
-                debug!(client = %cx.peer, %method, %uri, status = status.as_u16(), error = %err, "request refused");
+    let mut prepared = prepare(req, &cx, &mut outcome);
+    async move {
+        let result = match &mut prepared {
+            Ok(prepared) => proxy(prepared, &cx, activity, &mut outcome).await,
+            Err(refused) => Err(std::mem::replace(&mut refused.error, ProxyError::NoRoute)),
+        };
+        match result {
+            Ok(Forwarded::Response(response, exchange)) => {
+                outcome.status = response.status().as_u16();
+                let mut exchange = *exchange;
+                exchange.outcome = Some(outcome);
+                Ok(response.map(|body| ProxyBody::Upstream {
+                    body,
+                    exchange: Some(exchange),
+                    bytes_out: 0,
+                }))
             }
-            let response = error_response(&err);
-            outcome.status = status.as_u16();
-            outcome.finish(err.body().len() as u64);
-            Ok(response)
+            Ok(Forwarded::Upgraded(response)) => {
+                outcome.status = response.status().as_u16();
+                outcome.finish(0);
+                Ok(response)
+            }
+            Err(err) => {
+                let (method, uri) = match &prepared {
+                    Ok(prepared) => (
+                        &prepared.outgoing.parts.method,
+                        &prepared.outgoing.parts.uri,
+                    ),
+                    Err(refused) => (&refused.method, &refused.uri),
+                };
+                let status = err.status();
+                if status.is_server_error() {
+                    warn!(client = %cx.peer, %method, %uri, status = status.as_u16(), error = %err, "request failed");
+                } else {
+                    debug!(client = %cx.peer, %method, %uri, status = status.as_u16(), error = %err, "request refused");
+                }
+                let response = error_response(&err);
+                outcome.status = status.as_u16();
+                outcome.finish(err.body().len() as u64);
+                Ok(response)
+            }
         }
     }
 }
@@ -107,32 +122,95 @@ enum Forwarded {
     Upgraded(Response<ProxyBody>),
 }
 
-async fn proxy(
+/// A request rewritten and routed, before its body is looked at.
+struct Prepared {
+    outgoing: Outgoing,
+    /// The client side of an upgrade the request asked for.
+    client_upgrade: Option<OnUpgrade>,
+    retry: RetrySettings,
+    settings: UpstreamSettings,
+}
+
+/// A request refused before it was sent, with what its log line needs. Boxed: rare, and it
+/// would otherwise widen every request's future.
+struct Refused {
+    error: ProxyError,
+    method: Method,
+    uri: Uri,
+}
+
+/// The synchronous part of a request: upgrade detection, the head rewrite, the route.
+fn prepare(
     mut req: Request<Incoming>,
+    cx: &ConnContext,
+    outcome: &mut Outcome,
+) -> Result<Prepared, Box<Refused>> {
+    let upgrade = req.version() <= Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut head, body) = req.into_parts();
+    let refused = |error, head: Parts| {
+        Box::new(Refused {
+            error,
+            method: head.method,
+            uri: head.uri,
+        })
+    };
+    if let Err(error) = rewrite_request_head(&mut head, cx, upgrade) {
+        return Err(refused(error, head));
+    }
+    let snapshot = cx.shared.snapshot();
+    let route = match lookup(&snapshot, &head.headers, &head.uri) {
+        Ok(route) => route,
+        Err(error) => return Err(refused(error, head)),
+    };
+    outcome.route = Some(Arc::clone(&route.metrics));
+    if outcome.wants_details() {
+        outcome.route_name = Some(Arc::clone(&route.name));
+    }
+    Ok(Prepared {
+        outgoing: Outgoing {
+            parts: head,
+            encoded: Bytes::new(),
+            body: Some(UpstreamBody::Stream(body)),
+            chunked: false,
+        },
+        client_upgrade,
+        retry: route.pool.retry(),
+        settings: snapshot.upstream,
+    })
+}
+
+async fn proxy(
+    prepared: &mut Prepared,
     cx: &Arc<ConnContext>,
     activity: ActivityGuard,
     outcome: &mut Outcome,
 ) -> Result<Forwarded, ProxyError> {
-    let upgrade = req.version() <= Version::HTTP_11 && headers::wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut head, body) = req.into_parts();
-    rewrite_request_head(&mut head, cx, upgrade)?;
-
-    let (retry, settings) = {
-        let snapshot = cx.shared.snapshot();
-        let route = lookup(&snapshot, &head.headers, &head.uri)?;
-        outcome.route = Some(Arc::clone(&route.metrics));
-        if outcome.wants_details() {
-            outcome.route_name = Some(Arc::clone(&route.name));
-        }
-        (route.pool.retry(), snapshot.upstream)
-    };
+    let Prepared {
+        outgoing,
+        client_upgrade,
+        retry,
+        settings,
+    } = prepared;
     let bytes_in = outcome.access.as_ref().map(|a| Arc::clone(&a.bytes_in));
-    let body = request_body(&head, body, &retry, bytes_in).await?;
+    let body = match outgoing.body.take() {
+        Some(UpstreamBody::Stream(body)) => body,
+        _ => {
+            return Err(ProxyError::BadRequest(
+                "weir: the request body ended early\n",
+            ))
+        }
+    };
+    let body = match body_plan(&outgoing.parts, body, retry, bytes_in) {
+        BodyPlan::Ready(body) => body,
+        // Rare (an idempotent request with a small body): boxed, the common future stays small.
+        BodyPlan::Buffer(body, counter) => Box::pin(buffer_body(body, counter)).await?,
+    };
     // Idempotent requests with a body held in memory (or none) can be sent again.
-    let replayable = is_idempotent(&head.method) && matches!(body, UpstreamBody::Bytes(_));
-
-    let mut outgoing = Outgoing::new(head, body);
+    let replayable =
+        is_idempotent(&outgoing.parts.method) && matches!(body, UpstreamBody::Bytes(_));
+    outgoing.set_body(body);
+    let settings = *settings;
     let mut exclude = None;
     let mut tries = 0;
     let mut last_error = None;
@@ -147,7 +225,7 @@ async fn proxy(
         cold_start = cold_start.or(cold);
         let sent_at = Instant::now();
         let worker = Arc::clone(slot.worker());
-        match send(&cx.upstreams, &worker, &settings, &mut outgoing, replayable).await {
+        match send(&cx.upstreams, &worker, &settings, outgoing, replayable).await {
             Ok((response, worker_body)) => {
                 worker.record_success();
                 if let Some(metrics) = &outcome.route {
@@ -181,7 +259,7 @@ async fn proxy(
     };
 
     if response.status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
+        let Some(client_upgrade) = client_upgrade.take() else {
             return Err(ProxyError::BadWorkerResponse(
                 "weir: the worker switched protocols unasked\n",
             ));
@@ -258,6 +336,16 @@ async fn admit(
         }
         (Arc::clone(&route.pool), Arc::clone(&route.queue))
     };
+    // Waiting is the slow path: boxed, so the common future stays small.
+    Box::pin(wait_in_queue(pool, queue, outcome)).await
+}
+
+/// Wait in the route's queue for a slot.
+async fn wait_in_queue(
+    pool: Arc<Pool>,
+    queue: Arc<RouteQueue>,
+    outcome: &Outcome,
+) -> Result<Option<(InFlightGuard, Duration, Option<Duration>)>, ProxyError> {
     let metrics = outcome.route.as_deref();
     let reject = |reason: RejectReason| {
         if let Some(m) = metrics {
@@ -312,26 +400,42 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// What to do with the client's body before sending.
+enum BodyPlan {
+    /// Send as it is: nothing, or streamed.
+    Ready(UpstreamBody),
+    /// Read it into memory first, so the request can be replayed.
+    Buffer(Incoming, Option<Arc<AtomicU64>>),
+}
+
 /// The body to send: nothing when the client sent none; buffered when the request is
 /// idempotent and its declared length fits the pool's retry buffer (so it can be replayed);
 /// otherwise streamed.
-async fn request_body(
+fn body_plan(
     head: &Parts,
     body: Incoming,
     retry: &RetrySettings,
     counter: Option<Arc<AtomicU64>>,
-) -> Result<UpstreamBody, ProxyError> {
+) -> BodyPlan {
     if body.is_end_stream() {
-        return Ok(UpstreamBody::empty());
+        return BodyPlan::Ready(UpstreamBody::empty());
     }
     let declared = body.size_hint().exact();
     let small = declared.is_some_and(|n| n <= retry.buffer_body_bytes as u64);
     if retry.max_tries < 2 || !small || !is_idempotent(&head.method) {
-        return Ok(match counter {
+        return BodyPlan::Ready(match counter {
             Some(counter) => UpstreamBody::Counted(body, counter),
             None => UpstreamBody::Stream(body),
         });
     }
+    BodyPlan::Buffer(body, counter)
+}
+
+/// Read a small body into memory.
+async fn buffer_body(
+    body: Incoming,
+    counter: Option<Arc<AtomicU64>>,
+) -> Result<UpstreamBody, ProxyError> {
     match body.collect().await {
         Ok(collected) => {
             let bytes = collected.to_bytes();
@@ -421,22 +525,20 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn new(parts: Parts, body: UpstreamBody) -> Self {
+    /// Set the body to send and encode the head with the framing that body needs.
+    fn set_body(&mut self, body: UpstreamBody) {
         let known = match &body {
             UpstreamBody::Bytes(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             UpstreamBody::Stream(b) | UpstreamBody::Counted(b, _) => b.size_hint().exact(),
         };
         let framing = BodyFraming::choose(
-            &parts.method,
+            &self.parts.method,
             known,
-            parts.headers.contains_key(header::CONTENT_LENGTH),
+            self.parts.headers.contains_key(header::CONTENT_LENGTH),
         );
-        Outgoing {
-            encoded: encode_head(&parts, framing),
-            chunked: framing == BodyFraming::Chunked,
-            parts,
-            body: Some(body),
-        }
+        self.encoded = encode_head(&self.parts, framing);
+        self.chunked = framing == BodyFraming::Chunked;
+        self.body = Some(body);
     }
 }
 
@@ -551,18 +653,21 @@ async fn attempt(
         });
     };
     let replay = if replayable { body.replay_copy() } else { None };
-    let called = call(
-        conn,
-        outgoing.encoded.clone(),
-        body,
-        outgoing.chunked,
-        &outgoing.parts.method,
+    let called = tokio::time::timeout_at(
+        deadline,
+        call(
+            conn,
+            outgoing.encoded.clone(),
+            body,
+            outgoing.chunked,
+            &outgoing.parts.method,
+        ),
     );
     let CallError {
         failure,
         unsent: _,
         body,
-    } = match tokio::time::timeout_at(deadline, called).await {
+    } = match called.await {
         Ok(Ok(response)) => return Ok(response),
         Ok(Err(e)) => e,
         Err(_) => {
