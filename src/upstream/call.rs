@@ -4,10 +4,10 @@
 //! socket as the client side pulls it. A body still uploading when the response head arrives
 //! keeps going from the response body's polls, so nothing is spawned.
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http::header::HeaderMap;
@@ -49,34 +49,64 @@ pub struct CallError {
 
 /// Send a request (its encoded `head` and `body`) on `conn` and read the response head.
 /// `method` decides whether the response has a body (HEAD's never does).
-pub async fn call(
-    mut conn: WorkerConn,
+pub fn call(
+    conn: WorkerConn,
     head: Bytes,
     body: UpstreamBody,
     chunked: bool,
     method: &Method,
-) -> Result<(http::response::Parts, WorkerBody), CallError> {
-    let mut upload = Upload::new(head, body, chunked);
-    let parsed = poll_fn(|cx| poll_head(cx, &mut conn, &mut upload, method)).await;
-    match parsed {
-        Ok((parts, framing, keep_alive)) => Ok((
-            parts,
-            WorkerBody {
-                conn: Some(conn),
-                decoder: BodyDecoder::new(framing),
-                upload,
-                keep_alive,
-                upgrade: framing == Framing::Upgrade,
-            },
-        )),
-        Err(failure) => {
-            let unsent = upload.written == 0;
-            Err(CallError {
-                failure,
-                unsent,
-                body: if unsent { upload.into_body() } else { None },
-            })
-        }
+) -> Call<'_> {
+    Call {
+        conn: Some(conn),
+        upload: Upload::new(head, body, chunked),
+        method,
+    }
+}
+
+/// The future of [`call`]. A named type rather than an `async fn`, so the connection and the
+/// upload are stored once (an `async fn` would keep its arguments besides): this future sits
+/// inside every request's future.
+pub struct Call<'m> {
+    conn: Option<WorkerConn>,
+    upload: Upload,
+    method: &'m Method,
+}
+
+impl Future for Call<'_> {
+    type Output = Result<(http::response::Parts, WorkerBody), CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(Err(CallError {
+                failure: CallFailure::Io(io::Error::other("exchange polled after it ended")),
+                unsent: false,
+                body: None,
+            }));
+        };
+        let parsed = ready!(poll_head(cx, conn, &mut this.upload, this.method));
+        let conn = this.conn.take();
+        let upload = std::mem::replace(&mut this.upload, Upload::finished());
+        Poll::Ready(match parsed {
+            Ok((parts, framing, keep_alive)) => Ok((
+                parts,
+                WorkerBody {
+                    conn,
+                    decoder: BodyDecoder::new(framing),
+                    upload,
+                    keep_alive,
+                    upgrade: framing == Framing::Upgrade,
+                },
+            )),
+            Err(failure) => {
+                let unsent = upload.written == 0;
+                Err(CallError {
+                    failure,
+                    unsent,
+                    body: if unsent { upload.into_body() } else { None },
+                })
+            }
+        })
     }
 }
 
@@ -254,6 +284,18 @@ struct Upload {
 }
 
 impl Upload {
+    /// Nothing (left) to send.
+    fn finished() -> Self {
+        Upload {
+            queue: Segments::default(),
+            body: None,
+            chunked: false,
+            written: 0,
+            write_error: None,
+            abandoned: false,
+        }
+    }
+
     fn new(head: Bytes, body: UpstreamBody, chunked: bool) -> Self {
         let mut queue = Segments::default();
         queue.push(head);

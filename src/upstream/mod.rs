@@ -24,7 +24,7 @@ mod decode;
 mod encode;
 
 pub use body::UpstreamBody;
-pub use call::{call, CallError, CallFailure, WorkerBody};
+pub use call::{call, Call, CallError, CallFailure, WorkerBody};
 pub use conn::WorkerConn;
 pub use decode::DecodeError;
 pub use encode::{encode_head, BodyFraming};
