@@ -64,7 +64,7 @@ pub fn handle(
         match result {
             Ok(Forwarded::Response(response, exchange)) => {
                 outcome.status = response.status().as_u16();
-                let mut exchange = *exchange;
+                let mut exchange = exchange;
                 exchange.outcome = Some(outcome);
                 Ok(response.map(|body| ProxyBody::Upstream {
                     body,
@@ -117,8 +117,11 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
 }
 
 /// A forwarded request's response: streamed with its bookkeeping, or an upgrade's 101.
+// Only ever a return value, never stored: boxing the large variant would cost an allocation
+// per request for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Forwarded {
-    Response(Response<WorkerBody>, Box<Exchange>),
+    Response(Response<WorkerBody>, Exchange),
     Upgraded(Response<ProxyBody>),
 }
 
@@ -299,7 +302,7 @@ async fn proxy(
     };
     Ok(Forwarded::Response(
         Response::from_parts(response, worker_body),
-        Box::new(exchange),
+        exchange,
     ))
 }
 

@@ -12,6 +12,9 @@ use tokio::net::TcpStream;
 
 /// Spare room below which the read buffer is grown before a read.
 const MIN_SPARE: usize = 2 * 1024;
+/// Read buffer kept by an idle pooled connection; a larger one (grown for a big body) is
+/// released so idle connections do not pin memory.
+const IDLE_BUFFER_KEEP: usize = 16 * 1024;
 
 /// A connection to a worker.
 pub struct WorkerConn {
@@ -47,6 +50,13 @@ impl WorkerConn {
                 let mut probe = [0u8; 1];
                 matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
+        }
+    }
+
+    /// Let go of a read buffer grown for a large body, before idling in the pool.
+    pub fn shrink_for_idle(&mut self) {
+        if self.read_buf.capacity() > IDLE_BUFFER_KEEP {
+            self.read_buf = BytesMut::new();
         }
     }
 

@@ -129,10 +129,11 @@ impl Upstreams {
     }
 
     /// Return a connection whose exchange finished cleanly, for the next request to reuse.
-    pub fn give_back(&self, worker_id: u64, conn: WorkerConn, max_idle: usize) {
+    pub fn give_back(&self, worker_id: u64, mut conn: WorkerConn, max_idle: usize) {
         if max_idle == 0 || !conn.is_usable_idle() {
             return;
         }
+        conn.shrink_for_idle();
         let mut idle = self.lock();
         let conns = idle.entry(worker_id).or_default();
         conns.push_back(IdleConn {
