@@ -285,7 +285,7 @@ async fn accept_loop(
         };
         let snapshot = common.shared.snapshot();
         let tls = snapshot.tls.get(index).cloned().flatten();
-        let settings = snapshot.config.server.clone();
+        let settings = ConnSettings::from(&snapshot.config.server);
         let cx = ConnContext::new(
             Arc::clone(&common.shared),
             Arc::clone(&upstreams),
@@ -295,43 +295,68 @@ async fn accept_loop(
             permit,
         );
         drop(snapshot);
-        tokio::spawn(serve_connection(
-            stream,
-            tls,
-            settings,
-            cx,
-            shutdown.clone(),
-        ));
+        // Plain and TLS connections are separate task types: a task is as large as its
+        // future, and a plain connection should not carry room for a TLS session.
+        match tls {
+            None => tokio::spawn(serve_plain(stream, settings, cx, shutdown.clone())),
+            Some(config) => tokio::spawn(serve_tls(stream, config, settings, cx, shutdown.clone())),
+        };
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    settings: ServerConfig,
-    cx: Arc<ConnContext>,
-    shutdown: watch::Receiver<bool>,
-) {
+/// The server settings a connection needs, copied out of the config (no allocation).
+#[derive(Debug, Clone, Copy)]
+struct ConnSettings {
+    tls_handshake_timeout: Duration,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_header_bytes: usize,
+    max_h2_streams: u32,
+}
+
+impl From<&ServerConfig> for ConnSettings {
+    fn from(c: &ServerConfig) -> Self {
+        ConnSettings {
+            tls_handshake_timeout: c.tls_handshake_timeout.get(),
+            header_read_timeout: c.header_read_timeout.get(),
+            idle_timeout: c.idle_timeout.get(),
+            max_header_bytes: c.max_header_bytes,
+            max_h2_streams: c.max_h2_streams,
+        }
+    }
+}
+
+fn set_nodelay(stream: &TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "cannot set TCP_NODELAY");
     }
-    match tls {
-        None => drive(TokioIo::new(stream), &settings, cx, shutdown).await,
-        Some(config) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let handshake = tokio::time::timeout(
-                settings.tls_handshake_timeout.get(),
-                acceptor.accept(stream),
-            )
-            .await;
-            match handshake {
-                Ok(Ok(tls_stream)) => {
-                    drive(TokioIo::new(tls_stream), &settings, cx, shutdown).await
-                }
-                Ok(Err(e)) => debug!(client = %cx.peer, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(client = %cx.peer, "TLS handshake timed out"),
-            }
-        }
+}
+
+async fn serve_plain(
+    stream: TcpStream,
+    settings: ConnSettings,
+    cx: Arc<ConnContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    set_nodelay(&stream);
+    drive(TokioIo::new(stream), &settings, cx, shutdown).await
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    settings: ConnSettings,
+    cx: Arc<ConnContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    set_nodelay(&stream);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let handshake =
+        tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(stream)).await;
+    match handshake {
+        Ok(Ok(tls_stream)) => drive(TokioIo::new(tls_stream), &settings, cx, shutdown).await,
+        Ok(Err(e)) => debug!(client = %cx.peer, error = %e, "TLS handshake failed"),
+        Err(_) => debug!(client = %cx.peer, "TLS handshake timed out"),
     }
 }
 
@@ -339,7 +364,7 @@ async fn serve_connection(
 /// plain listeners) until the client leaves, the connection idles out, or shutdown.
 async fn drive<I>(
     io: TokioIo<I>,
-    settings: &ServerConfig,
+    settings: &ConnSettings,
     cx: Arc<ConnContext>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -349,7 +374,7 @@ async fn drive<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout.get())
+        .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes);
     builder
         .http2()
@@ -364,7 +389,7 @@ async fn drive<I>(
 
     // Idle watchdog: close after `idle_timeout` with no request in progress, checked in quarter
     // steps so the cost is one timer per connection, not per request.
-    let idle_timeout = settings.idle_timeout.get();
+    let idle_timeout = settings.idle_timeout;
     let tick = idle_timeout / 4;
     let mut seen = cx.requests();
     let mut quiet_ticks = 0u32;
