@@ -66,9 +66,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Connection tokens that are options or names already removed as hop-by-hop.
 fn is_connection_option(token: &str) -> bool {
-    ["keep-alive", "close", "upgrade", "te", "trailer", "transfer-encoding"]
-        .iter()
-        .any(|known| token.eq_ignore_ascii_case(known))
+    [
+        "keep-alive",
+        "close",
+        "upgrade",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ]
+    .iter()
+    .any(|known| token.eq_ignore_ascii_case(known))
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

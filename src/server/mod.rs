@@ -178,10 +178,18 @@ impl Server {
     }
 }
 
+/// Tasks a serving runtime polls between two looks at the socket events. tokio's default (61)
+/// makes a busy thread call `epoll_wait` often with few events each time; a larger batch, as
+/// nginx's event loop takes, measured cheaper per request (1,000 connections: 34.7-35.1 vs
+/// 36.7-42.7 us of CPU per request; 64 connections: 18.8 vs 19.7), and a thread with nothing
+/// to run still looks at once.
+const EVENT_INTERVAL: u32 = 256;
+
 /// A current-thread runtime with IO and timers: the shape of every weir thread.
 pub fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .event_interval(EVENT_INTERVAL)
         .build()
 }
 
