@@ -93,7 +93,9 @@ impl Future for Call<'_> {
                 WorkerBody {
                     conn,
                     decoder: BodyDecoder::new(framing),
-                    upload,
+                    // Usually the request is sent whole by now; only a body still streaming
+                    // is carried on (boxed: the response body is moved several times).
+                    upload: (!upload.is_finished()).then(|| Box::new(upload)),
                     keep_alive,
                     upgrade: framing == Framing::Upgrade,
                 },
@@ -160,7 +162,8 @@ fn poll_head(
 pub struct WorkerBody {
     conn: Option<WorkerConn>,
     decoder: BodyDecoder,
-    upload: Upload,
+    /// The rest of the request, when it was still uploading as the response head arrived.
+    upload: Option<Box<Upload>>,
     keep_alive: bool,
     upgrade: bool,
 }
@@ -169,7 +172,7 @@ impl WorkerBody {
     /// The connection, once the body has ended cleanly and the connection can carry another
     /// request.
     pub fn take_reusable(&mut self) -> Option<WorkerConn> {
-        if self.decoder.is_done() && self.keep_alive && self.upload.is_finished() {
+        if self.decoder.is_done() && self.keep_alive && self.request_sent() {
             self.conn.take()
         } else {
             None
@@ -179,25 +182,30 @@ impl WorkerBody {
     /// The socket and any bytes already read past the head, after a 101 response to a request
     /// whose body was fully sent.
     pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
-        if !self.upgrade || !self.upload.is_finished() {
+        if !self.upgrade || !self.request_sent() {
             return None;
         }
         let (stream, rest) = self.conn.take()?.into_parts();
         Some((stream, rest.freeze()))
     }
 
+    /// The whole request reached the worker.
+    fn request_sent(&self) -> bool {
+        self.upload.as_ref().is_none_or(|u| u.is_finished())
+    }
+
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        if !self.upload.is_finished() {
-            match self.upload.poll_pump(cx, &mut conn.stream) {
+        if let Some(upload) = self.upload.as_mut().filter(|u| !u.is_finished()) {
+            match upload.poll_pump(cx, &mut conn.stream) {
                 Poll::Ready(Err(PumpError::Client)) => {
                     return Poll::Ready(Some(Err(io::Error::other(
                         "the client's request body failed mid-upload",
                     ))));
                 }
-                Poll::Ready(Err(PumpError::Worker(e))) => self.upload.abandon(e),
+                Poll::Ready(Err(PumpError::Worker(e))) => upload.abandon(e),
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }

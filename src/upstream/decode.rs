@@ -73,9 +73,24 @@ pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, DecodeError> {
+    // Most responses have a handful of fields: try with room for 32 (two small arrays to set
+    // up per response), and only a head with more pays for the full 100.
+    match parse_head_with::<COMMON_HEADERS>(buf, method) {
+        Err(DecodeError::HeadTooLarge) => parse_head_with::<MAX_HEADERS>(buf, method),
+        other => other,
+    }
+}
+
+/// Field slots tried first when parsing a response head.
+const COMMON_HEADERS: usize = 32;
+
+fn parse_head_with<const N: usize>(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, DecodeError> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut spans = [FieldSpan::default(); MAX_HEADERS];
+        let mut fields = [httparse::EMPTY_HEADER; N];
+        let mut spans = [FieldSpan::default(); N];
         let mut parsed = httparse::Response::new(&mut fields);
         let head_len = match parsed.parse(buf) {
             Ok(httparse::Status::Complete(len)) => len,
@@ -512,6 +527,17 @@ mod tests {
             head("SSH-2.0-OpenSSH\r\n\r\n", Method::GET).unwrap_err(),
             DecodeError::Head
         );
+    }
+
+    #[test]
+    fn a_head_with_more_fields_than_the_first_try_parses() {
+        let fields: String = (0..COMMON_HEADERS + 8)
+            .map(|i| format!("x-{i}: {i}\r\n"))
+            .collect();
+        let text = format!("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n{fields}\r\n");
+        let head = head(&text, Method::GET).unwrap().unwrap();
+        assert_eq!(head.parts.headers.len(), COMMON_HEADERS + 8);
+        assert_eq!(head.parts.headers["x-39"], "39");
     }
 
     #[test]
