@@ -666,11 +666,7 @@ async fn attempt(
             &outgoing.parts.method,
         ),
     );
-    let CallError {
-        failure,
-        unsent: _,
-        body,
-    } = match called.await {
+    let CallError { failure, body } = match called.await {
         Ok(Ok(response)) => return Ok(response),
         Ok(Err(e)) => e,
         Err(_) => {

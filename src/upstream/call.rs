@@ -41,8 +41,6 @@ pub enum CallFailure {
 pub struct CallError {
     /// What went wrong.
     pub failure: CallFailure,
-    /// No byte of the request reached the socket.
-    pub unsent: bool,
     /// The body, handed back when nothing was sent so the request can go elsewhere.
     pub body: Option<UpstreamBody>,
 }
@@ -80,7 +78,6 @@ impl Future for Call<'_> {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(Err(CallError {
                 failure: CallFailure::Io(io::Error::other("exchange polled after it ended")),
-                unsent: false,
                 body: None,
             }));
         };
@@ -101,10 +98,10 @@ impl Future for Call<'_> {
                 },
             )),
             Err(failure) => {
+                // Only a request of which no byte reached the socket gets its body back.
                 let unsent = upload.written == 0;
                 Err(CallError {
                     failure,
-                    unsent,
                     body: if unsent { upload.into_body() } else { None },
                 })
             }
