@@ -196,6 +196,8 @@ async fn proxy(
         settings,
     } = prepared;
     let bytes_in = outcome.access.as_ref().map(|a| Arc::clone(&a.bytes_in));
+    // `prepare` left the client's body in the slot; `proxy` runs once per request, so it is
+    // still there (the other arm only keeps this free of a panic).
     let body = match outgoing.body.take() {
         Some(UpstreamBody::Stream(body)) => body,
         _ => {
@@ -555,6 +557,27 @@ struct SendFailure {
     retryable: bool,
 }
 
+impl SendFailure {
+    /// No connection to the worker could be had: its fault, and the request was never sent.
+    fn no_connection(error: ProxyError) -> Self {
+        SendFailure {
+            error,
+            passive: true,
+            retryable: true,
+        }
+    }
+
+    /// A failed try; a connection failure counts against the worker only on a `fresh`
+    /// connection (a pooled one may just have gone stale).
+    fn after(failure: AttemptFailure, fresh: bool) -> Self {
+        SendFailure {
+            passive: failure.worker_fault || (failure.connection_failed && fresh),
+            retryable: failure.resendable,
+            error: failure.error,
+        }
+    }
+}
+
 /// Send the request to `worker` and wait for response headers until `response_timeout`.
 /// A request that fails on a pooled connection before any response byte is sent once more on
 /// a fresh connection to the same worker when that is safe (never written, or replayable): a
@@ -569,13 +592,7 @@ async fn send(
     let deadline = Instant::now() + settings.response_timeout;
     let conn = match upstreams.checkout(worker, settings).await {
         Ok(conn) => conn,
-        Err(error) => {
-            return Err(SendFailure {
-                error,
-                passive: true,
-                retryable: true,
-            })
-        }
+        Err(error) => return Err(SendFailure::no_connection(error)),
     };
     let reused = conn.reused;
     let failure = match attempt(conn, outgoing, replayable, deadline).await {
@@ -585,11 +602,7 @@ async fn send(
     if !(reused && failure.connection_failed && failure.resendable) {
         // A fresh connection failing is the worker's fault; a pooled one may just have gone
         // stale, so it is not held against the worker.
-        return Err(SendFailure {
-            passive: failure.worker_fault || (failure.connection_failed && !reused),
-            retryable: failure.resendable,
-            error: failure.error,
-        });
+        return Err(SendFailure::after(failure, !reused));
     }
     debug!(worker = %worker.name, error = %failure.error, "pooled connection failed; retrying on a fresh one");
     // Rare: boxed, so the common path's future stays small.
@@ -610,21 +623,11 @@ async fn send_on_fresh(
 ) -> Result<(http::response::Parts, WorkerBody), SendFailure> {
     let fresh = match upstreams.connect(worker, settings).await {
         Ok(conn) => conn,
-        Err(error) => {
-            return Err(SendFailure {
-                error,
-                passive: true,
-                retryable: true,
-            })
-        }
+        Err(error) => return Err(SendFailure::no_connection(error)),
     };
     attempt(fresh, outgoing, replayable, deadline)
         .await
-        .map_err(|failure| SendFailure {
-            passive: failure.worker_fault || failure.connection_failed,
-            retryable: failure.resendable,
-            error: failure.error,
-        })
+        .map_err(|failure| SendFailure::after(failure, true))
 }
 
 /// Why one try on one connection failed.
