@@ -9,9 +9,12 @@
 #   apt-get install wrk nginx haproxy apache2-utils
 # Build first: cargo build --release
 #
-# Scenarios (SCENARIOS, default all): plain (HTTP/1.1 keep-alive), https (keep-alive over TLS),
-# handshake (a new TLS connection per request, ab without -k), c1000 and c10000 (1,000 and
-# 10,000 concurrent keep-alive connections).
+# Scenarios (SCENARIOS, default all): idle (IDLE_CONNS=9000 keep-alive connections that made
+# one request each and then wait: the RSS each costs; it runs first, before busy scenarios leave
+# freed heap behind that would hide the cost; 9,000 keeps every proxy, client and worker
+# connections together, within 20,000 file descriptors), plain (HTTP/1.1 keep-alive), https
+# (keep-alive over TLS), handshake (a new TLS connection per request, ab without -k), c1000 and
+# c10000 (1,000 and 10,000 concurrent keep-alive connections).
 # Knobs: ROUNDS=3 DURATION=10s CONNS=64 WRK_THREADS=1 PROXY_THREADS=1 PATH_TO_GET=/
 #   BASE_PORT=18080 SKIP_OTHERS=1 (weir and direct only) AB_REQUESTS=4000 AB_CONCURRENCY=16
 #   WEIR_VARIANTS='name=pool keys;name2=pool keys' runs extra weir processes whose pool gets
@@ -28,7 +31,8 @@ WRK_THREADS=${WRK_THREADS:-1}
 PROXY_THREADS=${PROXY_THREADS:-1}
 PATH_TO_GET=${PATH_TO_GET:-/}
 BASE_PORT=${BASE_PORT:-18080}
-SCENARIOS=${SCENARIOS:-plain https handshake c1000 c10000}
+SCENARIOS=${SCENARIOS:-idle plain https handshake c1000 c10000}
+IDLE_CONNS=${IDLE_CONNS:-9000}
 AB_REQUESTS=${AB_REQUESTS:-4000}
 AB_CONCURRENCY=${AB_CONCURRENCY:-16}
 WEIR=${WEIR:-target/release/weir}
@@ -240,6 +244,36 @@ wrk_run() { # conns duration url
   wrk -t"$WRK_THREADS" -c"$1" -d"$2" --latency "$3"
 }
 
+IDLE_RESULTS="$TMP/idle-results"
+: > "$IDLE_RESULTS"
+
+idle_client() { # port count ready-file: open count connections, one request on each, hold them
+  local port=$1 count=$2 ready=$3 fd
+  for _ in $(seq 1 "$count"); do
+    exec {fd}<>"/dev/tcp/127.0.0.1/$port" || break
+    printf 'GET %s HTTP/1.1\r\nHost: bench\r\n\r\n' "$PATH_TO_GET" >&"$fd"
+  done
+  : > "$ready"
+  exec sleep 600
+}
+
+measure_idle() { # target port
+  local name=$1 port=$2 pids; pids=$(pids_of "$name")
+  [ -n "$pids" ] || return 0
+  local before; before=$(rss_kib VmRSS $pids)
+  rm -f "$TMP/idle.ready"
+  idle_client "$port" "$IDLE_CONNS" "$TMP/idle.ready" &
+  local client=$!
+  for _ in $(seq 1 600); do [ -f "$TMP/idle.ready" ] && break; sleep 0.1; done
+  # The last requests are answered within moments; then every connection is idle.
+  sleep 1
+  local with; with=$(rss_kib VmRSS $pids)
+  kill "$client" 2>/dev/null; wait "$client" 2>/dev/null || true
+  local per; per=$(awk -v a="$before" -v b="$with" -v n="$IDLE_CONNS" 'BEGIN {printf "%.1f", (b - a) / n}')
+  echo "$name $before $with $per" >> "$IDLE_RESULTS"
+  echo "idle $name: ${per} KiB per idle connection (RSS ${before} -> ${with} KiB)" >&2
+}
+
 for scenario in $SCENARIOS; do
   case $scenario in
     plain|https) rounds=$ROUNDS ;;
@@ -261,6 +295,8 @@ for scenario in $SCENARIOS; do
           [ "${TLS[$t]}" = 0 ] && continue
           command -v ab >/dev/null || continue
           measure handshake "$t" ab -q -n "$AB_REQUESTS" -c "$AB_CONCURRENCY" "$tls_url" ;;
+        idle)
+          measure_idle "$t" "${PLAIN[$t]}" ;;
         c1000)
           measure c1000 "$t" wrk_run 1000 "$DURATION" "$plain_url" ;;
         c10000)
@@ -282,6 +318,7 @@ for scenario in $SCENARIOS; do
     handshake) title="new TLS connection per request (ab -n $AB_REQUESTS -c $AB_CONCURRENCY, no -k): CPU column is per handshake" ;;
     c1000) title="1,000 keep-alive connections" ;;
     c10000) title="10,000 keep-alive connections" ;;
+    idle) continue ;;
   esac
   grep -q "^$scenario " "$RESULTS" || continue
   nginx_rps=""
@@ -309,3 +346,13 @@ for t in "${TARGETS[@]}"; do
   p=$(pids_of "$t"); [ -n "$p" ] || continue
   echo "| $t | $(awk -v k="${IDLE_RSS[$t]}" 'BEGIN {printf "%.1f", k/1024}') | $(awk -v k="$(rss_kib VmHWM $p)" 'BEGIN {printf "%.1f", k/1024}') |"
 done
+if [ -s "$IDLE_RESULTS" ]; then
+  echo
+  echo "### $IDLE_CONNS idle keep-alive connections (each made one request, then waits)"
+  echo
+  echo "| target | RSS before MiB | RSS with them MiB | KiB per connection |"
+  echo "|---|---:|---:|---:|"
+  while read -r name before peak per; do
+    echo "| $name | $(awk -v k="$before" 'BEGIN {printf "%.1f", k/1024}') | $(awk -v k="$peak" 'BEGIN {printf "%.1f", k/1024}') | $per |"
+  done < "$IDLE_RESULTS"
+fi
