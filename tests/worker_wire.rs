@@ -270,3 +270,178 @@ async fn bytes_after_a_101_reach_the_client() {
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(worker.requests.lock().unwrap()[0].contains("upgrade: echo\r\n"));
 }
+
+/// Read from `stream` until `done` says the bytes so far are complete (or the peer closes).
+async fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while !done(&seen) {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    seen
+}
+
+fn ends_chunked_body(bytes: &[u8]) -> bool {
+    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let body = &bytes[head_end + 4..];
+    body.windows(5)
+        .position(|w| w == b"\r\n0\r\n")
+        .is_some_and(|last| {
+            body[last + 5..].windows(4).any(|w| w == b"\r\n\r\n")
+                || body[last + 5..].starts_with(b"\r\n")
+        })
+}
+
+#[tokio::test]
+async fn chunked_request_body_goes_to_the_worker_chunked_with_its_trailers() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let request = read_until(&mut stream, ends_chunked_body).await;
+                if request.is_empty() {
+                    return; // a health probe
+                }
+                let _ = seen_tx.send(String::from_utf8_lossy(&request).into_owned());
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = read_until(&mut stream, |_| false).await;
+            });
+        }
+    });
+    let weir = start_simple("threads = 1", "", &[addr]);
+    let raw = raw_exchange(
+        weir.addr(),
+        b"POST /up HTTP/1.1\r\nhost: test.local\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let request = tokio::time::timeout(DEADLINE, seen_rx.recv())
+        .await
+        .expect("the worker got the request")
+        .unwrap();
+    assert!(request.starts_with("POST /up HTTP/1.1\r\n"), "{request}");
+    assert!(
+        request.contains("transfer-encoding: chunked\r\n"),
+        "{request}"
+    );
+    assert!(!request.contains("content-length"), "{request}");
+    let body = &request[request.find("\r\n\r\n").unwrap() + 4..];
+    let data: String = body
+        .split("\r\n")
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .take_while(|pair| pair[0] != "0")
+        .map(|pair| pair.get(1).copied().unwrap_or_default())
+        .collect();
+    assert_eq!(data, "hello world", "{body:?}");
+    assert!(
+        body.contains("0\r\nx-sum: 11\r\n\r\n"),
+        "trailers lost: {body:?}"
+    );
+}
+
+/// A worker that answers 413 as soon as a request head is in, then reads and drops the declared
+/// body and serves the next request on the connection the same way.
+async fn early_413_worker() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let head_end = loop {
+                        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&pending[..head_end]).into_owned();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    pending.drain(..head_end);
+                    while pending.len() < length {
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    pending.drain(..length);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_reaches_the_client() {
+    let weir = start_simple("threads = 1", "", &[early_413_worker().await]);
+    for _ in 0..3 {
+        let client = TcpStream::connect(weir.addr()).await.unwrap();
+        let (mut read_half, mut write_half) = client.into_split();
+        // Larger than the retry buffer (so it is streamed) and than the socket buffers.
+        const LEN: usize = 16 * 1024 * 1024;
+        write_half
+            .write_all(
+                format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {LEN}\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        // The write half is handed back, not dropped: dropping it would half-close the
+        // connection, which weir (like nginx) takes for a client that left.
+        let upload = tokio::spawn(async move {
+            let chunk = vec![b'u'; 64 * 1024];
+            for _ in 0..LEN / chunk.len() {
+                if write_half.write_all(&chunk).await.is_err() {
+                    return (write_half, false);
+                }
+            }
+            (write_half, true)
+        });
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("big!") {
+            let n = tokio::time::timeout(DEADLINE, read_half.read(&mut buf))
+                .await
+                .expect("the answer within the deadline")
+                .unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 413"));
+        // The upload goes on to its end (the rest reaches the worker): the connection is not
+        // closed under the client with its request unread (a reset that can destroy the
+        // response before the client reads it).
+        let (write_half, completed) = tokio::time::timeout(DEADLINE, upload)
+            .await
+            .expect("the upload finishes")
+            .unwrap();
+        assert!(completed, "the connection was closed under the upload");
+        drop((read_half, write_half));
+    }
+    let workers = weir.workers("app");
+    wait_until("in-flight released", || workers[0].in_flight() == 0).await;
+}

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::header::HeaderMap;
@@ -25,6 +26,10 @@ use super::encode::chunk_header;
 const HEAD_READ: usize = 8 * 1024;
 /// Largest read while streaming a response body.
 const BODY_READ: usize = 64 * 1024;
+/// How long the rest of a request is still sent after its response has ended (as long as
+/// nginx's `lingering_time`): the client gets to read the response, and a client that never
+/// finishes cannot hold the worker connection for ever.
+const UPLOAD_FINISH_LIMIT: Duration = Duration::from_secs(30);
 
 /// Why an exchange failed before a response head was read.
 #[derive(Debug)]
@@ -241,6 +246,32 @@ impl WorkerBody {
             }
         }
     }
+}
+
+impl Drop for WorkerBody {
+    fn drop(&mut self) {
+        // A response can end before its request has finished uploading (a 413 or a 401 to a
+        // large body). The rest still goes to the worker, in the background: dropping the
+        // client's body unread would make hyper close the client connection with request
+        // bytes unread, and the reset the kernel then sends can destroy the response before
+        // the client has read it.
+        let (Some(conn), Some(upload)) = (self.conn.take(), self.upload.take()) else {
+            return;
+        };
+        if upload.is_finished() || upload.abandoned {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(finish_upload(conn, upload));
+        }
+    }
+}
+
+/// Send the rest of a request whose response has already ended, for at most
+/// [`UPLOAD_FINISH_LIMIT`]; the connection is closed afterwards.
+async fn finish_upload(mut conn: WorkerConn, mut upload: Box<Upload>) {
+    let pump = std::future::poll_fn(|cx| upload.poll_pump(cx, &mut conn.stream));
+    let _ = tokio::time::timeout(UPLOAD_FINISH_LIMIT, pump).await;
 }
 
 impl Body for WorkerBody {
