@@ -7,7 +7,7 @@
 //! - [`routing`]: host + longest path prefix lookup.
 //! - [`pool`]: workers, their live atomic counters and states, the balancers, the bounded
 //!   per-route queue and the retry budget.
-//! - [`upstream`]: per-thread keep-alive connections to workers.
+//! - [`upstream`]: weir's HTTP/1.1 client for workers and its per-thread keep-alive pool.
 //! - [`health`]: active probes that move workers between starting, ready and unhealthy.
 //! - [`scale`]: the autoscaler: a pure decision function and the per-pool loop around it.
 //! - [`provider`]: where workers come from (static lists, local processes, shell commands).

@@ -59,12 +59,12 @@ pub fn handle(
     async move {
         let result = match &mut prepared {
             Ok(prepared) => proxy(prepared, &cx, activity, &mut outcome).await,
+            // The error moves out; the method and URI stay for the log line below.
             Err(refused) => Err(std::mem::replace(&mut refused.error, ProxyError::NoRoute)),
         };
         match result {
-            Ok(Forwarded::Response(response, exchange)) => {
+            Ok(Forwarded::Response(response, mut exchange)) => {
                 outcome.status = response.status().as_u16();
-                let mut exchange = exchange;
                 exchange.outcome = Some(outcome);
                 Ok(response.map(|body| ProxyBody::Upstream {
                     body,
