@@ -24,7 +24,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, &path.display().to_string())
 }
 
-/// Parse and validate config text; `origin` names it in errors (a path, or "<inline>").
+/// Parse and validate config text; `origin` names it in errors (a path, or `"<inline>"`).
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let config = validate::deserialize(text, origin)?;
     validate::check(&config, origin)?;

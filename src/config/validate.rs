@@ -11,7 +11,7 @@ use super::{Config, ProviderConfig};
 /// A config problem, shown as `origin:line: key: message` on one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The file (or "<inline>") the config came from.
+    /// The file (or `"<inline>"`) the config came from.
     pub origin: String,
     /// 1-based TOML line where the parser knows it.
     pub line: Option<usize>,
@@ -66,7 +66,7 @@ pub(super) fn deserialize(text: &str, origin: &str) -> Result<Config, ConfigErro
     })
 }
 
-/// Parse "IP:port" (IPv6 as "[::1]:8080"); host names are refused so weir never resolves DNS
+/// Parse "IP:port" (IPv6 as `"[::1]:8080"`); host names are refused so weir never resolves DNS
 /// at the wrong moment.
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse::<SocketAddr>().map_err(|_| {

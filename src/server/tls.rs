@@ -22,7 +22,7 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Build a listener's rustls config. Errors name the sub-key at fault ("cert", "certs[1].key").
+/// Build a listener's rustls config. Errors name the sub-key at fault (`"cert"`, `"certs[1].key"`).
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, (String, String)> {
     let provider = provider();
     let default = certified_key(&tls.cert, &tls.key, &provider, "")?;

@@ -20,7 +20,8 @@ const MAX_TRAILER_BYTES: usize = 16 * 1024;
 pub enum DecodeError {
     /// Not an HTTP/1.x response head.
     Head,
-    /// The head is larger than [`MAX_HEAD_BYTES`] or has more than [`MAX_HEADERS`] fields.
+    /// The head is larger than `MAX_HEAD_BYTES` (64 KiB) or has more than `MAX_HEADERS` (100)
+    /// fields.
     HeadTooLarge,
     /// Content-Length is not a number, or its copies disagree.
     ContentLength,
