@@ -445,3 +445,59 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
     let workers = weir.workers("app");
     wait_until("in-flight released", || workers[0].in_flight() == 0).await;
 }
+
+#[tokio::test]
+async fn an_error_during_an_upload_reaches_the_client() {
+    // Reads a request head, then neither reads the body nor answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = read_until(&mut stream, |b| b.windows(4).any(|w| w == b"\r\n\r\n")).await;
+                tokio::time::sleep(DEADLINE).await;
+            });
+        }
+    });
+    let weir = start_weir(
+        "",
+        &format!(
+            "[upstream]\nresponse_timeout = \"300ms\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{addr}\"] }}\n"
+        ),
+    );
+    let client = TcpStream::connect(weir.addr()).await.unwrap();
+    let (mut read_half, mut write_half) = client.into_split();
+    const LEN: usize = 16 * 1024 * 1024;
+    write_half
+        .write_all(
+            format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {LEN}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..LEN / chunk.len() {
+            if write_half.write_all(&chunk).await.is_err() {
+                return (write_half, false);
+            }
+        }
+        (write_half, true)
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("in time") {
+        let n = tokio::time::timeout(DEADLINE, read_half.read(&mut buf))
+            .await
+            .expect("the answer within the deadline")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 504"));
+    // The rest of the body was read and dropped, not left to a reset.
+    let (_write_half, completed) = tokio::time::timeout(DEADLINE, upload)
+        .await
+        .expect("the upload finishes")
+        .unwrap();
+    assert!(completed, "the connection was closed under the upload");
+}

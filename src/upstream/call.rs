@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes};
 use http::header::HeaderMap;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
@@ -362,12 +363,12 @@ impl Upload {
         self.abandoned = true;
         self.write_error = Some(error);
         self.queue = Segments::default();
-        self.body = None;
+        drain_in_background(self.body.take());
     }
 
     /// The streamed body, when nothing of it has been taken.
-    fn into_body(self) -> Option<UpstreamBody> {
-        self.body
+    fn into_body(mut self) -> Option<UpstreamBody> {
+        self.body.take()
     }
 
     /// Write what can be written now. `Ready(Ok)` once everything is sent.
@@ -426,6 +427,31 @@ impl Upload {
                 },
             }
         }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        drain_in_background(self.body.take());
+    }
+}
+
+/// Read the rest of a client's streamed body and drop it, for at most [`UPLOAD_FINISH_LIMIT`].
+/// A body left unread would make hyper close the client connection with request bytes
+/// unread, and the kernel's reset can destroy the response (a 502 or 504, say) before the
+/// client has read it: the same reason nginx lingers before closing.
+fn drain_in_background(body: Option<UpstreamBody>) {
+    let Some(mut body) = body else {
+        return;
+    };
+    if matches!(body, UpstreamBody::Bytes(_)) || body.is_end_stream() {
+        return;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(UPLOAD_FINISH_LIMIT, drain).await;
+        });
     }
 }
 
