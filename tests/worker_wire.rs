@@ -396,51 +396,56 @@ async fn early_413_worker() -> SocketAddr {
     addr
 }
 
+/// POST a 16 MiB body (larger than the retry buffer, so it is streamed, and than the socket
+/// buffers) while reading the answer until `marker`. Returns the answer once the upload has
+/// gone on to its end: the connection must not be closed under the client with its request
+/// unread (a reset that can destroy the response before the client reads it).
+async fn upload_and_read_answer(weir: SocketAddr, marker: &str) -> String {
+    const LEN: usize = 16 * 1024 * 1024;
+    let client = TcpStream::connect(weir).await.unwrap();
+    let (mut read_half, mut write_half) = client.into_split();
+    write_half
+        .write_all(
+            format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {LEN}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The write half is handed back, not dropped: dropping it would half-close the
+    // connection, which weir (like nginx) takes for a client that left.
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..LEN / chunk.len() {
+            if write_half.write_all(&chunk).await.is_err() {
+                return (write_half, false);
+            }
+        }
+        (write_half, true)
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains(marker) {
+        let n = tokio::time::timeout(DEADLINE, read_half.read(&mut buf))
+            .await
+            .expect("the answer within the deadline")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let (_write_half, completed) = tokio::time::timeout(DEADLINE, upload)
+        .await
+        .expect("the upload finishes")
+        .unwrap();
+    assert!(completed, "the connection was closed under the upload");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 #[tokio::test]
 async fn an_answer_before_the_upload_ends_reaches_the_client() {
     let weir = start_simple("threads = 1", "", &[early_413_worker().await]);
     for _ in 0..3 {
-        let client = TcpStream::connect(weir.addr()).await.unwrap();
-        let (mut read_half, mut write_half) = client.into_split();
-        // Larger than the retry buffer (so it is streamed) and than the socket buffers.
-        const LEN: usize = 16 * 1024 * 1024;
-        write_half
-            .write_all(
-                format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {LEN}\r\n\r\n").as_bytes(),
-            )
-            .await
-            .unwrap();
-        // The write half is handed back, not dropped: dropping it would half-close the
-        // connection, which weir (like nginx) takes for a client that left.
-        let upload = tokio::spawn(async move {
-            let chunk = vec![b'u'; 64 * 1024];
-            for _ in 0..LEN / chunk.len() {
-                if write_half.write_all(&chunk).await.is_err() {
-                    return (write_half, false);
-                }
-            }
-            (write_half, true)
-        });
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !String::from_utf8_lossy(&seen).contains("big!") {
-            let n = tokio::time::timeout(DEADLINE, read_half.read(&mut buf))
-                .await
-                .expect("the answer within the deadline")
-                .unwrap();
-            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-            seen.extend_from_slice(&buf[..n]);
-        }
-        assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 413"));
-        // The upload goes on to its end (the rest reaches the worker): the connection is not
-        // closed under the client with its request unread (a reset that can destroy the
-        // response before the client reads it).
-        let (write_half, completed) = tokio::time::timeout(DEADLINE, upload)
-            .await
-            .expect("the upload finishes")
-            .unwrap();
-        assert!(completed, "the connection was closed under the upload");
-        drop((read_half, write_half));
+        // The rest of the upload reaches the worker.
+        let answer = upload_and_read_answer(weir.addr(), "big!").await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     }
     let workers = weir.workers("app");
     wait_until("in-flight released", || workers[0].in_flight() == 0).await;
@@ -465,39 +470,7 @@ async fn an_error_during_an_upload_reaches_the_client() {
             "[upstream]\nresponse_timeout = \"300ms\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{addr}\"] }}\n"
         ),
     );
-    let client = TcpStream::connect(weir.addr()).await.unwrap();
-    let (mut read_half, mut write_half) = client.into_split();
-    const LEN: usize = 16 * 1024 * 1024;
-    write_half
-        .write_all(
-            format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {LEN}\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let upload = tokio::spawn(async move {
-        let chunk = vec![b'u'; 64 * 1024];
-        for _ in 0..LEN / chunk.len() {
-            if write_half.write_all(&chunk).await.is_err() {
-                return (write_half, false);
-            }
-        }
-        (write_half, true)
-    });
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains("in time") {
-        let n = tokio::time::timeout(DEADLINE, read_half.read(&mut buf))
-            .await
-            .expect("the answer within the deadline")
-            .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 504"));
-    // The rest of the body was read and dropped, not left to a reset.
-    let (_write_half, completed) = tokio::time::timeout(DEADLINE, upload)
-        .await
-        .expect("the upload finishes")
-        .unwrap();
-    assert!(completed, "the connection was closed under the upload");
+    // The rest of the body is read and dropped, not left to a reset.
+    let answer = upload_and_read_answer(weir.addr(), "in time").await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
 }
