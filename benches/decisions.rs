@@ -37,7 +37,10 @@ fn hundred_routes() -> (RouteTable, Vec<(String, String)>) {
         .iter()
         .map(|(n, c)| (n.clone(), Pool::from_config(n, c).unwrap()))
         .collect();
-    (RouteTable::build(&config, &pools).unwrap(), probes)
+    (
+        RouteTable::build(&config, &pools, &Default::default()).unwrap(),
+        probes,
+    )
 }
 
 fn route_lookup(c: &mut Criterion) {
@@ -107,7 +110,7 @@ fn queue_admit_release(c: &mut Criterion) {
 }
 
 fn metrics_recording(c: &mut Criterion) {
-    let metrics = RouteMetrics::new("bench", "p");
+    let metrics = RouteMetrics::new("bench", "p", &Default::default());
     c.bench_function("metrics record (counter + histogram)", |b| {
         b.iter(|| metrics.record(black_box(200), black_box(Duration::from_micros(850))))
     });

@@ -27,37 +27,65 @@ const DELIVERY_TRIES: u32 = 3;
 /// Deadline of one delivery try.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// 5xx responses sent since start (all routes).
-static RESPONSES_5XX: AtomicU64 = AtomicU64::new(0);
-/// Requests turned away by a queue since start.
-static QUEUE_REJECTIONS: AtomicU64 = AtomicU64::new(0);
-/// Whether any latency rule exists (the histogram is only fed then).
-static TRACK_LATENCY: AtomicBool = AtomicBool::new(false);
-
 /// Latency histogram buckets: bucket `i` holds durations below `2^(i/2) * 100 us`.
 const LATENCY_BUCKETS: usize = 48;
-static LATENCY: [AtomicU64; LATENCY_BUCKETS] = [const { AtomicU64::new(0) }; LATENCY_BUCKETS];
 
 fn bucket_upper_bound(i: usize) -> Duration {
     Duration::from_secs_f64(100e-6 * 2f64.powf(i as f64 / 2.0))
 }
 
-/// Count a response (called once per request when it ends).
-pub fn record_response(status: u16, duration: Duration) {
-    if status >= 500 {
-        RESPONSES_5XX.fetch_add(1, Ordering::Relaxed);
-    }
-    if TRACK_LATENCY.load(Ordering::Relaxed) {
-        let i = (0..LATENCY_BUCKETS)
-            .find(|&i| duration < bucket_upper_bound(i))
-            .unwrap_or(LATENCY_BUCKETS - 1);
-        LATENCY[i].fetch_add(1, Ordering::Relaxed);
+/// The counters alert rules read, owned by one weir's shared state (not process-wide), so two
+/// weirs in one process never see each other's responses. The request path feeds them through
+/// its route metrics: a few relaxed atomic adds per request.
+#[derive(Debug)]
+pub struct AlertCounters {
+    /// 5xx responses sent since start (all routes).
+    responses_5xx: AtomicU64,
+    /// Requests turned away by a queue since start.
+    queue_rejections: AtomicU64,
+    /// Whether any latency rule exists (the histogram is only fed then).
+    track_latency: AtomicBool,
+    latency: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl Default for AlertCounters {
+    fn default() -> Self {
+        AlertCounters {
+            responses_5xx: AtomicU64::new(0),
+            queue_rejections: AtomicU64::new(0),
+            track_latency: AtomicBool::new(false),
+            latency: [const { AtomicU64::new(0) }; LATENCY_BUCKETS],
+        }
     }
 }
 
-/// Count a queue rejection.
-pub fn record_rejection() {
-    QUEUE_REJECTIONS.fetch_add(1, Ordering::Relaxed);
+impl AlertCounters {
+    /// Count a response (called once per request when it ends).
+    pub fn record_response(&self, status: u16, duration: Duration) {
+        if status >= 500 {
+            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.track_latency.load(Ordering::Relaxed) {
+            let i = (0..LATENCY_BUCKETS)
+                .find(|&i| duration < bucket_upper_bound(i))
+                .unwrap_or(LATENCY_BUCKETS - 1);
+            self.latency[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Count a queue rejection.
+    pub fn record_rejection(&self) {
+        self.queue_rejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sample(&self, at: Instant) -> Sample {
+        Sample {
+            at,
+            errors: self.responses_5xx.load(Ordering::Relaxed),
+            rejections: self.queue_rejections.load(Ordering::Relaxed),
+            latency: std::array::from_fn(|i| self.latency[i].load(Ordering::Relaxed)),
+        }
+    }
 }
 
 /// Counters at one moment.
@@ -67,15 +95,6 @@ struct Sample {
     errors: u64,
     rejections: u64,
     latency: [u64; LATENCY_BUCKETS],
-}
-
-fn sample(at: Instant) -> Sample {
-    Sample {
-        at,
-        errors: RESPONSES_5XX.load(Ordering::Relaxed),
-        rejections: QUEUE_REJECTIONS.load(Ordering::Relaxed),
-        latency: std::array::from_fn(|i| LATENCY[i].load(Ordering::Relaxed)),
-    }
 }
 
 /// The 99th percentile of the latencies recorded between two samples (upper bucket bound).
@@ -142,14 +161,14 @@ pub async fn run(shared: Arc<Shared>) {
                     }
                 })
                 .collect();
-            TRACK_LATENCY.store(
+            snapshot.alerts.track_latency.store(
                 rules.iter().any(|r| r.config.kind == AlertKind::LatencyP99),
                 Ordering::Relaxed,
             );
             rules_from = Some(Arc::clone(&snapshot.config));
         }
         let now = Instant::now();
-        samples.push_back(sample(now));
+        samples.push_back(snapshot.alerts.sample(now));
         let longest = rules
             .iter()
             .map(|r| r.config.window.get())
@@ -356,7 +375,7 @@ mod tests {
 
     #[test]
     fn p99_from_bucket_deltas() {
-        let mut old = sample(Instant::now());
+        let mut old = AlertCounters::default().sample(Instant::now());
         old.latency = [0; LATENCY_BUCKETS];
         let mut new = old.clone();
         new.latency[2] = 98; // < 200 us

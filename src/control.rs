@@ -190,7 +190,8 @@ impl Control {
         }
 
         let snapshot =
-            Snapshot::build_reusing(new_config, &origin, &reuse).map_err(|e| e.to_string())?;
+            Snapshot::build_reusing(new_config, &origin, &reuse, Arc::clone(&old.alerts))
+                .map_err(|e| e.to_string())?;
         if format!("{:?}", old.config.routes) != format!("{:?}", snapshot.config.routes) {
             changes.push("routes: changed".into());
         }

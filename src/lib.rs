@@ -17,13 +17,14 @@
 //! - [`admin`], [`telemetry`], [`access_log`]: the admin API and CLI views, Prometheus metrics,
 //!   the JSON access log.
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
+//! - [`values`]: the small value types at the bottom (durations, CIDRs, host patterns, status
+//!   lists, cron schedules, wall-clock formatting), each with its parser and tests.
 
 #![deny(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
 pub mod alerts;
-pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -38,3 +39,4 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+pub mod values;

@@ -4,51 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::alerts::AlertCounters;
 use crate::config::Config;
 use crate::pool::{Pool, RouteQueue};
 use crate::telemetry::RouteMetrics;
-
-/// Which hosts a route answers for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// Any host (also requests with no host at all).
-    Any,
-    /// One exact, lowercase host name.
-    Exact(String),
-    /// `*.example.com`: stored as ".example.com"; matches exactly one more label.
-    Wildcard(String),
-}
-
-impl HostPattern {
-    /// Parse "*", "api.example.com" or "*.example.com".
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim().trim_end_matches('.').to_ascii_lowercase();
-        if text == "*" {
-            return Ok(HostPattern::Any);
-        }
-        let (wild, name) = match text.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, text.as_str()),
-        };
-        let valid = !name.is_empty()
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
-        if !valid {
-            return Err(format!(
-                "{text:?} is not a host name, \"*.domain\" or \"*\" (a '*' may only stand first, for one label)"
-            ));
-        }
-        Ok(if wild {
-            HostPattern::Wildcard(format!(".{name}"))
-        } else {
-            HostPattern::Exact(name.to_string())
-        })
-    }
-}
+use crate::values::HostPattern;
 
 /// One compiled route.
 #[derive(Debug)]
@@ -102,7 +62,11 @@ const MAX_HOST_LEN: usize = 253;
 
 impl RouteTable {
     /// Compile the routes of `config`, resolving pool names against `pools`.
-    pub fn build(config: &Config, pools: &HashMap<String, Arc<Pool>>) -> Result<Self, String> {
+    pub fn build(
+        config: &Config,
+        pools: &HashMap<String, Arc<Pool>>,
+        alerts: &Arc<AlertCounters>,
+    ) -> Result<Self, String> {
         let mut table = RouteTable::default();
         for (i, rc) in config.routes.iter().enumerate() {
             let host_text = rc.host.as_deref().unwrap_or("*");
@@ -119,7 +83,7 @@ impl RouteTable {
             };
             let route = Route {
                 queue: RouteQueue::new(Arc::clone(&name), &rc.queue),
-                metrics: RouteMetrics::new(&name, &pool.name),
+                metrics: RouteMetrics::new(&name, &pool.name, alerts),
                 name,
                 prefix: prefix_text.trim_end_matches('/').to_string(),
                 pool,
@@ -213,7 +177,7 @@ mod tests {
             .iter()
             .map(|(n, c)| (n.clone(), Pool::from_config(n, c).unwrap()))
             .collect();
-        RouteTable::build(&config, &pools).unwrap()
+        RouteTable::build(&config, &pools, &Arc::default()).unwrap()
     }
 
     fn pool_of(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {
@@ -275,17 +239,5 @@ mod tests {
         assert!(t.lookup(None, "/").is_none());
         let long = "a".repeat(400);
         assert!(t.lookup(Some(&long), "/").is_none());
-    }
-
-    #[test]
-    fn host_pattern_parsing() {
-        assert_eq!(HostPattern::parse("*").unwrap(), HostPattern::Any);
-        assert_eq!(
-            HostPattern::parse("*.A.com").unwrap(),
-            HostPattern::Wildcard(".a.com".into())
-        );
-        assert!(HostPattern::parse("a.*.com").is_err());
-        assert!(HostPattern::parse("").is_err());
-        assert!(HostPattern::parse("a b").is_err());
     }
 }

@@ -9,13 +9,15 @@ use arc_swap::{ArcSwap, Guard};
 use dashmap::DashMap;
 
 use crate::access_log::AccessLog;
+use crate::alerts::AlertCounters;
 use crate::config::{Config, ConfigError};
 use crate::pool::Pool;
-use crate::proxy::Cidr;
 use crate::routing::RouteTable;
 use crate::scale::{ActivityLog, PoolScaler};
 use crate::server::tls;
+use crate::telemetry::RouteMetrics;
 use crate::upstream::UpstreamSettings;
+use crate::values::Cidr;
 
 /// Everything derived from one config.
 pub struct Snapshot {
@@ -35,13 +37,17 @@ pub struct Snapshot {
     pub access_log: Option<Arc<AccessLog>>,
     /// The admin token, when set.
     pub admin_token: Option<String>,
+    /// What alert rules count; carried from snapshot to snapshot across reloads.
+    pub alerts: Arc<AlertCounters>,
+    /// The series of requests that matched no route.
+    pub unrouted: Arc<RouteMetrics>,
 }
 
 impl Snapshot {
     /// Build from a config that `config::parse` accepted; loads certificates, so it can still
     /// fail on a certificate or key that does not parse.
     pub fn build(config: Config, origin: &str) -> Result<Self, ConfigError> {
-        Snapshot::build_reusing(config, origin, &HashMap::new())
+        Snapshot::build_reusing(config, origin, &HashMap::new(), Arc::default())
     }
 
     /// Build, taking the pools named in `reuse` as they are (reload keeps their workers).
@@ -49,6 +55,7 @@ impl Snapshot {
         config: Config,
         origin: &str,
         reuse: &HashMap<String, Arc<Pool>>,
+        alerts: Arc<AlertCounters>,
     ) -> Result<Self, ConfigError> {
         let fail = |key: String, message: String| ConfigError {
             origin: origin.to_string(),
@@ -68,7 +75,8 @@ impl Snapshot {
                     .map_err(|m| fail(format!("pools.{name}"), m))
             })
             .collect::<Result<_, _>>()?;
-        let routes = RouteTable::build(&config, &pools).map_err(|m| fail(String::new(), m))?;
+        let routes =
+            RouteTable::build(&config, &pools, &alerts).map_err(|m| fail(String::new(), m))?;
         let trusted_proxies = config
             .server
             .trusted_proxies
@@ -107,6 +115,8 @@ impl Snapshot {
             .resolved_token()
             .map_err(|m| fail("admin.token_env".into(), m))?;
         Ok(Snapshot {
+            unrouted: RouteMetrics::unrouted(&alerts),
+            alerts,
             access_log,
             admin_token,
             upstream: UpstreamSettings::from(&config.upstream),

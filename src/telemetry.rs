@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::alerts::AlertCounters;
 use crate::pool::WorkerState;
 use crate::state::Snapshot;
 
@@ -58,6 +59,9 @@ pub fn render(snapshot: &Snapshot) -> String {
     handle.render()
 }
 
+/// Route and pool label of requests that matched no route.
+const UNROUTED: &str = "(none)";
+
 /// Status classes, indexed by `status / 100`.
 const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -80,6 +84,7 @@ pub struct RouteMetrics {
     rejected: [Counter; 3],
     upstream: Histogram,
     retries: Counter,
+    alerts: Arc<AlertCounters>,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -89,8 +94,9 @@ impl std::fmt::Debug for RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// Register the series of route `route`, which sends to pool `pool`.
-    pub fn new(route: &str, pool: &str) -> Arc<Self> {
+    /// Register the series of route `route`, which sends to pool `pool`; its responses and
+    /// rejections also count toward `alerts`.
+    pub fn new(route: &str, pool: &str, alerts: &Arc<AlertCounters>) -> Arc<Self> {
         let _ = prometheus();
         let route = route.to_string();
         let pool = pool.to_string();
@@ -105,13 +111,13 @@ impl RouteMetrics {
             }),
             upstream: histogram!("weir_upstream_duration_seconds", "pool" => pool.clone()),
             retries: counter!("weir_retries_total", "pool" => pool),
+            alerts: Arc::clone(alerts),
         })
     }
 
     /// The series for requests that matched no route.
-    pub fn unrouted() -> &'static Arc<RouteMetrics> {
-        static UNROUTED: OnceLock<Arc<RouteMetrics>> = OnceLock::new();
-        UNROUTED.get_or_init(|| RouteMetrics::new("(none)", "(none)"))
+    pub fn unrouted(alerts: &Arc<AlertCounters>) -> Arc<RouteMetrics> {
+        RouteMetrics::new(UNROUTED, UNROUTED, alerts)
     }
 
     /// A response finished (or failed) after `duration`.
@@ -119,6 +125,7 @@ impl RouteMetrics {
         let class = usize::from(status / 100);
         self.requests[if class < CLASSES.len() { class } else { 0 }].increment(1);
         self.duration.record(duration.as_secs_f64());
+        self.alerts.record_response(status, duration);
     }
 
     /// A request waited `wait` in the queue before getting a slot.
@@ -139,7 +146,7 @@ impl RouteMetrics {
     /// A request was turned away by the queue.
     pub fn record_rejection(&self, reason: RejectReason) {
         self.rejected[reason as usize].increment(1);
-        crate::alerts::record_rejection();
+        self.alerts.record_rejection();
     }
 }
 

@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{rfc3339, wall_time_of};
 use crate::pool::WorkerState;
 use crate::state::Shared;
+use crate::values::clock::{rfc3339, wall_time_of};
 
 /// One worker (GET /api/v1/workers).
 #[derive(Debug, Clone, Serialize, Deserialize)]

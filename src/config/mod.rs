@@ -3,11 +3,10 @@
 //! A config is loaded once at start and held behind `ArcSwap` in [`crate::state`], so a reload
 //! swaps a fully validated snapshot in one step.
 
-mod duration;
 mod model;
 mod validate;
 
-pub use duration::{parse as parse_duration, Dur};
+pub use crate::values::{parse_duration, Dur};
 pub use model::*;
 pub use validate::{parse_socket_addr, ConfigError};
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::duration::Dur;
+use crate::values::Dur;
 
 /// Time allowed for a client to send a complete request head. Short enough that a slowloris
 /// client holds a connection slot for seconds, long enough for a slow mobile link.

@@ -121,7 +121,7 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
         }
     }
     for (i, cidr) in config.server.trusted_proxies.iter().enumerate() {
-        crate::proxy::Cidr::parse(cidr)
+        crate::values::Cidr::parse(cidr)
             .map_err(|m| fail(format!("server.trusted_proxies[{i}]"), m))?;
     }
     let admin =
@@ -216,7 +216,7 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             ));
         }
         let host = route.host.as_deref().unwrap_or("*");
-        crate::routing::HostPattern::parse(host)
+        crate::values::HostPattern::parse(host)
             .map_err(|m| fail(format!("routes[{i}].host"), m))?;
         let prefix = route.path_prefix.as_deref().unwrap_or("/");
         if !prefix.starts_with('/') {
@@ -250,8 +250,10 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
                 "pool names use letters, digits, '-' and '_'".into(),
             ));
         }
-        crate::health::HealthSettings::from_config(pool.health.as_ref())
-            .map_err(|m| fail(format!("pools.{name}.health"), m))?;
+        if let Some(health) = &pool.health {
+            check_health(health)
+                .map_err(|(key, m)| fail(format!("pools.{name}.health{key}"), m))?;
+        }
         if pool.worker_concurrency == Some(0) {
             return Err(fail(
                 format!("pools.{name}.worker_concurrency"),
@@ -321,6 +323,35 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn check_health(health: &super::HealthConfig) -> Result<(), (String, String)> {
+    let err = |key: &str, m: String| Err((key.to_string(), m));
+    if let Some(path) = &health.path {
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            return err(
+                ".path",
+                format!("{path:?} must be a path starting with '/'"),
+            );
+        }
+    }
+    if let Err(m) = crate::values::StatusRanges::parse(&health.expect_status) {
+        return err(".expect_status", m);
+    }
+    for (key, value) in [(".interval", health.interval), (".timeout", health.timeout)] {
+        if value.get().is_zero() {
+            return err(key, "must be longer than zero".into());
+        }
+    }
+    for (key, value) in [
+        (".healthy_threshold", health.healthy_threshold),
+        (".unhealthy_threshold", health.unhealthy_threshold),
+    ] {
+        if value == 0 {
+            return err(key, "must be at least 1".into());
+        }
+    }
+    Ok(())
+}
+
 fn check_autoscale(
     scale: &super::AutoscaleConfig,
     _concurrency: Option<u32>,
@@ -364,7 +395,8 @@ fn check_autoscale(
         }
     }
     for (i, window) in scale.schedule.iter().enumerate() {
-        crate::scale::Cron::parse(&window.cron).map_err(|m| (format!(".schedule[{i}].cron"), m))?;
+        crate::values::Cron::parse(&window.cron)
+            .map_err(|m| (format!(".schedule[{i}].cron"), m))?;
         if window.duration.get().is_zero() {
             return err(
                 &format!(".schedule[{i}].duration"),

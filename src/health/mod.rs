@@ -5,7 +5,9 @@
 
 mod probe;
 
-pub use probe::{probe, ProbeKind, StatusRanges};
+pub use probe::{probe, ProbeKind};
+
+use crate::values::StatusRanges;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

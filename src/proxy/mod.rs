@@ -9,7 +9,6 @@ mod tunnel;
 
 pub use body::ProxyBody;
 pub use conn::{ActivityGuard, ConnContext};
-pub use headers::Cidr;
 pub use outcome::Outcome;
 
 use std::convert::Infallible;
@@ -158,13 +157,15 @@ fn prepare(
             uri: head.uri,
         })
     };
-    if let Err(error) = rewrite_request_head(&mut head, cx, upgrade) {
-        return Err(refused(error, head));
-    }
     let snapshot = cx.shared.snapshot();
-    let route = match lookup(&snapshot, &head.headers, &head.uri) {
+    let routed = rewrite_request_head(&mut head, cx, upgrade)
+        .and_then(|()| lookup(&snapshot, &head.headers, &head.uri));
+    let route = match routed {
         Ok(route) => route,
-        Err(error) => return Err(refused(error, head)),
+        Err(error) => {
+            outcome.route = Some(Arc::clone(&snapshot.unrouted));
+            return Err(refused(error, head));
+        }
     };
     outcome.route = Some(Arc::clone(&route.metrics));
     if outcome.wants_details() {

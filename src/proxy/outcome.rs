@@ -29,7 +29,8 @@ pub struct AccessContext {
 /// The running record of one request.
 pub struct Outcome {
     started: Instant,
-    /// The matched route's series; `None` until routed.
+    /// The matched route's series (the unrouted series for a refused request); `None` only
+    /// before `prepare` has looked.
     pub route: Option<Arc<RouteMetrics>>,
     /// Route label for the access log.
     pub route_name: Option<Arc<str>>,
@@ -83,16 +84,13 @@ impl Outcome {
     /// Record it: metrics always, the access log when on.
     pub fn finish(self, bytes_out: u64) {
         let duration = self.started.elapsed();
-        let metrics = self
-            .route
-            .as_ref()
-            .unwrap_or_else(|| RouteMetrics::unrouted());
-        metrics.record(self.status, duration);
-        crate::alerts::record_response(self.status, duration);
+        if let Some(metrics) = &self.route {
+            metrics.record(self.status, duration);
+        }
         if let Some(access) = self.access {
             let worker = self.worker.as_ref().map(|w| w.name.as_str()).unwrap_or("");
             access.log.write(&AccessEntry {
-                time: crate::clock::rfc3339(access.time),
+                time: crate::values::clock::rfc3339(access.time),
                 client: access.client.to_str().unwrap_or_default(),
                 method: access.method.as_str(),
                 host: access

@@ -5,11 +5,10 @@
 //! an activity log. Timing uses tokio's clock, so tests drive it on a paused clock.
 
 mod activity;
-mod cron;
 pub mod policy;
 
+pub use crate::values::{unix_minutes_now, CivilMinute, Cron};
 pub use activity::{Action, ActivityEvent, ActivityLog};
-pub use cron::{unix_minutes_now, CivilMinute, Cron};
 pub use policy::{decide, Decision, IdleWorker, ScalePolicy, Signals};
 
 use std::collections::{HashMap, VecDeque};

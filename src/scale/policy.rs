@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::cron::Cron;
 use crate::config::{AutoscaleConfig, DEFAULT_TARGET_INFLIGHT};
+use crate::values::Cron;
 
 /// Share of `worker_concurrency` used as the default in-flight target: headroom for bursts.
 pub const TARGET_SHARE_OF_CONCURRENCY: f64 = 0.7;

@@ -35,7 +35,7 @@ impl CivilMinute {
     pub fn from_unix_minutes(minutes: u64) -> Self {
         let days = (minutes / 1440) as i64;
         let minute_of_day = (minutes % 1440) as u32;
-        let (_year, month, day) = crate::clock::civil_from_days(days);
+        let (_year, month, day) = super::clock::civil_from_days(days);
         CivilMinute {
             minute: minute_of_day % 60,
             hour: minute_of_day / 60,
