@@ -38,7 +38,7 @@ fn hundred_routes() -> (RouteTable, Vec<(String, String)>) {
         .map(|(n, c)| (n.clone(), Pool::from_config(n, c).unwrap()))
         .collect();
     (
-        RouteTable::build(&config, &pools, &Default::default()).unwrap(),
+        RouteTable::build(&config, &pools, &Default::default(), None).unwrap(),
         probes,
     )
 }

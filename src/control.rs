@@ -10,12 +10,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::{self, PoolConfig};
+use crate::config::{self, Config, PoolConfig};
 use crate::health;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolSettings};
 use crate::provider;
 use crate::scale::{PoolScaler, ScalePolicy};
-use crate::state::{Shared, Snapshot};
+use crate::state::{Carried, Shared, Snapshot};
 
 /// A running scaler and how to stop it.
 struct ScalerTask {
@@ -28,7 +28,7 @@ pub struct Control {
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
     scalers: Mutex<HashMap<String, ScalerTask>>,
-    reload_lock: Mutex<()>,
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl Control {
@@ -38,7 +38,7 @@ impl Control {
             shared,
             config_path,
             scalers: Mutex::new(HashMap::new()),
-            reload_lock: Mutex::new(()),
+            reload_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -111,59 +111,43 @@ impl Control {
 
     /// Load the config file again and swap it in: routes, pools (added, removed, changed
     /// policy), certificates, limits and logs, without dropping a connection or an in-flight
-    /// request. On any error the running config stays and the error is returned. Returns what
-    /// changed, one entry per change.
-    pub fn reload(&self) -> Result<Vec<String>, String> {
-        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+    /// request. All or nothing: everything is parsed, validated and built first (file and
+    /// certificate work on a blocking thread, so probes and scalers carry on meanwhile); if any
+    /// step fails, nothing live has changed and the error is returned. Returns what changed,
+    /// one entry per change.
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
         let path = self
             .config_path
-            .as_ref()
+            .clone()
             .ok_or("weir was started without a config file; nothing to reload")?;
         let origin = path.display().to_string();
-        let new_config = config::load(path).map_err(|e| e.to_string())?;
+        let new_config = off_thread(move || config::load(&path).map_err(|e| e.to_string())).await?;
         let old = self.shared.snapshot_full();
+        check_restart_only(&old.config, &new_config)?;
+
+        // Plan: which pools stay (with their new settings built now), which start afresh.
         let mut changes = Vec::new();
-
-        let old_listens: Vec<(&str, bool)> = old
-            .config
-            .listeners
-            .iter()
-            .map(|l| (l.listen.as_str(), l.tls.is_some()))
-            .collect();
-        let new_listens: Vec<(&str, bool)> = new_config
-            .listeners
-            .iter()
-            .map(|l| (l.listen.as_str(), l.tls.is_some()))
-            .collect();
-        if old_listens != new_listens {
-            return Err("listeners: addresses or TLS on/off changed; those need a restart (nothing was applied)".into());
-        }
-        if old.config.admin.listen != new_config.admin.listen {
-            return Err("admin.listen changed; that needs a restart (nothing was applied)".into());
-        }
-
-        // Keep pools whose provider is unchanged, with their workers, counters and queues.
-        let mut reuse = HashMap::new();
+        let mut kept = Vec::new();
+        let mut carried_pools = HashMap::new();
         let mut added = Vec::new();
         for (name, pc) in &new_config.pools {
             match (old.pools.get(name), old.config.pools.get(name)) {
                 (Some(pool), Some(old_pc)) if old_pc.provider == pc.provider => {
-                    if pool
-                        .apply_config(pc)
-                        .map_err(|e| format!("pools.{name}: {e}"))?
-                    {
-                        changes.push(format!("pools.{name}: policy changed"));
-                    }
-                    if let Some(scaler) = self.shared.scalers.get(name) {
-                        let autoscale = pc.autoscale.clone().unwrap_or_default();
-                        let policy = ScalePolicy::from_config(&autoscale, pc.worker_concurrency)
-                            .map_err(|e| format!("pools.{name}.autoscale: {e}"))?;
-                        if format!("{:?}", *scaler.policy()) != format!("{policy:?}") {
-                            scaler.set_policy(policy);
-                            changes.push(format!("pools.{name}.autoscale: changed"));
+                    let settings =
+                        PoolSettings::from_config(pc).map_err(|e| format!("pools.{name}: {e}"))?;
+                    let policy = match self.shared.scalers.get(name) {
+                        Some(scaler) => {
+                            let autoscale = pc.autoscale.clone().unwrap_or_default();
+                            let policy =
+                                ScalePolicy::from_config(&autoscale, pc.worker_concurrency)
+                                    .map_err(|e| format!("pools.{name}.autoscale: {e}"))?;
+                            Some((Arc::clone(scaler.value()), policy))
                         }
-                    }
-                    reuse.insert(name.clone(), Arc::clone(pool));
+                        None => None,
+                    };
+                    kept.push((Arc::clone(pool), settings, policy));
+                    carried_pools.insert(name.clone(), Arc::clone(pool));
                 }
                 (Some(_), _) => {
                     changes.push(format!("pools.{name}: provider changed, workers replaced"));
@@ -178,7 +162,7 @@ impl Control {
         let removed: Vec<String> = old
             .pools
             .keys()
-            .filter(|name| !reuse.contains_key(*name))
+            .filter(|name| !carried_pools.contains_key(*name))
             .cloned()
             .collect();
         for name in &removed {
@@ -188,36 +172,32 @@ impl Control {
                 ));
             }
         }
+        let snapshot = {
+            let old = Arc::clone(&old);
+            off_thread(move || {
+                let carried = Carried {
+                    pools: carried_pools,
+                    routes: Some(&old.routes),
+                    alerts: Arc::clone(&old.alerts),
+                };
+                Snapshot::build_carrying(new_config, &origin, carried).map_err(|e| e.to_string())
+            })
+            .await?
+        };
 
-        let snapshot =
-            Snapshot::build_reusing(new_config, &origin, &reuse, Arc::clone(&old.alerts))
-                .map_err(|e| e.to_string())?;
-        if format!("{:?}", old.config.routes) != format!("{:?}", snapshot.config.routes) {
-            changes.push("routes: changed".into());
-        }
-        // Certificates are re-read from disk on every reload: the files may have changed.
-        for (i, listener) in snapshot.config.listeners.iter().enumerate() {
-            if listener.tls.is_some() {
-                changes.push(format!("listeners[{i}].tls: certificates reloaded"));
+        // Nothing can fail from here on: apply.
+        for (pool, settings, policy) in &kept {
+            if pool.apply(settings) {
+                changes.push(format!("pools.{}: policy changed", pool.name));
+            }
+            if let Some((scaler, policy)) = policy {
+                if *scaler.policy() != *policy {
+                    scaler.set_policy(policy.clone());
+                    changes.push(format!("pools.{}.autoscale: changed", pool.name));
+                }
             }
         }
-        if format!("{:?}", old.config.server) != format!("{:?}", snapshot.config.server) {
-            changes.push("server: changed (applies to new connections)".into());
-        }
-        if format!("{:?}", old.config.upstream) != format!("{:?}", snapshot.config.upstream) {
-            changes.push("upstream: changed".into());
-        }
-        if format!("{:?}", old.config.alerts) != format!("{:?}", snapshot.config.alerts) {
-            changes.push("alerts: changed".into());
-        }
-        if format!("{:?}", old.config.access_log) != format!("{:?}", snapshot.config.access_log) {
-            changes.push("access_log: changed".into());
-        }
-        if format!("{:?}", old.config.admin.token) != format!("{:?}", snapshot.config.admin.token)
-            || old.config.admin.token_env != snapshot.config.admin.token_env
-        {
-            changes.push("admin: token changed".into());
-        }
+        changes.extend(config_changes(&old.config, &snapshot.config));
         let new_config = Arc::clone(&snapshot.config);
         let new_pools = snapshot.pools.clone();
         self.shared.publish(snapshot);
@@ -233,6 +213,63 @@ impl Control {
         info!(changes = ?changes, "config reloaded");
         Ok(changes)
     }
+}
+
+/// Refuse a reload that changes what only a restart can change.
+fn check_restart_only(old: &Config, new: &Config) -> Result<(), String> {
+    let listens = |c: &Config| -> Vec<(String, bool)> {
+        c.listeners
+            .iter()
+            .map(|l| (l.listen.clone(), l.tls.is_some()))
+            .collect()
+    };
+    if listens(old) != listens(new) {
+        return Err("listeners: addresses or TLS on/off changed; those need a restart (nothing was applied)".into());
+    }
+    if old.admin.listen != new.admin.listen {
+        return Err("admin.listen changed; that needs a restart (nothing was applied)".into());
+    }
+    Ok(())
+}
+
+/// What changed outside the pools, one entry per section.
+fn config_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    if old.routes != new.routes {
+        changes.push("routes: changed".into());
+    }
+    // Certificates are re-read from disk on every reload: the files may have changed.
+    for (i, listener) in new.listeners.iter().enumerate() {
+        if listener.tls.is_some() {
+            changes.push(format!("listeners[{i}].tls: certificates reloaded"));
+        }
+    }
+    if old.server != new.server {
+        changes.push("server: changed (applies to new connections)".into());
+    }
+    if old.upstream != new.upstream {
+        changes.push("upstream: changed".into());
+    }
+    if old.alerts != new.alerts {
+        changes.push("alerts: changed".into());
+    }
+    if old.access_log != new.access_log {
+        changes.push("access_log: changed".into());
+    }
+    if old.admin.token != new.admin.token || old.admin.token_env != new.admin.token_env {
+        changes.push("admin: token changed".into());
+    }
+    changes
+}
+
+/// Run file work on a blocking thread, so the control thread's probes and scalers never wait
+/// for a disk.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))?
 }
 
 /// Run the control plane until `shutdown` flips: start every pool, serve the admin API, reload
@@ -278,7 +315,7 @@ pub fn run(
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
-                    match control.reload() {
+                    match control.reload().await {
                         Ok(changes) => info!(?changes, "SIGHUP: config reloaded"),
                         Err(e) => error!(error = %e, "SIGHUP: reload failed; the running config stays"),
                     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::alerts::AlertCounters;
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::pool::{Pool, RouteQueue};
 use crate::telemetry::RouteMetrics;
 use crate::values::HostPattern;
@@ -23,6 +23,9 @@ pub struct Route {
     pub queue: Arc<RouteQueue>,
     /// The route's metric series.
     pub metrics: Arc<RouteMetrics>,
+    /// The config it was compiled from: a reload that leaves it (and its pool) unchanged keeps
+    /// the queue and metric objects above.
+    config: RouteConfig,
 }
 
 impl Route {
@@ -61,11 +64,14 @@ pub struct RouteTable {
 const MAX_HOST_LEN: usize = 253;
 
 impl RouteTable {
-    /// Compile the routes of `config`, resolving pool names against `pools`.
+    /// Compile the routes of `config`, resolving pool names against `pools`. A route of
+    /// `previous` (the table a reload replaces) with the same config and the same pool object
+    /// lends its queue, so its waiting requests, depth gauge and bound carry on.
     pub fn build(
         config: &Config,
         pools: &HashMap<String, Arc<Pool>>,
         alerts: &Arc<AlertCounters>,
+        previous: Option<&RouteTable>,
     ) -> Result<Self, String> {
         let mut table = RouteTable::default();
         for (i, rc) in config.routes.iter().enumerate() {
@@ -81,12 +87,24 @@ impl RouteTable {
                 Some(n) => n.as_str().into(),
                 None => format!("{host_text}{prefix_text}").into(),
             };
+            let kept = previous.and_then(|t| {
+                t.all()
+                    .find(|r| r.config == *rc && Arc::ptr_eq(&r.pool, &pool))
+            });
+            let (queue, metrics) = match kept {
+                Some(old) => (Arc::clone(&old.queue), Arc::clone(&old.metrics)),
+                None => (
+                    RouteQueue::new(Arc::clone(&name), &rc.queue),
+                    RouteMetrics::new(&name, &pool.name, alerts),
+                ),
+            };
             let route = Route {
-                queue: RouteQueue::new(Arc::clone(&name), &rc.queue),
-                metrics: RouteMetrics::new(&name, &pool.name, alerts),
+                queue,
+                metrics,
                 name,
                 prefix: prefix_text.trim_end_matches('/').to_string(),
                 pool,
+                config: rc.clone(),
             };
             match pattern {
                 HostPattern::Any => table.any.push(route),
@@ -177,7 +195,7 @@ mod tests {
             .iter()
             .map(|(n, c)| (n.clone(), Pool::from_config(n, c).unwrap()))
             .collect();
-        RouteTable::build(&config, &pools, &Arc::default()).unwrap()
+        RouteTable::build(&config, &pools, &Arc::default(), None).unwrap()
     }
 
     fn pool_of(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {

@@ -47,16 +47,22 @@ impl Snapshot {
     /// Build from a config that `config::parse` accepted; loads certificates, so it can still
     /// fail on a certificate or key that does not parse.
     pub fn build(config: Config, origin: &str) -> Result<Self, ConfigError> {
-        Snapshot::build_reusing(config, origin, &HashMap::new(), Arc::default())
+        Snapshot::build_carrying(config, origin, Carried::default())
     }
 
-    /// Build, taking the pools named in `reuse` as they are (reload keeps their workers).
-    pub fn build_reusing(
+    /// Build, taking over what `carried` holds from the running snapshot (a reload keeps its
+    /// unchanged pools, route queues and alert counters). Reads certificate, key and log files:
+    /// call it off the control thread.
+    pub fn build_carrying(
         config: Config,
         origin: &str,
-        reuse: &HashMap<String, Arc<Pool>>,
-        alerts: Arc<AlertCounters>,
+        carried: Carried<'_>,
     ) -> Result<Self, ConfigError> {
+        let Carried {
+            pools: reuse,
+            routes: previous_routes,
+            alerts,
+        } = carried;
         let fail = |key: String, message: String| ConfigError {
             origin: origin.to_string(),
             line: None,
@@ -75,8 +81,8 @@ impl Snapshot {
                     .map_err(|m| fail(format!("pools.{name}"), m))
             })
             .collect::<Result<_, _>>()?;
-        let routes =
-            RouteTable::build(&config, &pools, &alerts).map_err(|m| fail(String::new(), m))?;
+        let routes = RouteTable::build(&config, &pools, &alerts, previous_routes)
+            .map_err(|m| fail(String::new(), m))?;
         let trusted_proxies = config
             .server
             .trusted_proxies
@@ -132,6 +138,17 @@ impl Snapshot {
     pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
         self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
+}
+
+/// What a reload carries from the running snapshot into the one it builds.
+#[derive(Default)]
+pub struct Carried<'a> {
+    /// Pools kept as they are, with their workers and waiting requests (same provider).
+    pub pools: HashMap<String, Arc<Pool>>,
+    /// The running routes: an unchanged route keeps its queue and metric objects.
+    pub routes: Option<&'a RouteTable>,
+    /// The counters alert rules read.
+    pub alerts: Arc<AlertCounters>,
 }
 
 /// State shared by all serving threads and the control plane.

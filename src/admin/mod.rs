@@ -132,7 +132,7 @@ async fn route(req: Request<Incoming>, control: &Control, peer: SocketAddr) -> A
         (&Method::GET, "/api/v1/queue") => json(StatusCode::OK, &views::queue(shared)),
         (&Method::GET, "/api/v1/pools") => json(StatusCode::OK, &views::pools(shared)),
         (&Method::GET, "/api/v1/activity") => json(StatusCode::OK, &views::activity(shared)),
-        (&Method::POST, "/api/v1/reload") => match control.reload() {
+        (&Method::POST, "/api/v1/reload") => match control.reload().await {
             Ok(changed) => json(StatusCode::OK, &serde_json::json!({ "changed": changed })),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         },

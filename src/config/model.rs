@@ -35,7 +35,7 @@ pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Dur = Dur::from_secs(4);
 pub const DEFAULT_MAX_IDLE_PER_WORKER: usize = 256;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// How weir treats the clients that connect to it.
@@ -100,7 +100,7 @@ impl AlertKind {
 }
 
 /// One alert rule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
     /// Label in notifications (default: the kind).
@@ -140,7 +140,7 @@ fn default_alert_min_interval() -> Dur {
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
 /// The admin listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// "IP:port"; a non-loopback address needs a token.
@@ -178,7 +178,7 @@ impl AdminConfig {
 }
 
 /// The access log.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogConfig {
     /// Off by default (and in benchmarks).
@@ -197,7 +197,7 @@ impl Default for AccessLogConfig {
 }
 
 /// Client-side settings (the "downstream" side, in Envoy's words).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Serving threads, each with its own runtime, listeners and worker connections; 0 = one per
@@ -240,7 +240,7 @@ impl Default for ServerConfig {
 }
 
 /// Worker-side settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Time to open a TCP connection to a worker; past it the client gets 502.
@@ -265,7 +265,7 @@ impl Default for UpstreamConfig {
 }
 
 /// One address weir accepts clients on.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// "IP:port"; port 0 picks a free port (tests).
@@ -275,7 +275,7 @@ pub struct ListenerConfig {
 }
 
 /// Certificates for a TLS listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain served when no other certificate matches the client's SNI.
@@ -288,7 +288,7 @@ pub struct TlsConfig {
 }
 
 /// A certificate chain and its key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertPair {
     /// PEM certificate chain.
@@ -298,7 +298,7 @@ pub struct CertPair {
 }
 
 /// Maps requests to a pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Label for logs, metrics and the admin API; default `host + path_prefix` (e.g. "*/api").
@@ -324,7 +324,7 @@ pub const DEFAULT_QUEUE_TIMEOUT: Dur = Dur::from_secs(30);
 pub const DEFAULT_RETRY_AFTER: Dur = Dur::from_secs(1);
 
 /// A route's bounded queue.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Most requests waiting at once; the next one gets 503 at once.
@@ -346,7 +346,7 @@ impl Default for QueueConfig {
 }
 
 /// A group of interchangeable workers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// How a worker is chosen for each request.
@@ -389,7 +389,7 @@ pub const DEFAULT_STABLE_WINDOW: Dur = Dur::from_secs(60);
 pub const DEFAULT_TARGET_INFLIGHT: f64 = 10.0;
 
 /// The load-driven scaler of a pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AutoscaleConfig {
     /// Never fewer workers (0 = scale to zero: the first request waits for a launch).
@@ -444,7 +444,7 @@ impl Default for AutoscaleConfig {
 }
 
 /// A time window with a raised minimum.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// Five-field cron (minute hour day-of-month month day-of-week), in UTC, for the start.
@@ -465,7 +465,7 @@ pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
 
 /// Active health checking of a pool's workers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Path of an HTTP GET probe; absent: a TCP connect is the probe.
@@ -506,7 +506,7 @@ pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
 pub const DEFAULT_RETRY_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Retry policy of a pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Tries per request, first included; 1 turns retries off.

@@ -24,7 +24,7 @@ pub const STARTING_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 pub const FAST_PROBE_WINDOW: Duration = Duration::from_secs(30);
 
 /// A pool's probe settings, parsed and checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthSettings {
     /// HTTP GET or TCP connect.
     pub kind: ProbeKind,

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::values::StatusRanges;
 
 /// What a probe does.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ProbeKind {
     /// Pass when a TCP connection opens.
     Tcp,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{parse_socket_addr, PoolConfig, ProviderConfig};
+use crate::config::{parse_socket_addr, Balance, PoolConfig, ProviderConfig};
 use crate::health::HealthSettings;
 use queue::WaitQueue;
 
@@ -55,6 +55,38 @@ pub struct RetrySettings {
     pub buffer_body_bytes: usize,
 }
 
+/// A pool's policies, built from its config before anything live changes (so a reload that
+/// fails changes nothing) and applied in place by [`Pool::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    /// How a worker is picked.
+    pub balance: Balance,
+    /// Per-worker cap ([`UNLIMITED`] for none).
+    pub worker_concurrency: u32,
+    /// Probe settings.
+    pub health: HealthSettings,
+    /// Tries per request, first included (at least 1).
+    pub retry_max_tries: u32,
+    /// Largest body buffered for a replay.
+    pub retry_buffer_bytes: usize,
+    /// Retries as a share of requests.
+    pub retry_budget: f64,
+}
+
+impl PoolSettings {
+    /// Parse and check a pool's policies.
+    pub fn from_config(config: &PoolConfig) -> Result<Self, String> {
+        Ok(PoolSettings {
+            balance: config.balance,
+            worker_concurrency: config.worker_concurrency.unwrap_or(UNLIMITED),
+            health: HealthSettings::from_config(config.health.as_ref())?,
+            retry_max_tries: config.retries.max_tries.max(1),
+            retry_buffer_bytes: config.retries.buffer_body_bytes,
+            retry_budget: config.retries.budget,
+        })
+    }
+}
+
 /// A named group of interchangeable workers.
 pub struct Pool {
     /// The `[pools.NAME]` key.
@@ -76,7 +108,7 @@ impl Pool {
     /// Build a pool from its config. Static workers start `Starting` and become ready when
     /// their first probe passes (milliseconds after start).
     pub fn from_config(name: &str, config: &PoolConfig) -> Result<Arc<Self>, String> {
-        let health = HealthSettings::from_config(config.health.as_ref())?;
+        let settings = PoolSettings::from_config(config)?;
         // Static workers exist from the start; launched ones are added by the scaler.
         let addresses = match &config.provider {
             ProviderConfig::Static { addresses } => addresses
@@ -86,7 +118,8 @@ impl Pool {
             ProviderConfig::Process { .. } | ProviderConfig::Exec { .. } => Vec::new(),
         };
         let waiting = Arc::new(AtomicUsize::new(0));
-        let worker_concurrency = config.worker_concurrency.unwrap_or(UNLIMITED);
+        let worker_concurrency = settings.worker_concurrency;
+        let health = settings.health;
         let pool = Arc::new_cyclic(|me: &Weak<Pool>| {
             let workers = addresses
                 .iter()
@@ -104,12 +137,12 @@ impl Pool {
                 .collect();
             Pool {
                 name: name.to_string(),
-                retry_max_tries: AtomicU32::new(config.retries.max_tries.max(1)),
-                retry_buffer_bytes: AtomicUsize::new(config.retries.buffer_body_bytes),
-                budget: RetryBudget::new(config.retries.budget),
+                retry_max_tries: AtomicU32::new(settings.retry_max_tries),
+                retry_buffer_bytes: AtomicUsize::new(settings.retry_buffer_bytes),
+                budget: RetryBudget::new(settings.retry_budget),
                 demand: tokio::sync::Notify::new(),
                 health: ArcSwap::from_pointee(health),
-                balancer: Balancer::new(config.balance),
+                balancer: Balancer::new(settings.balance),
                 workers: ArcSwap::from_pointee(workers),
                 worker_concurrency: AtomicU32::new(worker_concurrency),
                 queue: Mutex::new(WaitQueue::new(Arc::clone(&waiting))),
@@ -134,38 +167,40 @@ impl Pool {
     }
 
     /// Apply a reloaded config's policies (balance, concurrency, health, retries) in place, so
-    /// workers, counters and waiting requests carry on. Returns whether anything changed.
-    pub fn apply_config(&self, config: &PoolConfig) -> Result<bool, String> {
-        let health = HealthSettings::from_config(config.health.as_ref())?;
+    /// workers, counters and waiting requests carry on. Cannot fail: the settings were built
+    /// (and could fail) before anything live changed. Returns whether anything changed.
+    pub fn apply(&self, settings: &PoolSettings) -> bool {
         let mut changed = false;
-        if self.balancer.policy() != config.balance {
-            self.balancer.set_policy(config.balance);
+        if self.balancer.policy() != settings.balance {
+            self.balancer.set_policy(settings.balance);
             changed = true;
         }
-        let concurrency = config.worker_concurrency.unwrap_or(UNLIMITED);
+        let concurrency = settings.worker_concurrency;
         if self.worker_concurrency.swap(concurrency, Ordering::Relaxed) != concurrency {
             for w in self.workers.load().iter() {
                 w.set_max_in_flight(concurrency);
             }
             changed = true;
         }
-        if format!("{:?}", *self.health.load_full()) != format!("{health:?}") {
+        if *self.health.load_full() != settings.health {
             for w in self.workers.load().iter() {
-                w.set_unhealthy_threshold(health.unhealthy_threshold);
+                w.set_unhealthy_threshold(settings.health.unhealthy_threshold);
             }
-            self.health.store(Arc::new(health));
+            self.health.store(Arc::new(settings.health.clone()));
             changed = true;
         }
-        let tries = config.retries.max_tries.max(1);
-        changed |= self.retry_max_tries.swap(tries, Ordering::Relaxed) != tries;
+        changed |= self
+            .retry_max_tries
+            .swap(settings.retry_max_tries, Ordering::Relaxed)
+            != settings.retry_max_tries;
         changed |= self
             .retry_buffer_bytes
-            .swap(config.retries.buffer_body_bytes, Ordering::Relaxed)
-            != config.retries.buffer_body_bytes;
-        changed |= self.budget.set_ratio(config.retries.budget);
+            .swap(settings.retry_buffer_bytes, Ordering::Relaxed)
+            != settings.retry_buffer_bytes;
+        changed |= self.budget.set_ratio(settings.retry_budget);
         // More room may have opened up for waiting requests.
         self.dispatch();
-        Ok(changed)
+        changed
     }
 
     fn lock_queue(&self) -> MutexGuard<'_, WaitQueue> {

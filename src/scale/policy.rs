@@ -10,7 +10,7 @@ use crate::values::Cron;
 pub const TARGET_SHARE_OF_CONCURRENCY: f64 = 0.7;
 
 /// A window of raised minimum capacity.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScheduledMin {
     /// When windows start.
     pub cron: Cron,
@@ -21,7 +21,7 @@ pub struct ScheduledMin {
 }
 
 /// A pool's scaling policy, from its `autoscale` table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScalePolicy {
     /// Floor outside schedules.
     pub min_workers: u32,

@@ -1,0 +1,159 @@
+//! Reload is all or nothing: a reload that fails at any step (a certificate that does not
+//! parse, an access log that cannot be opened, a token variable that is not set) changes nothing
+//! live, not even the parts that came before the failing step; and a route the reload leaves
+//! unchanged keeps its queue, so a request waiting in it is served after the reload.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A weir with a TLS listener and a launched pool whose policy a reload can change.
+fn config(max_workers: u32, cert: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+listen = "127.0.0.1:0"
+[[listeners]]
+listen = "127.0.0.1:0"
+tls = {{ cert = "{cert}", key = "certs-dev/key.pem" }}
+[[routes]]
+pool = "app"
+[pools.app]
+worker_concurrency = 4
+provider = {{ kind = "process", command = ["{WEIR}", "demo-worker", "--listen", "127.0.0.1:{{port}}"] }}
+health = {{ path = "/hello", interval = "200ms" }}
+[pools.app.autoscale]
+min_workers = 1
+max_workers = {max_workers}
+{extra}
+"#
+    )
+}
+
+async fn pools(weir: &Weir) -> serde_json::Value {
+    let (status, body) = admin_call(weir.admin(), "GET", "/api/v1/pools", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn reload(weir: &Weir) -> (http::StatusCode, String) {
+    admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_changes_nothing() {
+    let path = temp_path("reload-refused.toml");
+    let bad_pem = temp_path("reload-bad.pem");
+    std::fs::write(&bad_pem, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n").unwrap();
+    let bad_pem = bad_pem.display().to_string();
+    let weir = start_weir_at("", &config(2, "certs-dev/cert.pem", ""), Some(&path));
+    let max_workers = |v: &serde_json::Value| v[0]["max_workers"].as_u64();
+    assert_eq!(max_workers(&pools(&weir).await), Some(2));
+
+    // Each of these raises max_workers and adds a route, and fails at a later step.
+    let refusals = [
+        ("a certificate that is not PEM", config(5, &bad_pem, "")),
+        (
+            "an access log that cannot be opened",
+            format!(
+                "{}\n[access_log]\nenabled = true\npath = \"/nonexistent-dir/weir/access.log\"\n",
+                config(5, "certs-dev/cert.pem", "")
+            ),
+        ),
+        (
+            "a token variable that is not set",
+            format!(
+                "{}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"WEIR_TEST_NEVER_SET_{}\"\n",
+                config(5, "certs-dev/cert.pem", ""),
+                std::process::id()
+            ),
+        ),
+    ];
+    for (what, text) in refusals {
+        // The admin listen address is part of every test config (start_weir_at adds it).
+        let text = if text.contains("[admin]") {
+            text
+        } else {
+            format!("[admin]\nlisten = \"127.0.0.1:0\"\n{text}")
+        };
+        let text = text.replace(
+            "[[routes]]\npool = \"app\"\n",
+            "[[routes]]\npool = \"app\"\n[[routes]]\npath_prefix = \"/new\"\npool = \"app\"\nname = \"new\"\n",
+        );
+        std::fs::write(&path, &text).unwrap();
+        let (status, body) = reload(&weir).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        let after = pools(&weir).await;
+        assert_eq!(max_workers(&after), Some(2), "{what}: the policy stayed");
+        let (_, metrics) = admin_call(weir.admin(), "GET", "/metrics", None, "").await;
+        // Queue gauges are set at scrape time from the live routes only.
+        assert!(
+            !metrics.contains("weir_queue_depth{route=\"new\"}"),
+            "{what}: the new route is not live"
+        );
+    }
+    // The TLS listener still serves the old certificate, and a good reload still works.
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            config(3, "certs-dev/cert.pem", "")
+        ),
+    )
+    .unwrap();
+    let (status, body) = reload(&weir).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("pools.app.autoscale: changed"), "{body}");
+    assert_eq!(max_workers(&pools(&weir).await), Some(3));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_survives_a_reload_of_its_unchanged_route() {
+    let worker = demo_with_delay("slow", Duration::from_millis(1500)).await;
+    let path = temp_path("reload-queue.toml");
+    let text = |extra: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n{extra}[pools.app]\nworker_concurrency = 1\nprovider = {{ kind = \"static\", addresses = [\"{worker}\"] }}\n"
+        )
+    };
+    let weir = start_weir_at("", &text(""), Some(&path));
+    wait_until("the worker is ready", || {
+        weir.workers("app")
+            .iter()
+            .any(|w| w.state() == weir::pool::WorkerState::Ready)
+    })
+    .await;
+    let addr = weir.addr();
+    let first = tokio::spawn(async move { get(addr, "/").await });
+    wait_until("the first request holds the slot", || {
+        weir.workers("app").iter().any(|w| w.in_flight() == 1)
+    })
+    .await;
+    let second = tokio::spawn(async move { get(addr, "/").await });
+    wait_until("the second request waits", || weir.waiting("app") == 1).await;
+
+    // Reload with another route added: the waiting request's route is unchanged.
+    std::fs::write(
+        &path,
+        text("[[routes]]\npath_prefix = \"/other\"\npool = \"app\"\n"),
+    )
+    .unwrap();
+    let (status, body) = reload(&weir).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("routes: changed"), "{body}");
+    // The queue's depth gauge still counts it: the route kept its queue object.
+    let (_, queue) = admin_call(weir.admin(), "GET", "/metrics", None, "").await;
+    assert!(
+        queue
+            .lines()
+            .any(|l| l.starts_with("weir_queue_depth{route=\"*/\"}") && l.ends_with(" 1")),
+        "{queue}"
+    );
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(second.await.unwrap().status, 200, "the waiter was served");
+    assert_eq!(weir.waiting("app"), 0);
+    let _ = std::fs::remove_file(&path);
+}
