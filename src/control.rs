@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, PoolConfig};
-use crate::health;
+use crate::membership::Membership;
 use crate::pool::{Pool, PoolSettings};
 use crate::provider;
 use crate::scale::{PoolScaler, ScalePolicy};
@@ -47,16 +47,26 @@ impl Control {
         &self.shared
     }
 
-    /// Start health checks and (for launchable providers) the scaler of a pool.
+    /// Start a pool's members: a provider that discovers them (a static list) feeds the
+    /// pool's membership; a provider that launches gets a scaler, which adopts what the
+    /// provider lists and launches the rest. Every member is probed the same way.
     pub fn start_pool(&self, name: &str, pool: &Arc<Pool>, config: &PoolConfig) {
-        health::watch_pool(pool);
+        let membership = Membership::new(Arc::clone(pool));
         let provider = match provider::from_config(name, &config.provider) {
             Ok(p) => p,
             Err(e) => {
-                error!(pool = %name, error = %e, "cannot set up the provider; the pool will not scale");
+                error!(pool = %name, error = %e, "cannot set up the provider; the pool has no workers");
                 return;
             }
         };
+        if let Some(mut members) = provider.discover() {
+            // What the source has at once (a static list: everything) joins now; the rest as
+            // it comes.
+            while let Ok(update) = members.try_recv() {
+                membership.apply(update);
+            }
+            tokio::spawn(Arc::clone(&membership).follow(members));
+        }
         if !provider.can_launch() {
             return;
         }
@@ -69,7 +79,7 @@ impl Control {
             }
         };
         let scaler = PoolScaler::new(
-            Arc::clone(pool),
+            membership,
             provider,
             policy,
             Arc::clone(&self.shared.activity),
@@ -278,6 +288,7 @@ pub fn run(
     control: Arc<Control>,
     admin: Option<StdTcpListener>,
     mut shutdown: watch::Receiver<bool>,
+    pools_started: std::sync::mpsc::Sender<()>,
 ) {
     let runtime = match crate::server::current_thread_runtime() {
         Ok(rt) => rt,
@@ -294,6 +305,7 @@ pub fn run(
             }
         }
         drop(snapshot);
+        let _ = pools_started.send(());
         tokio::spawn(crate::alerts::run(Arc::clone(&control.shared)));
         if let Some(listener) = admin {
             match tokio::net::TcpListener::from_std(listener) {

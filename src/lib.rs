@@ -8,6 +8,8 @@
 //! - [`pool`]: workers, their live atomic counters and states, the balancers, the bounded
 //!   per-route queue and the retry budget.
 //! - [`upstream`]: weir's HTTP/1.1 client for workers and its per-thread keep-alive pool.
+//! - [`membership`]: the one way workers enter and leave a pool (a source's full set, then
+//!   changes), with health probing attached to every member.
 //! - [`health`]: active probes that move workers between starting, ready and unhealthy.
 //! - [`scale`]: the autoscaler: a pure decision function and the per-pool loop around it.
 //! - [`provider`]: where workers come from (static lists, local processes, shell commands).
@@ -30,6 +32,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod membership;
 pub mod pool;
 pub mod provider;
 pub mod proxy;

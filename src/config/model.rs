@@ -570,6 +570,9 @@ pub enum ProviderConfig {
         launch: String,
         /// Run with `sh -c` to release; gets the id as `{id}` and in `WEIR_WORKER_ID`.
         release: String,
+        /// Run with `sh -c` to list the pool's live workers, one "ID IP:port" line each, so a
+        /// restarted weir adopts them instead of launching new ones. Optional.
+        list: Option<String>,
     },
 }
 

@@ -304,8 +304,18 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
                     ));
                 }
             }
-            ProviderConfig::Exec { launch, release } => {
-                for (key, script) in [("launch", launch), ("release", release)] {
+            ProviderConfig::Exec {
+                launch,
+                release,
+                list,
+            } => {
+                let list = list.as_ref();
+                let scripts = [
+                    ("launch", Some(launch)),
+                    ("release", Some(release)),
+                    ("list", list),
+                ];
+                for (key, script) in scripts.into_iter().filter_map(|(k, s)| s.map(|s| (k, s))) {
                     if script.trim().is_empty() {
                         return Err(fail(
                             format!("pools.{name}.provider.{key}"),

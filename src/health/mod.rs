@@ -75,13 +75,6 @@ impl HealthSettings {
     }
 }
 
-/// Start probing every current worker of `pool` (call on the control runtime).
-pub fn watch_pool(pool: &Arc<Pool>) {
-    for worker in pool.workers().iter() {
-        watch_worker(pool, worker);
-    }
-}
-
 /// Start probing one worker until it leaves its pool.
 pub fn watch_worker(pool: &Arc<Pool>, worker: &Arc<Worker>) {
     let pool_name = pool.name.clone();

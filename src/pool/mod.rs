@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{parse_socket_addr, Balance, PoolConfig, ProviderConfig};
+use crate::config::{Balance, PoolConfig};
 use crate::health::HealthSettings;
 use queue::WaitQueue;
 
@@ -105,50 +105,24 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Build a pool from its config. Static workers start `Starting` and become ready when
-    /// their first probe passes (milliseconds after start).
+    /// Build a pool from its config, with no workers yet: they join through
+    /// [`crate::membership::Membership`], from whatever source the pool's provider is.
     pub fn from_config(name: &str, config: &PoolConfig) -> Result<Arc<Self>, String> {
         let settings = PoolSettings::from_config(config)?;
-        // Static workers exist from the start; launched ones are added by the scaler.
-        let addresses = match &config.provider {
-            ProviderConfig::Static { addresses } => addresses
-                .iter()
-                .map(|a| parse_socket_addr(a))
-                .collect::<Result<Vec<_>, String>>()?,
-            ProviderConfig::Process { .. } | ProviderConfig::Exec { .. } => Vec::new(),
-        };
         let waiting = Arc::new(AtomicUsize::new(0));
-        let worker_concurrency = settings.worker_concurrency;
-        let health = settings.health;
-        let pool = Arc::new_cyclic(|me: &Weak<Pool>| {
-            let workers = addresses
-                .iter()
-                .enumerate()
-                .map(|(i, addr)| {
-                    let spec = WorkerSpec {
-                        name: format!("{name}-{}", i + 1),
-                        addr: *addr,
-                        state: WorkerState::Starting,
-                        max_in_flight: worker_concurrency,
-                        unhealthy_threshold: health.unhealthy_threshold,
-                    };
-                    Worker::new(spec, Arc::clone(&waiting), me.clone())
-                })
-                .collect();
-            Pool {
-                name: name.to_string(),
-                retry_max_tries: AtomicU32::new(settings.retry_max_tries),
-                retry_buffer_bytes: AtomicUsize::new(settings.retry_buffer_bytes),
-                budget: RetryBudget::new(settings.retry_budget),
-                demand: tokio::sync::Notify::new(),
-                health: ArcSwap::from_pointee(health),
-                balancer: Balancer::new(settings.balance),
-                workers: ArcSwap::from_pointee(workers),
-                worker_concurrency: AtomicU32::new(worker_concurrency),
-                queue: Mutex::new(WaitQueue::new(Arc::clone(&waiting))),
-                waiting,
-                me: me.clone(),
-            }
+        let pool = Arc::new_cyclic(|me: &Weak<Pool>| Pool {
+            name: name.to_string(),
+            retry_max_tries: AtomicU32::new(settings.retry_max_tries),
+            retry_buffer_bytes: AtomicUsize::new(settings.retry_buffer_bytes),
+            budget: RetryBudget::new(settings.retry_budget),
+            demand: tokio::sync::Notify::new(),
+            health: ArcSwap::from_pointee(settings.health),
+            balancer: Balancer::new(settings.balance),
+            workers: ArcSwap::from_pointee(Vec::new()),
+            worker_concurrency: AtomicU32::new(settings.worker_concurrency),
+            queue: Mutex::new(WaitQueue::new(Arc::clone(&waiting))),
+            waiting,
+            me: me.clone(),
         });
         Ok(pool)
     }
@@ -340,12 +314,18 @@ impl Pool {
         self.budget.try_spend(served)
     }
 
+    /// The worker whose provider id is `name`, if it is in the pool.
+    pub fn worker_named(&self, name: &str) -> Option<Arc<Worker>> {
+        self.workers.load().iter().find(|w| w.name == name).cloned()
+    }
+
     /// The current workers (a snapshot).
     pub fn workers(&self) -> Arc<Vec<Arc<Worker>>> {
         self.workers.load_full()
     }
 
-    /// Add a worker (providers, autoscaler); it starts in `state`.
+    /// Add a worker in `state`; `name` is its provider id. Sources add workers through
+    /// [`crate::membership::Membership`], which also attaches its probes.
     pub fn add_worker(
         &self,
         name: String,
@@ -421,8 +401,9 @@ mod tests {
         );
         let config: PoolConfig = toml::from_str(&text).unwrap();
         let pool = Pool::from_config("p", &config).unwrap();
-        for w in pool.workers().iter() {
-            w.set_state(WorkerState::Ready);
+        for i in 0..workers {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4000 + i as u16));
+            pool.add_worker(format!("p-{}", i + 1), addr, WorkerState::Ready);
         }
         pool
     }

@@ -1,6 +1,7 @@
 //! Shell commands as a provider, for anything with a CLI: the launch command prints the new
 //! worker's address (optionally preceded by an id) as its last line of output; the release
-//! command gets that id.
+//! command gets that id; the optional list command prints one "ID IP:port" line per live
+//! worker, so a restarted weir adopts what an earlier one launched.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -15,15 +16,17 @@ pub struct ExecProvider {
     pool: String,
     launch: String,
     release: String,
+    list: Option<String>,
 }
 
 impl ExecProvider {
-    /// Launch and release with these `sh -c` commands.
-    pub fn new(pool: &str, launch: String, release: String) -> Self {
+    /// Launch, release and (optionally) list with these `sh -c` commands.
+    pub fn new(pool: &str, launch: String, release: String, list: Option<String>) -> Self {
         ExecProvider {
             pool: pool.to_string(),
             launch,
             release,
+            list,
         }
     }
 }
@@ -54,6 +57,25 @@ fn parse_launch_output(out: &str, default_id: &str) -> Result<WorkerHandle, Prov
         .map(str::trim)
         .rfind(|l| !l.is_empty())
         .ok_or_else(|| ProviderError::BadOutput("no output".into()))?;
+    parse_worker_line(line, default_id)
+}
+
+/// Parse the list command's output: one "ID IP:port" line per worker (blank lines skipped).
+fn parse_list_output(out: &str) -> Result<Vec<WorkerHandle>, ProviderError> {
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|line| match line.split_whitespace().count() {
+            2 => parse_worker_line(line, ""),
+            _ => Err(ProviderError::BadOutput(format!(
+                "list line {line:?} is not \"ID IP:port\""
+            ))),
+        })
+        .collect()
+}
+
+/// One "IP:port" or "ID IP:port" line.
+fn parse_worker_line(line: &str, default_id: &str) -> Result<WorkerHandle, ProviderError> {
     let mut parts = line.split_whitespace();
     let (id, addr) = match (parts.next(), parts.next(), parts.next()) {
         (Some(addr), None, None) => (default_id, addr),
@@ -102,6 +124,16 @@ impl Provider for ExecProvider {
         })
     }
 
+    fn list(&self) -> ProviderFuture<'_, Result<Vec<WorkerHandle>, ProviderError>> {
+        Box::pin(async move {
+            let Some(script) = &self.list else {
+                return Ok(Vec::new());
+            };
+            let out = run(script, &[("WEIR_POOL", &self.pool)]).await?;
+            parse_list_output(&out)
+        })
+    }
+
     fn describe(&self) -> String {
         format!("exec: {}", self.launch)
     }
@@ -126,13 +158,26 @@ mod tests {
         assert!(parse_launch_output("localhost:80", "x").is_err());
     }
 
+    #[test]
+    fn list_output_needs_an_id_per_line() {
+        let listed = parse_list_output("w1 127.0.0.1:7001\n\n  w2 [::1]:7002  \n").unwrap();
+        let ids: Vec<&str> = listed.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(ids, ["w1", "w2"]);
+        assert_eq!(listed[1].addr.port(), 7002);
+        assert!(parse_list_output("").unwrap().is_empty());
+        assert!(parse_list_output("127.0.0.1:7001").is_err(), "no id");
+        assert!(parse_list_output("w1 nowhere").is_err());
+    }
+
     #[tokio::test]
     async fn commands_run_and_fail_clearly() {
         let p = ExecProvider::new(
             "p",
             "echo w9 127.0.0.1:7001".into(),
             "test \"$WEIR_WORKER_ID\" = {id}".into(),
+            Some("echo w9 127.0.0.1:7001; echo w10 127.0.0.1:7002".into()),
         );
+        assert_eq!(p.list().await.unwrap().len(), 2);
         let launched = p
             .launch(LaunchSpec {
                 pool: "p".into(),
@@ -142,7 +187,11 @@ mod tests {
             .unwrap();
         assert_eq!(launched.handle.id, "w9");
         p.release(launched.handle).await.unwrap();
-        let bad = ExecProvider::new("p", "echo oops >&2; exit 3".into(), "true".into());
+        let bad = ExecProvider::new("p", "echo oops >&2; exit 3".into(), "true".into(), None);
+        assert!(
+            bad.list().await.unwrap().is_empty(),
+            "no list command, none listed"
+        );
         let err = bad
             .launch(LaunchSpec {
                 pool: "p".into(),

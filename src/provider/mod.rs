@@ -1,6 +1,8 @@
-//! Where workers come from. The scaler launches and releases workers only through the
-//! [`Provider`] trait, so a new backend (containers, Kubernetes, a cloud API) is one more
-//! implementation of three async calls, with no change to the scaler.
+//! Where workers come from. The scaler launches, lists (to adopt after a restart) and releases
+//! workers only through the [`Provider`] trait, and a provider that discovers its workers on its
+//! own (a static list, a container engine's labels, Kubernetes EndpointSlices) hands them to the
+//! pool as a [`MemberStream`]; so a new backend is one more implementation, with no change to
+//! the scaler or the pool.
 
 mod exec;
 mod process;
@@ -18,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::ProviderConfig;
+use crate::membership::MemberStream;
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Provider>`).
 pub type ProviderFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,7 +41,8 @@ pub struct LaunchSpec {
 /// A launched worker, as the provider knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerHandle {
-    /// The provider's id for it (process: the name; exec: what the launch command printed).
+    /// The provider's id for it, stable for its life and shown as the worker's id (process:
+    /// the launch name; exec: what the launch command printed).
     pub id: String,
     /// Where weir proxies to.
     pub addr: SocketAddr,
@@ -86,6 +90,19 @@ pub trait Provider: Send + Sync {
     /// Stop a worker. Called only after it has drained; must not fail on one already gone.
     fn release(&self, handle: WorkerHandle) -> ProviderFuture<'_, Result<(), ProviderError>>;
 
+    /// The workers of this pool that exist now (launched by an earlier weir on the same
+    /// config), so a restarted weir adopts them instead of launching new ones beside them.
+    /// Providers whose workers cannot outlive weir list none.
+    fn list(&self) -> ProviderFuture<'_, Result<Vec<WorkerHandle>, ProviderError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The pool's members, for providers that discover them rather than launch them: a full
+    /// set, then changes. `None` for providers whose members are the scaler's launches.
+    fn discover(&self) -> Option<MemberStream> {
+        None
+    }
+
     /// A one-line description for logs and the admin API.
     fn describe(&self) -> String;
 
@@ -96,7 +113,13 @@ pub trait Provider: Send + Sync {
 /// Build the provider a pool's config names.
 pub fn from_config(pool: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, String> {
     Ok(match config {
-        ProviderConfig::Static { addresses } => Arc::new(StaticProvider::new(addresses.len())),
+        ProviderConfig::Static { addresses } => {
+            let addresses = addresses
+                .iter()
+                .map(|a| crate::config::parse_socket_addr(a))
+                .collect::<Result<Vec<_>, String>>()?;
+            Arc::new(StaticProvider::new(pool, addresses))
+        }
         ProviderConfig::Process {
             command,
             env,
@@ -109,8 +132,15 @@ pub fn from_config(pool: &str, config: &ProviderConfig) -> Result<Arc<dyn Provid
             cwd.clone(),
             stop_grace.get(),
         )?),
-        ProviderConfig::Exec { launch, release } => {
-            Arc::new(ExecProvider::new(pool, launch.clone(), release.clone()))
-        }
+        ProviderConfig::Exec {
+            launch,
+            release,
+            list,
+        } => Arc::new(ExecProvider::new(
+            pool,
+            launch.clone(),
+            release.clone(),
+            list.clone(),
+        )),
     })
 }

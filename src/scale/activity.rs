@@ -23,6 +23,8 @@ pub enum Action {
     Manual,
     /// A launch that failed (backing off).
     LaunchFailed,
+    /// Running workers an earlier weir launched, listed by the provider and taken over.
+    Adopt,
 }
 
 impl Action {
@@ -34,6 +36,7 @@ impl Action {
             Action::Replace => "replace",
             Action::Manual => "manual",
             Action::LaunchFailed => "launch_failed",
+            Action::Adopt => "adopt",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The scaler loop on a paused clock, with an in-memory provider: exact timings, no processes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize};
 use std::sync::OnceLock;
 
 use tokio::sync::oneshot;
@@ -9,7 +10,7 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::config::{AutoscaleConfig, Dur, PoolConfig, QueueConfig};
 use crate::pool::{InFlightGuard, Rejection, RouteQueue};
-use crate::provider::{Launched, ProviderError, ProviderFuture};
+use crate::provider::{LaunchSpec, Launched, ProviderError, ProviderFuture, WorkerHandle};
 
 /// Launches "workers" that become ready after `boot` of (virtual) time.
 struct FakeProvider {
@@ -118,13 +119,14 @@ fn rig(autoscale: AutoscaleConfig, concurrency: u32, boot: Duration) -> Rig {
     let provider = FakeProvider::new(boot);
     let _ = provider.pool.set(Arc::downgrade(&pool));
     let policy = ScalePolicy::from_config(&autoscale, Some(concurrency)).unwrap();
+    let membership = Membership::new(Arc::clone(&pool));
+    membership.set_probing(false);
     let scaler = PoolScaler::new(
-        Arc::clone(&pool),
+        membership,
         provider.clone(),
         policy,
         Arc::new(ActivityLog::default()),
     );
-    scaler.set_probe_new_workers(false);
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(Arc::clone(&scaler).run(stop_rx));
     let route = RouteQueue::new(

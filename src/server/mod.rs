@@ -26,6 +26,9 @@ use crate::proxy::{self, ConnContext};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::Upstreams;
 
+/// Longest `start` waits for the control plane to give every pool its first members.
+const POOLS_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again, so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -120,10 +123,21 @@ impl Server {
         let mut handles = Vec::with_capacity(threads);
         let (control_shutdown, control_shutdown_rx) = watch::channel(false);
         let control_plane = Arc::clone(&control);
+        let (pools_started, pools_started_rx) = std::sync::mpsc::channel();
         let control_thread = std::thread::Builder::new()
             .name("weir-control".into())
-            .spawn(move || control::run(control_plane, Some(admin), control_shutdown_rx))
+            .spawn(move || {
+                control::run(
+                    control_plane,
+                    Some(admin),
+                    control_shutdown_rx,
+                    pools_started,
+                )
+            })
             .map_err(|e| StartError(format!("cannot start the control thread: {e}")))?;
+        // Serve once every pool has its first members (a static list's are there at once); a
+        // control thread that cannot start drops the sender, which ends the wait too.
+        let _ = pools_started_rx.recv_timeout(POOLS_START_WAIT);
         for t in 0..threads {
             let mine: Vec<(usize, StdTcpListener)> = sockets
                 .iter_mut()

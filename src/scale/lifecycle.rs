@@ -1,0 +1,241 @@
+//! Carrying decisions out: launching through the provider, adopting what it lists, noticing a
+//! worker that dies on its own, and retiring one (stop routing, drain, leave the pool, release).
+//! Workers join and leave only through the pool's [`crate::membership::Membership`].
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{Action, PoolScaler};
+use crate::membership::{Member, MemberUpdate};
+use crate::pool::{Worker, WorkerState};
+use crate::provider::{ExitWatch, LaunchSpec, WorkerHandle};
+
+/// How often a drain checks whether the worker's last request finished.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// Longest a provider's list call may take at start before weir goes on without adopting.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl PoolScaler {
+    /// Adopt the workers the provider lists (an earlier weir's launches): they join as
+    /// `starting`, are probed like any member and count toward the pool's size; those above
+    /// `max_workers` are released at once, and those that never pass a probe are given up by
+    /// the startup deadline. Returns how many were adopted.
+    pub(super) async fn adopt(self: &Arc<Self>) -> u32 {
+        let listed = match tokio::time::timeout(LIST_TIMEOUT, self.provider.list()).await {
+            Ok(Ok(listed)) => listed,
+            Ok(Err(e)) => {
+                warn!(pool = %self.pool.name, error = %e, "cannot list existing workers; none adopted");
+                return 0;
+            }
+            Err(_) => {
+                warn!(pool = %self.pool.name, timeout = ?LIST_TIMEOUT, "listing existing workers timed out; none adopted");
+                return 0;
+            }
+        };
+        if listed.is_empty() {
+            return 0;
+        }
+        let max = self.policy().max_workers as usize;
+        let total = listed.len() as u32;
+        let mut adopted = 0;
+        for (i, handle) in listed.into_iter().enumerate() {
+            if i >= max {
+                info!(pool = %self.pool.name, worker = %handle.id, "listed worker above max_workers; releasing it");
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Err(e) = me.provider.release(handle.clone()).await {
+                        warn!(pool = %me.pool.name, worker = %handle.id, error = %e, "release failed");
+                    }
+                });
+                continue;
+            }
+            for worker in self
+                .membership
+                .apply(MemberUpdate::Added(Member::probed(handle.id, handle.addr)))
+            {
+                self.books().track(Instant::now(), &worker);
+                adopted += 1;
+            }
+        }
+        self.activity.record(
+            &self.pool.name,
+            Action::Adopt,
+            0,
+            adopted,
+            format!(
+                "adopted {adopted} running worker(s) listed by the provider{}",
+                if total > adopted {
+                    format!("; released {} above max_workers", total - adopted)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        adopted
+    }
+
+    pub(super) fn spawn_launch(self: &Arc<Self>) {
+        self.pending_launches.fetch_add(1, Ordering::Relaxed);
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            me.launch_one().await;
+            me.pending_launches.fetch_sub(1, Ordering::Relaxed);
+            // Re-decide now: the launch changed capacity.
+            me.pool.demand().notify_one();
+        });
+    }
+
+    /// A launch name not in use by a member (adopted workers keep theirs).
+    fn next_name(&self) -> String {
+        loop {
+            let n = self.next_name.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{}-{n}", self.pool.name);
+            if self.pool.worker_named(&name).is_none() {
+                return name;
+            }
+        }
+    }
+
+    async fn launch_one(self: &Arc<Self>) {
+        let name = self.next_name();
+        let spec = LaunchSpec {
+            pool: self.pool.name.clone(),
+            name: name.clone(),
+        };
+        let timeout = self.policy().startup_timeout;
+        let failure = match tokio::time::timeout(timeout, self.provider.launch(spec)).await {
+            Ok(Ok(launched)) => {
+                let WorkerHandle { id, addr } = launched.handle;
+                let added = self
+                    .membership
+                    .apply(MemberUpdate::Added(Member::probed(id, addr)));
+                if let Some(worker) = added.into_iter().next() {
+                    self.books().track(Instant::now(), &worker);
+                    if let Some(exited) = launched.exited {
+                        tokio::spawn(Arc::clone(self).watch_exit(Arc::downgrade(&worker), exited));
+                    }
+                    return;
+                }
+                format!("the provider returned a worker already in the pool ({addr})")
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("launch did not return within {timeout:?}"),
+        };
+        self.books().note_launch_failure(Instant::now());
+        let workers = self.pool.workers();
+        let ready = workers
+            .iter()
+            .filter(|w| w.state() == WorkerState::Ready)
+            .count() as u32;
+        self.activity.record(
+            &self.pool.name,
+            Action::LaunchFailed,
+            ready,
+            ready,
+            format!("{name}: {failure}"),
+        );
+        let others_starting = self.pending_launches.load(Ordering::Relaxed) > 1
+            || workers.iter().any(|w| w.state() == WorkerState::Starting);
+        if ready == 0 && !others_starting {
+            let failed = self.pool.fail_waiting();
+            if failed > 0 {
+                warn!(pool = %self.pool.name, failed, "launch failed and no worker is ready; failing waiting requests");
+            }
+        }
+    }
+
+    /// Replace a worker that died on its own.
+    async fn watch_exit(self: Arc<Self>, worker: Weak<Worker>, exited: ExitWatch) {
+        let reason = exited.await;
+        let Some(worker) = worker.upgrade() else {
+            return;
+        };
+        if self.books().is_retiring(worker.id) {
+            return; // we stopped it
+        }
+        worker.set_state(WorkerState::Unhealthy);
+        let count = self.pool.workers().len() as u32;
+        self.activity.record(
+            &self.pool.name,
+            Action::Replace,
+            count,
+            count.saturating_sub(1),
+            format!("{}: {reason}", worker.name),
+        );
+        self.spawn_retire(worker, Duration::ZERO);
+    }
+
+    /// Stop routing to `worker` at once, let its in-flight requests finish (up to `drain`),
+    /// then take it out of the pool and release it through the provider.
+    pub(super) fn spawn_retire(self: &Arc<Self>, worker: Arc<Worker>, drain: Duration) {
+        if !self.books().start_retiring(Instant::now(), &worker) {
+            return;
+        }
+        stop_routing(&worker);
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            me.retire(&worker, drain).await;
+            me.pool.demand().notify_one();
+        });
+    }
+
+    async fn retire(&self, worker: &Arc<Worker>, drain: Duration) {
+        stop_routing(worker);
+        let deadline = Instant::now() + drain;
+        while worker.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        if worker.in_flight() > 0 {
+            warn!(pool = %self.pool.name, worker = %worker.name, in_flight = worker.in_flight(), "drain timed out; releasing anyway");
+        }
+        self.membership
+            .apply(MemberUpdate::Removed(worker.name.clone()));
+        let handle = WorkerHandle {
+            id: worker.name.clone(),
+            addr: worker.addr,
+        };
+        if let Err(e) = self.provider.release(handle).await {
+            warn!(pool = %self.pool.name, worker = %worker.name, error = %e, "release failed");
+        }
+        info!(pool = %self.pool.name, worker = %worker.name, "worker released");
+        self.books().workers.remove(&worker.id);
+    }
+
+    /// Drain and release every worker (shutdown), those already being retired too: their own
+    /// tasks may not outlive the control runtime, and a release must not fail on one gone.
+    pub async fn release_all(&self) {
+        let workers = self.pool.workers();
+        let drain = self.policy().drain_timeout;
+        let now = Instant::now();
+        for w in workers.iter() {
+            self.books().start_retiring(now, w);
+        }
+        join_all(workers.iter().map(|w| self.retire(w, drain))).await;
+    }
+}
+
+/// Take a worker out of rotation at once: no new request will pick it.
+fn stop_routing(worker: &Worker) {
+    if matches!(worker.state(), WorkerState::Ready | WorkerState::Starting) {
+        worker.set_state(WorkerState::Draining);
+    }
+    worker.set_surplus(false);
+}
+
+/// Await all futures concurrently (a tiny join_all, to avoid a futures crate dependency).
+async fn join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    let mut set: Vec<_> = futures.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        set.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if set.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
