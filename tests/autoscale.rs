@@ -156,3 +156,34 @@ async fn a_killed_worker_process_is_replaced() {
     assert!(weir.activity().iter().any(|e| e.action == Action::Replace));
     assert_eq!(get(weir.addr(), "/").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_load_falls_scale_in_follows_max_idle_time() {
+    // 8 clients grow the pool to 4 (worker_concurrency 2); then 2 keep going. The stable and
+    // panic windows are left at their defaults (60 s and 6 s): max_idle_time governs.
+    let weir = scaling_weir("min_workers = 1\nmax_workers = 4\nmax_idle_time = \"2s\"");
+    wait_until("first worker ready", || ready(&weir) == 1).await;
+    let stop_six = Arc::new(AtomicBool::new(false));
+    let stop_two = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let six = clients(&weir, 6, "/?delay=50ms", Duration::ZERO, &stop_six, &done);
+    let two = clients(&weir, 2, "/?delay=50ms", Duration::ZERO, &stop_two, &done);
+    wait_until("grown to four workers", || ready(&weir) == 4).await;
+    stop_six.store(true, Ordering::SeqCst);
+    for c in six {
+        assert_eq!(c.await.unwrap(), Vec::<String>::new());
+    }
+    let dropped = Instant::now();
+    wait_until("at most three workers", || weir.workers("app").len() <= 3).await;
+    let shrunk_after = dropped.elapsed();
+    // The burst leaves the 2 s hold window, the surplus idles 2 s, then drains: about 4 s.
+    assert!(
+        shrunk_after < Duration::from_secs(8),
+        "still above three workers {shrunk_after:?} after the drop"
+    );
+    stop_two.store(true, Ordering::SeqCst);
+    for c in two {
+        assert_eq!(c.await.unwrap(), Vec::<String>::new(), "no failed request");
+    }
+    eprintln!("at <= 3 workers {shrunk_after:?} after the load fell from 8 clients to 2");
+}

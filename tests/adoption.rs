@@ -1,0 +1,213 @@
+//! Adoption after a restart, with the real binary: an exec pool whose commands start detached
+//! demo workers and list them; weir is SIGKILLed; a new weir on the same config adopts and
+//! serves through the same two workers with no new launch, and its SIGTERM releases them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{lines, wait_for_line, Reaped, DEADLINE, WEIR};
+
+/// The exec provider's three commands, keeping each worker's pid and "ID IP:port" in `dir`.
+fn exec_provider(dir: &Path) -> String {
+    let d = dir.display();
+    let launch = format!(
+        "setsid {WEIR} demo-worker --listen 127.0.0.1:0 --name $WEIR_WORKER > {d}/$WEIR_WORKER.out 2>&1 < /dev/null & \
+         echo $! > {d}/$WEIR_WORKER.pid; echo $WEIR_WORKER >> {d}/launches; \
+         for i in $(seq 200); do a=$(sed -n 's/^demo-worker listening on //p' {d}/$WEIR_WORKER.out); [ -n \"$a\" ] && break; sleep 0.05; done; \
+         [ -n \"$a\" ] || exit 1; echo \"$WEIR_WORKER $a\" > {d}/$WEIR_WORKER.addr; echo \"$WEIR_WORKER $a\""
+    );
+    let release = format!(
+        "kill $(cat {d}/{{id}}.pid) 2>/dev/null; rm -f {d}/{{id}}.addr {d}/{{id}}.pid; echo {{id}} >> {d}/releases"
+    );
+    let list = format!("cat {d}/*.addr 2>/dev/null; true");
+    format!(
+        "provider = {{ kind = \"exec\", launch = {launch:?}, release = {release:?}, list = {list:?} }}"
+    )
+}
+
+struct Running {
+    child: Reaped,
+    stderr: mpsc::Receiver<String>,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn addr_in(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no addr= in {line}"))
+}
+
+fn start(config: &Path) -> Running {
+    let mut child = Reaped(
+        Command::new(WEIR)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = lines(child.0.stderr.take().unwrap());
+    let addr = addr_in(&wait_for_line(&stderr, "listening"));
+    let admin = addr_in(&wait_for_line(&stderr, "admin API listening"));
+    Running {
+        child,
+        stderr,
+        addr,
+        admin,
+    }
+}
+
+fn file_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Ready workers' ids, sorted, from the admin API.
+async fn ready_ids(admin: SocketAddr) -> Vec<String> {
+    let (_, body) = common::admin_call(admin, "GET", "/api/v1/workers", None, "").await;
+    let workers: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let mut ids: Vec<String> = workers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] == "ready")
+        .filter_map(|w| w["id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn wait_ready(admin: SocketAddr, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let ids = ready_ids(admin).await;
+        if ids.len() == n {
+            return ids;
+        }
+        assert!(Instant::now() < deadline, "{n} ready workers: saw {ids:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The demo workers' names seen serving `n` requests.
+async fn served_by(addr: SocketAddr, n: usize) -> Vec<String> {
+    let mut client = common::Client::connect(addr).await;
+    let mut names = Vec::new();
+    for _ in 0..n {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 200);
+        names.push(reply.served_by());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether a process runs (a zombie waiting for its reaper does not count).
+fn pid_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_restarted_weir_adopts_the_workers_it_launched_and_releases_them_on_sigterm() {
+    let dir: PathBuf = common::temp_path("adoption");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nthreads = 1\nshutdown_grace = \"2s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\n{}\n\
+             health = {{ path = \"/hello\", interval = \"200ms\" }}\n\
+             [pools.app.autoscale]\nmin_workers = 2\nmax_workers = 4\n",
+            exec_provider(&dir)
+        ),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let mut first = start(&config);
+    let ids = runtime.block_on(wait_ready(first.admin, 2));
+    assert_eq!(file_lines(&dir.join("launches")).len(), 2);
+    let pids: Vec<String> = ids
+        .iter()
+        .map(|id| std::fs::read_to_string(dir.join(format!("{id}.pid"))).unwrap())
+        .map(|p| p.trim().to_string())
+        .collect();
+
+    // SIGKILL: no shutdown, the workers are left running.
+    first.child.0.kill().unwrap();
+    first.child.0.wait().unwrap();
+    assert!(pids.iter().all(|p| pid_alive(p)), "workers outlived weir");
+
+    let mut second = start(&config);
+    let adopted = runtime.block_on(wait_ready(second.admin, 2));
+    assert_eq!(adopted, ids, "the same two workers, by their provider ids");
+    let names = runtime.block_on(served_by(second.addr, 20));
+    assert_eq!(names, ids, "requests reach the adopted workers");
+    assert_eq!(
+        file_lines(&dir.join("launches")).len(),
+        2,
+        "nothing new was launched"
+    );
+    let (_, activity) = runtime.block_on(common::admin_call(
+        second.admin,
+        "GET",
+        "/api/v1/activity",
+        None,
+        "",
+    ));
+    assert!(activity.contains("\"adopt\""), "{activity}");
+
+    // SIGTERM releases both.
+    let status = Command::new("kill")
+        .args(["-TERM", &second.child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + DEADLINE;
+    let exit = loop {
+        if let Some(exit) = second.child.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "weir did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let mut released = file_lines(&dir.join("releases"));
+    released.sort();
+    assert_eq!(released, ids);
+    let deadline = Instant::now() + DEADLINE;
+    while pids.iter().any(|p| pid_alive(p)) {
+        assert!(Instant::now() < deadline, "released workers still running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(second.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
