@@ -150,9 +150,7 @@ pub async fn run(shared: Arc<Shared>) {
                 .alerts
                 .iter()
                 .map(|config| {
-                    let kept = old
-                        .iter()
-                        .find(|r| format!("{:?}", r.config) == format!("{config:?}"));
+                    let kept = old.iter().find(|r| r.config == *config);
                     RuleState {
                         config: config.clone(),
                         firing: kept.is_some_and(|r| r.firing),

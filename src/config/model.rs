@@ -383,7 +383,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Dur = Dur::from_secs(30);
 pub const DEFAULT_REPLACE_UNHEALTHY_AFTER: Dur = Dur::from_secs(30);
 /// Short window whose peak load scales up at once (Knative's panic window is 6 s).
 pub const DEFAULT_PANIC_WINDOW: Dur = Dur::from_secs(6);
-/// Long window whose average decides which workers are surplus (Knative's stable window).
+/// Accepted for configs written before scale-in followed `max_idle_time`; no longer used.
 pub const DEFAULT_STABLE_WINDOW: Dur = Dur::from_secs(60);
 /// Desired in-flight per worker when the pool has no `worker_concurrency` to derive it from.
 pub const DEFAULT_TARGET_INFLIGHT: f64 = 10.0;
@@ -414,9 +414,10 @@ pub struct AutoscaleConfig {
     pub drain_timeout: Dur,
     /// An unhealthy worker is replaced after this long.
     pub replace_unhealthy_after: Dur,
-    /// Window of the peak load that scales up at once.
+    /// Window of the peak load that sets capacity (scales up at once, and keeps what it asks
+    /// for); capped at `max_idle_time`, so scale-in follows `max_idle_time`.
     pub panic_window: Dur,
-    /// Window of the average load that decides surplus.
+    /// No longer used (scale-in follows `max_idle_time`); accepted so older configs load.
     pub stable_window: Dur,
     /// Scheduled capacity: a higher minimum at given times.
     pub schedule: Vec<ScheduleConfig>,
