@@ -84,7 +84,11 @@ fn queue_admit_release(c: &mut Criterion) {
     )
     .unwrap();
     let pool = Pool::from_config("p", &config).unwrap();
-    pool.workers()[0].set_state(WorkerState::Ready);
+    pool.add_worker(
+        "p-1".into(),
+        "127.0.0.1:1".parse().unwrap(),
+        WorkerState::Ready,
+    );
     let route = RouteQueue::new("r".into(), &QueueConfig::default());
     // Fast path: a free slot, taken and given back.
     c.bench_function("admit+release (free slot)", |b| {
