@@ -21,6 +21,9 @@ struct FakeProvider {
     released: AtomicUsize,
     next_port: AtomicU16,
     deaths: Mutex<HashMap<SocketAddr, oneshot::Sender<String>>>,
+    /// What `list` reports (workers "left by an earlier weir").
+    listed: Mutex<Vec<WorkerHandle>>,
+    released_ids: Mutex<Vec<String>>,
 }
 
 impl FakeProvider {
@@ -33,6 +36,8 @@ impl FakeProvider {
             released: AtomicUsize::new(0),
             next_port: AtomicU16::new(20_000),
             deaths: Mutex::new(HashMap::new()),
+            listed: Mutex::new(Vec::new()),
+            released_ids: Mutex::new(Vec::new()),
         })
     }
 
@@ -87,10 +92,16 @@ impl Provider for FakeProvider {
 
     fn release(
         &self,
-        _handle: WorkerHandle,
+        handle: WorkerHandle,
     ) -> ProviderFuture<'_, Result<(), crate::provider::ProviderError>> {
         self.released.fetch_add(1, Ordering::SeqCst);
+        self.released_ids.lock().unwrap().push(handle.id);
         Box::pin(async { Ok(()) })
+    }
+
+    fn list(&self) -> ProviderFuture<'_, Result<Vec<WorkerHandle>, ProviderError>> {
+        let listed = self.listed.lock().unwrap().clone();
+        Box::pin(async move { Ok(listed) })
     }
 
     fn describe(&self) -> String {
@@ -111,12 +122,15 @@ struct Rig {
 }
 
 fn rig(autoscale: AutoscaleConfig, concurrency: u32, boot: Duration) -> Rig {
+    rig_with(autoscale, concurrency, FakeProvider::new(boot))
+}
+
+fn rig_with(autoscale: AutoscaleConfig, concurrency: u32, provider: Arc<FakeProvider>) -> Rig {
     let config: PoolConfig = toml::from_str(&format!(
         "worker_concurrency = {concurrency}\nprovider = {{ kind = \"exec\", launch = \"x\", release = \"x\" }}"
     ))
     .unwrap();
     let pool = Pool::from_config("p", &config).unwrap();
-    let provider = FakeProvider::new(boot);
     let _ = provider.pool.set(Arc::downgrade(&pool));
     let policy = ScalePolicy::from_config(&autoscale, Some(concurrency)).unwrap();
     let membership = Membership::new(Arc::clone(&pool));
@@ -418,4 +432,60 @@ async fn a_surplus_worker_goes_idle_and_a_returning_burst_reuses_it() {
         "no cold start"
     );
     light.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn listed_workers_are_adopted_up_to_max_and_the_rest_released() {
+    let provider = FakeProvider::new(Duration::from_millis(100));
+    *provider.listed.lock().unwrap() = (1..=4)
+        .map(|i| WorkerHandle {
+            id: format!("old-{i}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], 30_000 + i)),
+        })
+        .collect();
+    // max_idle_time far off: only the startup deadline releases anything below.
+    let rig = rig_with(policy(2, 3, 600), 4, provider);
+    advance_until("adopted", Duration::from_secs(1), || {
+        rig.pool.workers().len() == 3
+    })
+    .await;
+    let mut ids: Vec<String> = rig.pool.workers().iter().map(|w| w.name.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["old-1", "old-2", "old-3"],
+        "ids come from the provider"
+    );
+    advance_until("the extra released", Duration::from_secs(1), || {
+        rig.provider.released.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(*rig.provider.released_ids.lock().unwrap(), ["old-4"]);
+    // Adopted workers count toward the minimum: nothing is launched for it.
+    for id in ["old-2", "old-3"] {
+        rig.pool
+            .worker_named(id)
+            .unwrap()
+            .set_state(WorkerState::Ready);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(rig.provider.launches().is_empty());
+    assert!(rig
+        .scaler
+        .activity
+        .events()
+        .iter()
+        .any(|e| e.action == Action::Adopt && e.to == 3));
+    // One that never passes a probe is given up at the startup deadline and released; the
+    // other two still make the minimum.
+    advance_until("given up", Duration::from_secs(70), || {
+        rig.pool.worker_named("old-1").is_none()
+    })
+    .await;
+    advance_until("released", Duration::from_secs(1), || {
+        rig.provider.released_ids.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(rig.provider.released_ids.lock().unwrap()[1], "old-1");
+    assert!(rig.provider.launches().is_empty());
 }
