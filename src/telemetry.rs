@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::error::Stage;
 use crate::pool::WorkerState;
 use crate::state::Snapshot;
 
@@ -80,6 +81,7 @@ pub struct RouteMetrics {
     rejected: [Counter; 3],
     upstream: Histogram,
     retries: Counter,
+    errors: [Counter; Stage::ALL.len()],
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -105,6 +107,9 @@ impl RouteMetrics {
             }),
             upstream: histogram!("weir_upstream_duration_seconds", "pool" => pool.clone()),
             retries: counter!("weir_retries_total", "pool" => pool),
+            errors: Stage::ALL.map(|stage| {
+                counter!("weir_request_errors_total", "route" => route.clone(), "stage" => stage.as_str())
+            }),
         })
     }
 
@@ -129,6 +134,11 @@ impl RouteMetrics {
     /// A worker answered with headers after `duration`.
     pub fn record_upstream(&self, duration: Duration) {
         self.upstream.record(duration.as_secs_f64());
+    }
+
+    /// A request failed at `stage` (before or after its status was sent).
+    pub fn record_error(&self, stage: Stage) {
+        self.errors[stage.index()].increment(1);
     }
 
     /// A request was retried on another worker.
