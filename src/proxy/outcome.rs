@@ -1,5 +1,9 @@
 //! What becomes of one request, for metrics and the access log, recorded once when its
 //! response ends (or fails, or the client leaves).
+//!
+//! The record is written when the [`Outcome`] drops, whichever way that happens: a request
+//! whose future hyper drops (its client went away before the response) is recorded too, as
+//! 499, rather than missing from the metrics and the log.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +14,7 @@ use tokio::time::Instant;
 
 use super::conn::ConnContext;
 use crate::access_log::{AccessEntry, AccessLog};
-use crate::error::Stage;
+use crate::error::{Stage, CLIENT_CLOSED_REQUEST};
 use crate::pool::Worker;
 use crate::telemetry::RouteMetrics;
 
@@ -88,7 +92,7 @@ impl Outcome {
         self.access.is_some()
     }
 
-    /// The response ended after `bytes_out` body bytes: record it.
+    /// The response ended after `bytes_out` body bytes: record it (as it drops).
     pub fn finish(mut self, bytes_out: u64) {
         if let Some(access) = self.access.as_mut() {
             access.bytes_out = bytes_out;
@@ -97,10 +101,12 @@ impl Outcome {
 }
 
 impl Drop for Outcome {
-    /// Record the request: metrics always, the access log when on.
+    /// Record the request: metrics always, the access log when on. Without a status, the
+    /// request ended before its response (hyper dropped its future: the client went away).
     fn drop(&mut self) {
         if self.status == 0 {
-            return;
+            self.status = CLIENT_CLOSED_REQUEST;
+            self.error = Some(Stage::Client);
         }
         let duration = self.started.elapsed();
         let metrics = self
