@@ -261,6 +261,34 @@ async fn proxy(
                 if let Some(metrics) = &outcome.route {
                     metrics.record_upstream(sent_at.elapsed());
                 }
+                // A status the pool lists in `retries.on_status`, before any byte of it went
+                // to the client: another worker may do better, on the same terms as after a
+                // failure that allows another worker.
+                let listed = retry.on_status
+                    && replayable
+                    && retries_on_status(cx, &outgoing.parts, response.status);
+                if listed {
+                    let verdict = RetryVerdict::OtherWorker;
+                    let next = next_try(
+                        cx,
+                        &outgoing.parts,
+                        verdict,
+                        worker.id,
+                        tries,
+                        retry,
+                        outcome,
+                    );
+                    if let NextTry::Other(next) = next {
+                        debug!(worker = %worker.name, status = response.status.as_u16(), "retrying a listed status on another worker");
+                        // Its body unread, the connection cannot carry another request: it
+                        // closes with the response.
+                        drop((response, worker_body));
+                        slot = next;
+                        tries += 1;
+                        fresh = false;
+                        continue;
+                    }
+                }
                 break (slot, response, worker_body);
             }
             Err(error) => error,
@@ -457,6 +485,13 @@ fn next_try(
             NextTry::Other(slot)
         }
     }
+}
+
+/// Whether the request's pool retries a response with `status` on another worker.
+fn retries_on_status(cx: &ConnContext, head: &Parts, status: StatusCode) -> bool {
+    let snapshot = cx.shared.snapshot();
+    lookup(&snapshot, &head.headers, &head.uri)
+        .is_ok_and(|route| route.pool.retries_on_status(status.as_u16()))
 }
 
 /// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2).
