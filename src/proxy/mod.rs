@@ -47,8 +47,8 @@ use crate::routing::Route;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;
 use crate::upstream::{
-    call, encode_head, BodyFraming, CallError, UpstreamBody, UpstreamSettings, Upstreams,
-    WorkerBody,
+    call, drain_in_background, encode_head, BodyFraming, CallError, UpstreamBody, UpstreamSettings,
+    Upstreams, WorkerBody,
 };
 use body::Exchange;
 use headers::ClientFacts;
@@ -94,6 +94,12 @@ pub fn handle(
                 Ok(response)
             }
             Err(err) => {
+                // A body still coming is read and dropped, so the answer is not lost to the
+                // reset a connection closed with request bytes unread would send.
+                drain_in_background(match &mut prepared {
+                    Ok(prepared) => prepared.outgoing.body.take(),
+                    Err(refused) => refused.body.take().map(UpstreamBody::Stream),
+                });
                 let (method, uri) = match &prepared {
                     Ok(prepared) => (
                         &prepared.outgoing.parts.method,
@@ -157,12 +163,13 @@ struct Prepared {
     settings: UpstreamSettings,
 }
 
-/// A request refused before it was sent, with what its log line needs. Boxed: rare, and it
-/// would otherwise widen every request's future.
+/// A request refused before it was sent, with what its log line needs and its body (to be
+/// read and dropped). Boxed: rare, and it would otherwise widen every request's future.
 struct Refused {
     error: ProxyError,
     method: Method,
     uri: Uri,
+    body: Option<Incoming>,
 }
 
 /// The synchronous part of a request: upgrade detection, the head rewrite, the route.
@@ -174,20 +181,21 @@ fn prepare(
     let upgrade = req.version() <= Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();
-    let refused = |error, head: Parts| {
+    let refused = |error, head: Parts, body| {
         Box::new(Refused {
             error,
             method: head.method,
             uri: head.uri,
+            body: Some(body),
         })
     };
     if let Err(error) = rewrite_request_head(&mut head, cx, upgrade) {
-        return Err(refused(error, head));
+        return Err(refused(error, head, body));
     }
     let snapshot = cx.shared.snapshot();
     let route = match lookup(&snapshot, &head.headers, &head.uri) {
         Ok(route) => route,
-        Err(error) => return Err(refused(error, head)),
+        Err(error) => return Err(refused(error, head, body)),
     };
     outcome.route = Some(Arc::clone(&route.metrics));
     if outcome.wants_details() {

@@ -454,11 +454,11 @@ impl Drop for Upload {
     }
 }
 
-/// Read the rest of a client's streamed body and drop it, for at most [`UPLOAD_FINISH_LIMIT`].
-/// A body left unread would make hyper close the client connection with request bytes
-/// unread, and the kernel's reset can destroy the response (a 502 or 504, say) before the
-/// client has read it: the same reason nginx lingers before closing.
-fn drain_in_background(body: Option<UpstreamBody>) {
+/// Read the rest of a client's streamed body and drop it, for at most 30 s
+/// (`UPLOAD_FINISH_LIMIT`). A body left unread would make hyper close the client connection
+/// with request bytes unread, and the kernel's reset can destroy the response (a 502 or 504,
+/// say) before the client has read it: the same reason nginx lingers before closing.
+pub fn drain_in_background(body: Option<UpstreamBody>) {
     let Some(mut body) = body else {
         return;
     };

@@ -24,7 +24,7 @@ mod decode;
 mod encode;
 
 pub use body::UpstreamBody;
-pub use call::{call, Call, CallError, WorkerBody};
+pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;
 pub use encode::{encode_head, BodyFraming};
 
