@@ -254,7 +254,7 @@ async fn proxy(
     let (slot, mut response, worker_body) = loop {
         let sent_at = Instant::now();
         let worker = Arc::clone(slot.worker());
-        let error = match send(
+        let tried = send(
             &cx.upstreams,
             &worker,
             &settings,
@@ -262,64 +262,51 @@ async fn proxy(
             replayable,
             fresh,
         )
-        .await
-        {
-            Ok((response, worker_body)) => {
+        .await;
+        let verdict = match &tried {
+            Ok((response, _)) => {
                 worker.record_success();
                 if let Some(metrics) = &outcome.route {
                     metrics.record_upstream(sent_at.elapsed());
                 }
                 // A status the pool lists in `retries.on_status`, before any byte of it went
                 // to the client: another worker may do better, on the same terms as after a
-                // failure that allows another worker.
+                // failure.
                 let listed = retry.on_status
                     && replayable
                     && retries_on_status(cx, &outgoing.parts, response.status);
                 if listed {
-                    let verdict = RetryVerdict::OtherWorker;
-                    let next = next_try(
-                        cx,
-                        &outgoing.parts,
-                        verdict,
-                        worker.id,
-                        tries,
-                        retry,
-                        outcome,
-                    );
-                    if let NextTry::Other(next) = next {
-                        debug!(worker = %worker.name, status = response.status.as_u16(), "retrying a listed status on another worker");
-                        // Its body unread, the connection cannot carry another request: it
-                        // closes with the response.
-                        drop((response, worker_body));
-                        slot = next;
-                        tries += 1;
-                        fresh = false;
-                        continue;
-                    }
+                    RetryVerdict::OtherWorker
+                } else {
+                    RetryVerdict::None
                 }
-                break (slot, response, worker_body);
             }
-            Err(error) => error,
+            Err(error) => {
+                if error.blames_worker() && worker.record_failure() {
+                    warn!(worker = %worker.name, error = %error, "worker ejected after consecutive failures");
+                }
+                error.retry()
+            }
         };
-        if error.blames_worker() && worker.record_failure() {
-            warn!(worker = %worker.name, error = %error, "worker ejected after consecutive failures");
-        }
-        match next_try(
+        let next = next_try(
             cx,
             &outgoing.parts,
-            error.retry(),
+            verdict,
             worker.id,
             tries,
             retry,
             outcome,
-        ) {
-            NextTry::Stop => return Err(error),
-            NextTry::Fresh => {
-                debug!(worker = %worker.name, error = %error, "pooled connection failed; retrying on a fresh one");
+        );
+        match (next, tried) {
+            (NextTry::Stop, Ok((response, worker_body))) => break (slot, response, worker_body),
+            (NextTry::Stop, Err(error)) => return Err(error),
+            (NextTry::Fresh, tried) => {
+                debug!(worker = %worker.name, error = %Tried(&tried), "pooled connection failed; retrying on a fresh one");
                 fresh = true;
             }
-            NextTry::Other(next) => {
-                debug!(worker = %worker.name, error = %error, "retrying on another worker");
+            // A discarded response goes with `tried`, its body unread: its connection closes.
+            (NextTry::Other(next), tried) => {
+                debug!(worker = %worker.name, error = %Tried(&tried), "retrying on another worker");
                 slot = next;
                 tries += 1;
                 fresh = false;
@@ -491,6 +478,18 @@ fn next_try(
                 metrics.record_retry();
             }
             NextTry::Other(slot)
+        }
+    }
+}
+
+/// A try's failure, or the listed status it was answered with, for a log line.
+struct Tried<'a>(&'a Result<(http::response::Parts, WorkerBody), ProxyError>);
+
+impl std::fmt::Display for Tried<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Ok((response, _)) => write!(f, "answered {} (in retries.on_status)", response.status),
+            Err(error) => error.fmt(f),
         }
     }
 }
