@@ -42,6 +42,9 @@ pub struct AccessEntry<'a> {
     pub worker: &'a str,
     /// Retries on other workers.
     pub retries: u32,
+    /// Where the request failed (a `weir_request_errors_total` stage), "" if it did not;
+    /// set also when the status was already sent (a response that broke off).
+    pub error: &'a str,
 }
 
 /// The access log sink.

@@ -13,7 +13,8 @@
 //! - [`health`]: active probes that move workers between starting, ready and unhealthy.
 //! - [`scale`]: the autoscaler: a pure decision function and the per-pool loop around it.
 //! - [`provider`]: where workers come from (static lists, local processes, shell commands).
-//! - [`error`]: the one error type of the request path and its HTTP statuses.
+//! - [`error`]: the one failure type of the request path (stage, whether the worker saw the
+//!   request, retry verdict) and its one mapping to status, log line and metric stage.
 //! - [`config`] and [`state`]: the TOML model, validation, and the live `ArcSwap` snapshot.
 //! - [`control`]: the control-plane thread: health, scalers, admin API, reload.
 //! - [`admin`], [`telemetry`], [`access_log`]: the admin API and CLI views, Prometheus metrics,

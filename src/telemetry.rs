@@ -9,6 +9,7 @@ use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::alerts::AlertCounters;
+use crate::error::Stage;
 use crate::pool::WorkerState;
 use crate::state::Snapshot;
 
@@ -85,6 +86,7 @@ pub struct RouteMetrics {
     upstream: Histogram,
     retries: Counter,
     alerts: Arc<AlertCounters>,
+    errors: [Counter; Stage::ALL.len()],
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -112,6 +114,9 @@ impl RouteMetrics {
             upstream: histogram!("weir_upstream_duration_seconds", "pool" => pool.clone()),
             retries: counter!("weir_retries_total", "pool" => pool),
             alerts: Arc::clone(alerts),
+            errors: Stage::ALL.map(|stage| {
+                counter!("weir_request_errors_total", "route" => route.clone(), "stage" => stage.as_str())
+            }),
         })
     }
 
@@ -136,6 +141,11 @@ impl RouteMetrics {
     /// A worker answered with headers after `duration`.
     pub fn record_upstream(&self, duration: Duration) {
         self.upstream.record(duration.as_secs_f64());
+    }
+
+    /// A request failed at `stage` (before or after its status was sent).
+    pub fn record_error(&self, stage: Stage) {
+        self.errors[stage.index()].increment(1);
     }
 
     /// A request was retried on another worker.

@@ -209,6 +209,14 @@ async fn no_route_is_404() {
 async fn spread(balance: &str) -> HashMap<String, usize> {
     let (a, b) = (demo("a").await, demo("b").await);
     let weir = start_simple("", &format!("balance = \"{balance}\""), &[a, b]);
+    // Until both have passed their first probe, every request goes to the one that has.
+    let workers = weir.workers("app");
+    wait_until("both workers ready", || {
+        workers
+            .iter()
+            .all(|w| w.state() == weir::pool::WorkerState::Ready)
+    })
+    .await;
     let mut counts = HashMap::new();
     let mut client = Client::connect(weir.addr()).await;
     for _ in 0..200 {

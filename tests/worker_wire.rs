@@ -474,3 +474,28 @@ async fn an_error_during_an_upload_reaches_the_client() {
     let answer = upload_and_read_answer(weir.addr(), "in time").await;
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_refusal_before_the_upload_is_sent_reaches_the_client() {
+    // A worker that passed its probe, then stopped listening: the upload never leaves weir.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let weir = start_simple("threads = 1", "", &[addr]);
+    let workers = weir.workers("app");
+    wait_until("worker ready", || {
+        workers[0].state() == weir::pool::WorkerState::Ready
+    })
+    .await;
+    drop(listener);
+    let answer = upload_and_read_answer(weir.addr(), "connect to a worker").await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    // Refused before it was even routed.
+    let weir = start_weir(
+        "",
+        &format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nhost = \"only.test\"\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{addr}\"] }}\n"
+        ),
+    );
+    let answer = upload_and_read_answer(weir.addr(), "no route").await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}

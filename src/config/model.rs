@@ -516,6 +516,10 @@ pub struct RetryConfig {
     pub budget: f64,
     /// Bodies of idempotent requests up to this size are buffered so they can be replayed.
     pub buffer_body_bytes: usize,
+    /// Response statuses (100-599) that send a replayable request to another worker once more,
+    /// before any of the response reaches the client (say `[503]` for a worker that sheds
+    /// load). Default: none, so a worker's answer is always passed on.
+    pub on_status: Vec<u16>,
 }
 
 impl Default for RetryConfig {
@@ -524,6 +528,7 @@ impl Default for RetryConfig {
             max_tries: DEFAULT_RETRY_MAX_TRIES,
             budget: DEFAULT_RETRY_BUDGET,
             buffer_body_bytes: DEFAULT_RETRY_BUFFER_BYTES,
+            on_status: Vec::new(),
         }
     }
 }

@@ -272,6 +272,17 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
                 "must be between 0.0 and 1.0".into(),
             ));
         }
+        if let Some(bad) = pool
+            .retries
+            .on_status
+            .iter()
+            .find(|s| !(100..=599).contains(*s))
+        {
+            return Err(fail(
+                format!("pools.{name}.retries.on_status"),
+                format!("{bad} is not an HTTP status (100-599)"),
+            ));
+        }
         match &pool.provider {
             ProviderConfig::Static { addresses } => {
                 if addresses.is_empty() {
@@ -565,6 +576,27 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
         assert!(e.contains("routes[0].queue") && e.contains("depth"), "{e}");
         let e = err(&ok.replace("timeout = \"10s\"", "timeout = \"0s\""));
         assert!(e.contains("routes[0].queue.timeout"), "{e}");
+    }
+
+    #[test]
+    fn retry_statuses_are_checked() {
+        let ok = BASE.replace(
+            "[pools.app]",
+            "[pools.app]\nretries = { on_status = [503, 429] }",
+        );
+        let config = parse(&ok, "weir.toml").unwrap();
+        assert_eq!(config.pools["app"].retries.on_status, vec![503, 429]);
+        assert!(parse(BASE, "weir.toml").unwrap().pools["app"]
+            .retries
+            .on_status
+            .is_empty());
+        let e = err(&ok.replace("429", "600"));
+        assert_eq!(
+            e,
+            "weir.toml: pools.app.retries.on_status: 600 is not an HTTP status (100-599)"
+        );
+        let e = err(&ok.replace("429", "99"));
+        assert!(e.contains("pools.app.retries.on_status"), "{e}");
     }
 
     #[test]

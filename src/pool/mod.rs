@@ -15,7 +15,7 @@ pub use queue::{RouteQueue, WaitReason, WaitingRequest};
 pub use retry_budget::RetryBudget;
 pub use worker::{InFlightGuard, Worker, WorkerSpec, WorkerState, UNLIMITED};
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -53,6 +53,9 @@ pub struct RetrySettings {
     pub max_tries: u32,
     /// Largest body buffered so an idempotent request can be replayed.
     pub buffer_body_bytes: usize,
+    /// Some response status is retried on another worker (`retries.on_status` is not empty):
+    /// only then does a response cost a look at the list ([`Pool::retries_on_status`]).
+    pub on_status: bool,
 }
 
 /// A pool's policies, built from its config before anything live changes (so a reload that
@@ -71,6 +74,8 @@ pub struct PoolSettings {
     pub retry_buffer_bytes: usize,
     /// Retries as a share of requests.
     pub retry_budget: f64,
+    /// Statuses retried once on another worker (`retries.on_status`), sorted, no repeats.
+    pub retry_statuses: Vec<u16>,
 }
 
 impl PoolSettings {
@@ -83,6 +88,7 @@ impl PoolSettings {
             retry_max_tries: config.retries.max_tries.max(1),
             retry_buffer_bytes: config.retries.buffer_body_bytes,
             retry_budget: config.retries.budget,
+            retry_statuses: statuses(&config.retries.on_status),
         })
     }
 }
@@ -94,6 +100,10 @@ pub struct Pool {
     health: ArcSwap<HealthSettings>,
     retry_max_tries: AtomicU32,
     retry_buffer_bytes: AtomicUsize,
+    /// `retries.on_status`, sorted; swapped whole on reload.
+    retry_statuses: ArcSwap<Vec<u16>>,
+    /// `retry_statuses` is not empty (read per request, so a plain atomic).
+    retry_on_status: AtomicBool,
     balancer: Balancer,
     workers: ArcSwap<Vec<Arc<Worker>>>,
     worker_concurrency: AtomicU32,
@@ -114,6 +124,8 @@ impl Pool {
             name: name.to_string(),
             retry_max_tries: AtomicU32::new(settings.retry_max_tries),
             retry_buffer_bytes: AtomicUsize::new(settings.retry_buffer_bytes),
+            retry_on_status: AtomicBool::new(!settings.retry_statuses.is_empty()),
+            retry_statuses: ArcSwap::from_pointee(settings.retry_statuses),
             budget: RetryBudget::new(settings.retry_budget),
             demand: tokio::sync::Notify::new(),
             health: ArcSwap::from_pointee(settings.health),
@@ -132,7 +144,14 @@ impl Pool {
         RetrySettings {
             max_tries: self.retry_max_tries.load(Ordering::Relaxed),
             buffer_body_bytes: self.retry_buffer_bytes.load(Ordering::Relaxed),
+            on_status: self.retry_on_status.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether a response with `status` sends a replayable request to another worker
+    /// (`retries.on_status`).
+    pub fn retries_on_status(&self, status: u16) -> bool {
+        self.retry_statuses.load().binary_search(&status).is_ok()
     }
 
     /// Probe settings now.
@@ -172,6 +191,13 @@ impl Pool {
             .swap(settings.retry_buffer_bytes, Ordering::Relaxed)
             != settings.retry_buffer_bytes;
         changed |= self.budget.set_ratio(settings.retry_budget);
+        if **self.retry_statuses.load() != settings.retry_statuses {
+            self.retry_on_status
+                .store(!settings.retry_statuses.is_empty(), Ordering::Relaxed);
+            self.retry_statuses
+                .store(Arc::new(settings.retry_statuses.clone()));
+            changed = true;
+        }
         // More room may have opened up for waiting requests.
         self.dispatch();
         changed
@@ -361,6 +387,14 @@ impl Pool {
     }
 }
 
+/// `retries.on_status` sorted and without repeats, for a binary search.
+fn statuses(listed: &[u16]) -> Vec<u16> {
+    let mut statuses = listed.to_vec();
+    statuses.sort_unstable();
+    statuses.dedup();
+    statuses
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
@@ -414,6 +448,25 @@ mod tests {
         ))
         .unwrap();
         RouteQueue::new("r".into(), &config)
+    }
+
+    #[test]
+    fn retry_statuses_are_read_and_reloaded_in_place() {
+        let config = |statuses: &str| -> PoolConfig {
+            toml::from_str(&format!(
+                "retries = {{ on_status = [{statuses}] }}\nprovider = {{ kind = \"static\", addresses = [\"127.0.0.1:4000\"] }}"
+            ))
+            .unwrap()
+        };
+        let pool = Pool::from_config("p", &config("503, 429, 503")).unwrap();
+        assert!(pool.retry().on_status);
+        assert!(pool.retries_on_status(503) && pool.retries_on_status(429));
+        assert!(!pool.retries_on_status(500));
+        let settings = |statuses| PoolSettings::from_config(&config(statuses)).unwrap();
+        assert!(!pool.apply(&settings("429, 503")), "same set");
+        assert!(pool.apply(&settings("")));
+        assert!(!pool.retry().on_status);
+        assert!(!pool.retries_on_status(503));
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::conn::ActivityGuard;
 use super::outcome::Outcome;
+use crate::error::{ProxyError, Stage};
 use crate::pool::InFlightGuard;
 use crate::upstream::{Upstreams, WorkerBody, WorkerConn};
 
@@ -43,6 +44,26 @@ impl Exchange {
         if let Some(outcome) = self.outcome.take() {
             outcome.finish(bytes_out);
         }
+    }
+
+    /// The body broke off with `error` (the worker failed mid-body, or the client's upload
+    /// did): the status already sent stays, the failure's stage is recorded beside it.
+    fn fail(&mut self, error: &ProxyError, bytes_out: u64) {
+        let report = error.report();
+        let worker = &self.in_flight.worker().name;
+        log_at!(report.level, %worker, stage = report.label, error = %error, bytes_out, "{}", report.message);
+        if let Some(outcome) = self.outcome.as_mut() {
+            outcome.error = Some(error.stage());
+        }
+        self.finish(bytes_out);
+    }
+
+    /// hyper dropped the body before its end: the client went away mid-response.
+    fn abandon(&mut self, bytes_out: u64) {
+        if let Some(outcome) = self.outcome.as_mut() {
+            outcome.error = Some(Stage::Client);
+        }
+        self.finish(bytes_out);
     }
 }
 
@@ -77,12 +98,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = std::io::Error;
+    type Error = ProxyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream {
@@ -102,10 +123,10 @@ impl Body for ProxyBody {
                             exchange.complete(body.take_reusable(), *bytes_out);
                         }
                     }
-                    Poll::Ready(Some(Err(_))) => {
+                    Poll::Ready(Some(Err(error))) => {
                         // The worker connection broke mid-body: it is dropped with the body.
                         if let Some(mut exchange) = exchange.take() {
-                            exchange.finish(*bytes_out);
+                            exchange.fail(error, *bytes_out);
                         }
                     }
                     Poll::Pending => {}
@@ -145,7 +166,7 @@ impl Drop for ProxyBody {
                 if body.is_end_stream() {
                     exchange.complete(body.take_reusable(), *bytes_out);
                 } else {
-                    exchange.finish(*bytes_out);
+                    exchange.abandon(*bytes_out);
                 }
             }
         }

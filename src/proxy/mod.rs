@@ -1,5 +1,18 @@
-//! The request path, top to bottom: route -> pick a worker -> rewrite the head -> send (with one
-//! retry on a stale pooled connection) -> stream the response back, or tunnel an upgrade.
+//! The request path, top to bottom: route -> pick a worker -> rewrite the head -> send -> ask
+//! the failure (or a listed status) whether another try may follow, and where -> stream the
+//! response back, or tunnel an upgrade.
+
+/// A log line at a level chosen at run time (tracing's macros want it fixed when compiled).
+macro_rules! log_at {
+    ($level:expr, $($rest:tt)+) => {
+        match $level {
+            tracing::Level::ERROR => tracing::error!($($rest)+),
+            tracing::Level::WARN => tracing::warn!($($rest)+),
+            tracing::Level::INFO => tracing::info!($($rest)+),
+            _ => tracing::debug!($($rest)+),
+        }
+    };
+}
 
 mod body;
 mod conn;
@@ -27,14 +40,14 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Report, RetryVerdict};
 use crate::pool::{InFlightGuard, Pool, Rejection, RetrySettings, RouteQueue, WaitReason, Worker};
 use crate::routing::Route;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;
 use crate::upstream::{
-    call, encode_head, BodyFraming, CallError, CallFailure, UpstreamBody, UpstreamSettings,
-    Upstreams, WorkerBody, WorkerConn,
+    call, drain_in_background, encode_head, BodyFraming, CallError, UpstreamBody, UpstreamSettings,
+    Upstreams, WorkerBody,
 };
 use body::Exchange;
 use headers::ClientFacts;
@@ -59,7 +72,10 @@ pub fn handle(
         let result = match &mut prepared {
             Ok(prepared) => proxy(prepared, &cx, activity, &mut outcome).await,
             // The error moves out; the method and URI stay for the log line below.
-            Err(refused) => Err(std::mem::replace(&mut refused.error, ProxyError::NoRoute)),
+            Err(refused) => Err(std::mem::replace(
+                &mut refused.error,
+                ProxyError::no_route(),
+            )),
         };
         match result {
             Ok(Forwarded::Response(response, mut exchange)) => {
@@ -77,6 +93,12 @@ pub fn handle(
                 Ok(response)
             }
             Err(err) => {
+                // A body still coming is read and dropped, so the answer is not lost to the
+                // reset a connection closed with request bytes unread would send.
+                drain_in_background(match &mut prepared {
+                    Ok(prepared) => prepared.outgoing.body.take(),
+                    Err(refused) => refused.body.take().map(UpstreamBody::Stream),
+                });
                 let (method, uri) = match &prepared {
                     Ok(prepared) => (
                         &prepared.outgoing.parts.method,
@@ -84,26 +106,33 @@ pub fn handle(
                     ),
                     Err(refused) => (&refused.method, &refused.uri),
                 };
-                let status = err.status();
-                if status.is_server_error() {
-                    warn!(client = %cx.peer, %method, %uri, status = status.as_u16(), error = %err, "request failed");
-                } else {
-                    debug!(client = %cx.peer, %method, %uri, status = status.as_u16(), error = %err, "request refused");
-                }
-                let response = error_response(&err);
-                outcome.status = status.as_u16();
-                outcome.finish(err.body().len() as u64);
-                Ok(response)
+                let report = err.report();
+                log_at!(
+                    report.level,
+                    client = %cx.peer,
+                    %method,
+                    %uri,
+                    status = report.status.as_u16(),
+                    stage = report.label,
+                    sent = err.sent(),
+                    error = %err,
+                    "{}",
+                    report.message
+                );
+                outcome.status = report.status.as_u16();
+                outcome.error = Some(err.stage());
+                outcome.finish(report.body.len() as u64);
+                Ok(error_response(&report))
             }
         }
     }
 }
 
-/// The short plain-text response for an error.
-pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(Bytes::from_static(err.body().as_bytes())));
-    *response.status_mut() = err.status();
-    if let Some(seconds) = err.retry_after() {
+/// The short plain-text response for a failure.
+fn error_response(report: &Report) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::from_static(report.body.as_bytes())));
+    *response.status_mut() = report.status;
+    if let Some(seconds) = report.retry_after {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -133,12 +162,13 @@ struct Prepared {
     settings: UpstreamSettings,
 }
 
-/// A request refused before it was sent, with what its log line needs. Boxed: rare, and it
-/// would otherwise widen every request's future.
+/// A request refused before it was sent, with what its log line needs and its body (to be
+/// read and dropped). Boxed: rare, and it would otherwise widen every request's future.
 struct Refused {
     error: ProxyError,
     method: Method,
     uri: Uri,
+    body: Option<Incoming>,
 }
 
 /// The synchronous part of a request: upgrade detection, the head rewrite, the route.
@@ -150,11 +180,12 @@ fn prepare(
     let upgrade = req.version() <= Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();
-    let refused = |error, head: Parts| {
+    let refused = |error, head: Parts, body| {
         Box::new(Refused {
             error,
             method: head.method,
             uri: head.uri,
+            body: Some(body),
         })
     };
     let snapshot = cx.shared.snapshot();
@@ -164,7 +195,7 @@ fn prepare(
         Ok(route) => route,
         Err(error) => {
             outcome.route = Some(Arc::clone(&snapshot.unrouted));
-            return Err(refused(error, head));
+            return Err(refused(error, head, body));
         }
     };
     outcome.route = Some(Arc::clone(&route.metrics));
@@ -202,8 +233,8 @@ async fn proxy(
     let body = match outgoing.body.take() {
         Some(UpstreamBody::Stream(body)) => body,
         _ => {
-            return Err(ProxyError::BadRequest(
-                "weir: the request body ended early\n",
+            return Err(ProxyError::internal(
+                "weir: internal error (the request body was taken twice)\n",
             ))
         }
     };
@@ -217,62 +248,87 @@ async fn proxy(
         is_idempotent(&outgoing.parts.method) && matches!(body, UpstreamBody::Bytes(_));
     outgoing.set_body(body);
     let settings = *settings;
-    let mut exclude = None;
-    let mut tries = 0;
-    let mut last_error = None;
-    let mut cold_start = None;
+    let (mut slot, waited, cold_start) = admit(cx, &outgoing.parts, outcome).await?;
+    outcome.queue_wait = waited;
+    let mut tries = 1;
+    let mut fresh = false;
     let (slot, mut response, worker_body) = loop {
-        tries += 1;
-        let Some((slot, waited, cold)) = admit(cx, &outgoing.parts, exclude, outcome).await? else {
-            // No other worker is free for a retry: the first failure stands.
-            return Err(last_error.unwrap_or(ProxyError::NoRoute));
-        };
-        outcome.queue_wait += waited;
-        cold_start = cold_start.or(cold);
         let sent_at = Instant::now();
         let worker = Arc::clone(slot.worker());
-        match send(&cx.upstreams, &worker, &settings, outgoing, replayable).await {
-            Ok((response, worker_body)) => {
+        let tried = send(
+            &cx.upstreams,
+            &worker,
+            &settings,
+            outgoing,
+            replayable,
+            fresh,
+        )
+        .await;
+        let verdict = match &tried {
+            Ok((response, _)) => {
                 worker.record_success();
                 if let Some(metrics) = &outcome.route {
                     metrics.record_upstream(sent_at.elapsed());
                 }
-                if outcome.wants_details() {
-                    outcome.worker = Some(Arc::clone(&worker));
+                // A status the pool lists in `retries.on_status`, before any byte of it went
+                // to the client: another worker may do better, on the same terms as after a
+                // failure.
+                let listed = retry.on_status
+                    && replayable
+                    && retries_on_status(cx, &outgoing.parts, response.status);
+                if listed {
+                    RetryVerdict::OtherWorker
+                } else {
+                    RetryVerdict::None
                 }
-                break (slot, response, worker_body);
             }
-            Err(failure) => {
-                if failure.passive && worker.record_failure() {
-                    warn!(worker = %worker.name, error = %failure.error, "worker ejected after consecutive failures");
+            Err(error) => {
+                if error.blames_worker() && worker.record_failure() {
+                    warn!(worker = %worker.name, error = %error, "worker ejected after consecutive failures");
                 }
-                drop(slot);
-                if !failure.retryable
-                    || tries >= retry.max_tries
-                    || !spend_retry(cx, &outgoing.parts)
-                {
-                    return Err(failure.error);
-                }
-                debug!(worker = %worker.name, error = %failure.error, "retrying on another worker");
-                outcome.retries += 1;
-                if let Some(metrics) = &outcome.route {
-                    metrics.record_retry();
-                }
-                exclude = Some(worker.id);
-                last_error = Some(failure.error);
+                error.retry()
+            }
+        };
+        let next = next_try(
+            cx,
+            &outgoing.parts,
+            verdict,
+            worker.id,
+            tries,
+            retry,
+            outcome,
+        );
+        match (next, tried) {
+            (NextTry::Stop, Ok((response, worker_body))) => break (slot, response, worker_body),
+            (NextTry::Stop, Err(error)) => return Err(error),
+            (NextTry::Fresh, tried) => {
+                debug!(worker = %worker.name, error = %Tried(&tried), "pooled connection failed; retrying on a fresh one");
+                fresh = true;
+            }
+            // A discarded response goes with `tried`, its body unread: its connection closes.
+            (NextTry::Other(next), tried) => {
+                debug!(worker = %worker.name, error = %Tried(&tried), "retrying on another worker");
+                slot = next;
+                tries += 1;
+                fresh = false;
             }
         }
     };
+    if outcome.wants_details() {
+        outcome.worker = Some(Arc::clone(slot.worker()));
+    }
 
     if response.status == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade.take() else {
-            return Err(ProxyError::BadWorkerResponse(
+            return Err(ProxyError::bad_response(
                 "weir: the worker switched protocols unasked\n",
+                true,
             ));
         };
         let Some((worker_stream, early)) = worker_body.into_upgraded() else {
-            return Err(ProxyError::BadWorkerResponse(
+            return Err(ProxyError::bad_response(
                 "weir: the worker switched protocols before reading the request\n",
+                true,
             ));
         };
         let upgrade_header = response.headers.remove(header::UPGRADE);
@@ -319,26 +375,21 @@ fn lookup<'s>(
     snapshot
         .routes
         .lookup(host, uri.path())
-        .ok_or(ProxyError::NoRoute)
+        .ok_or_else(ProxyError::no_route)
 }
 
-/// Take a worker slot for the request: lock-free when one is free, else wait in the route's
-/// queue. A retry (`exclude` set) never waits: it goes to another worker with a free slot now,
-/// or not at all. The route is looked up again each time, so a retry sees the pool as it is.
+/// Take a worker slot for the request's first try: lock-free when one is free, else wait in the
+/// route's queue.
 async fn admit(
     cx: &ConnContext,
     head: &Parts,
-    exclude: Option<u64>,
     outcome: &Outcome,
-) -> Result<Option<(InFlightGuard, Duration, Option<Duration>)>, ProxyError> {
+) -> Result<(InFlightGuard, Duration, Option<Duration>), ProxyError> {
     let (pool, queue) = {
         let snapshot = cx.shared.snapshot();
         let route = lookup(&snapshot, &head.headers, &head.uri)?;
-        if let Some(slot) = route.pool.try_acquire(exclude) {
-            return Ok(Some((slot, Duration::ZERO, None)));
-        }
-        if exclude.is_some() {
-            return Ok(None);
+        if let Some(slot) = route.pool.try_acquire(None) {
+            return Ok((slot, Duration::ZERO, None));
         }
         (Arc::clone(&route.pool), Arc::clone(&route.queue))
     };
@@ -351,7 +402,7 @@ async fn wait_in_queue(
     pool: Arc<Pool>,
     queue: Arc<RouteQueue>,
     outcome: &Outcome,
-) -> Result<Option<(InFlightGuard, Duration, Option<Duration>)>, ProxyError> {
+) -> Result<(InFlightGuard, Duration, Option<Duration>), ProxyError> {
     let metrics = outcome.route.as_deref();
     let reject = |reason: RejectReason| {
         if let Some(m) = metrics {
@@ -365,37 +416,90 @@ async fn wait_in_queue(
             }
             // Waiting with no worker at all means waiting for one to start: a cold start.
             let cold = (admission.reason == Some(WaitReason::NoWorker)).then_some(admission.waited);
-            Ok(Some((admission.slot, admission.waited, cold)))
+            Ok((admission.slot, admission.waited, cold))
         }
         Err(Rejection::QueueFull) => {
             debug!(route = %queue.route, "queue full");
             reject(RejectReason::Full);
-            Err(ProxyError::QueueFull {
-                retry_after: queue.retry_after_secs,
-            })
+            Err(ProxyError::queue_full(queue.retry_after_secs))
         }
         Err(Rejection::QueueTimeout) => {
             reject(RejectReason::Timeout);
-            Err(ProxyError::QueueTimeout {
-                retry_after: queue.retry_after_secs,
-            })
+            Err(ProxyError::queue_timeout(queue.retry_after_secs))
         }
         Err(Rejection::NoCapacity) => {
             reject(RejectReason::NoCapacity);
-            Err(ProxyError::NoCapacity {
-                retry_after: queue.retry_after_secs,
-            })
+            Err(ProxyError::no_capacity(queue.retry_after_secs))
         }
     }
 }
 
-/// Spend a retry from the budget of the request's pool.
-fn spend_retry(cx: &ConnContext, head: &Parts) -> bool {
-    let snapshot = cx.shared.snapshot();
-    match lookup(&snapshot, &head.headers, &head.uri) {
-        Ok(route) => route.pool.try_spend_retry(),
-        Err(_) => false,
+/// Where the next try of a request goes.
+enum NextTry {
+    /// Nowhere: the failure (or the response) stands.
+    Stop,
+    /// The same worker, on a new connection (the slot is kept).
+    Fresh,
+    /// Another worker, on this slot.
+    Other(InFlightGuard),
+}
+
+/// The one place a failure's verdict (or a listed status's) becomes the next try. Another
+/// worker only within `max_tries` and the pool's retry budget, and only one with a free slot
+/// now: a retry never waits in the queue. The route is looked up again, so a retry sees the
+/// pool as it is; a retry is counted in the metrics and the access log.
+fn next_try(
+    cx: &ConnContext,
+    head: &Parts,
+    verdict: RetryVerdict,
+    exclude: u64,
+    tries: u32,
+    retry: &RetrySettings,
+    outcome: &mut Outcome,
+) -> NextTry {
+    match verdict {
+        RetryVerdict::None => NextTry::Stop,
+        RetryVerdict::FreshConnection => NextTry::Fresh,
+        RetryVerdict::OtherWorker => {
+            if tries >= retry.max_tries {
+                return NextTry::Stop;
+            }
+            let snapshot = cx.shared.snapshot();
+            let Ok(route) = lookup(&snapshot, &head.headers, &head.uri) else {
+                return NextTry::Stop;
+            };
+            if !route.pool.try_spend_retry() {
+                return NextTry::Stop;
+            }
+            let Some(slot) = route.pool.try_acquire(Some(exclude)) else {
+                return NextTry::Stop;
+            };
+            outcome.retries += 1;
+            if let Some(metrics) = &outcome.route {
+                metrics.record_retry();
+            }
+            NextTry::Other(slot)
+        }
     }
+}
+
+/// A try's failure, or the listed status it was answered with, for a log line.
+struct Tried<'a>(&'a Result<(http::response::Parts, WorkerBody), ProxyError>);
+
+impl std::fmt::Display for Tried<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Ok((response, _)) => write!(f, "answered {} (in retries.on_status)", response.status),
+            Err(error) => error.fmt(f),
+        }
+    }
+}
+
+/// Whether the request's pool retries a response with `status` on another worker.
+fn retries_on_status(cx: &ConnContext, head: &Parts, status: StatusCode) -> bool {
+    let snapshot = cx.shared.snapshot();
+    lookup(&snapshot, &head.headers, &head.uri)
+        .is_ok_and(|route| route.pool.retries_on_status(status.as_u16()))
 }
 
 /// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2).
@@ -450,9 +554,7 @@ async fn buffer_body(
             }
             Ok(UpstreamBody::Bytes(Some(bytes)))
         }
-        Err(_) => Err(ProxyError::BadRequest(
-            "weir: the request body ended early\n",
-        )),
+        Err(e) => Err(ProxyError::client_body(&e, false)),
     }
 }
 
@@ -468,13 +570,13 @@ fn rewrite_request_head(
         // in Host.
         let authority = head.uri.authority().map(|a| a.as_str()).unwrap_or_default();
         let host = HeaderValue::from_str(authority)
-            .map_err(|_| ProxyError::BadRequest("weir: bad authority\n"))?;
+            .map_err(|_| ProxyError::bad_request("weir: bad authority\n"))?;
         head.headers.insert(header::HOST, host);
         let path = head
             .uri
             .path_and_query()
             .cloned()
-            .ok_or(ProxyError::BadRequest("weir: missing path\n"))?;
+            .ok_or_else(|| ProxyError::bad_request("weir: missing path\n"))?;
         head.uri = Uri::from(path);
     }
     if head.version == Version::HTTP_2 {
@@ -548,160 +650,49 @@ impl Outgoing {
     }
 }
 
-/// A try that did not get response headers.
-struct SendFailure {
-    error: ProxyError,
-    /// The worker is to blame (connect failure, reset before response headers).
-    passive: bool,
-    /// The request may go to another worker (never written, or replayable): its body is back
-    /// in the `Outgoing`.
-    retryable: bool,
-}
-
-impl SendFailure {
-    /// No connection to the worker could be had: its fault, and the request was never sent.
-    fn no_connection(error: ProxyError) -> Self {
-        SendFailure {
-            error,
-            passive: true,
-            retryable: true,
-        }
-    }
-
-    /// A failed try; a connection failure counts against the worker only on a `fresh`
-    /// connection (a pooled one may just have gone stale).
-    fn after(failure: AttemptFailure, fresh: bool) -> Self {
-        SendFailure {
-            passive: failure.worker_fault || (failure.connection_failed && fresh),
-            retryable: failure.resendable,
-            error: failure.error,
-        }
-    }
-}
-
-/// Send the request to `worker` and wait for response headers until `response_timeout`.
-/// A request that fails on a pooled connection before any response byte is sent once more on
-/// a fresh connection to the same worker when that is safe (never written, or replayable): a
-/// worker closing an idle keep-alive connection is not a worker failure.
+/// One try of the request on `worker`: a pooled connection if one is alive (unless `fresh`),
+/// else a new one, then the response head until `response_timeout`. When the failure allows
+/// another try (and after a response, for a replayable request, in case its status is
+/// retried), the body is put back in `outgoing`: handed back unsent, or the in-memory copy.
 async fn send(
     upstreams: &Upstreams,
     worker: &Worker,
     settings: &UpstreamSettings,
     outgoing: &mut Outgoing,
     replayable: bool,
-) -> Result<(http::response::Parts, WorkerBody), SendFailure> {
+    fresh: bool,
+) -> Result<(http::response::Parts, WorkerBody), ProxyError> {
     let deadline = Instant::now() + settings.response_timeout;
-    let conn = match upstreams.checkout(worker, settings).await {
-        Ok(conn) => conn,
-        Err(error) => return Err(SendFailure::no_connection(error)),
-    };
-    let reused = conn.reused;
-    let failure = match attempt(conn, outgoing, replayable, deadline).await {
-        Ok(response) => return Ok(response),
-        Err(failure) => failure,
-    };
-    if !(reused && failure.connection_failed && failure.resendable) {
-        // A fresh connection failing is the worker's fault; a pooled one may just have gone
-        // stale, so it is not held against the worker.
-        return Err(SendFailure::after(failure, !reused));
-    }
-    debug!(worker = %worker.name, error = %failure.error, "pooled connection failed; retrying on a fresh one");
-    // Rare: boxed, so the common path's future stays small.
-    Box::pin(send_on_fresh(
-        upstreams, worker, settings, outgoing, replayable, deadline,
-    ))
-    .await
-}
-
-/// The second try of [`send`], on a new connection.
-async fn send_on_fresh(
-    upstreams: &Upstreams,
-    worker: &Worker,
-    settings: &UpstreamSettings,
-    outgoing: &mut Outgoing,
-    replayable: bool,
-    deadline: Instant,
-) -> Result<(http::response::Parts, WorkerBody), SendFailure> {
-    let fresh = match upstreams.connect(worker, settings).await {
-        Ok(conn) => conn,
-        Err(error) => return Err(SendFailure::no_connection(error)),
-    };
-    attempt(fresh, outgoing, replayable, deadline)
-        .await
-        .map_err(|failure| SendFailure::after(failure, true))
-}
-
-/// Why one try on one connection failed.
-struct AttemptFailure {
-    error: ProxyError,
-    /// Writing or reading the connection failed (which a stale pooled connection also does).
-    connection_failed: bool,
-    /// The worker certainly misbehaved (an unparseable response).
-    worker_fault: bool,
-    /// The request can still be sent (never written, or replayable): its body is back in the
-    /// `Outgoing`.
-    resendable: bool,
-}
-
-/// One try of `outgoing` on `conn`, up to `deadline` for the response head.
-async fn attempt(
-    conn: WorkerConn,
-    outgoing: &mut Outgoing,
-    replayable: bool,
-    deadline: Instant,
-) -> Result<(http::response::Parts, WorkerBody), AttemptFailure> {
+    let conn = upstreams.checkout(worker, settings, fresh).await?;
     let Some(body) = outgoing.body.take() else {
         // Only a try that kept the body can leave it out; nothing to send.
-        return Err(AttemptFailure {
-            error: ProxyError::BadRequest("weir: the request body ended early\n"),
-            connection_failed: false,
-            worker_fault: false,
-            resendable: false,
-        });
+        return Err(ProxyError::internal(
+            "weir: internal error (the request body was already sent)\n",
+        ));
     };
-    let replay = if replayable { body.replay_copy() } else { None };
-    let called = tokio::time::timeout_at(
-        deadline,
-        call(
-            conn,
-            outgoing.encoded.clone(),
-            body,
-            outgoing.chunked,
-            &outgoing.parts.method,
-        ),
+    // A body held in memory stays at hand for another try (a reference count, no copy).
+    let replay = body.replay_copy();
+    let mut called = call(
+        conn,
+        outgoing.encoded.clone(),
+        body,
+        outgoing.chunked,
+        &outgoing.parts.method,
+        replayable,
     );
-    let CallError { failure, body } = match called.await {
-        Ok(Ok(response)) => return Ok(response),
-        Ok(Err(e)) => e,
-        Err(_) => {
-            return Err(AttemptFailure {
-                error: ProxyError::ResponseTimeout,
-                connection_failed: false,
-                worker_fault: false,
-                resendable: false,
-            })
+    match tokio::time::timeout_at(deadline, &mut called).await {
+        Ok(Ok(response)) => {
+            if replayable {
+                outgoing.body = replay;
+            }
+            Ok(response)
         }
-    };
-    let (error, connection_failed, worker_fault) = match failure {
-        CallFailure::Io(e) => (ProxyError::Upstream(e), true, false),
-        CallFailure::Decode(e) => (
-            ProxyError::BadWorkerResponse(e.client_message()),
-            false,
-            true,
-        ),
-        CallFailure::ClientBody => (
-            ProxyError::BadRequest("weir: the request body ended early\n"),
-            false,
-            false,
-        ),
-    };
-    if connection_failed {
-        outgoing.body = body.or(replay);
+        Ok(Err(CallError { error, body })) => {
+            if error.retry() != RetryVerdict::None {
+                outgoing.body = body.or(replay);
+            }
+            Err(error)
+        }
+        Err(_) => Err(ProxyError::timed_out(called.sent())),
     }
-    Err(AttemptFailure {
-        error,
-        connection_failed,
-        worker_fault,
-        resendable: outgoing.body.is_some(),
-    })
 }

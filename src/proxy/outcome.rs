@@ -1,5 +1,9 @@
 //! What becomes of one request, for metrics and the access log, recorded once when its
 //! response ends (or fails, or the client leaves).
+//!
+//! The record is written when the [`Outcome`] drops, whichever way that happens: a request
+//! whose future hyper drops (its client went away before the response) is recorded too, as
+//! 499, rather than missing from the metrics and the log.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,6 +14,7 @@ use tokio::time::Instant;
 
 use super::conn::ConnContext;
 use crate::access_log::{AccessEntry, AccessLog};
+use crate::error::{Stage, CLIENT_CLOSED_REQUEST};
 use crate::pool::Worker;
 use crate::telemetry::RouteMetrics;
 
@@ -24,6 +29,9 @@ pub struct AccessContext {
     uri: Uri,
     /// Request body bytes, counted as they pass.
     pub bytes_in: Arc<AtomicU64>,
+    /// Response body bytes sent, known once the response ends (kept here, not in the
+    /// `Outcome`, as only the log wants it and the `Outcome` rides in every response body).
+    bytes_out: u64,
 }
 
 /// The running record of one request.
@@ -40,8 +48,10 @@ pub struct Outcome {
     pub retries: u32,
     /// The worker that answered (kept only for the access log).
     pub worker: Option<Arc<Worker>>,
-    /// Status sent.
+    /// Status sent; 0 until there is one.
     pub status: u16,
+    /// Where the request failed, if it did (also after its status was sent).
+    pub error: Option<Stage>,
     /// Access-log facts, when the log is on.
     pub access: Option<Box<AccessContext>>,
 }
@@ -62,6 +72,7 @@ impl Outcome {
                 host,
                 uri: req.uri().clone(),
                 bytes_in: Arc::new(AtomicU64::new(0)),
+                bytes_out: 0,
             })
         });
         Outcome {
@@ -72,6 +83,7 @@ impl Outcome {
             retries: 0,
             worker: None,
             status: 0,
+            error: None,
             access,
         }
     }
@@ -81,13 +93,30 @@ impl Outcome {
         self.access.is_some()
     }
 
-    /// Record it: metrics always, the access log when on.
-    pub fn finish(self, bytes_out: u64) {
+    /// The response ended after `bytes_out` body bytes: record it (as it drops).
+    pub fn finish(mut self, bytes_out: u64) {
+        if let Some(access) = self.access.as_mut() {
+            access.bytes_out = bytes_out;
+        }
+    }
+}
+
+impl Drop for Outcome {
+    /// Record the request: metrics always, the access log when on. Without a status, the
+    /// request ended before its response (hyper dropped its future: the client went away).
+    fn drop(&mut self) {
+        if self.status == 0 {
+            self.status = CLIENT_CLOSED_REQUEST;
+            self.error = Some(Stage::Client);
+        }
         let duration = self.started.elapsed();
         if let Some(metrics) = &self.route {
             metrics.record(self.status, duration);
+            if let Some(stage) = self.error {
+                metrics.record_error(stage);
+            }
         }
-        if let Some(access) = self.access {
+        if let Some(access) = self.access.take() {
             let worker = self.worker.as_ref().map(|w| w.name.as_str()).unwrap_or("");
             access.log.write(&AccessEntry {
                 time: crate::values::clock::rfc3339(access.time),
@@ -102,11 +131,12 @@ impl Outcome {
                 route: self.route_name.as_deref().unwrap_or(""),
                 status: self.status,
                 bytes_in: access.bytes_in.load(Ordering::Relaxed),
-                bytes_out,
+                bytes_out: access.bytes_out,
                 duration_ms: duration.as_secs_f64() * 1000.0,
                 queue_wait_ms: self.queue_wait.as_secs_f64() * 1000.0,
                 worker,
                 retries: self.retries,
+                error: self.error.map_or("", Stage::as_str),
             });
         }
     }

@@ -20,8 +20,9 @@ use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
 use super::conn::WorkerConn;
-use super::decode::{parse_head, BodyDecoder, DecodeError, Decoded, Framing};
+use super::decode::{parse_head, BodyDecoder, Decoded, Framing};
 use super::encode::chunk_header;
+use crate::error::{ProxyError, RetryVerdict};
 
 /// Bytes read per system call while reading a response head.
 const HEAD_READ: usize = 8 * 1024;
@@ -32,38 +33,31 @@ const BODY_READ: usize = 64 * 1024;
 /// finishes cannot hold the worker connection for ever.
 const UPLOAD_FINISH_LIMIT: Duration = Duration::from_secs(30);
 
-/// Why an exchange failed before a response head was read.
-#[derive(Debug)]
-pub enum CallFailure {
-    /// Writing or reading the worker connection failed, or it closed before a full head.
-    Io(io::Error),
-    /// The worker's response head cannot be passed on.
-    Decode(DecodeError),
-    /// The client's request body failed mid-upload (the client left or sent a bad body).
-    ClientBody,
-}
-
-/// A failed exchange, and what is needed to decide on a retry.
+/// A failed exchange, and what is needed to send the request again.
 pub struct CallError {
-    /// What went wrong.
-    pub failure: CallFailure,
-    /// The body, handed back when nothing was sent so the request can go elsewhere.
+    /// What went wrong, where, and whether the request may go again.
+    pub error: ProxyError,
+    /// The body, handed back when nothing was sent and the request may go again.
     pub body: Option<UpstreamBody>,
 }
 
 /// Send a request (its encoded `head` and `body`) on `conn` and read the response head.
-/// `method` decides whether the response has a body (HEAD's never does).
+/// `method` decides whether the response has a body (HEAD's never does); `replayable` (an
+/// idempotent request whose body weir holds) decides whether a failure after sending still
+/// allows another try.
 pub fn call(
     conn: WorkerConn,
     head: Bytes,
     body: UpstreamBody,
     chunked: bool,
     method: &Method,
+    replayable: bool,
 ) -> Call<'_> {
     Call {
         conn: Some(conn),
         upload: Upload::new(head, body, chunked),
         method,
+        replayable,
     }
 }
 
@@ -74,6 +68,15 @@ pub struct Call<'m> {
     conn: Option<WorkerConn>,
     upload: Upload,
     method: &'m Method,
+    replayable: bool,
+}
+
+impl Call<'_> {
+    /// Whether any byte of the request has reached the worker's socket (for a caller that
+    /// gives up waiting).
+    pub fn sent(&self) -> bool {
+        self.upload.written > 0
+    }
 }
 
 impl Future for Call<'_> {
@@ -83,11 +86,19 @@ impl Future for Call<'_> {
         let this = self.get_mut();
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(Err(CallError {
-                failure: CallFailure::Io(io::Error::other("exchange polled after it ended")),
+                error: ProxyError::internal(
+                    "weir: internal error (exchange polled after it ended)\n",
+                ),
                 body: None,
             }));
         };
-        let parsed = ready!(poll_head(cx, conn, &mut this.upload, this.method));
+        let parsed = ready!(poll_head(
+            cx,
+            conn,
+            &mut this.upload,
+            this.method,
+            this.replayable
+        ));
         let conn = this.conn.take();
         let upload = std::mem::replace(&mut this.upload, Upload::finished());
         Poll::Ready(match parsed {
@@ -103,28 +114,32 @@ impl Future for Call<'_> {
                     upgrade: framing == Framing::Upgrade,
                 },
             )),
-            Err(failure) => {
-                // Only a request of which no byte reached the socket gets its body back.
-                let unsent = upload.written == 0;
+            Err(error) => {
+                // Only a request of which no byte reached the socket gets its body back, and
+                // only to go again; otherwise the upload drops it, draining the rest.
+                let again = upload.written == 0 && error.retry() != RetryVerdict::None;
                 Err(CallError {
-                    failure,
-                    body: if unsent { upload.into_body() } else { None },
+                    error,
+                    body: if again { upload.into_body() } else { None },
                 })
             }
         })
     }
 }
 
-type HeadResult = Result<(http::response::Parts, Framing, bool), CallFailure>;
+type HeadResult = Result<(http::response::Parts, Framing, bool), ProxyError>;
 
 fn poll_head(
     cx: &mut Context<'_>,
     conn: &mut WorkerConn,
     upload: &mut Upload,
     method: &Method,
+    replayable: bool,
 ) -> Poll<HeadResult> {
     match upload.poll_pump(cx, &mut conn.stream) {
-        Poll::Ready(Err(PumpError::Client)) => return Poll::Ready(Err(CallFailure::ClientBody)),
+        Poll::Ready(Err(PumpError::Client(e))) => {
+            return Poll::Ready(Err(ProxyError::client_body(&e, upload.written > 0)))
+        }
         Poll::Ready(Err(PumpError::Worker(e))) => {
             // The worker stopped reading; it may still have answered (a 413, say): read on,
             // and report the write error only if no response comes.
@@ -139,9 +154,16 @@ fn poll_head(
                     return Poll::Ready(Ok((head.parts, head.framing, head.keep_alive)))
                 }
                 Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(CallFailure::Decode(e))),
+                Err(e) => {
+                    let sent = upload.written > 0;
+                    return Poll::Ready(Err(ProxyError::bad_response(e.client_message(), sent)));
+                }
             }
         }
+        let reused = conn.reused;
+        let failed = |e, upload: &Upload| {
+            ProxyError::connection_failed(e, upload.written > 0, replayable, reused)
+        };
         match conn.poll_fill(cx, HEAD_READ) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) => {
@@ -151,10 +173,10 @@ fn poll_head(
                         "the worker closed the connection before responding",
                     )
                 });
-                return Poll::Ready(Err(CallFailure::Io(error)));
+                return Poll::Ready(Err(failed(error, upload)));
             }
             Poll::Ready(Ok(_)) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(CallFailure::Io(e))),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(failed(e, upload))),
         }
     }
 }
@@ -197,16 +219,17 @@ impl WorkerBody {
         self.upload.as_ref().is_none_or(|u| u.is_finished())
     }
 
-    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
         if let Some(upload) = self.upload.as_mut().filter(|u| !u.is_finished()) {
             match upload.poll_pump(cx, &mut conn.stream) {
-                Poll::Ready(Err(PumpError::Client)) => {
-                    return Poll::Ready(Some(Err(io::Error::other(
-                        "the client's request body failed mid-upload",
-                    ))));
+                Poll::Ready(Err(PumpError::Client(e))) => {
+                    return Poll::Ready(Some(Err(ProxyError::client_body(&e, true))));
                 }
                 Poll::Ready(Err(PumpError::Worker(e))) => upload.abandon(e),
                 Poll::Ready(Ok(())) | Poll::Pending => {}
@@ -220,12 +243,7 @@ impl WorkerBody {
                 }
                 Ok(Decoded::Done) => return Poll::Ready(None),
                 Ok(Decoded::NeedMore) => {}
-                Err(e) => {
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        e.client_message().trim_end(),
-                    ))))
-                }
+                Err(e) => return Poll::Ready(Some(Err(ProxyError::bad_body(e.client_message())))),
             }
             let want = self
                 .decoder
@@ -235,15 +253,15 @@ impl WorkerBody {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     if self.decoder.eof().is_err() {
-                        return Poll::Ready(Some(Err(io::Error::new(
+                        return Poll::Ready(Some(Err(ProxyError::mid_response(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "the worker closed the connection mid-body",
-                        ))));
+                        )))));
                     }
                     self.keep_alive = false;
                 }
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(ProxyError::mid_response(e)))),
             }
         }
     }
@@ -277,12 +295,12 @@ async fn finish_upload(mut conn: WorkerConn, mut upload: Box<Upload>) {
 
 impl Body for WorkerBody {
     type Data = Bytes;
-    type Error = io::Error;
+    type Error = ProxyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
         self.get_mut().poll_body(cx)
     }
 
@@ -303,7 +321,7 @@ enum PumpError {
     /// Writing to the worker failed.
     Worker(io::Error),
     /// The client's body failed.
-    Client,
+    Client(hyper::Error),
 }
 
 /// The request bytes still to go: queued segments (head, in-memory body, chunk framing), then
@@ -401,7 +419,7 @@ impl Upload {
             };
             match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(PumpError::Client)),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(PumpError::Client(e))),
                 Poll::Ready(None) => {
                     self.body = None;
                     if self.chunked {
@@ -436,11 +454,11 @@ impl Drop for Upload {
     }
 }
 
-/// Read the rest of a client's streamed body and drop it, for at most [`UPLOAD_FINISH_LIMIT`].
-/// A body left unread would make hyper close the client connection with request bytes
-/// unread, and the kernel's reset can destroy the response (a 502 or 504, say) before the
-/// client has read it: the same reason nginx lingers before closing.
-fn drain_in_background(body: Option<UpstreamBody>) {
+/// Read the rest of a client's streamed body and drop it, for at most 30 s
+/// (`UPLOAD_FINISH_LIMIT`). A body left unread would make hyper close the client connection
+/// with request bytes unread, and the kernel's reset can destroy the response (a 502 or 504,
+/// say) before the client has read it: the same reason nginx lingers before closing.
+pub fn drain_in_background(body: Option<UpstreamBody>) {
     let Some(mut body) = body else {
         return;
     };

@@ -24,9 +24,8 @@ mod decode;
 mod encode;
 
 pub use body::UpstreamBody;
-pub use call::{call, Call, CallError, CallFailure, WorkerBody};
+pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;
-pub use decode::DecodeError;
 pub use encode::{encode_head, BodyFraming};
 
 /// The upstream settings the request path needs after it lets go of the config snapshot.
@@ -78,14 +77,18 @@ impl Upstreams {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A pooled connection to `worker` if one is alive, else a new one.
+    /// A pooled connection to `worker` if one is alive (and `fresh` does not ask for a new
+    /// one, as after a pooled connection failed), else a new one.
     pub async fn checkout(
         &self,
         worker: &Worker,
         settings: &UpstreamSettings,
+        fresh: bool,
     ) -> Result<WorkerConn, ProxyError> {
-        if let Some(conn) = self.take_idle(worker.id, settings.idle_timeout) {
-            return Ok(conn);
+        if !fresh {
+            if let Some(conn) = self.take_idle(worker.id, settings.idle_timeout) {
+                return Ok(conn);
+            }
         }
         self.connect(worker, settings).await
     }
@@ -105,7 +108,7 @@ impl Upstreams {
     }
 
     /// Open a fresh connection to `worker`.
-    pub async fn connect(
+    async fn connect(
         &self,
         worker: &Worker,
         settings: &UpstreamSettings,
@@ -115,16 +118,16 @@ impl Upstreams {
                 .await
             {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(ProxyError::Connect(e)),
+                Ok(Err(e)) => return Err(ProxyError::connect(e)),
                 Err(_) => {
-                    return Err(ProxyError::Connect(std::io::Error::new(
+                    return Err(ProxyError::connect(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "connect timed out",
                     )))
                 }
             };
         // Small proxied writes must not wait for Nagle.
-        stream.set_nodelay(true).map_err(ProxyError::Connect)?;
+        stream.set_nodelay(true).map_err(ProxyError::connect)?;
         Ok(WorkerConn::new(stream))
     }
 
