@@ -102,6 +102,8 @@ enum ErrorKind {
     BadRequest(&'static str),
     /// The client went away, or its request body broke off, before its response.
     ClientGone,
+    /// The client sent no more of its request body within `server.request_body_timeout`.
+    ClientStalled,
     /// The route's queue was full; the client should come back after `retry_after` seconds.
     QueueFull {
         /// `Retry-After` seconds.
@@ -160,6 +162,9 @@ pub struct Report {
     pub message: &'static str,
     /// The `stage` label of `weir_request_errors_total` and the access log's `error`.
     pub label: &'static str,
+    /// Close the client connection after this answer (HTTP/1.1): the rest of the request
+    /// is not coming, so the connection cannot carry another one.
+    pub close: bool,
 }
 
 /// Status recorded for a client that went away before its response (nginx's convention).
@@ -205,6 +210,15 @@ impl ProxyError {
         };
         failure.sent = sent;
         failure
+    }
+
+    /// The client stopped sending its request body for `server.request_body_timeout`
+    /// (`sent`: after some of the request reached a worker): 408, and the worker slot frees.
+    pub fn client_stalled(sent: bool) -> Self {
+        ProxyError {
+            sent,
+            ..ProxyError::new(ErrorKind::ClientStalled, Stage::Client)
+        }
     }
 
     /// The route's queue was full.
@@ -317,6 +331,11 @@ impl ProxyError {
                 None,
                 "weir: the request ended before it was complete\n",
             ),
+            ErrorKind::ClientStalled => (
+                StatusCode::REQUEST_TIMEOUT,
+                None,
+                "weir: the request body did not arrive in time\n",
+            ),
             ErrorKind::QueueFull { retry_after } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(*retry_after),
@@ -353,6 +372,9 @@ impl ProxyError {
             Stage::Client if matches!(self.kind, ErrorKind::ClientGone) => {
                 (Level::DEBUG, "client went away")
             }
+            Stage::Client if matches!(self.kind, ErrorKind::ClientStalled) => {
+                (Level::WARN, "request body stalled")
+            }
             Stage::Client => (Level::DEBUG, "request refused"),
             Stage::Queue | Stage::Connect | Stage::WorkerBeforeResponse | Stage::Timeout => {
                 (Level::WARN, "request failed")
@@ -367,6 +389,7 @@ impl ProxyError {
             level,
             message,
             label: self.stage.as_str(),
+            close: matches!(self.kind, ErrorKind::ClientStalled),
         }
     }
 }
@@ -382,6 +405,7 @@ impl fmt::Display for ProxyError {
             ErrorKind::NoRoute => f.write_str("no route"),
             ErrorKind::BadRequest(why) => write!(f, "bad request: {}", why.trim_end()),
             ErrorKind::ClientGone => f.write_str("the client went away before its response"),
+            ErrorKind::ClientStalled => f.write_str("the request body stalled"),
             ErrorKind::QueueFull { .. } => f.write_str("queue full"),
             ErrorKind::QueueTimeout { .. } => f.write_str("timed out waiting in the queue"),
             ErrorKind::NoCapacity { .. } => f.write_str("the worker launch it waited for failed"),

@@ -125,7 +125,7 @@ impl Snapshot {
             alerts,
             access_log,
             admin_token,
-            upstream: UpstreamSettings::from(&config.upstream),
+            upstream: UpstreamSettings::new(&config.upstream, &config.server),
             config: Arc::new(config),
             routes,
             pools,

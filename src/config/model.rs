@@ -21,6 +21,15 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Dur = Dur::from_secs(10);
 /// Concurrent HTTP/2 streams per client connection (the value most servers advertise).
 pub const DEFAULT_MAX_H2_STREAMS: u32 = 256;
+/// Longest wait for the next bytes of a request body (nginx's `client_body_timeout` is 60 s):
+/// a client that declared a body and stopped sending it holds a worker slot no longer.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Dur = Dur::from_secs(60);
+/// Longest wait for a client to take more of a response (nginx's `send_timeout` is 60 s): a
+/// client that stops reading holds a worker slot no longer.
+pub const DEFAULT_SEND_TIMEOUT: Dur = Dur::from_secs(60);
+/// An upgraded connection (WebSocket) with no bytes either way is closed after this long:
+/// long enough for chat-style sockets that ping every few minutes.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Dur = Dur::from_secs(3600);
 /// How long shutdown waits for in-flight requests before closing what is left.
 pub const DEFAULT_SHUTDOWN_GRACE: Dur = Dur::from_secs(30);
 /// Time to establish a TCP connection to a worker; a local worker answers in microseconds.
@@ -218,6 +227,15 @@ pub struct ServerConfig {
     pub max_h2_streams: u32,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Dur,
+    /// Longest wait for the next bytes of a request body; past it the request ends with 408
+    /// (or, once its response has started, the connection is cut) and its worker slot frees.
+    pub request_body_timeout: Dur,
+    /// Longest wait for the client to take more of a response (HTTP/1.1 socket writes and
+    /// HTTP/2 flow-control windows alike); past it the connection is cut and the worker slots
+    /// its responses held free at once.
+    pub send_timeout: Dur,
+    /// An upgraded connection with no bytes in either direction for this long is closed.
+    pub tunnel_idle_timeout: Dur,
     /// CIDRs (or bare addresses) of proxies in front of weir whose X-Forwarded-* headers are
     /// trusted. Default: none, so no client can spoof its address.
     pub trusted_proxies: Vec<String>,
@@ -234,6 +252,9 @@ impl Default for ServerConfig {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             max_h2_streams: DEFAULT_MAX_H2_STREAMS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
             trusted_proxies: Vec::new(),
         }
     }

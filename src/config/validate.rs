@@ -107,6 +107,15 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
         ),
         ("server.idle_timeout", config.server.idle_timeout),
         (
+            "server.request_body_timeout",
+            config.server.request_body_timeout,
+        ),
+        ("server.send_timeout", config.server.send_timeout),
+        (
+            "server.tunnel_idle_timeout",
+            config.server.tunnel_idle_timeout,
+        ),
+        (
             "server.tls_handshake_timeout",
             config.server.tls_handshake_timeout,
         ),

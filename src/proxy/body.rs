@@ -112,6 +112,9 @@ impl Body for ProxyBody {
                 bytes_out,
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Some(exchange) = exchange.as_mut() {
+                    exchange.activity.body_polled(polled.is_ready());
+                }
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {

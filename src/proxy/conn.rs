@@ -26,6 +26,11 @@ pub struct ConnContext {
     pub proto: &'static str,
     active: AtomicU32,
     requests: AtomicU64,
+    /// Responses handed to the client side that are not waiting on their worker: the client
+    /// owes them a read (HTTP/1.1 socket space, HTTP/2 window).
+    owed: AtomicU32,
+    /// Polls of this connection's response bodies; a send watchdog compares it between ticks.
+    body_polls: AtomicU64,
     /// Holds one slot of `server.max_connections` until the connection and anything it
     /// spawned (e.g. a WebSocket tunnel) are gone.
     _permit: OwnedSemaphorePermit,
@@ -53,6 +58,8 @@ impl ConnContext {
             proto: if tls { "https" } else { "http" },
             active: AtomicU32::new(0),
             requests: AtomicU64::new(0),
+            owed: AtomicU32::new(0),
+            body_polls: AtomicU64::new(0),
             _permit: permit,
         })
     }
@@ -61,7 +68,10 @@ impl ConnContext {
     pub fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        ActivityGuard(Arc::clone(self))
+        ActivityGuard {
+            cx: Arc::clone(self),
+            owed: false,
+        }
     }
 
     /// Requests in progress (response not finished).
@@ -73,13 +83,56 @@ impl ConnContext {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    /// Responses waiting for the client to take more (see [`ActivityGuard::response_started`]).
+    pub fn owed(&self) -> u32 {
+        self.owed.load(Ordering::Relaxed)
+    }
+
+    /// Response-body polls so far; unchanged while responses are owed means the client takes
+    /// nothing.
+    pub fn body_polls(&self) -> u64 {
+        self.body_polls.load(Ordering::Relaxed)
+    }
 }
 
-/// Keeps a connection from counting as idle while a request on it is in progress.
-pub struct ActivityGuard(Arc<ConnContext>);
+/// Keeps a connection from counting as idle while a request on it is in progress, and tells
+/// the connection's send watchdog whether its response waits on the client.
+pub struct ActivityGuard {
+    cx: Arc<ConnContext>,
+    owed: bool,
+}
+
+impl ActivityGuard {
+    /// The response was handed to the client side: until its body is polled and waits on the
+    /// worker, the client owes it a read.
+    pub fn response_started(&mut self) {
+        self.set_owed(true);
+    }
+
+    /// The response body was polled: `ready` (it had something, or ended) means the next step
+    /// is the client's; pending means it waits on the worker (the worker-side deadlines own
+    /// that wait).
+    pub fn body_polled(&mut self, ready: bool) {
+        self.cx.body_polls.fetch_add(1, Ordering::Relaxed);
+        self.set_owed(ready);
+    }
+
+    fn set_owed(&mut self, owed: bool) {
+        if self.owed != owed {
+            self.owed = owed;
+            if owed {
+                self.cx.owed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.cx.owed.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.set_owed(false);
+        self.cx.active.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -66,6 +66,7 @@ pub fn handle(
     cx: Arc<ConnContext>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
     let activity = cx.begin();
+    let h1 = req.version() <= Version::HTTP_11;
     let mut outcome = Outcome::start(&req, &cx);
     let mut prepared = prepare(req, &cx, &mut outcome);
     async move {
@@ -122,7 +123,13 @@ pub fn handle(
                 outcome.status = report.status.as_u16();
                 outcome.error = Some(err.stage());
                 outcome.finish(report.body.len() as u64);
-                Ok(error_response(&report))
+                let mut response = error_response(&report);
+                if report.close && h1 {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok(response)
             }
         }
     }
@@ -218,7 +225,7 @@ fn prepare(
 async fn proxy(
     prepared: &mut Prepared,
     cx: &Arc<ConnContext>,
-    activity: ActivityGuard,
+    mut activity: ActivityGuard,
     outcome: &mut Outcome,
 ) -> Result<Forwarded, ProxyError> {
     let Prepared {
@@ -241,7 +248,9 @@ async fn proxy(
     let body = match body_plan(&outgoing.parts, body, retry, bytes_in) {
         BodyPlan::Ready(body) => body,
         // Rare (an idempotent request with a small body): boxed, the common future stays small.
-        BodyPlan::Buffer(body, counter) => Box::pin(buffer_body(body, counter)).await?,
+        BodyPlan::Buffer(body, counter) => {
+            Box::pin(buffer_body(body, counter, settings.request_body_timeout)).await?
+        }
     };
     // Idempotent requests with a body held in memory (or none) can be sent again.
     let replayable =
@@ -339,7 +348,8 @@ async fn proxy(
         response
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        tunnel::spawn(client_upgrade, worker_stream, early, slot, activity);
+        let idle = cx.shared.snapshot().config.server.tunnel_idle_timeout.get();
+        tunnel::spawn(client_upgrade, worker_stream, early, slot, activity, idle);
         return Ok(Forwarded::Upgraded(Response::from_parts(
             response,
             ProxyBody::empty(),
@@ -352,6 +362,7 @@ async fn proxy(
             response.headers.insert(X_WEIR_COLD_START.clone(), value);
         }
     }
+    activity.response_started();
     let exchange = Exchange {
         in_flight: slot,
         activity,
@@ -541,12 +552,17 @@ fn body_plan(
     BodyPlan::Buffer(body, counter)
 }
 
-/// Read a small body into memory.
+/// Read a small body into memory, within `timeout` (a body this small that takes longer is
+/// stalling).
 async fn buffer_body(
     body: Incoming,
     counter: Option<Arc<AtomicU64>>,
+    timeout: Duration,
 ) -> Result<UpstreamBody, ProxyError> {
-    match body.collect().await {
+    let Ok(collected) = tokio::time::timeout(timeout, body.collect()).await else {
+        return Err(ProxyError::client_stalled(false));
+    };
+    match collected {
         Ok(collected) => {
             let bytes = collected.to_bytes();
             if let Some(counter) = counter {
@@ -679,6 +695,7 @@ async fn send(
         outgoing.chunked,
         &outgoing.parts.method,
         replayable,
+        settings.request_body_timeout,
     );
     match tokio::time::timeout_at(deadline, &mut called).await {
         Ok(Ok(response)) => {

@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{parse_socket_addr, ServerConfig};
@@ -36,6 +37,8 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 const UPSTREAM_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// HTTP/2 PING interval that detects dead client connections.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Shortest step of a connection's watchdog, however short its deadlines are set.
+const MIN_WATCHDOG_TICK: Duration = Duration::from_millis(10);
 /// How often shutdown checks whether all connections have finished.
 const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -261,9 +264,9 @@ fn serve_thread(
         }
         // Accepting has stopped; connections were told to finish. Wait for them, up to grace.
         let grace = common.shared.snapshot().config.server.shutdown_grace.get();
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = Instant::now() + grace;
         while common.connections.available_permits() < common.max_connections
-            && tokio::time::Instant::now() < deadline
+            && Instant::now() < deadline
         {
             tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
         }
@@ -332,6 +335,7 @@ struct ConnSettings {
     tls_handshake_timeout: Duration,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    send_timeout: Duration,
     max_header_bytes: usize,
     max_h2_streams: u32,
 }
@@ -342,6 +346,7 @@ impl From<&ServerConfig> for ConnSettings {
             tls_handshake_timeout: c.tls_handshake_timeout.get(),
             header_read_timeout: c.header_read_timeout.get(),
             idle_timeout: c.idle_timeout.get(),
+            send_timeout: c.send_timeout.get(),
             max_header_bytes: c.max_header_bytes,
             max_h2_streams: c.max_h2_streams,
         }
@@ -409,12 +414,13 @@ async fn drive<I>(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
-    // Idle watchdog: close after `idle_timeout` with no request in progress, checked in quarter
-    // steps so the cost is one timer per connection, not per request.
-    let idle_timeout = settings.idle_timeout;
-    let tick = idle_timeout / 4;
-    let mut seen = cx.requests();
-    let mut quiet_ticks = 0u32;
+    // One watchdog per connection, checked in quarter steps of the shorter deadline (one timer
+    // per connection, not per request): close after `idle_timeout` with no request in
+    // progress; cut the connection when its responses wait on the client and the client has
+    // taken nothing for `send_timeout` (a slow reader, or an HTTP/2 window held at zero), so
+    // the worker slots they hold free at once.
+    let tick = (settings.idle_timeout.min(settings.send_timeout) / 4).max(MIN_WATCHDOG_TICK);
+    let mut watch = Watchdog::new(&cx, Instant::now());
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
@@ -427,18 +433,19 @@ async fn drive<I>(
                 }
                 return;
             }
-            _ = tokio::time::sleep(tick), if !closing => {
-                let now_seen = cx.requests();
-                if cx.active() == 0 && now_seen == seen {
-                    quiet_ticks += 1;
-                    if quiet_ticks >= 4 {
+            _ = tokio::time::sleep(tick) => {
+                match watch.check(&cx, Instant::now(), settings) {
+                    Verdict::Fine => {}
+                    Verdict::Idle if !closing => {
                         debug!(client = %cx.peer, "closing idle connection");
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                } else {
-                    quiet_ticks = 0;
-                    seen = now_seen;
+                    Verdict::Idle => {}
+                    Verdict::NotReading => {
+                        warn!(client = %cx.peer, owed = cx.owed(), timeout = ?settings.send_timeout, "client took no response bytes within send_timeout; closing the connection");
+                        return;
+                    }
                 }
             }
             _ = shutdown.changed(), if !closing => {
@@ -446,5 +453,58 @@ async fn drive<I>(
                 closing = true;
             }
         }
+    }
+}
+
+/// What a connection's watchdog decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing to do.
+    Fine,
+    /// No request for `idle_timeout`: close gracefully.
+    Idle,
+    /// Responses wait on a client that took nothing for `send_timeout`: cut the connection.
+    NotReading,
+}
+
+/// The facts a connection's watchdog compares between its ticks.
+#[derive(Debug, Clone, Copy)]
+struct Watchdog {
+    requests: u64,
+    quiet_since: Instant,
+    body_polls: u64,
+    stalled_since: Option<Instant>,
+}
+
+impl Watchdog {
+    fn new(cx: &ConnContext, now: Instant) -> Self {
+        Watchdog {
+            requests: cx.requests(),
+            quiet_since: now,
+            body_polls: cx.body_polls(),
+            stalled_since: None,
+        }
+    }
+
+    fn check(&mut self, cx: &ConnContext, now: Instant, settings: &ConnSettings) -> Verdict {
+        let requests = cx.requests();
+        if cx.active() > 0 || requests != self.requests {
+            self.requests = requests;
+            self.quiet_since = now;
+        }
+        let polls = cx.body_polls();
+        if cx.owed() == 0 || polls != self.body_polls {
+            self.body_polls = polls;
+            self.stalled_since = None;
+        } else {
+            let since = *self.stalled_since.get_or_insert(now);
+            if now.duration_since(since) >= settings.send_timeout {
+                return Verdict::NotReading;
+            }
+        }
+        if now.duration_since(self.quiet_since) >= settings.idle_timeout {
+            return Verdict::Idle;
+        }
+        Verdict::Fine
     }
 }

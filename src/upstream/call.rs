@@ -52,10 +52,11 @@ pub fn call(
     chunked: bool,
     method: &Method,
     replayable: bool,
+    body_timeout: Duration,
 ) -> Call<'_> {
     Call {
         conn: Some(conn),
-        upload: Upload::new(head, body, chunked),
+        upload: Upload::new(head, body, chunked, body_timeout),
         method,
         replayable,
     }
@@ -137,13 +138,15 @@ fn poll_head(
     replayable: bool,
 ) -> Poll<HeadResult> {
     match upload.poll_pump(cx, &mut conn.stream) {
-        Poll::Ready(Err(PumpError::Client(e))) => {
-            return Poll::Ready(Err(ProxyError::client_body(&e, upload.written > 0)))
-        }
         Poll::Ready(Err(PumpError::Worker(e))) => {
             // The worker stopped reading; it may still have answered (a 413, say): read on,
             // and report the write error only if no response comes.
             upload.abandon(e);
+        }
+        Poll::Ready(Err(client)) => {
+            if let Some(failure) = client.client_failure(upload.written > 0) {
+                return Poll::Ready(Err(failure));
+            }
         }
         Poll::Ready(Ok(())) | Poll::Pending => {}
     }
@@ -228,10 +231,12 @@ impl WorkerBody {
         };
         if let Some(upload) = self.upload.as_mut().filter(|u| !u.is_finished()) {
             match upload.poll_pump(cx, &mut conn.stream) {
-                Poll::Ready(Err(PumpError::Client(e))) => {
-                    return Poll::Ready(Some(Err(ProxyError::client_body(&e, true))));
-                }
                 Poll::Ready(Err(PumpError::Worker(e))) => upload.abandon(e),
+                Poll::Ready(Err(client)) => {
+                    if let Some(failure) = client.client_failure(true) {
+                        return Poll::Ready(Some(Err(failure)));
+                    }
+                }
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
@@ -322,6 +327,51 @@ enum PumpError {
     Worker(io::Error),
     /// The client's body failed.
     Client(hyper::Error),
+    /// The client sent no more of its body within `server.request_body_timeout`.
+    ClientStalled,
+}
+
+impl PumpError {
+    /// The request path's failure for a client-side pump error (`sent`: bytes reached the
+    /// worker); `None` for a worker-side one, which the caller handles.
+    fn client_failure(&self, sent: bool) -> Option<ProxyError> {
+        match self {
+            PumpError::Worker(_) => None,
+            PumpError::Client(e) => Some(ProxyError::client_body(e, sent)),
+            PumpError::ClientStalled => Some(ProxyError::client_stalled(sent)),
+        }
+    }
+}
+
+/// The deadline on a streamed request body's next bytes, armed only while the body is
+/// pending (a body that keeps arriving never touches the timer wheel).
+struct StallTimer {
+    after: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes arrived since the deadline was set: the next wait starts a fresh one.
+    progressed: bool,
+}
+
+impl StallTimer {
+    fn new(after: Duration) -> Self {
+        StallTimer {
+            after,
+            sleep: None,
+            progressed: false,
+        }
+    }
+
+    /// The body is pending: `Ready` when it has been for `after`.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.after;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if std::mem::take(&mut self.progressed) {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx)
+    }
 }
 
 /// The request bytes still to go: queued segments (head, in-memory body, chunk framing), then
@@ -336,6 +386,8 @@ struct Upload {
     write_error: Option<io::Error>,
     /// The worker stopped taking the request; nothing more is written.
     abandoned: bool,
+    /// Bounds the wait for the client's next body bytes.
+    stall: StallTimer,
 }
 
 impl Upload {
@@ -348,10 +400,11 @@ impl Upload {
             written: 0,
             write_error: None,
             abandoned: false,
+            stall: StallTimer::new(Duration::MAX),
         }
     }
 
-    fn new(head: Bytes, body: UpstreamBody, chunked: bool) -> Self {
+    fn new(head: Bytes, body: UpstreamBody, chunked: bool, body_timeout: Duration) -> Self {
         let mut queue = Segments::default();
         queue.push(head);
         let body = match body {
@@ -370,6 +423,7 @@ impl Upload {
             written: 0,
             write_error: None,
             abandoned: false,
+            stall: StallTimer::new(body_timeout),
         }
     }
 
@@ -417,8 +471,21 @@ impl Upload {
             let Some(body) = self.body.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
-            match Pin::new(body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+            let polled = Pin::new(body).poll_frame(cx);
+            if polled.is_ready() {
+                self.stall.progressed = true;
+            }
+            match polled {
+                Poll::Pending => {
+                    return match self.stall.poll_stalled(cx) {
+                        Poll::Ready(()) => {
+                            // A stalled body is not drained: dropped, so the connection closes.
+                            self.body = None;
+                            Poll::Ready(Err(PumpError::ClientStalled))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(PumpError::Client(e))),
                 Poll::Ready(None) => {
                     self.body = None;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::UpstreamConfig;
+use crate::config::{ServerConfig, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::pool::Worker;
 
@@ -39,15 +39,20 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// Idle connections kept per worker.
     pub max_idle_per_worker: usize,
+    /// Longest wait for the client's next request-body bytes (`server.request_body_timeout`).
+    pub request_body_timeout: Duration,
 }
 
-impl From<&UpstreamConfig> for UpstreamSettings {
-    fn from(c: &UpstreamConfig) -> Self {
+impl UpstreamSettings {
+    /// The settings a request needs, from the `upstream` table and the client-side body
+    /// deadline of `server`.
+    pub fn new(c: &UpstreamConfig, server: &ServerConfig) -> Self {
         UpstreamSettings {
             connect_timeout: c.connect_timeout.get(),
             response_timeout: c.response_timeout.get(),
             idle_timeout: c.idle_timeout.get(),
             max_idle_per_worker: c.max_idle_per_worker,
+            request_body_timeout: server.request_body_timeout.get(),
         }
     }
 }

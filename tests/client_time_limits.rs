@@ -1,0 +1,317 @@
+//! Every phase of a request is bounded on the client side: a client that stops reading its
+//! response (HTTP/1.1 or an HTTP/2 window held at zero), one that declares a body and stops
+//! sending it, and an idle tunnel all let go of their worker slots once their limit passes,
+//! while a good client beside them keeps being served.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Short limits so the test sees them pass; a pool of `slots` worker slots in all.
+fn limited_weir(worker: SocketAddr, slots: u32) -> Weir {
+    start_simple(
+        "send_timeout = \"800ms\"\nrequest_body_timeout = \"800ms\"\ntunnel_idle_timeout = \"800ms\"\n",
+        &format!("worker_concurrency = {slots}\nretries = {{ max_tries = 1 }}"),
+        &[worker],
+    )
+}
+
+async fn wait_ready(weir: &Weir) {
+    wait_until("worker ready", || {
+        weir.workers("app")
+            .iter()
+            .any(|w| w.state() == weir::pool::WorkerState::Ready)
+    })
+    .await;
+}
+
+/// A good client looping GETs for `for_`; (successes, tries). Each request may wait in the
+/// queue (30 s by default) while attackers hold the slots.
+async fn good_client(addr: SocketAddr, for_: Duration) -> (usize, usize) {
+    let until = Instant::now() + for_;
+    let (mut ok, mut tries) = (0, 0);
+    while Instant::now() < until {
+        tries += 1;
+        let reply = tokio::time::timeout(DEADLINE, get(addr, "/hello")).await;
+        if matches!(reply, Ok(r) if r.status == 200) {
+            ok += 1;
+        }
+    }
+    (ok, tries)
+}
+
+/// A connection that asks for a large response and never reads it.
+async fn slow_reader(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /bytes/33554432 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    stream
+}
+
+/// Wait until the peer closed `stream` (EOF or reset), reading and dropping what is buffered.
+async fn closed_by_weir(stream: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 1 << 20];
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_let_go_of_their_slots_after_send_timeout() {
+    let worker = demo("w").await;
+    let weir = limited_weir(worker, 4);
+    wait_ready(&weir).await;
+    // Eight readers that never read, against four slots.
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        readers.push(slow_reader(weir.addr()).await);
+    }
+    wait_until("the slow readers hold every slot", || {
+        weir.workers("app")[0].in_flight() == 4
+    })
+    .await;
+    let started = Instant::now();
+    let (ok, tries) = good_client(weir.addr(), Duration::from_secs(3)).await;
+    assert!(
+        ok * 100 >= tries * 99 && ok > 0,
+        "good client: {ok} of {tries} succeeded"
+    );
+    eprintln!(
+        "good client beside 8 slow readers: {ok} of {tries} succeeded in {:?}",
+        started.elapsed()
+    );
+    for mut reader in readers {
+        assert!(closed_by_weir(&mut reader).await, "slow reader was cut");
+    }
+    wait_until("every slot free", || {
+        weir.workers("app")[0].in_flight() == 0
+    })
+    .await;
+}
+
+/// A worker that reads a request's whole body before it answers (one request per connection).
+async fn body_first_worker() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body_start = loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&seen[..body_start]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut got = seen.len() - body_start;
+                while got < length {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_its_body_gets_408_and_frees_the_slot() {
+    let worker = body_first_worker().await;
+    let weir = start_simple(
+        "request_body_timeout = \"800ms\"\n",
+        "worker_concurrency = 2\nretries = { max_tries = 1 }\nhealth = { interval = \"200ms\" }",
+        &[worker],
+    );
+    wait_ready(&weir).await;
+    let mut stalled = Vec::new();
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(weir.addr()).await.unwrap();
+        stream
+            .write_all(
+                b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nfirst bytes",
+            )
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    wait_until("the stalled uploads hold every slot", || {
+        weir.workers("app")[0].in_flight() == 2
+    })
+    .await;
+    let (ok, tries) = good_client(weir.addr(), Duration::from_secs(3)).await;
+    assert!(
+        ok * 100 >= tries * 99 && ok > 0,
+        "good client: {ok} of {tries} succeeded"
+    );
+    eprintln!("good client beside 6 stalled uploads: {ok} of {tries} succeeded");
+    for mut stream in stalled {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    wait_until("every slot free", || {
+        weir.workers("app")[0].in_flight() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_stalls_after_its_response_began_is_cut() {
+    // The demo's /echo answers at once and streams the body back as it comes.
+    let worker = demo("w").await;
+    let weir = limited_weir(worker, 2);
+    wait_ready(&weir).await;
+    let mut stream = TcpStream::connect(weir.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nfirst bytes")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the response is cut, not finished: {text}"
+    );
+    wait_until("slot free", || weir.workers("app")[0].in_flight() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_holding_its_window_at_zero_does_not_keep_the_slots() {
+    let worker = demo("w").await;
+    let weir = limited_weir(worker, 4);
+    wait_ready(&weir).await;
+    // One h2c connection whose streams get no window at all, with many large responses.
+    let tcp = TcpStream::connect(weir.addr()).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn_ended = Arc::new(AtomicBool::new(false));
+    let ended = Arc::clone(&conn_ended);
+    tokio::spawn(async move {
+        let _ = conn.await;
+        ended.store(true, Ordering::SeqCst);
+    });
+    let heads = Arc::new(AtomicUsize::new(0));
+    for _ in 0..20 {
+        let mut sender = sender.clone();
+        let heads = Arc::clone(&heads);
+        tokio::spawn(async move {
+            let req = http::Request::get("/bytes/1048576")
+                .header("host", "x")
+                .body(Empty::new())
+                .unwrap();
+            if let Ok(response) = sender.send_request(req).await {
+                heads.fetch_add(1, Ordering::SeqCst);
+                // Hold the body unread.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(response);
+            }
+        });
+    }
+    wait_until("the stalled streams hold every slot", || {
+        weir.workers("app")[0].in_flight() == 4
+    })
+    .await;
+    let (ok, tries) = good_client(weir.addr(), Duration::from_secs(3)).await;
+    assert!(
+        ok * 100 >= tries * 99 && ok > 0,
+        "good client: {ok} of {tries} succeeded"
+    );
+    eprintln!("good client beside a zero-window h2 connection: {ok} of {tries} succeeded");
+    wait_until("the stalled connection was cut", || {
+        conn_ended.load(Ordering::SeqCst)
+    })
+    .await;
+    wait_until("every slot free", || {
+        weir.workers("app")[0].in_flight() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_at_tunnel_idle_timeout() {
+    let worker = demo("w").await;
+    let weir = limited_weir(worker, 4);
+    wait_ready(&weir).await;
+    let mut stream = TcpStream::connect(weir.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = tokio::time::timeout(DEADLINE, stream.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    // Traffic keeps it open past the limit...
+    let opened = Instant::now();
+    while opened.elapsed() < Duration::from_millis(1500) {
+        stream.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(DEADLINE, stream.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back, b"ping");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        weir.workers("app")[0].in_flight(),
+        1,
+        "the tunnel holds its slot"
+    );
+    // ...silence closes it.
+    let quiet = Instant::now();
+    assert!(closed_by_weir(&mut stream).await, "idle tunnel closed");
+    let took = quiet.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    wait_until("slot free", || weir.workers("app")[0].in_flight() == 0).await;
+}
