@@ -14,7 +14,10 @@
 # freed heap behind that would hide the cost; 9,000 keeps every proxy, client and worker
 # connections together, within 20,000 file descriptors), plain (HTTP/1.1 keep-alive), https
 # (keep-alive over TLS), handshake (a new TLS connection per request, ab without -k), c1000 and
-# c10000 (1,000 and 10,000 concurrent keep-alive connections).
+# c10000 (1,000 and 10,000 concurrent keep-alive connections), burst (BURST_CONNS=10000
+# keep-alive connections busy for BURST_DURATION=5s, then gone: RSS right after and
+# BURST_SETTLE=60s later, i.e. whether the memory a burst took is given back; not in the default
+# set, as it waits a minute per target).
 # Knobs: ROUNDS=3 DURATION=10s CONNS=64 WRK_THREADS=1 PROXY_THREADS=1 PATH_TO_GET=/
 #   BASE_PORT=18080 SKIP_OTHERS=1 (weir and direct only) AB_REQUESTS=4000 AB_CONCURRENCY=16
 #   WEIR_VARIANTS='name=pool keys;name2=pool keys' runs extra weir processes whose pool gets
@@ -33,6 +36,9 @@ PATH_TO_GET=${PATH_TO_GET:-/}
 BASE_PORT=${BASE_PORT:-18080}
 SCENARIOS=${SCENARIOS:-idle plain https handshake c1000 c10000}
 IDLE_CONNS=${IDLE_CONNS:-9000}
+BURST_CONNS=${BURST_CONNS:-10000}
+BURST_DURATION=${BURST_DURATION:-5s}
+BURST_SETTLE=${BURST_SETTLE:-60}
 AB_REQUESTS=${AB_REQUESTS:-4000}
 AB_CONCURRENCY=${AB_CONCURRENCY:-16}
 WEIR=${WEIR:-target/release/weir}
@@ -274,6 +280,22 @@ measure_idle() { # target port
   echo "idle $name: ${per} KiB per idle connection (RSS ${before} -> ${with} KiB)" >&2
 }
 
+BURST_RESULTS="$TMP/burst-results"
+: > "$BURST_RESULTS"
+
+measure_burst() { # target port: RSS before, right after, and BURST_SETTLE s after a burst
+  local name=$1 port=$2 pids; pids=$(pids_of "$name")
+  [ -n "$pids" ] || return 0
+  local before; before=$(rss_kib VmRSS $pids)
+  wrk -t"$WRK_THREADS" -c"$BURST_CONNS" -d"$BURST_DURATION" "http://127.0.0.1:$port$PATH_TO_GET" >/dev/null 2>&1 || true
+  sleep 1
+  local after; after=$(rss_kib VmRSS $pids)
+  sleep "$BURST_SETTLE"
+  local settled; settled=$(rss_kib VmRSS $pids)
+  echo "$name $before $after $settled" >> "$BURST_RESULTS"
+  echo "burst $name: RSS ${before} -> ${after} KiB right after, ${settled} KiB ${BURST_SETTLE}s later" >&2
+}
+
 for scenario in $SCENARIOS; do
   case $scenario in
     plain|https) rounds=$ROUNDS ;;
@@ -297,6 +319,8 @@ for scenario in $SCENARIOS; do
           measure handshake "$t" ab -q -n "$AB_REQUESTS" -c "$AB_CONCURRENCY" "$tls_url" ;;
         idle)
           measure_idle "$t" "${PLAIN[$t]}" ;;
+        burst)
+          measure_burst "$t" "${PLAIN[$t]}" ;;
         c1000)
           measure c1000 "$t" wrk_run 1000 "$DURATION" "$plain_url" ;;
         c10000)
@@ -318,7 +342,7 @@ for scenario in $SCENARIOS; do
     handshake) title="new TLS connection per request (ab -n $AB_REQUESTS -c $AB_CONCURRENCY, no -k): CPU column is per handshake" ;;
     c1000) title="1,000 keep-alive connections" ;;
     c10000) title="10,000 keep-alive connections" ;;
-    idle) continue ;;
+    idle|burst) continue ;;
   esac
   grep -q "^$scenario " "$RESULTS" || continue
   nginx_rps=""
@@ -355,4 +379,14 @@ if [ -s "$IDLE_RESULTS" ]; then
   while read -r name before peak per; do
     echo "| $name | $(awk -v k="$before" 'BEGIN {printf "%.1f", k/1024}') | $(awk -v k="$peak" 'BEGIN {printf "%.1f", k/1024}') | $per |"
   done < "$IDLE_RESULTS"
+fi
+if [ -s "$BURST_RESULTS" ]; then
+  echo
+  echo "### Memory after a burst of $BURST_CONNS keep-alive connections for $BURST_DURATION"
+  echo
+  echo "| target | RSS before MiB | right after MiB | ${BURST_SETTLE} s later MiB |"
+  echo "|---|---:|---:|---:|"
+  while read -r name before after settled; do
+    echo "| $name | $(awk -v k="$before" 'BEGIN {printf "%.1f", k/1024}') | $(awk -v k="$after" 'BEGIN {printf "%.1f", k/1024}') | $(awk -v k="$settled" 'BEGIN {printf "%.1f", k/1024}') |"
+  done < "$BURST_RESULTS"
 fi

@@ -307,6 +307,7 @@ pub fn run(
         drop(snapshot);
         let _ = pools_started.send(());
         tokio::spawn(crate::alerts::run(Arc::clone(&control.shared)));
+        tokio::spawn(crate::heap::give_back_after_bursts());
         if let Some(listener) = admin {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {

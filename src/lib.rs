@@ -19,6 +19,7 @@
 //! - [`control`]: the control-plane thread: health, scalers, admin API, reload.
 //! - [`admin`], [`telemetry`], [`access_log`]: the admin API and CLI views, Prometheus metrics,
 //!   the JSON access log.
+//! - [`heap`]: gives the allocator's free pages back to the kernel after a burst.
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
 //! - [`values`]: the small value types at the bottom (durations, CIDRs, host patterns, status
 //!   lists, cron schedules, wall-clock formatting), each with its parser and tests.
@@ -33,6 +34,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod heap;
 pub mod membership;
 pub mod pool;
 pub mod provider;

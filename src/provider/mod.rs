@@ -7,7 +7,7 @@
 mod exec;
 mod process;
 mod static_list;
-mod sys;
+pub(crate) mod sys;
 
 pub use exec::ExecProvider;
 pub use process::ProcessProvider;

@@ -3,6 +3,8 @@
 //! - In a freshly forked worker, before exec: ask the kernel to SIGKILL it when weir dies
 //!   (`PR_SET_PDEATHSIG`), so workers never outlive weir even if weir is SIGKILLed.
 //! - Signalling a worker's whole process group on release.
+//! - Asking glibc's allocator how much of the heap is in use, and to give free pages back to
+//!   the kernel after a burst (`mallinfo2`, `malloc_trim`).
 #![allow(unsafe_code)]
 
 use tokio::process::Command;
@@ -59,3 +61,34 @@ pub fn signal_group(pgid: u32, signal: i32) -> std::io::Result<()> {
 pub const SIGTERM: i32 = libc::SIGTERM;
 /// SIGKILL, after the grace period.
 pub const SIGKILL: i32 = libc::SIGKILL;
+
+/// Bytes the allocator has handed out and not had back (glibc's `mallinfo2().uordblks`);
+/// `None` where weir is not built against glibc.
+pub fn heap_in_use() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments, only reads the allocator's own statistics
+        // under its locks, and returns a plain struct by value.
+        let info = unsafe { libc::mallinfo2() };
+        Some(info.uordblks as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// Give the heap's free pages back to the kernel (glibc's `malloc_trim(0)`, which walks every
+/// arena); returns whether any memory was released.
+pub fn trim_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes the allocator's locks itself and only releases pages that
+        // hold no live allocation; any thread may call it at any time.
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
