@@ -54,6 +54,41 @@ fn check_rejects_bad_config_with_one_line_naming_the_key() {
 }
 
 #[test]
+fn check_refuses_values_that_would_break_serving() {
+    let base = "[[listeners]]\nlisten = \"127.0.0.1:8080\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }\n";
+    for (name, text, key) in [
+        (
+            "huge-duration",
+            format!("[server]\nidle_timeout = \"18446744073709551615s\"\n{base}"),
+            "weir.toml:2: server.idle_timeout: duration \"18446744073709551615s\" is longer than the 1 year",
+        ),
+        (
+            "no-h2-streams",
+            format!("[server]\nmax_h2_streams = 0\n{base}"),
+            "weir.toml: server.max_h2_streams: must be at least 1",
+        ),
+        (
+            "admin-on-listener",
+            format!("[admin]\nlisten = \"127.0.0.1:8080\"\n{base}"),
+            "weir.toml: admin.listen: 127.0.0.1:8080 overlaps listeners[0].listen",
+        ),
+    ] {
+        let path = temp_config(name, &text);
+        let out = Command::new(WEIR)
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "weir.toml");
+        assert!(!out.status.success(), "{name}: accepted");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.starts_with(key), "{name}: {stderr}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
 fn address_in_use_fails_fast_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
