@@ -15,6 +15,7 @@ use crate::membership::Membership;
 use crate::pool::{Pool, PoolSettings};
 use crate::provider;
 use crate::scale::{PoolScaler, ScalePolicy};
+use crate::server::ConnectionLimit;
 use crate::state::{Carried, Shared, Snapshot};
 
 /// A running scaler and how to stop it.
@@ -29,12 +30,15 @@ pub struct Control {
     config_path: Option<PathBuf>,
     scalers: Mutex<HashMap<String, ScalerTask>>,
     reload_lock: tokio::sync::Mutex<()>,
+    admin_connections: Arc<ConnectionLimit>,
 }
 
 impl Control {
     /// A control plane over `shared`; `config_path` is what reloads read.
     pub fn new(shared: Arc<Shared>, config_path: Option<PathBuf>) -> Arc<Self> {
+        let admin_max = shared.snapshot().config.admin.max_connections;
         Arc::new(Control {
+            admin_connections: ConnectionLimit::new(admin_max),
             shared,
             config_path,
             scalers: Mutex::new(HashMap::new()),
@@ -45,6 +49,11 @@ impl Control {
     /// The shared state.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// `admin.max_connections`: the admin listener's cap, resized by a reload.
+    pub fn admin_connections(&self) -> &Arc<ConnectionLimit> {
+        &self.admin_connections
     }
 
     /// Start a pool's members: a provider that discovers them (a static list) feeds the

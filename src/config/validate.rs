@@ -117,6 +117,12 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             "must be at least 1".into(),
         ));
     }
+    if config.admin.max_connections == 0 {
+        return Err(fail(
+            "admin.max_connections".into(),
+            "must be at least 1".into(),
+        ));
+    }
     if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&config.server.max_header_bytes) {
         return Err(fail(
             "server.max_header_bytes".into(),
@@ -697,6 +703,27 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
             "weir.toml"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn admin_connection_cap_is_at_least_one() {
+        let config = parse(BASE, "weir.toml").unwrap();
+        assert_eq!(
+            config.admin.max_connections,
+            super::super::DEFAULT_ADMIN_MAX_CONNECTIONS
+        );
+        let with = |n: &str| format!("[admin]\nmax_connections = {n}\n{BASE}");
+        assert_eq!(
+            parse(&with("1"), "weir.toml")
+                .unwrap()
+                .admin
+                .max_connections,
+            1
+        );
+        assert_eq!(
+            err(&with("0")),
+            "weir.toml: admin.max_connections: must be at least 1"
+        );
     }
 
     #[test]
