@@ -220,11 +220,18 @@ impl Control {
         let new_config = Arc::clone(&snapshot.config);
         let new_pools = snapshot.pools.clone();
         self.shared.publish(snapshot);
-        self.shared
+        let old_proxy_max = self
+            .shared
             .connections
             .resize(new_config.server.max_connections);
-        self.admin_connections
+        let old_admin_max = self
+            .admin_connections
             .resize(new_config.admin.max_connections);
+        if old_proxy_max != new_config.server.max_connections
+            || old_admin_max != new_config.admin.max_connections
+        {
+            crate::server::nofile::check(&new_config);
+        }
 
         for name in &removed {
             self.stop_pool(name);

@@ -187,3 +187,65 @@ fn run_serves_demo_worker_processes_and_stops_on_sigterm() {
     };
     assert!(exit.success(), "{exit:?}");
 }
+
+/// The soft and hard `Max open files` of process `pid` ("self" for this one).
+fn nofile_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].parse().unwrap(), fields[4].parse().unwrap())
+}
+
+#[test]
+fn run_raises_the_soft_descriptor_limit_and_warns_when_the_caps_still_do_not_fit() {
+    let (_, hard) = nofile_limits("self");
+    let soft = (hard / 2).min(256);
+    // As many client connections as the hard limit: the admin cap and the reserve cannot fit.
+    let path = temp_config(
+        "nofile",
+        &format!("[server]\nthreads = 1\nmax_connections = {hard}\nshutdown_grace = \"100ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"127.0.0.1:1\"] }}\n"),
+    );
+    let mut weir = Reaped(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {soft} && exec \"$0\" run --config \"$1\""
+            ))
+            .arg(WEIR)
+            .arg(&path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let err = lines(weir.0.stderr.take().unwrap());
+    let raised = wait_for_line(&err, "raised the soft RLIMIT_NOFILE");
+    assert!(
+        raised.contains(&format!("from={soft}")) && raised.contains(&format!("to={hard}")),
+        "{raised}"
+    );
+    let warning = wait_for_line(&err, "below server.max_connections");
+    assert!(warning.contains(" WARN "), "{warning}");
+    assert!(
+        warning.contains(&format!(
+            "RLIMIT_NOFILE is {hard} (hard limit {hard}), below server.max_connections ({hard}) + admin.max_connections (256) + 64 in reserve = {}",
+            hard + 256 + 64
+        )),
+        "{warning}"
+    );
+    wait_for_line(&err, "admin API listening");
+    assert_eq!(nofile_limits(&weir.0.id().to_string()), (hard, hard));
+    let status = Command::new("kill")
+        .args(["-TERM", &weir.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + common::DEADLINE;
+    while weir.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "weir did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_file(&path);
+}

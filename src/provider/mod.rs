@@ -7,7 +7,6 @@
 mod exec;
 mod process;
 mod static_list;
-mod sys;
 
 pub use exec::ExecProvider;
 pub use process::ProcessProvider;

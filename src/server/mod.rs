@@ -5,6 +5,7 @@
 
 mod limit;
 mod listen;
+pub mod nofile;
 pub mod tls;
 
 pub use limit::{ConnectionLimit, ConnectionPermit};

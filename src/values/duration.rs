@@ -53,7 +53,7 @@ impl<'de> Deserialize<'de> for Dur {
 pub const MAX: Duration = Duration::from_secs(31_557_600);
 
 /// Parse "250ms", "10s", "1m30s"; bare numbers are refused because their unit is a guess, and
-/// anything longer than [`MAX`] is refused because it cannot be added to a clock reading.
+/// anything longer than `MAX` (one year) is refused because it cannot be added to a clock reading.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
