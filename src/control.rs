@@ -10,11 +10,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, PoolConfig};
+use crate::config::{self, PoolConfig};
 use crate::membership::Membership;
 use crate::pool::{Pool, PoolSettings};
 use crate::provider;
 use crate::scale::{PoolScaler, ScalePolicy};
+use crate::server::ConnectionLimit;
 use crate::state::{Carried, Shared, Snapshot};
 
 /// A running scaler and how to stop it.
@@ -29,12 +30,15 @@ pub struct Control {
     config_path: Option<PathBuf>,
     scalers: Mutex<HashMap<String, ScalerTask>>,
     reload_lock: tokio::sync::Mutex<()>,
+    admin_connections: Arc<ConnectionLimit>,
 }
 
 impl Control {
     /// A control plane over `shared`; `config_path` is what reloads read.
     pub fn new(shared: Arc<Shared>, config_path: Option<PathBuf>) -> Arc<Self> {
+        let admin_max = shared.snapshot().config.admin.max_connections;
         Arc::new(Control {
+            admin_connections: ConnectionLimit::new(admin_max),
             shared,
             config_path,
             scalers: Mutex::new(HashMap::new()),
@@ -45,6 +49,11 @@ impl Control {
     /// The shared state.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// `admin.max_connections`: the admin listener's cap, resized by a reload.
+    pub fn admin_connections(&self) -> &Arc<ConnectionLimit> {
+        &self.admin_connections
     }
 
     /// Start a pool's members: a provider that discovers them (a static list) feeds the
@@ -134,7 +143,7 @@ impl Control {
         let origin = path.display().to_string();
         let new_config = off_thread(move || config::load(&path).map_err(|e| e.to_string())).await?;
         let old = self.shared.snapshot_full();
-        check_restart_only(&old.config, &new_config)?;
+        config::changes::check_restart_only(&old.config, &new_config)?;
 
         // Plan: which pools stay (with their new settings built now), which start afresh.
         let mut changes = Vec::new();
@@ -207,10 +216,22 @@ impl Control {
                 }
             }
         }
-        changes.extend(config_changes(&old.config, &snapshot.config));
+        changes.extend(config::changes::describe(&old.config, &snapshot.config));
         let new_config = Arc::clone(&snapshot.config);
         let new_pools = snapshot.pools.clone();
         self.shared.publish(snapshot);
+        let old_proxy_max = self
+            .shared
+            .connections
+            .resize(new_config.server.max_connections);
+        let old_admin_max = self
+            .admin_connections
+            .resize(new_config.admin.max_connections);
+        if old_proxy_max != new_config.server.max_connections
+            || old_admin_max != new_config.admin.max_connections
+        {
+            crate::server::nofile::check(&new_config);
+        }
 
         for name in &removed {
             self.stop_pool(name);
@@ -223,53 +244,6 @@ impl Control {
         info!(changes = ?changes, "config reloaded");
         Ok(changes)
     }
-}
-
-/// Refuse a reload that changes what only a restart can change.
-fn check_restart_only(old: &Config, new: &Config) -> Result<(), String> {
-    let listens = |c: &Config| -> Vec<(String, bool)> {
-        c.listeners
-            .iter()
-            .map(|l| (l.listen.clone(), l.tls.is_some()))
-            .collect()
-    };
-    if listens(old) != listens(new) {
-        return Err("listeners: addresses or TLS on/off changed; those need a restart (nothing was applied)".into());
-    }
-    if old.admin.listen != new.admin.listen {
-        return Err("admin.listen changed; that needs a restart (nothing was applied)".into());
-    }
-    Ok(())
-}
-
-/// What changed outside the pools, one entry per section.
-fn config_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut changes = Vec::new();
-    if old.routes != new.routes {
-        changes.push("routes: changed".into());
-    }
-    // Certificates are re-read from disk on every reload: the files may have changed.
-    for (i, listener) in new.listeners.iter().enumerate() {
-        if listener.tls.is_some() {
-            changes.push(format!("listeners[{i}].tls: certificates reloaded"));
-        }
-    }
-    if old.server != new.server {
-        changes.push("server: changed (applies to new connections)".into());
-    }
-    if old.upstream != new.upstream {
-        changes.push("upstream: changed".into());
-    }
-    if old.alerts != new.alerts {
-        changes.push("alerts: changed".into());
-    }
-    if old.access_log != new.access_log {
-        changes.push("access_log: changed".into());
-    }
-    if old.admin.token != new.admin.token || old.admin.token_env != new.admin.token_env {
-        changes.push("admin: token changed".into());
-    }
-    changes
 }
 
 /// Run file work on a blocking thread, so the control thread's probes and scalers never wait

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use crate::provider::sys;
+use crate::sys;
 
 /// How often the resident size is compared with the heap in use.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);

@@ -23,6 +23,8 @@
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
 //! - [`values`]: the small value types at the bottom (durations, CIDRs, host patterns, status
 //!   lists, cron schedules, wall-clock formatting), each with its parser and tests.
+//! - `sys`: the one module allowed unsafe code: the few libc calls std does not offer (worker
+//!   process groups, the parent-death signal, the descriptor limit).
 
 #![deny(unsafe_code)]
 
@@ -43,6 +45,7 @@ pub mod routing;
 pub mod scale;
 pub mod server;
 pub mod state;
+mod sys;
 pub mod telemetry;
 pub mod upstream;
 pub mod values;

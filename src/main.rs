@@ -260,6 +260,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    weir::server::nofile::raise_and_check(&snapshot.config);
     let server = match Server::start(snapshot, Some(path.to_path_buf())) {
         Ok(s) => s,
         Err(e) => {

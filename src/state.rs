@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::pool::Pool;
 use crate::routing::RouteTable;
 use crate::scale::{ActivityLog, PoolScaler};
-use crate::server::tls;
+use crate::server::{tls, ConnectionLimit};
 use crate::telemetry::RouteMetrics;
 use crate::upstream::UpstreamSettings;
 use crate::values::Cidr;
@@ -158,12 +158,15 @@ pub struct Shared {
     pub activity: Arc<ActivityLog>,
     /// The scaler of each launchable pool, by pool name.
     pub scalers: DashMap<String, Arc<PoolScaler>>,
+    /// `server.max_connections` across all listeners and serving threads; a reload resizes it.
+    pub connections: Arc<ConnectionLimit>,
 }
 
 impl Shared {
     /// Shared state starting from `snapshot`.
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         Arc::new(Shared {
+            connections: ConnectionLimit::new(snapshot.config.server.max_connections),
             snapshot: ArcSwap::from_pointee(snapshot),
             activity: Arc::new(ActivityLog::default()),
             scalers: DashMap::new(),

@@ -54,6 +54,41 @@ fn check_rejects_bad_config_with_one_line_naming_the_key() {
 }
 
 #[test]
+fn check_refuses_values_that_would_break_serving() {
+    let base = "[[listeners]]\nlisten = \"127.0.0.1:8080\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }\n";
+    for (name, text, key) in [
+        (
+            "huge-duration",
+            format!("[server]\nidle_timeout = \"18446744073709551615s\"\n{base}"),
+            "weir.toml:2: server.idle_timeout: duration \"18446744073709551615s\" is longer than the 1 year",
+        ),
+        (
+            "no-h2-streams",
+            format!("[server]\nmax_h2_streams = 0\n{base}"),
+            "weir.toml: server.max_h2_streams: must be at least 1",
+        ),
+        (
+            "admin-on-listener",
+            format!("[admin]\nlisten = \"127.0.0.1:8080\"\n{base}"),
+            "weir.toml: admin.listen: 127.0.0.1:8080 overlaps listeners[0].listen",
+        ),
+    ] {
+        let path = temp_config(name, &text);
+        let out = Command::new(WEIR)
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "weir.toml");
+        assert!(!out.status.success(), "{name}: accepted");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.starts_with(key), "{name}: {stderr}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
 fn address_in_use_fails_fast_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
@@ -151,4 +186,66 @@ fn run_serves_demo_worker_processes_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(exit.success(), "{exit:?}");
+}
+
+/// The soft and hard `Max open files` of process `pid` ("self" for this one).
+fn nofile_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].parse().unwrap(), fields[4].parse().unwrap())
+}
+
+#[test]
+fn run_raises_the_soft_descriptor_limit_and_warns_when_the_caps_still_do_not_fit() {
+    let (_, hard) = nofile_limits("self");
+    let soft = (hard / 2).min(256);
+    // As many client connections as the hard limit: the admin cap and the reserve cannot fit.
+    let path = temp_config(
+        "nofile",
+        &format!("[server]\nthreads = 1\nmax_connections = {hard}\nshutdown_grace = \"100ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"127.0.0.1:1\"] }}\n"),
+    );
+    let mut weir = Reaped(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {soft} && exec \"$0\" run --config \"$1\""
+            ))
+            .arg(WEIR)
+            .arg(&path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let err = lines(weir.0.stderr.take().unwrap());
+    let raised = wait_for_line(&err, "raised the soft RLIMIT_NOFILE");
+    assert!(
+        raised.contains(&format!("from={soft}")) && raised.contains(&format!("to={hard}")),
+        "{raised}"
+    );
+    let warning = wait_for_line(&err, "below server.max_connections");
+    assert!(warning.contains(" WARN "), "{warning}");
+    assert!(
+        warning.contains(&format!(
+            "RLIMIT_NOFILE is {hard} (hard limit {hard}), below server.max_connections ({hard}) + admin.max_connections (256) + 64 in reserve = {}",
+            hard + 256 + 64
+        )),
+        "{warning}"
+    );
+    wait_for_line(&err, "admin API listening");
+    assert_eq!(nofile_limits(&weir.0.id().to_string()), (hard, hard));
+    let status = Command::new("kill")
+        .args(["-TERM", &weir.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + common::DEADLINE;
+    while weir.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "weir did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_file(&path);
 }

@@ -1,7 +1,8 @@
 //! Reload is all or nothing: a reload that fails at any step (a certificate that does not
 //! parse, an access log that cannot be opened, a token variable that is not set) changes nothing
 //! live, not even the parts that came before the failing step; and a route the reload leaves
-//! unchanged keeps its queue, so a request waiting in it is served after the reload.
+//! unchanged keeps its queue, so a request waiting in it is served after the reload; and
+//! `server.max_connections` changes how many connections are served at once.
 
 mod common;
 
@@ -155,5 +156,103 @@ async fn a_waiting_request_survives_a_reload_of_its_unchanged_route() {
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(second.await.unwrap().status, 200, "the waiter was served");
     assert_eq!(weir.waiting("app"), 0);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A connection that made one request and stays open: (its answer's status, the client).
+async fn served_and_kept(addr: std::net::SocketAddr) -> (http::StatusCode, Client) {
+    let mut client = Client::connect(addr).await;
+    let status = client.get("/").await.status;
+    (status, client)
+}
+
+/// How long a client at the cap is watched to show it is not being served (a served request
+/// takes a millisecond here).
+const NOT_SERVED_WINDOW: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_max_connections_changes_how_many_connections_are_served() {
+    let worker = demo("w").await;
+    let path = temp_path("reload-max-connections.toml");
+    let rest = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{worker}\"] }}\n"
+    );
+    // Open connections outlive the test: only the cap decides who is served.
+    let weir = start_weir_at(
+        "threads = 1\nmax_connections = 2\nheader_read_timeout = \"1m\"\nidle_timeout = \"1m\"\n",
+        &rest,
+        Some(&path),
+    );
+    let addr = weir.addr();
+    let open = || weir.connections().open();
+    let set_max = |n: usize| {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("max_connections"))
+            .unwrap()
+            .to_string();
+        std::fs::write(
+            &path,
+            text.replace(&line, &format!("max_connections = {n}")),
+        )
+        .unwrap();
+    };
+
+    let (status, a) = served_and_kept(addr).await;
+    assert_eq!(status, 200);
+    let (status, b) = served_and_kept(addr).await;
+    assert_eq!(status, 200);
+    let mut c = tokio::spawn(served_and_kept(addr));
+    assert!(
+        tokio::time::timeout(NOT_SERVED_WINDOW, &mut c)
+            .await
+            .is_err(),
+        "a third connection is served at max_connections = 2"
+    );
+    assert_eq!(open(), 2);
+
+    // Raised to 3: the waiting connection is served at once.
+    set_max(3);
+    let (status, body) = reload(&weir).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("server.max_connections: 2 -> 3 (applied now"),
+        "{body}"
+    );
+    let (status, c) = tokio::time::timeout(DEADLINE, c).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(weir.connections().max(), 3);
+    let mut d = tokio::spawn(served_and_kept(addr));
+    assert!(
+        tokio::time::timeout(NOT_SERVED_WINDOW, &mut d)
+            .await
+            .is_err(),
+        "a fourth connection is served at max_connections = 3"
+    );
+
+    // Lowered to 1 with three open: they carry on, and the waiting one is served only once
+    // all three have closed.
+    set_max(1);
+    let (status, body) = reload(&weir).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("server.max_connections: 3 -> 1 (applied now"),
+        "{body}"
+    );
+    drop(a);
+    wait_until("the first connection is gone", || open() == 2).await;
+    drop(b);
+    wait_until("the second connection is gone", || open() == 1).await;
+    assert!(
+        tokio::time::timeout(NOT_SERVED_WINDOW, &mut d)
+            .await
+            .is_err(),
+        "a second connection is served at max_connections = 1"
+    );
+    drop(c);
+    let (status, _d) = tokio::time::timeout(DEADLINE, d).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(open(), 1);
     let _ = std::fs::remove_file(&path);
 }

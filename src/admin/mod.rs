@@ -1,11 +1,14 @@
 //! The admin listener: liveness and readiness, the JSON API, and Prometheus /metrics. It runs
 //! on the control thread, never on a serving thread. With a token set, /api/ and /metrics need
-//! `Authorization: Bearer <token>` (compared in constant time).
+//! `Authorization: Bearer <token>` (compared in constant time). Its connections are capped and
+//! timed out like the proxy's (`conn.rs`).
 
 pub mod cli;
+mod conn;
 pub mod views;
 
-use std::convert::Infallible;
+pub use conn::serve;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,11 +16,7 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::debug;
 
 use crate::control::Control;
@@ -27,31 +26,6 @@ use crate::pool::WorkerState;
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 type AdminResponse = Response<Full<Bytes>>;
-
-/// Serve the admin API on `listener` until `shutdown` flips.
-pub async fn serve(
-    listener: TcpListener,
-    control: Arc<Control>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    while let Some((stream, peer)) =
-        crate::server::accept_until_shutdown(&listener, &mut shutdown, "admin").await
-    {
-        let control = Arc::clone(&control);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let control = Arc::clone(&control);
-                async move { Ok::<_, Infallible>(route(req, &control, peer).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(error = %e, "admin connection error");
-            }
-        });
-    }
-}
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> AdminResponse {
     let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
@@ -194,15 +168,16 @@ async fn scale(req: Request<Incoming>, control: &Control, name: &str) -> AdminRe
             format!("pool {name:?} is static: its workers are exactly its addresses"),
         );
     };
-    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    // The body must arrive within the head's time limit, so a stalled upload cannot keep an
+    // admin connection busy (and so open) for ever.
+    let deadline = shared.snapshot().config.server.header_read_timeout.get();
+    let collect = Limited::new(req.into_body(), MAX_ADMIN_BODY).collect();
+    let body = match tokio::time::timeout(deadline, collect).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) | Err(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "request body too large or incomplete",
+                "request body too large, incomplete or too slow",
             )
         }
     };

@@ -3,6 +3,7 @@
 //! A config is loaded once at start and held behind `ArcSwap` in [`crate::state`], so a reload
 //! swaps a fully validated snapshot in one step.
 
+pub mod changes;
 mod model;
 mod validate;
 

@@ -147,6 +147,10 @@ fn default_alert_min_interval() -> Dur {
 
 /// Where the admin API listens by default: loopback only.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Admin connections open at once. The admin API serves a few operators, scrapers and probes,
+/// far fewer than 256; and 256 is far below any descriptor limit, so connections that never
+/// authenticate cannot take the descriptors the proxy listeners need.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
 
 /// The admin listener.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -158,6 +162,10 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Name of an environment variable holding the token (keeps it out of the file).
     pub token_env: Option<String>,
+    /// Cap on open admin connections; at it, further admin clients wait in the kernel's listen
+    /// backlog (holding no descriptor of weir's) until one closes. Admin connections also get
+    /// `server.header_read_timeout` and `server.idle_timeout`, so idle ones free their slot.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -166,6 +174,7 @@ impl Default for AdminConfig {
             listen: DEFAULT_ADMIN_LISTEN.to_string(),
             token: None,
             token_env: None,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         }
     }
 }

@@ -38,6 +38,13 @@ impl std::error::Error for ConfigError {}
 
 /// hyper's HTTP/1.1 read buffer cannot be smaller than this, and the head must fit in it.
 const MIN_HEADER_BYTES: usize = 8192;
+/// Largest `server.max_header_bytes`: every connection may grow a read buffer this large, so
+/// a bigger bound lets a few thousand clients hold gigabytes; 1 MiB is 16x the default and
+/// above any head a browser or API client sends.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// Most serving threads: each has its own runtime, sockets and worker connections, so far more
+/// threads than cores only costs memory and descriptors; 1024 is above any machine weir runs on.
+const MAX_THREADS: usize = 1024;
 
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -74,6 +81,22 @@ pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// Whether the admin listener at `admin` would claim the socket of the proxy listener at
+/// `listener`, so one of them could not bind: the same port (never port 0, which picks a free
+/// one each time) on the same IP, or where either IP is the wildcard of the other's family,
+/// which takes that port on every address. The admin socket is bound dual-stack (the Linux
+/// default), so an admin `[::]` also takes the IPv4 port; proxy listeners are IPv6-only.
+fn overlaps(admin: SocketAddr, listener: SocketAddr) -> bool {
+    if admin.port() == 0 || admin.port() != listener.port() {
+        return false;
+    }
+    let same_family = admin.is_ipv4() == listener.is_ipv4();
+    let wildcard = admin.ip().is_unspecified() || listener.ip().is_unspecified();
+    admin.ip() == listener.ip()
+        || (same_family && wildcard)
+        || (admin.ip() == std::net::Ipv6Addr::UNSPECIFIED && listener.is_ipv4())
+}
+
 /// Semantic checks the type system cannot express.
 pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
     let fail = |key: String, message: String| ConfigError {
@@ -94,10 +117,28 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             "must be at least 1".into(),
         ));
     }
-    if config.server.max_header_bytes < MIN_HEADER_BYTES {
+    if config.admin.max_connections == 0 {
+        return Err(fail(
+            "admin.max_connections".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&config.server.max_header_bytes) {
         return Err(fail(
             "server.max_header_bytes".into(),
-            format!("must be at least {MIN_HEADER_BYTES}"),
+            format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES} (1 MiB)"),
+        ));
+    }
+    if config.server.threads > MAX_THREADS {
+        return Err(fail(
+            "server.threads".into(),
+            format!("must be at most {MAX_THREADS} (0 = one per core)"),
+        ));
+    }
+    if config.server.max_h2_streams == 0 {
+        return Err(fail(
+            "server.max_h2_streams".into(),
+            "must be at least 1 (HTTP/2 is offered on every listener)".into(),
         ));
     }
     for (key, value) in [
@@ -188,6 +229,12 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             return Err(fail(
                 format!("listeners[{i}].listen"),
                 format!("{addr} is listed twice"),
+            ));
+        }
+        if overlaps(admin, addr) {
+            return Err(fail(
+                "admin.listen".into(),
+                format!("{admin} overlaps listeners[{i}].listen ({addr}): the admin API needs a port of its own"),
             ));
         }
         if let Some(tls) = &listener.tls {
@@ -606,6 +653,119 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
         );
         let e = err(&ok.replace("429", "99"));
         assert!(e.contains("pools.app.retries.on_status"), "{e}");
+    }
+
+    #[test]
+    fn server_bounds_are_checked() {
+        let with = |keys: &str| format!("[server]\n{keys}\n{BASE}");
+        for ok in [
+            "max_h2_streams = 1",
+            "threads = 1024",
+            "max_header_bytes = 1048576",
+            "max_header_bytes = 8192",
+        ] {
+            assert!(parse(&with(ok), "weir.toml").is_ok(), "{ok}");
+        }
+        assert_eq!(
+            err(&with("max_h2_streams = 0")),
+            "weir.toml: server.max_h2_streams: must be at least 1 (HTTP/2 is offered on every listener)"
+        );
+        assert_eq!(
+            err(&with("threads = 1025")),
+            "weir.toml: server.threads: must be at most 1024 (0 = one per core)"
+        );
+        for bad in ["max_header_bytes = 1048577", "max_header_bytes = 8191"] {
+            let e = err(&with(bad));
+            assert!(
+                e.starts_with(
+                    "weir.toml: server.max_header_bytes: must be between 8192 and 1048576"
+                ),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_duration_is_bounded_and_names_its_key() {
+        for (table, key) in [
+            ("server", "idle_timeout"),
+            ("server", "shutdown_grace"),
+            ("upstream", "connect_timeout"),
+            ("upstream", "idle_timeout"),
+        ] {
+            let e = err(&format!(
+                "[{table}]\n{key} = \"18446744073709551615s\"\n{BASE}"
+            ));
+            assert!(
+                e.starts_with(&format!("weir.toml:2: {table}.{key}: ")),
+                "{e}"
+            );
+            assert!(e.contains("longer than the 1 year"), "{e}");
+        }
+        let e = err(&BASE.replace(
+            "pool = \"app\"",
+            "pool = \"app\"\nqueue = { timeout = \"400d\" }",
+        ));
+        assert!(e.contains("routes[0].queue.timeout"), "{e}");
+        assert!(parse(
+            &format!("[server]\nshutdown_grace = \"1y\"\n{BASE}"),
+            "weir.toml"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn admin_connection_cap_is_at_least_one() {
+        let config = parse(BASE, "weir.toml").unwrap();
+        assert_eq!(
+            config.admin.max_connections,
+            super::super::DEFAULT_ADMIN_MAX_CONNECTIONS
+        );
+        let with = |n: &str| format!("[admin]\nmax_connections = {n}\n{BASE}");
+        assert_eq!(
+            parse(&with("1"), "weir.toml")
+                .unwrap()
+                .admin
+                .max_connections,
+            1
+        );
+        assert_eq!(
+            err(&with("0")),
+            "weir.toml: admin.max_connections: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn admin_listen_must_not_be_a_listener() {
+        let with_admin = |admin: &str, listen: &str| {
+            format!(
+                "[admin]\nlisten = \"{admin}\"\n{}",
+                BASE.replace("127.0.0.1:8080", listen)
+            )
+        };
+        let e = err(&with_admin("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert_eq!(
+            e,
+            "weir.toml: admin.listen: 127.0.0.1:8080 overlaps listeners[0].listen (127.0.0.1:8080): the admin API needs a port of its own"
+        );
+        // A wildcard listener takes the port on every address, loopback included.
+        assert!(err(&with_admin("127.0.0.1:8080", "0.0.0.0:8080")).contains("admin.listen"));
+        // The admin socket is dual-stack: `[::]` takes the IPv4 port too.
+        let dual = format!("[admin]\nlisten = \"[::]:8080\"\ntoken = \"t\"\n{BASE}");
+        assert!(err(&dual).contains("admin.listen"));
+        // Another port, another family, or port 0 (a fresh free port each time) do not collide.
+        for (admin, listen) in [
+            ("127.0.0.1:9901", "127.0.0.1:8080"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("[::1]:8080", "0.0.0.0:8080"),
+            ("127.0.0.1:8080", "[::]:8080"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+        ] {
+            assert!(
+                parse(&with_admin(admin, listen), "weir.toml").is_ok(),
+                "{admin} {listen}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,6 @@
 mod exec;
 mod process;
 mod static_list;
-pub(crate) mod sys;
 
 pub use exec::ExecProvider;
 pub use process::ProcessProvider;

@@ -15,7 +15,8 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{sys, LaunchSpec, Launched, Provider, ProviderError, ProviderFuture, WorkerHandle};
+use super::{LaunchSpec, Launched, Provider, ProviderError, ProviderFuture, WorkerHandle};
+use crate::sys;
 
 /// A running worker process.
 struct Running {

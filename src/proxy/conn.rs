@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
-use tokio::sync::OwnedSemaphorePermit;
 
+use crate::server::ConnectionPermit;
 use crate::state::Shared;
 use crate::upstream::Upstreams;
 
@@ -33,7 +33,7 @@ pub struct ConnContext {
     body_polls: AtomicU64,
     /// Holds one slot of `server.max_connections` until the connection and anything it
     /// spawned (e.g. a WebSocket tunnel) are gone.
-    _permit: OwnedSemaphorePermit,
+    _permit: ConnectionPermit,
 }
 
 impl ConnContext {
@@ -44,7 +44,7 @@ impl ConnContext {
         peer: SocketAddr,
         trusted: bool,
         tls: bool,
-        permit: OwnedSemaphorePermit,
+        permit: ConnectionPermit,
     ) -> Arc<Self> {
         let ip = peer.ip().to_canonical();
         let peer_ip = HeaderValue::from_str(&ip.to_string())

@@ -3,8 +3,12 @@
 //! request is accepted, proxied and answered on one thread with no cross-thread hand-off. What
 //! threads share (config snapshot, worker counters) is read through atomics and `ArcSwap`.
 
+mod limit;
 mod listen;
+pub mod nofile;
 pub mod tls;
+
+pub use limit::{ConnectionLimit, ConnectionPermit};
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
@@ -17,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -74,8 +78,6 @@ pub struct Server {
 /// What every serving thread shares.
 struct Common {
     shared: Arc<Shared>,
-    connections: Arc<Semaphore>,
-    max_connections: usize,
 }
 
 impl Server {
@@ -119,8 +121,6 @@ impl Server {
         let control = Control::new(Arc::clone(&shared), config_path);
         let common = Arc::new(Common {
             shared: Arc::clone(&shared),
-            connections: Arc::new(Semaphore::new(config.server.max_connections)),
-            max_connections: config.server.max_connections,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = Vec::with_capacity(threads);
@@ -265,9 +265,7 @@ fn serve_thread(
         // Accepting has stopped; connections were told to finish. Wait for them, up to grace.
         let grace = common.shared.snapshot().config.server.shutdown_grace.get();
         let deadline = Instant::now() + grace;
-        while common.connections.available_permits() < common.max_connections
-            && Instant::now() < deadline
-        {
+        while common.shared.connections.open() > 0 && Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
         }
         sweeper.abort();
@@ -295,15 +293,12 @@ async fn accept_loop(
         // The cap is taken after accept: the kernel hashed this connection to this thread's
         // socket, so this thread must serve it. At the cap the loop waits here, holding at most
         // one accepted connection, and the rest queue in the kernel backlog.
-        let permit = match Arc::clone(&common.connections).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
+        let permit = match common.shared.connections.try_acquire() {
+            Some(p) => p,
+            None => {
                 debug!(client = %peer, "at server.max_connections; waiting for a free slot");
                 tokio::select! {
-                    permit = Arc::clone(&common.connections).acquire_owned() => match permit {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
+                    permit = common.shared.connections.acquire() => permit,
                     _ = shutdown.changed() => return,
                 }
             }

@@ -40,6 +40,16 @@ impl Weir {
         self.server.as_ref().unwrap().admin_addr
     }
 
+    /// The admin listener's connection cap, with its count of open connections.
+    pub fn admin_connections(&self) -> &Arc<weir::server::ConnectionLimit> {
+        self.server.as_ref().unwrap().control.admin_connections()
+    }
+
+    /// The proxy listeners' connection cap, with its count of open connections.
+    pub fn connections(&self) -> &Arc<weir::server::ConnectionLimit> {
+        &self.server.as_ref().unwrap().shared.connections
+    }
+
     /// Stop gracefully now (as SIGTERM does).
     pub fn stop(&mut self) {
         if let Some(server) = self.server.take() {

@@ -1,10 +1,13 @@
-//! The only unsafe code in weir: two libc calls that std does not offer, each a plain syscall.
+//! The only unsafe code in weir: the few libc calls that std does not offer, each a plain
+//! syscall.
 //!
 //! - In a freshly forked worker, before exec: ask the kernel to SIGKILL it when weir dies
 //!   (`PR_SET_PDEATHSIG`), so workers never outlive weir even if weir is SIGKILLed.
 //! - Signalling a worker's whole process group on release.
 //! - Asking glibc's allocator how much of the heap is in use, and to give free pages back to
 //!   the kernel after a burst (`mallinfo2`, `malloc_trim`).
+//! - Reading and raising the descriptor limit (`RLIMIT_NOFILE`) at start, so the connection
+//!   caps are not cut short by a soft limit below the hard one.
 #![allow(unsafe_code)]
 
 use tokio::process::Command;
@@ -90,5 +93,47 @@ pub fn trim_heap() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+/// The soft and hard limits on open file descriptors (`RLIMIT_NOFILE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NofileLimit {
+    /// What the process may open now (`EMFILE` beyond it).
+    pub soft: u64,
+    /// How far an unprivileged process may raise `soft`.
+    pub hard: u64,
+}
+
+/// The descriptor limit in force.
+// rlim_t is u64 on Linux, not on every target.
+#[allow(clippy::unnecessary_cast)]
+pub fn nofile_limit() -> std::io::Result<NofileLimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one rlimit into the struct we own and pass by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(NofileLimit {
+        soft: limit.rlim_cur as u64,
+        hard: limit.rlim_max as u64,
+    })
+}
+
+/// Set the soft descriptor limit to `soft`, keeping the hard one (`soft` must not exceed it).
+#[allow(clippy::unnecessary_cast)]
+pub fn set_nofile_soft_limit(soft: u64, hard: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: setrlimit(2) reads one rlimit from the struct we own and pass by pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
