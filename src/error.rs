@@ -100,6 +100,9 @@ enum ErrorKind {
     NoRoute,
     /// The request is malformed in a way that would be unsafe to forward.
     BadRequest(&'static str),
+    /// The request's `Host` is missing, repeated, not `host[:port]`, or disagrees with the
+    /// request target (RFC 9112 §3.2).
+    BadHost(&'static str),
     /// The client went away, or its request body broke off, before its response.
     ClientGone,
     /// The route's queue was full; the client should come back after `retry_after` seconds.
@@ -184,6 +187,13 @@ impl ProxyError {
     /// The request cannot be forwarded safely; `why` is the body the client gets.
     pub fn bad_request(why: &'static str) -> Self {
         ProxyError::new(ErrorKind::BadRequest(why), Stage::Client)
+    }
+
+    /// The request's `Host` cannot be trusted; `why` is the body the client gets. Logged at
+    /// info, unlike other refusals: a bad Host is how request smuggling and cache poisoning
+    /// through a proxy are tried, and an operator should see it.
+    pub fn bad_host(why: &'static str) -> Self {
+        ProxyError::new(ErrorKind::BadHost(why), Stage::Client)
     }
 
     /// The client's request body failed (`sent`: after some of the request reached a worker).
@@ -311,7 +321,9 @@ impl ProxyError {
                 None,
                 "weir: no route for this host and path\n",
             ),
-            ErrorKind::BadRequest(why) => (StatusCode::BAD_REQUEST, None, *why),
+            ErrorKind::BadRequest(why) | ErrorKind::BadHost(why) => {
+                (StatusCode::BAD_REQUEST, None, *why)
+            }
             ErrorKind::ClientGone => (
                 client_closed_request(),
                 None,
@@ -353,6 +365,9 @@ impl ProxyError {
             Stage::Client if matches!(self.kind, ErrorKind::ClientGone) => {
                 (Level::DEBUG, "client went away")
             }
+            Stage::Client if matches!(self.kind, ErrorKind::BadHost(_)) => {
+                (Level::INFO, "request refused: bad Host")
+            }
             Stage::Client => (Level::DEBUG, "request refused"),
             Stage::Queue | Stage::Connect | Stage::WorkerBeforeResponse | Stage::Timeout => {
                 (Level::WARN, "request failed")
@@ -381,6 +396,7 @@ impl fmt::Display for ProxyError {
         match &self.kind {
             ErrorKind::NoRoute => f.write_str("no route"),
             ErrorKind::BadRequest(why) => write!(f, "bad request: {}", why.trim_end()),
+            ErrorKind::BadHost(why) => write!(f, "bad Host: {}", why.trim_end()),
             ErrorKind::ClientGone => f.write_str("the client went away before its response"),
             ErrorKind::QueueFull { .. } => f.write_str("queue full"),
             ErrorKind::QueueTimeout { .. } => f.write_str("timed out waiting in the queue"),
@@ -419,6 +435,7 @@ mod tests {
         let cases = [
             (ProxyError::no_route(), 404, Level::DEBUG, "client"),
             (ProxyError::bad_request("x\n"), 400, Level::DEBUG, "client"),
+            (ProxyError::bad_host("x\n"), 400, Level::INFO, "client"),
             (ProxyError::queue_full(1), 503, Level::WARN, "queue"),
             (ProxyError::queue_timeout(1), 503, Level::WARN, "queue"),
             (ProxyError::no_capacity(1), 503, Level::WARN, "queue"),

@@ -49,6 +49,7 @@ use crate::upstream::{
     call, drain_in_background, encode_head, BodyFraming, CallError, UpstreamBody, UpstreamSettings,
     Upstreams, WorkerBody,
 };
+use crate::values::HostPort;
 use body::Exchange;
 use headers::ClientFacts;
 
@@ -560,11 +561,13 @@ async fn buffer_body(
 
 /// Turn the client's request head into the one the worker gets: HTTP/1.1, origin-form URI,
 /// a Host header, no hop-by-hop headers (but the upgrade handshake when asked), X-Forwarded-*.
+/// A request whose Host cannot be trusted is refused first.
 fn rewrite_request_head(
     head: &mut Parts,
     cx: &ConnContext,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
+    check_host(head)?;
     if head.uri.authority().is_some() {
         // HTTP/2 and absolute-form requests carry the host in the URI; HTTP/1.1 workers want it
         // in Host.
@@ -603,6 +606,50 @@ fn rewrite_request_head(
     };
     let host = head.headers.get(header::HOST).cloned();
     headers::set_forwarded(&mut head.headers, &facts, host.as_ref());
+    Ok(())
+}
+
+/// The Host rules of RFC 9112 §3.2 and RFC 9113 §8.3.1: an HTTP/1.1 request has exactly one
+/// `Host`, any request at most one; its value is `host[:port]`; and when the target carries an
+/// authority (absolute-form, or HTTP/2's `:authority`), that is valid too and names the same
+/// host and port. Otherwise routing, the worker and `X-Forwarded-Host` could each see a
+/// different host (request smuggling, cache poisoning), so the request is refused with 400.
+fn check_host(head: &Parts) -> Result<(), ProxyError> {
+    let mut fields = head.headers.get_all(header::HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err(ProxyError::bad_host("weir: more than one Host header\n"));
+    }
+    let host = match field {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(HostPort::parse)
+                .ok_or_else(|| ProxyError::bad_host("weir: invalid Host header\n"))?,
+        ),
+        None if head.version == Version::HTTP_11 => {
+            return Err(ProxyError::bad_host(
+                "weir: an HTTP/1.1 request needs a Host header\n",
+            ))
+        }
+        None => None,
+    };
+    if let Some(authority) = head.uri.authority() {
+        let target = HostPort::parse(authority.as_str()).ok_or_else(|| {
+            ProxyError::bad_host("weir: invalid authority in the request target\n")
+        })?;
+        let default_port = match head.uri.scheme_str() {
+            Some("http") => Some(80),
+            Some("https") => Some(443),
+            _ => None,
+        };
+        if host.is_some_and(|host| !host.same_as(&target, default_port)) {
+            return Err(ProxyError::bad_host(
+                "weir: Host disagrees with the request target\n",
+            ));
+        }
+    }
     Ok(())
 }
 
