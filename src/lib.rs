@@ -20,8 +20,9 @@
 //! - [`admin`], [`telemetry`], [`access_log`]: the admin API and CLI views, Prometheus metrics,
 //!   the JSON access log.
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
-//! - [`values`]: the small value types at the bottom (durations, CIDRs, host patterns, status
-//!   lists, cron schedules, wall-clock formatting), each with its parser and tests.
+//! - [`values`]: the small value types at the bottom (durations, byte sizes, CIDRs, host
+//!   patterns and the `Host` check, status lists, cron schedules, wall-clock formatting), each
+//!   with its parser and tests.
 
 #![deny(unsafe_code)]
 
