@@ -27,7 +27,8 @@ pub enum Stage {
     WorkerBeforeResponse,
     /// On the worker connection, while the response body was streaming to the client.
     WorkerMidResponse,
-    /// The worker sent no response head within `upstream.response_timeout`.
+    /// The worker sent no response head within `upstream.response_timeout`, or no more of its
+    /// response body within `upstream.read_timeout`.
     Timeout,
     /// weir's own state.
     Internal,
@@ -127,6 +128,8 @@ enum ErrorKind {
     BadResponse(&'static str),
     /// No response head within `upstream.response_timeout`.
     TimedOut,
+    /// No more of the response body within `upstream.read_timeout`.
+    Stalled,
     /// A state weir should never be in.
     Internal(&'static str),
 }
@@ -149,8 +152,10 @@ pub struct ProxyError {
 /// How a failure is reported: the response the client gets, the log line and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
-    /// The status sent (for a failure mid-response, the one it would have had; the status
-    /// already sent is what the access log keeps).
+    /// The status sent. For a failure after the head went out, the one it would have had:
+    /// the access log and metrics record it for a worker's failure or a time limit (that
+    /// response did not reach the client, whatever its head said), while a failure of the
+    /// client's own keeps the status already sent.
     pub status: StatusCode,
     /// `Retry-After` seconds, when the client should come back later.
     pub retry_after: Option<u64>,
@@ -272,6 +277,15 @@ impl ProxyError {
         }
     }
 
+    /// The worker sent nothing more of its response body within `upstream.read_timeout`. Not
+    /// held against the worker (slow is not dead), and never tried again.
+    pub fn read_timed_out() -> Self {
+        ProxyError {
+            sent: true,
+            ..ProxyError::new(ErrorKind::Stalled, Stage::Timeout)
+        }
+    }
+
     /// The worker connection failed while the response body streamed.
     pub fn mid_response(error: io::Error) -> Self {
         ProxyError {
@@ -358,6 +372,11 @@ impl ProxyError {
                 None,
                 "weir: the worker did not respond in time\n",
             ),
+            ErrorKind::Stalled => (
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+                "weir: the worker stalled mid-response\n",
+            ),
             ErrorKind::Internal(why) => (StatusCode::INTERNAL_SERVER_ERROR, None, *why),
         };
         let (level, message) = match self.stage {
@@ -408,6 +427,9 @@ impl fmt::Display for ProxyError {
             },
             ErrorKind::BadResponse(why) => write!(f, "bad worker response: {}", why.trim_end()),
             ErrorKind::TimedOut => f.write_str("worker response timed out"),
+            ErrorKind::Stalled => f.write_str(
+                "the worker sent no more of its response body within upstream.read_timeout",
+            ),
             ErrorKind::Internal(why) => write!(f, "internal error: {}", why.trim_end()),
         }
     }
@@ -453,6 +475,7 @@ mod tests {
                 "worker_before_response",
             ),
             (ProxyError::timed_out(true), 504, Level::WARN, "timeout"),
+            (ProxyError::read_timed_out(), 504, Level::WARN, "timeout"),
             (
                 ProxyError::mid_response(refused()),
                 502,
@@ -528,6 +551,7 @@ mod tests {
         for error in [
             ProxyError::bad_response("x\n", true),
             ProxyError::timed_out(true),
+            ProxyError::read_timed_out(),
             ProxyError::mid_response(refused()),
             ProxyError::no_route(),
             ProxyError::queue_full(1),
@@ -544,5 +568,6 @@ mod tests {
         // A pooled connection may just have gone stale; slow is not dead.
         assert!(!ProxyError::connection_failed(refused(), true, true, true).blames_worker());
         assert!(!ProxyError::timed_out(true).blames_worker());
+        assert!(!ProxyError::read_timed_out().blames_worker());
     }
 }

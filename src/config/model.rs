@@ -33,6 +33,11 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Dur = Dur::from_secs(60);
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Dur = Dur::from_secs(4);
 /// Idle connections kept per worker per thread; enough for bursts without hoarding sockets.
 pub const DEFAULT_MAX_IDLE_PER_WORKER: usize = 256;
+/// Longest wait for the next bytes of a worker's response body once its head has come (the
+/// head's own wait is `response_timeout`). nginx's `proxy_read_timeout` is 60 s too: long
+/// enough for a worker that computes between chunks, short enough that a worker hung mid-body
+/// gives its slot back within a minute instead of holding it until the client gives up.
+pub const DEFAULT_READ_TIMEOUT: Dur = Dur::from_secs(60);
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -251,6 +256,10 @@ pub struct UpstreamConfig {
     pub idle_timeout: Dur,
     /// Idle connections kept per worker per serving thread.
     pub max_idle_per_worker: usize,
+    /// Longest wait for the next bytes of a worker's response body; past it the worker's slot
+    /// is freed and the client gets 504, or has its connection (HTTP/2: stream) cut when part
+    /// of the response already reached it.
+    pub read_timeout: Dur,
 }
 
 impl Default for UpstreamConfig {
@@ -260,6 +269,7 @@ impl Default for UpstreamConfig {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             max_idle_per_worker: DEFAULT_MAX_IDLE_PER_WORKER,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }

@@ -115,6 +115,7 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             "upstream.response_timeout",
             config.upstream.response_timeout,
         ),
+        ("upstream.read_timeout", config.upstream.read_timeout),
     ] {
         if value.get().is_zero() {
             return Err(fail(key.into(), "must be longer than zero".into()));
@@ -597,6 +598,22 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
         );
         let e = err(&ok.replace("429", "99"));
         assert!(e.contains("pools.app.retries.on_status"), "{e}");
+    }
+
+    #[test]
+    fn read_timeout_is_checked() {
+        let config = parse(BASE, "weir.toml").unwrap();
+        assert_eq!(
+            config.upstream.read_timeout,
+            super::super::DEFAULT_READ_TIMEOUT
+        );
+        let with = |keys: &str| format!("[upstream]\n{keys}\n{BASE}");
+        let config = parse(&with("read_timeout = \"5s\""), "weir.toml").unwrap();
+        assert_eq!(config.upstream.read_timeout.get().as_secs(), 5);
+        assert_eq!(
+            err(&with("read_timeout = \"0s\"")),
+            "weir.toml: upstream.read_timeout: must be longer than zero"
+        );
     }
 
     #[test]

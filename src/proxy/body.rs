@@ -46,14 +46,20 @@ impl Exchange {
         }
     }
 
-    /// The body broke off with `error` (the worker failed mid-body, or the client's upload
-    /// did): the status already sent stays, the failure's stage is recorded beside it.
+    /// The body broke off with `error` (the worker failed or stalled mid-body, or the client's
+    /// upload broke off), and hyper cuts the client's connection (HTTP/2: the stream). The
+    /// failure's stage is recorded; a worker's failure or a time limit also replaces the
+    /// status already sent with its own (502, 504), so a response that never arrived whole is
+    /// never counted as the 2xx its head announced. A client's own failure keeps the status.
     fn fail(&mut self, error: &ProxyError, bytes_out: u64) {
         let report = error.report();
         let worker = &self.in_flight.worker().name;
         log_at!(report.level, %worker, stage = report.label, error = %error, bytes_out, "{}", report.message);
         if let Some(outcome) = self.outcome.as_mut() {
             outcome.error = Some(error.stage());
+            if error.stage() != Stage::Client {
+                outcome.status = report.status.as_u16();
+            }
         }
         self.finish(bytes_out);
     }

@@ -728,10 +728,11 @@ async fn send(
         replayable,
     );
     match tokio::time::timeout_at(deadline, &mut called).await {
-        Ok(Ok(response)) => {
+        Ok(Ok(mut response)) => {
             if replayable {
                 outgoing.body = replay;
             }
+            response.1.set_read_timeout(settings.read_timeout);
             Ok(response)
         }
         Ok(Err(CallError { error, body })) => {

@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::body::UpstreamBody;
 use super::conn::WorkerConn;
@@ -112,6 +113,7 @@ impl Future for Call<'_> {
                     upload: (!upload.is_finished()).then(|| Box::new(upload)),
                     keep_alive,
                     upgrade: framing == Framing::Upgrade,
+                    stall: Stall::new(),
                 },
             )),
             Err(error) => {
@@ -191,9 +193,17 @@ pub struct WorkerBody {
     upload: Option<Box<Upload>>,
     keep_alive: bool,
     upgrade: bool,
+    /// The deadline for the worker's next body bytes (`upstream.read_timeout`).
+    stall: Stall,
 }
 
 impl WorkerBody {
+    /// Give up on the body when the worker sends none of it for `timeout` (while the request
+    /// is still uploading, the worker may rightly wait for it, so that time is not counted).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stall.timeout = timeout;
+    }
+
     /// The connection, once the body has ended cleanly and the connection can carry another
     /// request.
     pub fn take_reusable(&mut self) -> Option<WorkerConn> {
@@ -250,7 +260,18 @@ impl WorkerBody {
                 .remaining()
                 .map_or(BODY_READ, |left| left.clamp(1, BODY_READ as u64) as usize);
             match conn.poll_fill(cx, want) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Only a wait on the worker alone is timed: while the request is still
+                    // uploading, the worker may be waiting for the client.
+                    let waiting_on_worker = self
+                        .upload
+                        .as_ref()
+                        .is_none_or(|u| u.is_finished() || u.abandoned);
+                    if waiting_on_worker && self.stall.poll_expired(cx).is_ready() {
+                        return Poll::Ready(Some(Err(ProxyError::read_timed_out())));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(0)) => {
                     if self.decoder.eof().is_err() {
                         return Poll::Ready(Some(Err(ProxyError::mid_response(io::Error::new(
@@ -260,7 +281,7 @@ impl WorkerBody {
                     }
                     self.keep_alive = false;
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => self.stall.disarm(),
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(ProxyError::mid_response(e)))),
             }
         }
@@ -301,7 +322,14 @@ impl Body for WorkerBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
-        self.get_mut().poll_body(cx)
+        let this = self.get_mut();
+        let polled = this.poll_body(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            // The exchange is over: the connection closes now, not when hyper drops the body.
+            this.conn = None;
+            this.upload = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -313,6 +341,50 @@ impl Body for WorkerBody {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+}
+
+/// The read deadline of one response body: one `Sleep`, made the first time the body waits on
+/// the worker and reset for every later wait, so a response that streams in many reads costs
+/// one timer (and a response read whole with its head costs none).
+struct Stall {
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The timer runs for the current wait: set when a read found nothing, cleared by bytes.
+    armed: bool,
+}
+
+impl Stall {
+    fn new() -> Self {
+        Stall {
+            timeout: Duration::MAX,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// Start timing the current wait unless it is timed already; `Ready` once it has lasted
+    /// `timeout`. A timeout too long to be represented never fires.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            let Some(deadline) = Instant::now().checked_add(self.timeout) else {
+                return Poll::Pending;
+            };
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Bytes came: the next wait starts its own clock.
+    fn disarm(&mut self) {
+        self.armed = false;
     }
 }
 
@@ -586,6 +658,41 @@ mod tests {
             .flat_map(|sl| sl.iter().copied())
             .collect();
         assert_eq!(joined, b"1234");
+    }
+
+    /// Poll `stall` once, as a body does on a read that found nothing.
+    async fn expired(stall: &mut Stall) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(stall.poll_expired(cx).is_ready())).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_read_deadline_counts_each_wait_from_its_start_with_one_timer() {
+        let mut stall = Stall::new();
+        stall.timeout = Duration::from_secs(60);
+        assert!(!expired(&mut stall).await, "a fresh wait");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        // Polled again within the same wait (a spurious wake): the clock is not restarted.
+        assert!(!expired(&mut stall).await);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(expired(&mut stall).await, "61 s into one wait");
+        // Bytes came: the next wait gets its own 60 s, on the same timer.
+        stall.disarm();
+        let timer = stall.timer.as_ref().map(|t| &**t as *const Sleep);
+        assert!(!expired(&mut stall).await);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!expired(&mut stall).await);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(expired(&mut stall).await);
+        assert_eq!(stall.timer.as_ref().map(|t| &**t as *const Sleep), timer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_deadline_too_far_to_represent_never_fires() {
+        let mut stall = Stall::new();
+        stall.timeout = Duration::MAX;
+        assert!(!expired(&mut stall).await);
+        tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+        assert!(!expired(&mut stall).await);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// Idle connections kept per worker.
     pub max_idle_per_worker: usize,
+    /// Longest wait for the next bytes of a response body.
+    pub read_timeout: Duration,
 }
 
 impl From<&UpstreamConfig> for UpstreamSettings {
@@ -48,6 +50,7 @@ impl From<&UpstreamConfig> for UpstreamSettings {
             response_timeout: c.response_timeout.get(),
             idle_timeout: c.idle_timeout.get(),
             max_idle_per_worker: c.max_idle_per_worker,
+            read_timeout: c.read_timeout.get(),
         }
     }
 }
