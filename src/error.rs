@@ -363,6 +363,7 @@ impl ProxyError {
                 None,
                 match self.stage {
                     Stage::Connect => "weir: could not connect to a worker\n",
+                    Stage::WorkerMidResponse => "weir: the worker broke off its response\n",
                     _ => "weir: the worker failed before responding\n",
                 },
             ),

@@ -1,6 +1,6 @@
 //! `upstream.read_timeout`: a worker that stalls in its response body gives its slot back when
-//! the limit passes; the client's connection is cut, and the request counted as a 504 at stage
-//! `timeout`.
+//! the limit passes; the client gets 504 when nothing of the response reached it yet, else its
+//! connection is cut; either way it is counted as a 504 at stage `timeout`.
 
 mod common;
 
@@ -119,6 +119,37 @@ async fn a_worker_stalling_mid_body_frees_its_only_slot_and_the_client_is_cut() 
         metric(&weir, "weir_requests_total", &class("2xx")).await,
         1.0
     );
+    assert_eq!(
+        metric(
+            &weir,
+            "weir_request_errors_total",
+            &[route, ("stage", "timeout")]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_worker_stalling_before_its_first_body_byte_is_a_504_and_frees_its_slot() {
+    let weir = one_slot_weir("stall-head", stalling_worker().await);
+    let started = Instant::now();
+    let raw = raw_exchange(
+        weir.addr(),
+        b"GET /stall-head HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 504"), "{raw}");
+    assert!(
+        raw.ends_with("weir: the worker stalled mid-response\n"),
+        "{raw}"
+    );
+    assert!(started.elapsed() >= READ_TIMEOUT - Duration::from_millis(50));
+    let workers = weir.workers("app");
+    wait_until("slot released", || workers[0].in_flight() == 0).await;
+    let reply = get(weir.addr(), "/next").await;
+    assert_eq!(reply.status, 200);
+    let route = ("route", "stall-head");
     assert_eq!(
         metric(
             &weir,

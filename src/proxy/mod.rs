@@ -347,6 +347,12 @@ async fn proxy(
         )));
     }
 
+    // The first body bytes are read before the head goes to the client: a worker that
+    // resets, closes or sends a malformed chunk right after its head thus still gets the
+    // client a 502 (a stall past read_timeout a 504), not a cut-off 2xx.
+    let mut worker_body = worker_body;
+    std::future::poll_fn(|cx| worker_body.poll_first_frame(cx)).await?;
+
     headers::strip_hop_by_hop(&mut response.headers);
     if let Some(waited) = cold_start {
         if let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis())) {

@@ -114,6 +114,8 @@ impl Future for Call<'_> {
                     keep_alive,
                     upgrade: framing == Framing::Upgrade,
                     stall: Stall::new(),
+                    ahead: None,
+                    trailers: None,
                 },
             )),
             Err(error) => {
@@ -195,6 +197,11 @@ pub struct WorkerBody {
     upgrade: bool,
     /// The deadline for the worker's next body bytes (`upstream.read_timeout`).
     stall: Stall,
+    /// The first body frame, read before the head was passed on
+    /// ([`WorkerBody::poll_first_frame`]), handed out first.
+    ahead: Option<Bytes>,
+    /// The trailers, when they came as that first frame (boxed: rare).
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl WorkerBody {
@@ -229,10 +236,35 @@ impl WorkerBody {
         self.upload.as_ref().is_none_or(|u| u.is_finished())
     }
 
+    /// Read the first body frame (or learn that there is none) before the head is passed
+    /// on, to be handed out first when the body is polled. A failure here (the worker reset,
+    /// closed early, sent a malformed chunk, or stalled past the read timeout) comes before
+    /// the client has seen anything of the response, so it can still get a 502 or 504.
+    pub fn poll_first_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        if self.ahead.is_some() || self.trailers.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match ready!(self.poll_body(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => self.ahead = Some(data),
+                Err(frame) => self.trailers = frame.into_trailers().ok().map(Box::new),
+            },
+            Some(Err(error)) => return Poll::Ready(Err(error)),
+            None => {}
+        }
+        Poll::Ready(Ok(()))
+    }
+
     fn poll_body(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
+        if let Some(data) = self.ahead.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
+        }
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
@@ -333,20 +365,26 @@ impl Body for WorkerBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.decoder.is_done()
+        self.ahead.is_none() && self.trailers.is_none() && self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
+        let ahead = self.ahead.as_ref().map_or(0, |b| b.len() as u64);
         match self.decoder.remaining() {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
+            // Trailers need chunked framing on the way out: no exact length then.
+            Some(left) if self.trailers.is_none() => SizeHint::with_exact(left + ahead),
+            _ => {
+                let mut hint = SizeHint::default();
+                hint.set_lower(ahead);
+                hint
+            }
         }
     }
 }
 
 /// The read deadline of one response body: one `Sleep`, made the first time the body waits on
 /// the worker and reset for every later wait, so a response that streams in many reads costs
-/// one timer (and a response read whole with its head costs none).
+/// one timer (and a small response read whole with its head costs none).
 struct Stall {
     timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
