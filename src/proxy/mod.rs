@@ -347,11 +347,25 @@ async fn proxy(
         )));
     }
 
-    // The first body bytes are read before the head goes to the client: a worker that
-    // resets, closes or sends a malformed chunk right after its head thus still gets the
-    // client a 502 (a stall past read_timeout a 504), not a cut-off 2xx.
+    // The first body bytes, and whatever else the worker has sent by then, are read before
+    // the head goes to the client. A worker that resets, closes or sends a malformed chunk
+    // right after its head thus still gets the client a 502 (a stall past read_timeout a 504),
+    // not a cut-off 2xx; and a response already whole that fits in response_buffer releases
+    // the worker now, so a client that reads slowly holds memory, not a worker slot.
     let mut worker_body = worker_body;
-    std::future::poll_fn(|cx| worker_body.poll_first_frame(cx)).await?;
+    let limit = settings.response_buffer;
+    let whole = std::future::poll_fn(|cx| worker_body.poll_prefetch(cx, limit)).await?;
+    let in_flight = if whole {
+        if let Some(conn) = worker_body.release() {
+            let id = slot.worker().id;
+            cx.upstreams
+                .give_back(id, conn, settings.max_idle_per_worker);
+        }
+        drop(slot);
+        None
+    } else {
+        Some(slot)
+    };
 
     headers::strip_hop_by_hop(&mut response.headers);
     if let Some(waited) = cold_start {
@@ -360,7 +374,7 @@ async fn proxy(
         }
     }
     let exchange = Exchange {
-        in_flight: slot,
+        in_flight,
         activity,
         upstreams: Arc::clone(&cx.upstreams),
         max_idle: settings.max_idle_per_worker,

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::HeaderMap;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
@@ -197,10 +197,10 @@ pub struct WorkerBody {
     upgrade: bool,
     /// The deadline for the worker's next body bytes (`upstream.read_timeout`).
     stall: Stall,
-    /// The first body frame, read before the head was passed on
-    /// ([`WorkerBody::poll_first_frame`]), handed out first.
+    /// Body bytes read before the head was passed on ([`WorkerBody::poll_prefetch`]), handed
+    /// out first.
     ahead: Option<Bytes>,
-    /// The trailers, when they came as that first frame (boxed: rare).
+    /// The trailers of a body read whole ahead, handed out after `ahead` (boxed: rare).
     trailers: Option<Box<HeaderMap>>,
 }
 
@@ -236,23 +236,87 @@ impl WorkerBody {
         self.upload.as_ref().is_none_or(|u| u.is_finished())
     }
 
-    /// Read the first body frame (or learn that there is none) before the head is passed
-    /// on, to be handed out first when the body is polled. A failure here (the worker reset,
+    /// Read the first body frame, then whatever else the worker has already sent, without
+    /// waiting beyond that first frame (a streaming response, SSE or a long poll, is not
+    /// waited for). `Ready(Ok(true))` when the body is whole in hand and at most `limit`
+    /// bytes: the caller can then [`release`](WorkerBody::release) the worker. Either way what
+    /// was read is handed out first when the body is polled. A failure here (the worker reset,
     /// closed early, sent a malformed chunk, or stalled past the read timeout) comes before
     /// the client has seen anything of the response, so it can still get a 502 or 504.
-    pub fn poll_first_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        if self.ahead.is_some() || self.trailers.is_some() {
-            return Poll::Ready(Ok(()));
+    ///
+    /// Everything after the first frame is taken within one poll, so the frames are joined in
+    /// one local buffer (and a single frame, the usual case, is kept as it is, uncopied).
+    pub fn poll_prefetch(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<Result<bool, ProxyError>> {
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut trailers: Option<HeaderMap> = None;
+        let mut total = 0usize;
+        let whole = loop {
+            match self.poll_body(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        total = total.saturating_add(data.len());
+                        match (&mut joined, first.take()) {
+                            (Some(buf), _) => buf.extend_from_slice(&data),
+                            (None, Some(earlier)) => {
+                                let mut buf =
+                                    BytesMut::with_capacity(total.min(limit.saturating_add(1)));
+                                buf.extend_from_slice(&earlier);
+                                buf.extend_from_slice(&data);
+                                joined = Some(buf);
+                            }
+                            (None, None) => first = Some(data),
+                        }
+                        if total > limit {
+                            break false;
+                        }
+                    }
+                    // Kept aside until the loop ends: `poll_body` hands out what is stored.
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                Poll::Ready(None) => break true,
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                Poll::Pending if total == 0 && trailers.is_none() => return Poll::Pending,
+                Poll::Pending => break false,
+            }
+        };
+        self.ahead = joined.map(BytesMut::freeze).or(first);
+        self.trailers = trailers.map(Box::new);
+        Poll::Ready(Ok(whole))
+    }
+
+    /// After [`poll_prefetch`](WorkerBody::poll_prefetch) found the body whole: let go of the
+    /// worker. Returns the connection when it can carry another request; otherwise it closes
+    /// here (after the rest of a request still uploading, sent in the background). The body
+    /// read ahead stays for the client.
+    pub fn release(&mut self) -> Option<WorkerConn> {
+        let reusable = self.take_reusable();
+        if reusable.is_none() {
+            self.finish_in_background();
         }
-        match ready!(self.poll_body(cx)) {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => self.ahead = Some(data),
-                Err(frame) => self.trailers = frame.into_trailers().ok().map(Box::new),
-            },
-            Some(Err(error)) => return Poll::Ready(Err(error)),
-            None => {}
+        reusable
+    }
+
+    /// A response can end before its request has finished uploading (a 413 or a 401 to a
+    /// large body). The rest still goes to the worker, in the background: dropping the
+    /// client's body unread would make hyper close the client connection with request bytes
+    /// unread, and the reset the kernel then sends can destroy the response before the client
+    /// has read it. The connection closes afterwards (or here, with nothing left to send).
+    fn finish_in_background(&mut self) {
+        let (Some(conn), Some(upload)) = (self.conn.take(), self.upload.take()) else {
+            return;
+        };
+        if upload.is_finished() || upload.abandoned {
+            return;
         }
-        Poll::Ready(Ok(()))
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(finish_upload(conn, upload));
+        }
     }
 
     fn poll_body(
@@ -322,20 +386,7 @@ impl WorkerBody {
 
 impl Drop for WorkerBody {
     fn drop(&mut self) {
-        // A response can end before its request has finished uploading (a 413 or a 401 to a
-        // large body). The rest still goes to the worker, in the background: dropping the
-        // client's body unread would make hyper close the client connection with request
-        // bytes unread, and the reset the kernel then sends can destroy the response before
-        // the client has read it.
-        let (Some(conn), Some(upload)) = (self.conn.take(), self.upload.take()) else {
-            return;
-        };
-        if upload.is_finished() || upload.abandoned {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(finish_upload(conn, upload));
-        }
+        self.finish_in_background();
     }
 }
 
