@@ -27,7 +27,8 @@ pub enum Stage {
     WorkerBeforeResponse,
     /// On the worker connection, while the response body was streaming to the client.
     WorkerMidResponse,
-    /// The worker sent no response head within `upstream.response_timeout`.
+    /// The worker sent no response head within `upstream.response_timeout`, or no more of its
+    /// response body within `upstream.read_timeout`.
     Timeout,
     /// weir's own state.
     Internal,
@@ -100,6 +101,9 @@ enum ErrorKind {
     NoRoute,
     /// The request is malformed in a way that would be unsafe to forward.
     BadRequest(&'static str),
+    /// The request's `Host` is missing, repeated, not `host[:port]`, or disagrees with the
+    /// request target (RFC 9112 §3.2).
+    BadHost(&'static str),
     /// The client went away, or its request body broke off, before its response.
     ClientGone,
     /// The client sent no more of its request body within `server.request_body_timeout`.
@@ -126,6 +130,8 @@ enum ErrorKind {
     BadResponse(&'static str),
     /// No response head within `upstream.response_timeout`.
     TimedOut,
+    /// No more of the response body within `upstream.read_timeout`.
+    Stalled,
     /// A state weir should never be in.
     Internal(&'static str),
 }
@@ -148,8 +154,10 @@ pub struct ProxyError {
 /// How a failure is reported: the response the client gets, the log line and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
-    /// The status sent (for a failure mid-response, the one it would have had; the status
-    /// already sent is what the access log keeps).
+    /// The status sent. For a failure after the head went out, the one it would have had:
+    /// the access log and metrics record it for a worker's failure or a time limit (that
+    /// response did not reach the client, whatever its head said), while a failure of the
+    /// client's own keeps the status already sent.
     pub status: StatusCode,
     /// `Retry-After` seconds, when the client should come back later.
     pub retry_after: Option<u64>,
@@ -189,6 +197,13 @@ impl ProxyError {
     /// The request cannot be forwarded safely; `why` is the body the client gets.
     pub fn bad_request(why: &'static str) -> Self {
         ProxyError::new(ErrorKind::BadRequest(why), Stage::Client)
+    }
+
+    /// The request's `Host` cannot be trusted; `why` is the body the client gets. Logged at
+    /// info, unlike other refusals: a bad Host is how request smuggling and cache poisoning
+    /// through a proxy are tried, and an operator should see it.
+    pub fn bad_host(why: &'static str) -> Self {
+        ProxyError::new(ErrorKind::BadHost(why), Stage::Client)
     }
 
     /// The client's request body failed (`sent`: after some of the request reached a worker).
@@ -276,6 +291,15 @@ impl ProxyError {
         }
     }
 
+    /// The worker sent nothing more of its response body within `upstream.read_timeout`. Not
+    /// held against the worker (slow is not dead), and never tried again.
+    pub fn read_timed_out() -> Self {
+        ProxyError {
+            sent: true,
+            ..ProxyError::new(ErrorKind::Stalled, Stage::Timeout)
+        }
+    }
+
     /// The worker connection failed while the response body streamed.
     pub fn mid_response(error: io::Error) -> Self {
         ProxyError {
@@ -325,7 +349,9 @@ impl ProxyError {
                 None,
                 "weir: no route for this host and path\n",
             ),
-            ErrorKind::BadRequest(why) => (StatusCode::BAD_REQUEST, None, *why),
+            ErrorKind::BadRequest(why) | ErrorKind::BadHost(why) => {
+                (StatusCode::BAD_REQUEST, None, *why)
+            }
             ErrorKind::ClientGone => (
                 client_closed_request(),
                 None,
@@ -356,6 +382,7 @@ impl ProxyError {
                 None,
                 match self.stage {
                     Stage::Connect => "weir: could not connect to a worker\n",
+                    Stage::WorkerMidResponse => "weir: the worker broke off its response\n",
                     _ => "weir: the worker failed before responding\n",
                 },
             ),
@@ -364,6 +391,11 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT,
                 None,
                 "weir: the worker did not respond in time\n",
+            ),
+            ErrorKind::Stalled => (
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+                "weir: the worker stalled mid-response\n",
             ),
             ErrorKind::Internal(why) => (StatusCode::INTERNAL_SERVER_ERROR, None, *why),
         };
@@ -374,6 +406,9 @@ impl ProxyError {
             }
             Stage::Client if matches!(self.kind, ErrorKind::ClientStalled) => {
                 (Level::WARN, "request body stalled")
+            }
+            Stage::Client if matches!(self.kind, ErrorKind::BadHost(_)) => {
+                (Level::INFO, "request refused: bad Host")
             }
             Stage::Client => (Level::DEBUG, "request refused"),
             Stage::Queue | Stage::Connect | Stage::WorkerBeforeResponse | Stage::Timeout => {
@@ -404,6 +439,7 @@ impl fmt::Display for ProxyError {
         match &self.kind {
             ErrorKind::NoRoute => f.write_str("no route"),
             ErrorKind::BadRequest(why) => write!(f, "bad request: {}", why.trim_end()),
+            ErrorKind::BadHost(why) => write!(f, "bad Host: {}", why.trim_end()),
             ErrorKind::ClientGone => f.write_str("the client went away before its response"),
             ErrorKind::ClientStalled => f.write_str("the request body stalled"),
             ErrorKind::QueueFull { .. } => f.write_str("queue full"),
@@ -416,6 +452,9 @@ impl fmt::Display for ProxyError {
             },
             ErrorKind::BadResponse(why) => write!(f, "bad worker response: {}", why.trim_end()),
             ErrorKind::TimedOut => f.write_str("worker response timed out"),
+            ErrorKind::Stalled => f.write_str(
+                "the worker sent no more of its response body within upstream.read_timeout",
+            ),
             ErrorKind::Internal(why) => write!(f, "internal error: {}", why.trim_end()),
         }
     }
@@ -443,6 +482,7 @@ mod tests {
         let cases = [
             (ProxyError::no_route(), 404, Level::DEBUG, "client"),
             (ProxyError::bad_request("x\n"), 400, Level::DEBUG, "client"),
+            (ProxyError::bad_host("x\n"), 400, Level::INFO, "client"),
             (ProxyError::queue_full(1), 503, Level::WARN, "queue"),
             (ProxyError::queue_timeout(1), 503, Level::WARN, "queue"),
             (ProxyError::no_capacity(1), 503, Level::WARN, "queue"),
@@ -460,6 +500,7 @@ mod tests {
                 "worker_before_response",
             ),
             (ProxyError::timed_out(true), 504, Level::WARN, "timeout"),
+            (ProxyError::read_timed_out(), 504, Level::WARN, "timeout"),
             (
                 ProxyError::mid_response(refused()),
                 502,
@@ -535,6 +576,7 @@ mod tests {
         for error in [
             ProxyError::bad_response("x\n", true),
             ProxyError::timed_out(true),
+            ProxyError::read_timed_out(),
             ProxyError::mid_response(refused()),
             ProxyError::no_route(),
             ProxyError::queue_full(1),
@@ -551,5 +593,6 @@ mod tests {
         // A pooled connection may just have gone stale; slow is not dead.
         assert!(!ProxyError::connection_failed(refused(), true, true, true).blames_worker());
         assert!(!ProxyError::timed_out(true).blames_worker());
+        assert!(!ProxyError::read_timed_out().blames_worker());
     }
 }

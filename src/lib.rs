@@ -21,10 +21,11 @@
 //!   the JSON access log.
 //! - [`heap`]: gives the allocator's free pages back to the kernel after a burst.
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
-//! - [`values`]: the small value types at the bottom (durations, CIDRs, host patterns, status
-//!   lists, cron schedules, wall-clock formatting), each with its parser and tests.
+//! - [`values`]: the small value types at the bottom (durations, byte sizes, CIDRs, host
+//!   patterns and the `Host` check, status lists, cron schedules, wall-clock formatting), each
+//!   with its parser and tests.
 //! - `sys`: the one module allowed unsafe code: the few libc calls std does not offer (worker
-//!   process groups, the parent-death signal, the descriptor limit).
+//!   process groups, the parent-death signal, the descriptor limit, heap statistics and trim).
 
 #![deny(unsafe_code)]
 

@@ -223,19 +223,23 @@ async fn worker_closing_mid_body_aborts_the_client_response() {
     .await;
     let weir = start_simple("threads = 1", "", &[worker.addr]);
     let started = std::time::Instant::now();
-    let raw = raw_exchange(weir.addr(), b"GET / HTTP/1.1\r\nhost: test.local\r\n\r\n").await;
-    // The client connection is closed at once (not left waiting for 90 more bytes), with at
-    // most the head and the ten bytes that came.
+    let raw = raw_exchange(weir.addr(), CLOSE_GET).await;
+    // The client gets a 502 when weir saw the close before passing the head on; otherwise its
+    // connection is closed at once (not left waiting for 90 more bytes), with at most the head
+    // and the ten bytes that came.
     assert!(
         started.elapsed() < DEADLINE / 2,
         "the client was left hanging"
     );
-    assert!(raw.is_empty() || raw.ends_with("only ten b"), "{raw}");
+    let cut_or_502 = |raw: &str| {
+        raw.starts_with("HTTP/1.1 502") || raw.is_empty() || raw.ends_with("only ten b")
+    };
+    assert!(cut_or_502(&raw), "{raw}");
     let workers = weir.workers("app");
     wait_until("in-flight released", || workers[0].in_flight() == 0).await;
     // weir keeps serving (the worker misbehaves the same way again).
-    let again = raw_exchange(weir.addr(), b"GET / HTTP/1.1\r\nhost: test.local\r\n\r\n").await;
-    assert!(again.is_empty() || again.ends_with("only ten b"), "{again}");
+    let again = raw_exchange(weir.addr(), CLOSE_GET).await;
+    assert!(cut_or_502(&again), "{again}");
 }
 
 #[tokio::test]
@@ -498,4 +502,108 @@ async fn a_refusal_before_the_upload_is_sent_reaches_the_client() {
     );
     let answer = upload_and_read_answer(weir.addr(), "no route").await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}
+
+/// The requests of route `route` in `weir_requests_total` by status class, and its failures at
+/// `stage`.
+async fn counted(weir: &Weir, route: &str, stage: &str) -> (f64, f64, f64) {
+    let route = ("route", route);
+    let class = |c| [route, ("status_class", c)];
+    (
+        metric(weir, "weir_requests_total", &class("2xx")).await,
+        metric(weir, "weir_requests_total", &class("5xx")).await,
+        metric(
+            weir,
+            "weir_request_errors_total",
+            &[route, ("stage", stage)],
+        )
+        .await,
+    )
+}
+
+const CLOSE_GET: &[u8] = b"GET / HTTP/1.1\r\nhost: test.local\r\nconnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn a_malformed_first_chunk_is_a_502_never_an_empty_2xx() {
+    let worker = scripted(|_| {
+        reply("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+    })
+    .await;
+    let weir = start_named("bad-first-chunk", "", "", &[worker.addr]);
+    let raw = raw_exchange(weir.addr(), CLOSE_GET).await;
+    assert!(raw.starts_with("HTTP/1.1 502"), "{raw:?}");
+    assert!(
+        raw.ends_with("weir: the worker sent a malformed chunked body\n"),
+        "{raw:?}"
+    );
+    let (ok, failed, stage) = counted(&weir, "bad-first-chunk", "worker_mid_response").await;
+    assert_eq!((ok, failed, stage), (0.0, 1.0, 1.0));
+}
+
+/// A worker that answers each request with `head`, then resets the connection (SO_LINGER 0).
+async fn head_then_reset(head: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                if read_request(&mut stream, &mut pending).await.is_none() {
+                    return; // a health probe
+                }
+                let _ = stream.write_all(head.as_bytes()).await;
+                // Closing with SO_LINGER 0 sends a reset instead of a FIN (it cannot block).
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_worker_resetting_right_after_its_head_is_a_502() {
+    let worker = head_then_reset("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n").await;
+    let weir = start_named("reset-after-head", "", "", &[worker]);
+    let raw = raw_exchange(weir.addr(), CLOSE_GET).await;
+    assert!(raw.starts_with("HTTP/1.1 502"), "{raw:?}");
+    assert!(raw.contains("weir: the worker"), "{raw:?}");
+    let (ok, failed, stage) = counted(&weir, "reset-after-head", "worker_mid_response").await;
+    assert_eq!((ok, failed, stage), (0.0, 1.0, 1.0));
+    let workers = weir.workers("app");
+    wait_until("in-flight released", || workers[0].in_flight() == 0).await;
+}
+
+#[tokio::test]
+async fn a_malformed_chunk_after_bytes_reached_the_client_cuts_it_and_counts_a_502() {
+    // The first chunk; once the client has it, a malformed one.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client_has_it = Arc::new(tokio::sync::Notify::new());
+    let notified = Arc::clone(&client_has_it);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut pending = Vec::new();
+            if read_request(&mut stream, &mut pending).await.is_none() {
+                continue; // a health probe
+            }
+            let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+            stream.write_all(head).await.unwrap();
+            notified.notified().await;
+            let _ = stream.write_all(b"zz\r\n").await;
+            let _ = read_request(&mut stream, &mut pending).await;
+        }
+    });
+    let weir = start_named("bad-later-chunk", "", "", &[addr]);
+    let mut client = TcpStream::connect(weir.addr()).await.unwrap();
+    client.write_all(CLOSE_GET).await.unwrap();
+    let seen = read_until(&mut client, |b| b.windows(5).any(|w| w == b"hello")).await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    client_has_it.notify_one();
+    // The connection is cut: closed without the last chunk.
+    let rest = read_until(&mut client, |_| false).await;
+    let all = format!("{text}{}", String::from_utf8_lossy(&rest));
+    assert!(!all.contains("\r\n0\r\n\r\n"), "{all:?}");
+    let (ok, failed, stage) = counted(&weir, "bad-later-chunk", "worker_mid_response").await;
+    assert_eq!((ok, failed, stage), (0.0, 1.0, 1.0));
 }

@@ -191,7 +191,23 @@ fn upstream_changes(old: &UpstreamConfig, new: &UpstreamConfig, changes: &mut Ve
         response_timeout,
         idle_timeout,
         max_idle_per_worker,
+        read_timeout,
+        response_buffer,
     } = new;
+    push_value(
+        changes,
+        "upstream.read_timeout",
+        &old.read_timeout,
+        read_timeout,
+        NEXT_REQUEST,
+    );
+    push_value(
+        changes,
+        "upstream.response_buffer",
+        &old.response_buffer,
+        response_buffer,
+        NEXT_REQUEST,
+    );
     push_value(
         changes,
         "upstream.connect_timeout",

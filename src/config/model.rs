@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::values::Dur;
+use crate::values::{ByteSize, Dur};
 
 /// Time allowed for a client to send a complete request head. Short enough that a slowloris
 /// client holds a connection slot for seconds, long enough for a slow mobile link.
@@ -42,6 +42,20 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Dur = Dur::from_secs(60);
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Dur = Dur::from_secs(4);
 /// Idle connections kept per worker per thread; enough for bursts without hoarding sockets.
 pub const DEFAULT_MAX_IDLE_PER_WORKER: usize = 256;
+/// Longest wait for the next bytes of a worker's response body once its head has come (the
+/// head's own wait is `response_timeout`). nginx's `proxy_read_timeout` is 60 s too: long
+/// enough for a worker that computes between chunks, short enough that a worker hung mid-body
+/// gives its slot back within a minute instead of holding it until the client gives up.
+pub const DEFAULT_READ_TIMEOUT: Dur = Dur::from_secs(60);
+/// A response the worker has sent whole by the time weir reads its first body bytes, and that
+/// fits in this many bytes, is held by weir and the worker's slot and connection released at
+/// once, so a slow reader costs this much memory instead of a worker slot (nginx's
+/// `proxy_buffering`). 64 KiB covers most API and page responses and matches the socket reads
+/// weir makes; a thousand slow readers then hold at most 64 MiB.
+pub const DEFAULT_RESPONSE_BUFFER: ByteSize = ByteSize::from_kib(64);
+/// Largest `response_buffer` accepted: it is held per slow client, so a bigger one would let a
+/// few thousand clients that never read take gigabytes.
+pub const MAX_RESPONSE_BUFFER: ByteSize = ByteSize::from_mib(64);
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -281,6 +295,15 @@ pub struct UpstreamConfig {
     pub idle_timeout: Dur,
     /// Idle connections kept per worker per serving thread.
     pub max_idle_per_worker: usize,
+    /// Longest wait for the next bytes of a worker's response body; past it the worker's slot
+    /// is freed and the client gets 504, or has its connection (HTTP/2: stream) cut when part
+    /// of the response already reached it.
+    pub read_timeout: Dur,
+    /// A response the worker has finished sending when weir first reads its body, and that
+    /// fits in this many bytes ("64KiB", "1MiB" or an integer; at most 64 MiB; 0 holds only
+    /// bodiless responses), is sent to the client by weir alone: the worker's slot and
+    /// connection are released at once. Larger or still-streaming responses stream through.
+    pub response_buffer: ByteSize,
 }
 
 impl Default for UpstreamConfig {
@@ -290,6 +313,8 @@ impl Default for UpstreamConfig {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             max_idle_per_worker: DEFAULT_MAX_IDLE_PER_WORKER,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            response_buffer: DEFAULT_RESPONSE_BUFFER,
         }
     }
 }

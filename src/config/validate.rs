@@ -165,10 +165,21 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             "upstream.response_timeout",
             config.upstream.response_timeout,
         ),
+        ("upstream.read_timeout", config.upstream.read_timeout),
     ] {
         if value.get().is_zero() {
             return Err(fail(key.into(), "must be longer than zero".into()));
         }
+    }
+    if config.upstream.response_buffer > super::MAX_RESPONSE_BUFFER {
+        return Err(fail(
+            "upstream.response_buffer".into(),
+            format!(
+                "{} is more than the {} weir holds per response",
+                config.upstream.response_buffer,
+                super::MAX_RESPONSE_BUFFER
+            ),
+        ));
     }
     for (i, cidr) in config.server.trusted_proxies.iter().enumerate() {
         crate::values::Cidr::parse(cidr)
@@ -766,6 +777,45 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
                 "{admin} {listen}"
             );
         }
+    }
+
+    #[test]
+    fn read_timeout_and_response_buffer_are_checked() {
+        let config = parse(BASE, "weir.toml").unwrap();
+        assert_eq!(
+            config.upstream.read_timeout,
+            super::super::DEFAULT_READ_TIMEOUT
+        );
+        assert_eq!(
+            config.upstream.response_buffer,
+            super::super::DEFAULT_RESPONSE_BUFFER
+        );
+        let with = |keys: &str| format!("[upstream]\n{keys}\n{BASE}");
+        let config = parse(
+            &with("read_timeout = \"5s\"\nresponse_buffer = \"1MiB\""),
+            "weir.toml",
+        )
+        .unwrap();
+        assert_eq!(config.upstream.read_timeout.get().as_secs(), 5);
+        assert_eq!(config.upstream.response_buffer.get(), 1 << 20);
+        let config = parse(&with("response_buffer = 0"), "weir.toml").unwrap();
+        assert_eq!(config.upstream.response_buffer.get(), 0);
+        assert_eq!(
+            err(&with("read_timeout = \"0s\"")),
+            "weir.toml: upstream.read_timeout: must be longer than zero"
+        );
+        let e = err(&with("response_buffer = \"65MiB\""));
+        assert!(
+            e.starts_with("weir.toml: upstream.response_buffer: "),
+            "{e}"
+        );
+        let e = err(&with("response_buffer = \"64k\""));
+        assert!(
+            e.starts_with("weir.toml:2: upstream.response_buffer"),
+            "{e}"
+        );
+        assert!(e.contains("unknown unit"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

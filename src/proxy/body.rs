@@ -1,6 +1,7 @@
 //! The response body weir sends to clients. A proxied body carries the request's bookkeeping, so
 //! the worker's in-flight count drops and its connection returns to the pool exactly when the
-//! body ends (or is abandoned), never earlier.
+//! body ends (or is abandoned), or earlier only when weir already holds the whole body (see
+//! `upstream.response_buffer`): then the worker was released before the body was sent.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,8 +18,9 @@ use crate::upstream::{Upstreams, WorkerBody, WorkerConn};
 
 /// What finishing a proxied response must release.
 pub struct Exchange {
-    /// Keeps the worker's in-flight count until the body is done.
-    pub in_flight: InFlightGuard,
+    /// Keeps the worker's in-flight count until the body is done; `None` when the worker was
+    /// released early, its whole body held by weir.
+    pub in_flight: Option<InFlightGuard>,
     /// Keeps the client connection from counting as idle.
     pub activity: ActivityGuard,
     /// The serving thread's pool the connection goes back to.
@@ -32,9 +34,9 @@ pub struct Exchange {
 impl Exchange {
     /// The body ended cleanly: the worker connection, if reusable, goes back to the pool.
     fn complete(mut self, conn: Option<WorkerConn>, bytes_out: u64) {
-        if let Some(conn) = conn {
-            let id = self.in_flight.worker().id;
-            self.upstreams.give_back(id, conn, self.max_idle);
+        if let (Some(conn), Some(slot)) = (conn, &self.in_flight) {
+            self.upstreams
+                .give_back(slot.worker().id, conn, self.max_idle);
         }
         self.finish(bytes_out);
     }
@@ -46,14 +48,23 @@ impl Exchange {
         }
     }
 
-    /// The body broke off with `error` (the worker failed mid-body, or the client's upload
-    /// did): the status already sent stays, the failure's stage is recorded beside it.
+    /// The body broke off with `error` (the worker failed or stalled mid-body, or the client's
+    /// upload broke off), and hyper cuts the client's connection (HTTP/2: the stream). The
+    /// failure's stage is recorded; a worker's failure or a time limit also replaces the
+    /// status already sent with its own (502, 504), so a response that never arrived whole is
+    /// never counted as the 2xx its head announced. A client's own failure keeps the status.
     fn fail(&mut self, error: &ProxyError, bytes_out: u64) {
         let report = error.report();
-        let worker = &self.in_flight.worker().name;
+        let worker = self
+            .in_flight
+            .as_ref()
+            .map_or("", |slot| slot.worker().name.as_str());
         log_at!(report.level, %worker, stage = report.label, error = %error, bytes_out, "{}", report.message);
         if let Some(outcome) = self.outcome.as_mut() {
             outcome.error = Some(error.stage());
+            if error.stage() != Stage::Client {
+                outcome.status = report.status.as_u16();
+            }
         }
         self.finish(bytes_out);
     }

@@ -3,6 +3,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::values::HostPort;
+
 /// Hop-by-hop headers that never cross a proxy, besides those listed in `Connection`.
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -24,7 +26,8 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Remove hop-by-hop headers, including any named in `Connection`.
+/// Remove hop-by-hop headers, including any named in `Connection` (but never `Host`, which
+/// is end to end: a client listing it must not make the worker see a request without one).
 ///
 /// One pass over the field names finds which are present: most messages carry none or one of
 /// them, and removing an absent name still costs a hash and a probe (nine of them, twice per
@@ -52,6 +55,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .map(str::trim)
             .filter(|token| !is_connection_option(token))
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .filter(|name| name != header::HOST)
             .collect();
         for name in listed {
             headers.remove(name);
@@ -102,8 +106,8 @@ pub struct ClientFacts<'a> {
     pub proto: &'static str,
 }
 
-/// Set X-Forwarded-For/-Proto/-Host. From a trusted proxy, the chain is extended and its
-/// proto/host kept; from anyone else, whatever the client sent is replaced, and `Forwarded` and
+/// Set X-Forwarded-For/-Proto/-Host; `host` is the request's Host, already validated. From a
+/// trusted proxy, the chain is extended and its proto/host kept (the host only when valid); from anyone else, whatever the client sent is replaced, and `Forwarded` and
 /// `X-Real-IP` (which backends may also trust) are dropped.
 pub fn set_forwarded(headers: &mut HeaderMap, facts: &ClientFacts<'_>, host: Option<&HeaderValue>) {
     if facts.trusted {
@@ -115,9 +119,16 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ClientFacts<'_>, host: Opt
                 HeaderValue::from_static(facts.proto),
             );
         }
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            if let Some(host) = host {
-                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        // The proxy's host is kept only when it is one valid `host[:port]`: a worker must
+        // never get a path, userinfo or a second value in it, trusted hop or not.
+        if !single_valid_host(headers.get_all(&X_FORWARDED_HOST)) {
+            match host {
+                Some(host) => {
+                    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+                }
+                None => {
+                    headers.remove(&X_FORWARDED_HOST);
+                }
             }
         }
     } else {
@@ -136,6 +147,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ClientFacts<'_>, host: Opt
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
+    }
+}
+
+/// Exactly one field, and it is a valid `host[:port]`.
+fn single_valid_host(values: header::GetAll<'_, HeaderValue>) -> bool {
+    let mut values = values.iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value.to_str().ok().and_then(HostPort::parse).is_some(),
+        _ => false,
     }
 }
 
@@ -176,6 +196,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn host_is_never_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("host, x-a"));
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[header::HOST], "a.example");
     }
 
     #[test]

@@ -49,6 +49,7 @@ use crate::upstream::{
     call, drain_in_background, encode_head, BodyFraming, CallError, UpstreamBody, UpstreamSettings,
     Upstreams, WorkerBody,
 };
+use crate::values::HostPort;
 use body::Exchange;
 use headers::ClientFacts;
 
@@ -356,6 +357,26 @@ async fn proxy(
         )));
     }
 
+    // The first body bytes, and whatever else the worker has sent by then, are read before
+    // the head goes to the client. A worker that resets, closes or sends a malformed chunk
+    // right after its head thus still gets the client a 502 (a stall past read_timeout a 504),
+    // not a cut-off 2xx; and a response already whole that fits in response_buffer releases
+    // the worker now, so a client that reads slowly holds memory, not a worker slot.
+    let mut worker_body = worker_body;
+    let limit = settings.response_buffer;
+    let whole = std::future::poll_fn(|cx| worker_body.poll_prefetch(cx, limit)).await?;
+    let in_flight = if whole {
+        if let Some(conn) = worker_body.release() {
+            let id = slot.worker().id;
+            cx.upstreams
+                .give_back(id, conn, settings.max_idle_per_worker);
+        }
+        drop(slot);
+        None
+    } else {
+        Some(slot)
+    };
+
     headers::strip_hop_by_hop(&mut response.headers);
     if let Some(waited) = cold_start {
         if let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis())) {
@@ -364,7 +385,7 @@ async fn proxy(
     }
     activity.response_started();
     let exchange = Exchange {
-        in_flight: slot,
+        in_flight,
         activity,
         upstreams: Arc::clone(&cx.upstreams),
         max_idle: settings.max_idle_per_worker,
@@ -576,11 +597,13 @@ async fn buffer_body(
 
 /// Turn the client's request head into the one the worker gets: HTTP/1.1, origin-form URI,
 /// a Host header, no hop-by-hop headers (but the upgrade handshake when asked), X-Forwarded-*.
+/// A request whose Host cannot be trusted is refused first.
 fn rewrite_request_head(
     head: &mut Parts,
     cx: &ConnContext,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
+    check_host(head)?;
     if head.uri.authority().is_some() {
         // HTTP/2 and absolute-form requests carry the host in the URI; HTTP/1.1 workers want it
         // in Host.
@@ -619,6 +642,50 @@ fn rewrite_request_head(
     };
     let host = head.headers.get(header::HOST).cloned();
     headers::set_forwarded(&mut head.headers, &facts, host.as_ref());
+    Ok(())
+}
+
+/// The Host rules of RFC 9112 §3.2 and RFC 9113 §8.3.1: an HTTP/1.1 request has exactly one
+/// `Host`, any request at most one; its value is `host[:port]`; and when the target carries an
+/// authority (absolute-form, or HTTP/2's `:authority`), that is valid too and names the same
+/// host and port. Otherwise routing, the worker and `X-Forwarded-Host` could each see a
+/// different host (request smuggling, cache poisoning), so the request is refused with 400.
+fn check_host(head: &Parts) -> Result<(), ProxyError> {
+    let mut fields = head.headers.get_all(header::HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err(ProxyError::bad_host("weir: more than one Host header\n"));
+    }
+    let host = match field {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(HostPort::parse)
+                .ok_or_else(|| ProxyError::bad_host("weir: invalid Host header\n"))?,
+        ),
+        None if head.version == Version::HTTP_11 => {
+            return Err(ProxyError::bad_host(
+                "weir: an HTTP/1.1 request needs a Host header\n",
+            ))
+        }
+        None => None,
+    };
+    if let Some(authority) = head.uri.authority() {
+        let target = HostPort::parse(authority.as_str()).ok_or_else(|| {
+            ProxyError::bad_host("weir: invalid authority in the request target\n")
+        })?;
+        let default_port = match head.uri.scheme_str() {
+            Some("http") => Some(80),
+            Some("https") => Some(443),
+            _ => None,
+        };
+        if host.is_some_and(|host| !host.same_as(&target, default_port)) {
+            return Err(ProxyError::bad_host(
+                "weir: Host disagrees with the request target\n",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -698,10 +765,11 @@ async fn send(
         settings.request_body_timeout,
     );
     match tokio::time::timeout_at(deadline, &mut called).await {
-        Ok(Ok(response)) => {
+        Ok(Ok(mut response)) => {
             if replayable {
                 outgoing.body = replay;
             }
+            response.1.set_read_timeout(settings.read_timeout);
             Ok(response)
         }
         Ok(Err(CallError { error, body })) => {

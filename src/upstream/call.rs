@@ -10,13 +10,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::HeaderMap;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::body::UpstreamBody;
 use super::conn::WorkerConn;
@@ -113,6 +114,9 @@ impl Future for Call<'_> {
                     upload: (!upload.is_finished()).then(|| Box::new(upload)),
                     keep_alive,
                     upgrade: framing == Framing::Upgrade,
+                    stall: Stall::new(),
+                    ahead: None,
+                    trailers: None,
                 },
             )),
             Err(error) => {
@@ -194,9 +198,22 @@ pub struct WorkerBody {
     upload: Option<Box<Upload>>,
     keep_alive: bool,
     upgrade: bool,
+    /// The deadline for the worker's next body bytes (`upstream.read_timeout`).
+    stall: Stall,
+    /// Body bytes read before the head was passed on ([`WorkerBody::poll_prefetch`]), handed
+    /// out first.
+    ahead: Option<Bytes>,
+    /// The trailers of a body read whole ahead, handed out after `ahead` (boxed: rare).
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl WorkerBody {
+    /// Give up on the body when the worker sends none of it for `timeout` (while the request
+    /// is still uploading, the worker may rightly wait for it, so that time is not counted).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stall.timeout = timeout;
+    }
+
     /// The connection, once the body has ended cleanly and the connection can carry another
     /// request.
     pub fn take_reusable(&mut self) -> Option<WorkerConn> {
@@ -222,10 +239,99 @@ impl WorkerBody {
         self.upload.as_ref().is_none_or(|u| u.is_finished())
     }
 
+    /// Read the first body frame, then whatever else the worker has already sent, without
+    /// waiting beyond that first frame (a streaming response, SSE or a long poll, is not
+    /// waited for). `Ready(Ok(true))` when the body is whole in hand and at most `limit`
+    /// bytes: the caller can then [`release`](WorkerBody::release) the worker. Either way what
+    /// was read is handed out first when the body is polled. A failure here (the worker reset,
+    /// closed early, sent a malformed chunk, or stalled past the read timeout) comes before
+    /// the client has seen anything of the response, so it can still get a 502 or 504.
+    ///
+    /// Everything after the first frame is taken within one poll, so the frames are joined in
+    /// one local buffer (and a single frame, the usual case, is kept as it is, uncopied).
+    pub fn poll_prefetch(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<Result<bool, ProxyError>> {
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut trailers: Option<HeaderMap> = None;
+        let mut total = 0usize;
+        let whole = loop {
+            match self.poll_body(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        total = total.saturating_add(data.len());
+                        match (&mut joined, first.take()) {
+                            (Some(buf), _) => buf.extend_from_slice(&data),
+                            (None, Some(earlier)) => {
+                                let mut buf =
+                                    BytesMut::with_capacity(total.min(limit.saturating_add(1)));
+                                buf.extend_from_slice(&earlier);
+                                buf.extend_from_slice(&data);
+                                joined = Some(buf);
+                            }
+                            (None, None) => first = Some(data),
+                        }
+                        if total > limit {
+                            break false;
+                        }
+                    }
+                    // Kept aside until the loop ends: `poll_body` hands out what is stored.
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                Poll::Ready(None) => break true,
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                Poll::Pending if total == 0 && trailers.is_none() => return Poll::Pending,
+                Poll::Pending => break false,
+            }
+        };
+        self.ahead = joined.map(BytesMut::freeze).or(first);
+        self.trailers = trailers.map(Box::new);
+        Poll::Ready(Ok(whole))
+    }
+
+    /// After [`poll_prefetch`](WorkerBody::poll_prefetch) found the body whole: let go of the
+    /// worker. Returns the connection when it can carry another request; otherwise it closes
+    /// here (after the rest of a request still uploading, sent in the background). The body
+    /// read ahead stays for the client.
+    pub fn release(&mut self) -> Option<WorkerConn> {
+        let reusable = self.take_reusable();
+        if reusable.is_none() {
+            self.finish_in_background();
+        }
+        reusable
+    }
+
+    /// A response can end before its request has finished uploading (a 413 or a 401 to a
+    /// large body). The rest still goes to the worker, in the background: dropping the
+    /// client's body unread would make hyper close the client connection with request bytes
+    /// unread, and the reset the kernel then sends can destroy the response before the client
+    /// has read it. The connection closes afterwards (or here, with nothing left to send).
+    fn finish_in_background(&mut self) {
+        let (Some(conn), Some(upload)) = (self.conn.take(), self.upload.take()) else {
+            return;
+        };
+        if upload.is_finished() || upload.abandoned {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(finish_upload(conn, upload));
+        }
+    }
+
     fn poll_body(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
+        if let Some(data) = self.ahead.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
+        }
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
@@ -255,7 +361,18 @@ impl WorkerBody {
                 .remaining()
                 .map_or(BODY_READ, |left| left.clamp(1, BODY_READ as u64) as usize);
             match conn.poll_fill(cx, want) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Only a wait on the worker alone is timed: while the request is still
+                    // uploading, the worker may be waiting for the client.
+                    let waiting_on_worker = self
+                        .upload
+                        .as_ref()
+                        .is_none_or(|u| u.is_finished() || u.abandoned);
+                    if waiting_on_worker && self.stall.poll_expired(cx).is_ready() {
+                        return Poll::Ready(Some(Err(ProxyError::read_timed_out())));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(0)) => {
                     if self.decoder.eof().is_err() {
                         return Poll::Ready(Some(Err(ProxyError::mid_response(io::Error::new(
@@ -265,7 +382,7 @@ impl WorkerBody {
                     }
                     self.keep_alive = false;
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => self.stall.disarm(),
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(ProxyError::mid_response(e)))),
             }
         }
@@ -274,20 +391,7 @@ impl WorkerBody {
 
 impl Drop for WorkerBody {
     fn drop(&mut self) {
-        // A response can end before its request has finished uploading (a 413 or a 401 to a
-        // large body). The rest still goes to the worker, in the background: dropping the
-        // client's body unread would make hyper close the client connection with request
-        // bytes unread, and the reset the kernel then sends can destroy the response before
-        // the client has read it.
-        let (Some(conn), Some(upload)) = (self.conn.take(), self.upload.take()) else {
-            return;
-        };
-        if upload.is_finished() || upload.abandoned {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(finish_upload(conn, upload));
-        }
+        self.finish_in_background();
     }
 }
 
@@ -306,18 +410,75 @@ impl Body for WorkerBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
-        self.get_mut().poll_body(cx)
+        let this = self.get_mut();
+        let polled = this.poll_body(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            // The exchange is over: the connection closes now, not when hyper drops the body.
+            this.conn = None;
+            this.upload = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.decoder.is_done()
+        self.ahead.is_none() && self.trailers.is_none() && self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
+        let ahead = self.ahead.as_ref().map_or(0, |b| b.len() as u64);
         match self.decoder.remaining() {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
+            // Trailers need chunked framing on the way out: no exact length then.
+            Some(left) if self.trailers.is_none() => SizeHint::with_exact(left + ahead),
+            _ => {
+                let mut hint = SizeHint::default();
+                hint.set_lower(ahead);
+                hint
+            }
         }
+    }
+}
+
+/// The read deadline of one response body: one `Sleep`, made the first time the body waits on
+/// the worker and reset for every later wait, so a response that streams in many reads costs
+/// one timer (and a small response read whole with its head costs none).
+struct Stall {
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The timer runs for the current wait: set when a read found nothing, cleared by bytes.
+    armed: bool,
+}
+
+impl Stall {
+    fn new() -> Self {
+        Stall {
+            timeout: Duration::MAX,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// Start timing the current wait unless it is timed already; `Ready` once it has lasted
+    /// `timeout`. A timeout too long to be represented never fires.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            let Some(deadline) = Instant::now().checked_add(self.timeout) else {
+                return Poll::Pending;
+            };
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Bytes came: the next wait starts its own clock.
+    fn disarm(&mut self) {
+        self.armed = false;
     }
 }
 
@@ -653,6 +814,41 @@ mod tests {
             .flat_map(|sl| sl.iter().copied())
             .collect();
         assert_eq!(joined, b"1234");
+    }
+
+    /// Poll `stall` once, as a body does on a read that found nothing.
+    async fn expired(stall: &mut Stall) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(stall.poll_expired(cx).is_ready())).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_read_deadline_counts_each_wait_from_its_start_with_one_timer() {
+        let mut stall = Stall::new();
+        stall.timeout = Duration::from_secs(60);
+        assert!(!expired(&mut stall).await, "a fresh wait");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        // Polled again within the same wait (a spurious wake): the clock is not restarted.
+        assert!(!expired(&mut stall).await);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(expired(&mut stall).await, "61 s into one wait");
+        // Bytes came: the next wait gets its own 60 s, on the same timer.
+        stall.disarm();
+        let timer = stall.timer.as_ref().map(|t| &**t as *const Sleep);
+        assert!(!expired(&mut stall).await);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!expired(&mut stall).await);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(expired(&mut stall).await);
+        assert_eq!(stall.timer.as_ref().map(|t| &**t as *const Sleep), timer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_deadline_too_far_to_represent_never_fires() {
+        let mut stall = Stall::new();
+        stall.timeout = Duration::MAX;
+        assert!(!expired(&mut stall).await);
+        tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+        assert!(!expired(&mut stall).await);
     }
 
     #[test]

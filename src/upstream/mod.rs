@@ -41,6 +41,10 @@ pub struct UpstreamSettings {
     pub max_idle_per_worker: usize,
     /// Longest wait for the client's next request-body bytes (`server.request_body_timeout`).
     pub request_body_timeout: Duration,
+    /// Longest wait for the next bytes of a response body.
+    pub read_timeout: Duration,
+    /// Largest response held whole so the worker is released before the client has read it.
+    pub response_buffer: usize,
 }
 
 impl UpstreamSettings {
@@ -53,6 +57,9 @@ impl UpstreamSettings {
             idle_timeout: c.idle_timeout.get(),
             max_idle_per_worker: c.max_idle_per_worker,
             request_body_timeout: server.request_body_timeout.get(),
+            read_timeout: c.read_timeout.get(),
+            // Validation caps it far below any usize.
+            response_buffer: usize::try_from(c.response_buffer.get()).unwrap_or(usize::MAX),
         }
     }
 }

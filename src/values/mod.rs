@@ -1,17 +1,20 @@
-//! Small value types of the config file with their parsers and tests: durations, CIDR
-//! networks, host patterns, status lists and cron schedules. They sit at the bottom of the
-//! crate and import nothing from it, so the config model, the request path and the scaler can
-//! all use them without depending on each other.
+//! Small value types of the config file with their parsers and tests: durations, byte sizes,
+//! CIDR networks, host patterns (and the `host[:port]` check of a client's `Host`), status
+//! lists and cron schedules. They sit at the bottom of the crate and import nothing from it, so
+//! the config model, the request path and the scaler can all use them without depending on
+//! each other.
 
 mod cidr;
 pub mod clock;
 mod cron;
 mod duration;
 mod host;
+mod size;
 mod status;
 
 pub use cidr::Cidr;
 pub use cron::{unix_minutes_now, CivilMinute, Cron};
 pub use duration::{parse as parse_duration, Dur};
-pub use host::HostPattern;
+pub use host::{HostPattern, HostPort};
+pub use size::ByteSize;
 pub use status::StatusRanges;

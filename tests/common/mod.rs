@@ -332,3 +332,37 @@ pub async fn admin_call(
 pub fn temp_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("weir-test-{}-{name}", std::process::id()))
 }
+
+/// A series' value on weir's `/metrics` (0 when absent). The recorder is per process, so a
+/// test that counts gives its route a name of its own.
+pub async fn metric(weir: &Weir, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = admin_call(weir.admin(), "GET", "/metrics", None, "").await;
+    let prefix = format!("{name}{{");
+    text.lines()
+        .find(|l| {
+            l.starts_with(&prefix)
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// weir with one plain listener and one route named `route` to pool "app" of `workers`, with
+/// `pool_keys` in the pool's table and `upstream_keys` in `[upstream]`.
+pub fn start_named(
+    route: &str,
+    upstream_keys: &str,
+    pool_keys: &str,
+    workers: &[SocketAddr],
+) -> Weir {
+    start_weir(
+        "",
+        &format!(
+            "[upstream]\n{upstream_keys}\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"{route}\"\npool = \"app\"\n[pools.app]\n{pool_keys}\nprovider = {{ kind = \"static\", addresses = {} }}\n",
+            addr_list(workers)
+        ),
+    )
+}
