@@ -236,6 +236,12 @@ impl ProxyError {
         }
     }
 
+    /// An HTTP/2 stream whose client took no response bytes for `server.send_timeout` was
+    /// cut (recorded by the response itself; this only tells hyper to reset the stream).
+    pub fn client_not_reading() -> Self {
+        ProxyError::new(ErrorKind::ClientGone, Stage::Client)
+    }
+
     /// The route's queue was full.
     pub fn queue_full(retry_after: u64) -> Self {
         ProxyError::new(ErrorKind::QueueFull { retry_after }, Stage::Queue)

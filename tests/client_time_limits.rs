@@ -42,7 +42,11 @@ async fn good_client(addr: SocketAddr, for_: Duration) -> (usize, usize) {
     let (mut ok, mut tries) = (0, 0);
     while Instant::now() < until {
         tries += 1;
+        let t0 = Instant::now();
         let reply = tokio::time::timeout(DEADLINE, get(addr, "/hello")).await;
+        if tries == 1 {
+            eprintln!("first good request took {:?}", t0.elapsed());
+        }
         if matches!(reply, Ok(r) if r.status == 200) {
             ok += 1;
         }
@@ -266,6 +270,77 @@ async fn an_http2_client_holding_its_window_at_zero_does_not_keep_the_slots() {
         weir.workers("app")[0].in_flight() == 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stalled_http2_stream_is_cut_while_the_others_on_its_connection_flow() {
+    use http_body_util::BodyExt;
+    let worker = demo("w").await;
+    let weir = limited_weir(worker, 4);
+    wait_ready(&weir).await;
+    let tcp = TcpStream::connect(weir.addr()).await.unwrap();
+    // Stream windows of 64 KiB, a connection window large enough that the stalled stream
+    // cannot starve the other.
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_connection_window_size(64 << 20)
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn_ended = Arc::new(AtomicBool::new(false));
+    let ended = Arc::clone(&conn_ended);
+    tokio::spawn(async move {
+        let _ = conn.await;
+        ended.store(true, Ordering::SeqCst);
+    });
+    let get = |sender: &hyper::client::conn::http2::SendRequest<Empty<Bytes>>| {
+        let mut sender = sender.clone();
+        async move {
+            let req = http::Request::get("/bytes/33554432")
+                .header("host", "x")
+                .body(Empty::new())
+                .unwrap();
+            sender.send_request(req).await.unwrap()
+        }
+    };
+    let stalled = get(&sender).await; // never read
+    let flowing = get(&sender).await;
+    let read = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let read = Arc::clone(&read);
+        tokio::spawn(async move {
+            let mut body = flowing.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    read.fetch_add(data.len(), Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    wait_until("both streams hold a slot", || {
+        weir.workers("app")[0].in_flight() == 2
+    })
+    .await;
+    wait_until("the stalled stream's slot is freed", || {
+        weir.workers("app")[0].in_flight() == 1
+    })
+    .await;
+    let at_cut = read.load(Ordering::SeqCst);
+    wait_until("the other stream keeps flowing", || {
+        read.load(Ordering::SeqCst) > at_cut + (256 << 10)
+    })
+    .await;
+    assert_eq!(
+        weir.workers("app")[0].in_flight(),
+        1,
+        "the flowing stream keeps its slot"
+    );
+    assert!(
+        !conn_ended.load(Ordering::SeqCst),
+        "the connection stays up"
+    );
+    drop(stalled);
+    reader.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::conn::ActivityGuard;
 use super::outcome::Outcome;
+use super::relay::Relayed;
 use crate::error::{ProxyError, Stage};
 use crate::pool::InFlightGuard;
 use crate::upstream::{Upstreams, WorkerBody, WorkerConn};
@@ -93,6 +94,8 @@ pub enum ProxyBody {
     },
     /// A complete body (errors, small replies).
     Full(Option<Bytes>),
+    /// An HTTP/2 response relayed by its own task (see [`super::relay`]).
+    Relayed(Relayed),
 }
 
 impl ProxyBody {
@@ -117,6 +120,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Relayed(relayed) => Pin::new(relayed).poll_frame(cx),
             ProxyBody::Upstream {
                 body,
                 exchange,
@@ -153,6 +157,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Relayed(_) => false,
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
         }
     }
@@ -161,6 +166,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Relayed(relayed) => relayed.size_hint(),
             ProxyBody::Upstream { body, .. } => body.size_hint(),
         }
     }

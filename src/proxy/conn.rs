@@ -31,6 +31,8 @@ pub struct ConnContext {
     owed: AtomicU32,
     /// Polls of this connection's response bodies; a send watchdog compares it between ticks.
     body_polls: AtomicU64,
+    /// HTTP/2 streams whose relay cut them for taking nothing within `send_timeout`.
+    streams_cut: AtomicU64,
     /// Holds one slot of `server.max_connections` until the connection and anything it
     /// spawned (e.g. a WebSocket tunnel) are gone.
     _permit: ConnectionPermit,
@@ -60,6 +62,7 @@ impl ConnContext {
             requests: AtomicU64::new(0),
             owed: AtomicU32::new(0),
             body_polls: AtomicU64::new(0),
+            streams_cut: AtomicU64::new(0),
             _permit: permit,
         })
     }
@@ -71,6 +74,7 @@ impl ConnContext {
         ActivityGuard {
             cx: Arc::clone(self),
             owed: false,
+            relayed: false,
         }
     }
 
@@ -89,6 +93,22 @@ impl ConnContext {
         self.owed.load(Ordering::Relaxed)
     }
 
+    /// The client side polled a response body (took bytes, or was ready to).
+    pub fn body_polled(&self) {
+        self.body_polls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A relayed HTTP/2 stream was cut for taking nothing within `send_timeout`.
+    pub fn stream_cut(&self) {
+        self.streams_cut.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Streams cut so far; a cut while no other body on the connection moved means the whole
+    /// connection takes nothing.
+    pub fn streams_cut(&self) -> u64 {
+        self.streams_cut.load(Ordering::Relaxed)
+    }
+
     /// Response-body polls so far; unchanged while responses are owed means the client takes
     /// nothing.
     pub fn body_polls(&self) -> u64 {
@@ -101,6 +121,8 @@ impl ConnContext {
 pub struct ActivityGuard {
     cx: Arc<ConnContext>,
     owed: bool,
+    /// The response has its own relay, which watches the client itself.
+    relayed: bool,
 }
 
 impl ActivityGuard {
@@ -114,11 +136,23 @@ impl ActivityGuard {
     /// is the client's; pending means it waits on the worker (the worker-side deadlines own
     /// that wait).
     pub fn body_polled(&mut self, ready: bool) {
-        self.cx.body_polls.fetch_add(1, Ordering::Relaxed);
+        // A relayed body is polled by its relay, not by the client: the relay counts what the
+        // client takes instead.
+        if !self.relayed {
+            self.cx.body_polled();
+        }
         self.set_owed(ready);
     }
 
+    /// The response is relayed by its own task (HTTP/2), which cuts its stream alone when
+    /// the client takes nothing: the connection's watchdog leaves it out.
+    pub fn relayed(&mut self) {
+        self.set_owed(false);
+        self.relayed = true;
+    }
+
     fn set_owed(&mut self, owed: bool) {
+        let owed = owed && !self.relayed;
         if self.owed != owed {
             self.owed = owed;
             if owed {

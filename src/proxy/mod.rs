@@ -18,6 +18,7 @@ mod body;
 mod conn;
 mod headers;
 mod outcome;
+mod relay;
 mod tunnel;
 
 pub use body::ProxyBody;
@@ -83,10 +84,24 @@ pub fn handle(
             Ok(Forwarded::Response(response, mut exchange)) => {
                 outcome.status = response.status().as_u16();
                 exchange.outcome = Some(outcome);
-                Ok(response.map(|body| ProxyBody::Upstream {
-                    body,
-                    exchange: Some(exchange),
-                    bytes_out: 0,
+                // An HTTP/2 stream that still holds a worker gets its own relay, so a stream
+                // the client gives no window can be cut alone.
+                let relayed = !h1 && exchange.in_flight.is_some();
+                if relayed {
+                    exchange.activity.relayed();
+                }
+                Ok(response.map(|body| {
+                    let body = ProxyBody::Upstream {
+                        body,
+                        exchange: Some(exchange),
+                        bytes_out: 0,
+                    };
+                    if relayed {
+                        let send_timeout = cx.shared.snapshot().config.server.send_timeout.get();
+                        ProxyBody::Relayed(relay::relay(body, Arc::clone(&cx), send_timeout))
+                    } else {
+                        body
+                    }
                 }))
             }
             Ok(Forwarded::Upgraded(response)) => {

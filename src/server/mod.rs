@@ -417,6 +417,7 @@ async fn drive<I>(
     let tick = (settings.idle_timeout.min(settings.send_timeout) / 4).max(MIN_WATCHDOG_TICK);
     let mut watch = Watchdog::new(&cx, Instant::now());
     let mut closing = *shutdown.borrow();
+    let mut idle_closing_since = None;
     if closing {
         conn.as_mut().graceful_shutdown();
     }
@@ -435,8 +436,17 @@ async fn drive<I>(
                         debug!(client = %cx.peer, "closing idle connection");
                         conn.as_mut().graceful_shutdown();
                         closing = true;
+                        idle_closing_since = Some(Instant::now());
                     }
-                    Verdict::Idle => {}
+                    Verdict::Idle => {
+                        // A graceful close waits for open streams; one whose client never
+                        // takes its bytes (its relay already gave up) would keep it for ever.
+                        let since = *idle_closing_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= settings.idle_timeout {
+                            debug!(client = %cx.peer, "idle connection did not finish closing; dropping it");
+                            return;
+                        }
+                    }
                     Verdict::NotReading => {
                         warn!(client = %cx.peer, owed = cx.owed(), timeout = ?settings.send_timeout, "client took no response bytes within send_timeout; closing the connection");
                         return;
@@ -469,6 +479,9 @@ struct Watchdog {
     quiet_since: Instant,
     body_polls: u64,
     stalled_since: Option<Instant>,
+    /// Body polls and cut streams at the previous tick.
+    last_polls: u64,
+    streams_cut: u64,
 }
 
 impl Watchdog {
@@ -478,6 +491,8 @@ impl Watchdog {
             quiet_since: now,
             body_polls: cx.body_polls(),
             stalled_since: None,
+            last_polls: cx.body_polls(),
+            streams_cut: cx.streams_cut(),
         }
     }
 
@@ -488,6 +503,14 @@ impl Watchdog {
             self.quiet_since = now;
         }
         let polls = cx.body_polls();
+        // An HTTP/2 stream was cut for not reading, and no other body on the connection moved
+        // since the last tick: the client takes nothing at all, so its queued streams would
+        // each hold a slot for send_timeout in turn. Cut the connection.
+        let moved = std::mem::replace(&mut self.last_polls, polls) != polls;
+        let cut = cx.streams_cut();
+        if std::mem::replace(&mut self.streams_cut, cut) != cut && !moved {
+            return Verdict::NotReading;
+        }
         if cx.owed() == 0 || polls != self.body_polls {
             self.body_polls = polls;
             self.stalled_since = None;
