@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use weir::pool::WorkerState;
 
 /// A worker that answers every request with `response`, keeping its connections open.
@@ -59,30 +59,6 @@ async fn answering(response: &'static str) -> Answering {
         addr,
         connections,
         requests,
-    }
-}
-
-/// One request's head and Content-Length body, as text.
-async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if pending.len() >= end + 4 + length {
-                let request: Vec<u8> = pending.drain(..end + 4 + length).collect();
-                return Some(String::from_utf8_lossy(&request).into_owned());
-            }
-        }
-        let n = stream.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        pending.extend_from_slice(&buf[..n]);
     }
 }
 

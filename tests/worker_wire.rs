@@ -59,30 +59,6 @@ async fn scripted(script: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'stat
     }
 }
 
-/// One request's head and Content-Length body, as text.
-async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if pending.len() >= end + 4 + length {
-                let request: Vec<u8> = pending.drain(..end + 4 + length).collect();
-                return Some(String::from_utf8_lossy(&request).into_owned());
-            }
-        }
-        let n = stream.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        pending.extend_from_slice(&buf[..n]);
-    }
-}
-
 fn reply(text: &str) -> (Vec<u8>, bool) {
     (text.as_bytes().to_vec(), false)
 }
