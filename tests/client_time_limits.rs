@@ -54,6 +54,25 @@ async fn good_client(addr: SocketAddr, for_: Duration) -> (usize, usize) {
     (ok, tries)
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// An h2c (prior knowledge) client connection built by `builder`, and a flag that is set when
+/// the connection ends.
+async fn h2c(
+    addr: SocketAddr,
+    builder: &hyper::client::conn::http2::Builder<TokioExecutor>,
+) -> (H2Sender, Arc<AtomicBool>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
+    let ended = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&ended);
+    tokio::spawn(async move {
+        let _ = conn.await;
+        flag.store(true, Ordering::SeqCst);
+    });
+    (sender, ended)
+}
+
 /// A connection that asks for a large response and never reads it.
 async fn slow_reader(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -202,18 +221,9 @@ async fn an_http2_client_holding_its_window_at_zero_does_not_keep_the_slots() {
     let weir = limited_weir(worker, 4);
     wait_ready(&weir).await;
     // One h2c connection whose streams get no window at all, with many large responses.
-    let tcp = TcpStream::connect(weir.addr()).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let conn_ended = Arc::new(AtomicBool::new(false));
-    let ended = Arc::clone(&conn_ended);
-    tokio::spawn(async move {
-        let _ = conn.await;
-        ended.store(true, Ordering::SeqCst);
-    });
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.initial_stream_window_size(0);
+    let (sender, conn_ended) = h2c(weir.addr(), &builder).await;
     let heads = Arc::new(AtomicUsize::new(0));
     for _ in 0..20 {
         let mut sender = sender.clone();
@@ -257,21 +267,12 @@ async fn one_stalled_http2_stream_is_cut_while_the_others_on_its_connection_flow
     let worker = demo("w").await;
     let weir = limited_weir(worker, 4);
     wait_ready(&weir).await;
-    let tcp = TcpStream::connect(weir.addr()).await.unwrap();
     // Stream windows of 64 KiB, a connection window large enough that the stalled stream
     // cannot starve the other.
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_connection_window_size(64 << 20)
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let conn_ended = Arc::new(AtomicBool::new(false));
-    let ended = Arc::clone(&conn_ended);
-    tokio::spawn(async move {
-        let _ = conn.await;
-        ended.store(true, Ordering::SeqCst);
-    });
-    let get = |sender: &hyper::client::conn::http2::SendRequest<Empty<Bytes>>| {
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.initial_connection_window_size(64 << 20);
+    let (sender, conn_ended) = h2c(weir.addr(), &builder).await;
+    let get = |sender: &H2Sender| {
         let mut sender = sender.clone();
         async move {
             let req = http::Request::get("/bytes/33554432")
