@@ -166,6 +166,11 @@ pub fn record_health_check(pool: &str, passed: bool) {
         .increment(1);
 }
 
+/// A launched worker became ready `seconds` after its launch call (control plane).
+pub fn record_cold_start(pool: &str, seconds: f64) {
+    histogram!("weir_cold_start_seconds", "pool" => pool.to_string()).record(seconds);
+}
+
 /// The scaler acted (control plane).
 pub fn record_scale_event(pool: &str, action: &'static str) {
     counter!("weir_scale_events_total", "pool" => pool.to_string(), "action" => action)

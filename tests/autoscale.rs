@@ -132,6 +132,16 @@ async fn scale_to_zero_serves_the_first_request_after_a_cold_start() {
     // Warm now: no header.
     let reply = get(weir.addr(), "/").await;
     assert!(reply.headers.get("x-weir-cold-start").is_none());
+    // The launch's cold start is in the metrics.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, metrics) = admin_call(weir.admin(), "GET", "/metrics", None, "").await;
+        if metrics.contains("weir_cold_start_seconds_count{pool=\"app\"}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cold-start metric: {metrics}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Idle: back to zero.
     wait_until("scaled to zero", || weir.workers("app").is_empty()).await;
     let reply = get(weir.addr(), "/").await;

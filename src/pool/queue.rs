@@ -17,7 +17,7 @@ use crate::config::QueueConfig;
 /// A process-wide time origin, so instants fit in an atomic as milliseconds. Set a day before
 /// the first use, so instants taken by any runtime (tests run several, each with its own paused
 /// clock) come after it.
-fn epoch() -> Instant {
+pub(crate) fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(|| {
         let now = Instant::now();
@@ -26,7 +26,7 @@ fn epoch() -> Instant {
 }
 
 /// Milliseconds since the process-wide origin, at least 1 (0 means "none").
-fn millis_since_epoch(at: Instant) -> u64 {
+pub(crate) fn millis_since_epoch(at: Instant) -> u64 {
     (at.duration_since(epoch()).as_millis() as u64).max(1)
 }
 

@@ -65,6 +65,9 @@ pub struct Worker {
     unhealthy_threshold: AtomicU32,
     surplus: AtomicBool,
     protected: AtomicBool,
+    /// When it first became ready, in milliseconds since the pool module's time origin (0:
+    /// never), so a launch can report its cold start however late it looks.
+    first_ready_ms: AtomicU64,
     /// The pool's count of waiting requests, read on every release without touching the pool.
     waiting: Arc<AtomicUsize>,
     pool: Weak<Pool>,
@@ -103,6 +106,7 @@ impl Worker {
             unhealthy_threshold: AtomicU32::new(spec.unhealthy_threshold.max(1)),
             surplus: AtomicBool::new(false),
             protected: AtomicBool::new(false),
+            first_ready_ms: AtomicU64::new(0),
             waiting,
             pool,
         })
@@ -129,8 +133,20 @@ impl Worker {
     pub fn set_state(&self, state: WorkerState) {
         let before = self.state.swap(state as u8, Ordering::AcqRel);
         if state == WorkerState::Ready && before != WorkerState::Ready as u8 {
+            if self.first_ready_ms.load(Ordering::Relaxed) == 0 {
+                let now = super::queue::millis_since_epoch(tokio::time::Instant::now());
+                self.first_ready_ms.store(now, Ordering::Relaxed);
+            }
             self.passive_failures.store(0, Ordering::Relaxed);
             self.wake_waiters();
+        }
+    }
+
+    /// When the worker first became ready (millisecond precision), if it has.
+    pub fn first_ready_at(&self) -> Option<tokio::time::Instant> {
+        match self.first_ready_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(super::queue::epoch() + std::time::Duration::from_millis(ms)),
         }
     }
 
@@ -354,6 +370,25 @@ mod tests {
             assert_eq!(w.state(), s);
             assert!(w.try_acquire().is_none());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_ready_moment_is_kept() {
+        let w = Worker::detached("w", "127.0.0.1:1".parse().unwrap(), WorkerState::Starting);
+        assert!(w.first_ready_at().is_none());
+        tokio::time::advance(std::time::Duration::from_millis(250)).await;
+        let before = tokio::time::Instant::now();
+        w.set_state(WorkerState::Ready);
+        let first = w.first_ready_at().unwrap();
+        assert!(first.duration_since(before) < std::time::Duration::from_millis(2));
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        w.set_state(WorkerState::Unhealthy);
+        w.set_state(WorkerState::Ready);
+        assert_eq!(
+            w.first_ready_at(),
+            Some(first),
+            "a recovery is not a cold start"
+        );
     }
 
     #[test]

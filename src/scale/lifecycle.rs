@@ -107,9 +107,12 @@ impl PoolScaler {
             name: name.clone(),
         };
         let timeout = self.policy().startup_timeout;
+        let called = Instant::now();
         let failure = match tokio::time::timeout(timeout, self.provider.launch(spec)).await {
             Ok(Ok(launched)) => {
+                let call = called.elapsed();
                 let WorkerHandle { id, addr } = launched.handle;
+                info!(pool = %self.pool.name, worker = %id, %addr, launch_call = ?call, "launch call returned (worker created and started)");
                 let added = self
                     .membership
                     .apply(MemberUpdate::Added(Member::probed(id, addr)));
@@ -118,6 +121,14 @@ impl PoolScaler {
                     if let Some(exited) = launched.exited {
                         tokio::spawn(Arc::clone(self).watch_exit(Arc::downgrade(&worker), exited));
                     }
+                    let pool = self.pool.name.clone();
+                    tokio::spawn(report_cold_start(
+                        pool,
+                        Arc::downgrade(&worker),
+                        called,
+                        call,
+                        timeout,
+                    ));
                     return;
                 }
                 format!("the provider returned a worker already in the pool ({addr})")
@@ -215,6 +226,34 @@ impl PoolScaler {
             self.books().start_retiring(now, w);
         }
         join_all(workers.iter().map(|w| self.retire(w, drain))).await;
+    }
+}
+
+/// How often a launch looks whether its worker is ready yet, to report its cold start (the
+/// moment itself is stamped by the worker, so this only bounds when the report is logged).
+const COLD_START_POLL: Duration = Duration::from_millis(10);
+
+/// Once a launched worker is ready, record its cold start (launch call to ready) in
+/// `weir_cold_start_seconds{pool}` and log the phases: the provider's launch call (create and
+/// start), then the wait for the first passing probe. Gives up with the startup deadline or
+/// when the worker leaves the pool.
+async fn report_cold_start(
+    pool: String,
+    worker: Weak<Worker>,
+    called: Instant,
+    call: Duration,
+    deadline: Duration,
+) {
+    while called.elapsed() <= deadline {
+        let Some(w) = worker.upgrade() else { return };
+        if let Some(ready_at) = w.first_ready_at() {
+            let cold = ready_at.saturating_duration_since(called);
+            crate::telemetry::record_cold_start(&pool, cold.as_secs_f64());
+            info!(pool = %pool, worker = %w.name, cold_start = ?cold, launch_call = ?call, first_probe_pass = ?cold.saturating_sub(call), "worker ready after its launch");
+            return;
+        }
+        drop(w);
+        tokio::time::sleep(COLD_START_POLL).await;
     }
 }
 
