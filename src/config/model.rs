@@ -635,6 +635,52 @@ pub enum ProviderConfig {
         /// restarted weir adopts them instead of launching new ones. Optional.
         list: Option<String>,
     },
+    /// Containers on a Docker Engine, created from `image` and removed on release.
+    Docker {
+        /// The image each worker container runs (it must be on the engine, or pullable).
+        image: String,
+        /// The port the worker listens on inside the container (also set as `$PORT`).
+        port: u16,
+        /// Command and arguments, replacing the image's.
+        command: Option<Vec<String>>,
+        /// Extra environment variables.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// A user-defined bridge network the containers join (created if missing); default: the
+        /// engine's default bridge.
+        network: Option<String>,
+        /// Publish `port` on 127.0.0.1 and proxy to that (for a weir that cannot reach the
+        /// bridge network, e.g. Docker Desktop).
+        #[serde(default)]
+        publish: bool,
+        /// Extra labels on every container.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        /// CPU limit per container, in cores (e.g. 1.5).
+        cpus: Option<f64>,
+        /// Memory limit per container ("512MiB").
+        memory: Option<ByteSize>,
+        /// Time between SIGTERM and SIGKILL on release.
+        #[serde(default = "default_stop_grace")]
+        stop_grace: Dur,
+        /// Whether a missing image may be pulled.
+        #[serde(default)]
+        pull: PullPolicy,
+        /// The engine's socket, "unix:///var/run/docker.sock"; default: `$DOCKER_HOST`, else
+        /// that.
+        endpoint: Option<String>,
+    },
+}
+
+/// Whether the Docker provider may pull an image the engine does not have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Pull when the image is missing.
+    #[default]
+    Missing,
+    /// Never pull: a missing image fails the launch.
+    Never,
 }
 
 fn default_stop_grace() -> Dur {

@@ -382,6 +382,48 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
                     ));
                 }
             }
+            ProviderConfig::Docker {
+                image,
+                port,
+                cpus,
+                memory,
+                endpoint,
+                network,
+                ..
+            } => {
+                let key = |k: &str| format!("pools.{name}.provider.{k}");
+                if image.trim().is_empty() {
+                    return Err(fail(
+                        key("image"),
+                        "needs an image, e.g. \"weir-demo:dev\"".into(),
+                    ));
+                }
+                if *port == 0 {
+                    return Err(fail(key("port"), "must be a port from 1 to 65535".into()));
+                }
+                if let Some(cpus) = cpus {
+                    if !(*cpus > 0.0 && cpus.is_finite()) {
+                        return Err(fail(
+                            key("cpus"),
+                            "must be a number of cores above zero, e.g. 1.5".into(),
+                        ));
+                    }
+                }
+                if memory.is_some_and(|m| m.get() < 1024 * 1024) {
+                    return Err(fail(
+                        key("memory"),
+                        "must be at least 1MiB, e.g. \"512MiB\"".into(),
+                    ));
+                }
+                if let Some(endpoint) = endpoint {
+                    if !endpoint.starts_with("unix://") {
+                        return Err(fail(key("endpoint"), format!("{endpoint:?}: only unix:// sockets are supported, e.g. \"unix:///var/run/docker.sock\"")));
+                    }
+                }
+                if network.as_ref().is_some_and(|n| n.trim().is_empty()) {
+                    return Err(fail(key("network"), "must name a network".into()));
+                }
+            }
             ProviderConfig::Exec {
                 launch,
                 release,
@@ -777,6 +819,37 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
                 "{admin} {listen}"
             );
         }
+    }
+
+    #[test]
+    fn docker_provider_keys_are_checked() {
+        let with = |keys: &str| {
+            BASE.replace(
+                "provider = { kind = \"static\", addresses = [\"127.0.0.1:3001\"] }",
+                &format!("provider = {{ kind = \"docker\", image = \"weir-demo:dev\", port = 8080{keys} }}"),
+            )
+        };
+        let config = parse(
+            &with(", cpus = 1.5, memory = \"512MiB\", pull = \"never\""),
+            "weir.toml",
+        );
+        assert!(config.is_ok(), "{config:?}");
+        assert_eq!(
+            err(&with(", cpus = 0.0")),
+            "weir.toml: pools.app.provider.cpus: must be a number of cores above zero, e.g. 1.5"
+        );
+        let e = err(&with(", memory = \"512 lots\""));
+        assert!(
+            e.contains("pools.app.provider") && e.contains("invalid size"),
+            "{e}"
+        );
+        assert!(err(&with(", memory = \"1KiB\"")).contains("at least 1MiB"));
+        assert!(err(&with(", endpoint = \"tcp://1.2.3.4:2375\"")).contains("only unix://"));
+        assert!(err(&with(", pull = \"always\"")).contains("pools.app.provider"));
+        assert!(
+            err(&with(", port = 0").replace("port = 8080, port = 0", "port = 0"))
+                .contains("provider.port")
+        );
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! pool as a [`MemberStream`]; so a new backend is one more implementation, with no change to
 //! the scaler or the pool.
 
+mod docker;
 mod exec;
 mod process;
 mod static_list;
 
+pub use docker::{DockerProvider, DockerSettings};
 pub use exec::ExecProvider;
 pub use process::ProcessProvider;
 pub use static_list::StaticProvider;
@@ -131,6 +133,39 @@ pub fn from_config(pool: &str, config: &ProviderConfig) -> Result<Arc<dyn Provid
             cwd.clone(),
             stop_grace.get(),
         )?),
+        ProviderConfig::Docker {
+            image,
+            port,
+            command,
+            env,
+            network,
+            publish,
+            labels,
+            cpus,
+            memory,
+            stop_grace,
+            pull,
+            endpoint,
+        } => Arc::new(DockerProvider::new(
+            pool,
+            DockerSettings {
+                image: image.clone(),
+                port: *port,
+                command: command.clone(),
+                env: env.clone(),
+                network: network.clone(),
+                publish: *publish,
+                labels: labels.clone(),
+                cpus: *cpus,
+                memory: memory.map(|m| m.get()),
+                stop_grace: stop_grace.get(),
+                pull: *pull == crate::config::PullPolicy::Missing,
+                endpoint: endpoint
+                    .clone()
+                    .or_else(|| std::env::var("DOCKER_HOST").ok())
+                    .unwrap_or_else(|| docker::DEFAULT_ENDPOINT.to_string()),
+            },
+        )),
         ProviderConfig::Exec {
             launch,
             release,

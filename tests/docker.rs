@@ -1,0 +1,155 @@
+//! The Docker provider against the real engine at /var/run/docker.sock, with the test image
+//! `.ci/test-image` builds from this repo (`weir-demo:dev`, no registry involved). Without an
+//! engine the tests say they were skipped, unless `WEIR_REQUIRE_DOCKER=1` (set by `.ci/run`),
+//! which makes a missing engine or image a failure.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use weir::pool::WorkerState;
+
+const IMAGE: &str = "weir-demo:dev";
+
+/// Whether the engine and the test image are there; panics when they are required.
+fn engine_ready(test: &str) -> bool {
+    let image = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if image {
+        return true;
+    }
+    if std::env::var("WEIR_REQUIRE_DOCKER").as_deref() == Ok("1") {
+        panic!("{test}: no Docker engine with the image {IMAGE} (run .ci/test-image)");
+    }
+    eprintln!("{test}: skipped: no Docker engine with the image {IMAGE} (run .ci/test-image)");
+    false
+}
+
+/// Containers carrying `label=value` (running or not), by name.
+fn containers_labelled(label: &str, value: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={label}={value}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn docker_weir(pool: &str, autoscale: &str, provider_extra: &str) -> Weir {
+    start_weir(
+        "shutdown_grace = \"5s\"\n",
+        &format!(
+            r#"
+[[listeners]]
+listen = "127.0.0.1:0"
+[[routes]]
+pool = "{pool}"
+queue = {{ timeout = "20s" }}
+[pools.{pool}]
+worker_concurrency = 4
+provider = {{ kind = "docker", image = "{IMAGE}", port = 8080, stop_grace = "2s", pull = "never"{provider_extra} }}
+health = {{ path = "/hello", interval = "200ms" }}
+[pools.{pool}.autoscale]
+{autoscale}
+"#
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_launch_serve_and_are_removed_on_release() {
+    if !engine_ready("containers_launch_serve_and_are_removed_on_release") {
+        return;
+    }
+    let pool = format!("dk{}", std::process::id());
+    let mut weir = docker_weir(&pool, "min_workers = 2\nmax_workers = 3", "");
+    let started = Instant::now();
+    wait_until("two containers ready", || {
+        weir.workers(&pool)
+            .iter()
+            .filter(|w| w.state() == WorkerState::Ready)
+            .count()
+            == 2
+    })
+    .await;
+    eprintln!("two containers ready {:?} after start", started.elapsed());
+    let names = containers_labelled("weir.pool", &pool);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let mut served = Vec::new();
+    let mut client = Client::connect(weir.addr()).await;
+    for _ in 0..20 {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 200);
+        served.push(reply.headers["x-served-by"].to_str().unwrap().to_string());
+    }
+    served.sort();
+    served.dedup();
+    assert!(!served.is_empty());
+    // The ids weir shows are the containers' names.
+    let mut ids: Vec<String> = weir.workers(&pool).iter().map(|w| w.name.clone()).collect();
+    ids.sort();
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(ids, expected);
+    weir.stop();
+    let deadline = Instant::now() + DEADLINE;
+    while !containers_labelled("weir.pool", &pool).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers left behind after release"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_a_clear_launch_failure_and_a_503() {
+    if !engine_ready("a_missing_image_is_a_clear_launch_failure_and_a_503") {
+        return;
+    }
+    let pool = format!("dkmissing{}", std::process::id());
+    let weir = start_weir(
+        "",
+        &format!(
+            r#"
+[[listeners]]
+listen = "127.0.0.1:0"
+[[routes]]
+pool = "{pool}"
+[pools.{pool}]
+provider = {{ kind = "docker", image = "weir-no-such-image:never", port = 8080, pull = "never" }}
+[pools.{pool}.autoscale]
+min_workers = 0
+max_workers = 1
+"#
+        ),
+    );
+    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
+        .await
+        .expect("no hang");
+    assert_eq!(reply.status, 503);
+    let events = weir.activity();
+    let failed = events
+        .iter()
+        .find(|e| e.action == weir::scale::Action::LaunchFailed)
+        .expect("a launch_failed activity");
+    assert!(
+        failed.reason.contains("weir-no-such-image:never") && failed.reason.contains("never"),
+        "{}",
+        failed.reason
+    );
+}
