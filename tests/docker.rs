@@ -153,3 +153,48 @@ max_workers = 1
         failed.reason
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_container_is_noticed_and_replaced() {
+    if !engine_ready("a_killed_container_is_noticed_and_replaced") {
+        return;
+    }
+    let pool = format!("dkkill{}", std::process::id());
+    let mut weir = docker_weir(&pool, "min_workers = 1\nmax_workers = 2", "");
+    let ready = |weir: &Weir| {
+        weir.workers(&pool)
+            .iter()
+            .filter(|w| w.state() == WorkerState::Ready)
+            .map(|w| w.name.clone())
+            .collect::<Vec<_>>()
+    };
+    wait_until("one container ready", || ready(&weir).len() == 1).await;
+    let victim = ready(&weir).remove(0);
+    let killed = Command::new("docker")
+        .args(["kill", &victim])
+        .output()
+        .expect("docker kill");
+    assert!(killed.status.success(), "{killed:?}");
+    wait_until("replaced by another container", || {
+        let now = ready(&weir);
+        now.len() == 1 && now[0] != victim
+    })
+    .await;
+    let events = weir.activity();
+    let replaced = events
+        .iter()
+        .find(|e| e.action == weir::scale::Action::Replace && e.reason.contains(&victim))
+        .expect("the exit is in the activity log");
+    assert!(
+        replaced.reason.contains("exit code 137") && replaced.reason.contains("oom_killed false"),
+        "{}",
+        replaced.reason
+    );
+    assert_eq!(get(weir.addr(), "/").await.status, 200);
+    weir.stop();
+    let deadline = Instant::now() + DEADLINE;
+    while !containers_labelled("weir.pool", &pool).is_empty() {
+        assert!(Instant::now() < deadline, "containers left behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
