@@ -277,8 +277,18 @@ pub fn run(
             let options = DemoOptions::new(&name, delay);
             tasks.push(tokio::spawn(serve(listener, options)));
         }
-        for task in tasks {
-            let _ = task.await;
+        // Exit on SIGTERM: in a container the demo worker is PID 1, which the kernel gives no
+        // default SIGTERM action, so without this every stop would wait out its grace period.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("demo-worker: cannot listen for SIGTERM: {e}"))?;
+        let served = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        tokio::select! {
+            _ = served => {}
+            _ = term.recv() => println!("demo-worker: SIGTERM, exiting"),
         }
         Ok(())
     })
