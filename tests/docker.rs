@@ -305,3 +305,47 @@ fn a_restarted_weir_adopts_its_running_containers() {
     );
     let _ = std::fs::remove_file(&config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_engine_is_a_clear_failure_and_a_readyz_reason() {
+    // Needs no engine: the endpoint names a socket that does not exist.
+    let pool = format!("dkgone{}", std::process::id());
+    let weir = start_weir(
+        "",
+        &format!(
+            r#"
+[[listeners]]
+listen = "127.0.0.1:0"
+[[routes]]
+pool = "{pool}"
+[pools.{pool}]
+provider = {{ kind = "docker", image = "{IMAGE}", port = 8080, endpoint = "unix:///nonexistent/docker.sock" }}
+[pools.{pool}.autoscale]
+min_workers = 0
+max_workers = 1
+"#
+        ),
+    );
+    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
+        .await
+        .expect("no hang");
+    assert_eq!(reply.status, 503);
+    let events = weir.activity();
+    let failed = events
+        .iter()
+        .find(|e| e.action == weir::scale::Action::LaunchFailed)
+        .expect("a launch_failed activity");
+    assert!(
+        failed
+            .reason
+            .contains("docker engine unreachable at unix:///nonexistent/docker.sock"),
+        "{}",
+        failed.reason
+    );
+    let (status, body) = admin_call(weir.admin(), "GET", "/readyz", None, "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!("pool {pool}: docker engine unreachable")),
+        "{body}"
+    );
+}

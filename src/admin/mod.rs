@@ -147,6 +147,11 @@ fn readiness(control: &Control) -> AdminResponse {
             ));
         }
     }
+    for scaler in shared.scalers.iter() {
+        if let Some(problem) = scaler.provider_problem() {
+            not_ready.push(format!("pool {}: {problem}", scaler.key()));
+        }
+    }
     if not_ready.is_empty() {
         json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
     } else {

@@ -69,6 +69,8 @@ pub struct DockerProvider {
     owner: String,
     settings: DockerSettings,
     engine: OnceCell<Docker>,
+    /// The last engine failure, until a call succeeds again (`/readyz`).
+    unreachable: std::sync::Mutex<Option<String>>,
 }
 
 impl DockerProvider {
@@ -79,7 +81,20 @@ impl DockerProvider {
             pool: pool.to_string(),
             settings,
             engine: OnceCell::new(),
+            unreachable: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Remember whether the engine answered, for [`Provider::problem`].
+    fn note<T>(&self, result: Result<T, ProviderError>) -> Result<T, ProviderError> {
+        let down = match &result {
+            Err(ProviderError::Spawn(why)) if why.contains("docker engine unreachable") => {
+                Some(why.clone())
+            }
+            _ => None,
+        };
+        *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) = down;
+        result
     }
 
     /// The engine, connected (and its API version agreed) on first use.
@@ -377,15 +392,22 @@ impl DockerProvider {
 
 impl Provider for DockerProvider {
     fn launch(&self, spec: LaunchSpec) -> ProviderFuture<'_, Result<Launched, ProviderError>> {
-        Box::pin(async move { self.create_and_start(&spec).await })
+        Box::pin(async move { self.note(self.create_and_start(&spec).await) })
     }
 
     fn release(&self, handle: WorkerHandle) -> ProviderFuture<'_, Result<(), ProviderError>> {
-        Box::pin(async move { self.stop_and_remove(&handle).await })
+        Box::pin(async move { self.note(self.stop_and_remove(&handle).await) })
     }
 
     fn list(&self) -> ProviderFuture<'_, Result<Vec<WorkerHandle>, ProviderError>> {
-        Box::pin(self.listed())
+        Box::pin(async move { self.note(self.listed().await) })
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn describe(&self) -> String {

@@ -104,6 +104,12 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// Why the component behind this provider is unusable right now (an engine or API server
+    /// that does not answer), for `/readyz`; `None` when it works or cannot tell.
+    fn problem(&self) -> Option<String> {
+        None
+    }
+
     /// A one-line description for logs and the admin API.
     fn describe(&self) -> String;
 

@@ -92,6 +92,11 @@ impl PoolScaler {
         self.pool.demand().notify_one();
     }
 
+    /// Why the provider's component is unusable now, if it is (`/readyz`).
+    pub fn provider_problem(&self) -> Option<String> {
+        self.provider.problem()
+    }
+
     /// The provider, described (admin API).
     pub fn describe(&self) -> String {
         self.provider.describe()
