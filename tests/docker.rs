@@ -349,3 +349,83 @@ max_workers = 1
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_scales_containers_1_to_3_to_1_without_a_failed_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    if !engine_ready("load_scales_containers_1_to_3_to_1_without_a_failed_request") {
+        return;
+    }
+    let pool = format!("dkscale{}", std::process::id());
+    let mut weir = start_weir(
+        "shutdown_grace = \"5s\"\n",
+        &format!(
+            r#"
+[[listeners]]
+listen = "127.0.0.1:0"
+[[routes]]
+pool = "{pool}"
+queue = {{ timeout = "20s" }}
+[pools.{pool}]
+worker_concurrency = 2
+provider = {{ kind = "docker", image = "{IMAGE}", port = 8080, stop_grace = "2s", pull = "never" }}
+health = {{ path = "/hello", interval = "200ms" }}
+[pools.{pool}.autoscale]
+min_workers = 1
+max_workers = 3
+max_idle_time = "1s"
+"#
+        ),
+    );
+    let ready = |weir: &Weir| {
+        weir.workers(&pool)
+            .iter()
+            .filter(|w| w.state() == WorkerState::Ready)
+            .count()
+    };
+    wait_until("one container ready", || ready(&weir) == 1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, stop) = (weir.addr(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = client.get("/?delay=50ms").await;
+                    if reply.status != 200 {
+                        failures.push(reply.status);
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let loaded = Instant::now();
+    wait_until("three containers ready", || ready(&weir) == 3).await;
+    eprintln!(
+        "1 -> 3 ready containers in {:?} under load",
+        loaded.elapsed()
+    );
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        assert_eq!(
+            c.await.unwrap(),
+            Vec::<http::StatusCode>::new(),
+            "no failed request"
+        );
+    }
+    let quiet = Instant::now();
+    wait_until("back to one container", || {
+        containers_labelled("weir.pool", &pool).len() == 1
+    })
+    .await;
+    eprintln!("3 -> 1 containers {:?} after the load", quiet.elapsed());
+    weir.stop();
+    let deadline = Instant::now() + DEADLINE;
+    while !containers_labelled("weir.pool", &pool).is_empty() {
+        assert!(Instant::now() < deadline, "containers left behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
