@@ -49,6 +49,40 @@ fn containers_labelled(label: &str, value: &str) -> Vec<String> {
         .collect()
 }
 
+/// Wait until no container of `pool` is left, running or not.
+async fn all_removed(pool: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while !containers_labelled("weir.pool", pool).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers of {pool} left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A scale-from-zero pool whose provider line is `provider`: the first request's answer and
+/// the reason of the launch failure it must meet.
+async fn first_launch_failure(pool: &str, provider: &str) -> (Weir, String) {
+    let weir = start_weir(
+        "",
+        &format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"{pool}\"\n[pools.{pool}]\n{provider}\n[pools.{pool}.autoscale]\nmin_workers = 0\nmax_workers = 1\n"
+        ),
+    );
+    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
+        .await
+        .expect("no hang");
+    assert_eq!(reply.status, 503);
+    let reason = weir
+        .activity()
+        .iter()
+        .find(|e| e.action == weir::scale::Action::LaunchFailed)
+        .map(|e| e.reason.clone())
+        .expect("a launch_failed activity");
+    (weir, reason)
+}
+
 fn docker_weir(pool: &str, autoscale: &str, provider_extra: &str) -> Weir {
     start_weir(
         "shutdown_grace = \"5s\"\n",
@@ -106,14 +140,7 @@ async fn containers_launch_serve_and_are_removed_on_release() {
     expected.sort();
     assert_eq!(ids, expected);
     weir.stop();
-    let deadline = Instant::now() + DEADLINE;
-    while !containers_labelled("weir.pool", &pool).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "containers left behind after release"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_removed(&pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,35 +149,11 @@ async fn a_missing_image_is_a_clear_launch_failure_and_a_503() {
         return;
     }
     let pool = format!("dkmissing{}", std::process::id());
-    let weir = start_weir(
-        "",
-        &format!(
-            r#"
-[[listeners]]
-listen = "127.0.0.1:0"
-[[routes]]
-pool = "{pool}"
-[pools.{pool}]
-provider = {{ kind = "docker", image = "weir-no-such-image:never", port = 8080, pull = "never" }}
-[pools.{pool}.autoscale]
-min_workers = 0
-max_workers = 1
-"#
-        ),
-    );
-    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
-        .await
-        .expect("no hang");
-    assert_eq!(reply.status, 503);
-    let events = weir.activity();
-    let failed = events
-        .iter()
-        .find(|e| e.action == weir::scale::Action::LaunchFailed)
-        .expect("a launch_failed activity");
+    let provider = "provider = { kind = \"docker\", image = \"weir-no-such-image:never\", port = 8080, pull = \"never\" }";
+    let (_weir, reason) = first_launch_failure(&pool, provider).await;
     assert!(
-        failed.reason.contains("weir-no-such-image:never") && failed.reason.contains("never"),
-        "{}",
-        failed.reason
+        reason.contains("weir-no-such-image:never") && reason.contains("never"),
+        "{reason}"
     );
 }
 
@@ -192,11 +195,7 @@ async fn a_killed_container_is_noticed_and_replaced() {
     );
     assert_eq!(get(weir.addr(), "/").await.status, 200);
     weir.stop();
-    let deadline = Instant::now() + DEADLINE;
-    while !containers_labelled("weir.pool", &pool).is_empty() {
-        assert!(Instant::now() < deadline, "containers left behind");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_removed(&pool).await;
 }
 
 /// `weir run` on `config`, with its proxy and admin addresses from its log.
@@ -310,37 +309,11 @@ fn a_restarted_weir_adopts_its_running_containers() {
 async fn an_unreachable_engine_is_a_clear_failure_and_a_readyz_reason() {
     // Needs no engine: the endpoint names a socket that does not exist.
     let pool = format!("dkgone{}", std::process::id());
-    let weir = start_weir(
-        "",
-        &format!(
-            r#"
-[[listeners]]
-listen = "127.0.0.1:0"
-[[routes]]
-pool = "{pool}"
-[pools.{pool}]
-provider = {{ kind = "docker", image = "{IMAGE}", port = 8080, endpoint = "unix:///nonexistent/docker.sock" }}
-[pools.{pool}.autoscale]
-min_workers = 0
-max_workers = 1
-"#
-        ),
-    );
-    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
-        .await
-        .expect("no hang");
-    assert_eq!(reply.status, 503);
-    let events = weir.activity();
-    let failed = events
-        .iter()
-        .find(|e| e.action == weir::scale::Action::LaunchFailed)
-        .expect("a launch_failed activity");
+    let provider = format!("provider = {{ kind = \"docker\", image = \"{IMAGE}\", port = 8080, endpoint = \"unix:///nonexistent/docker.sock\" }}");
+    let (weir, reason) = first_launch_failure(&pool, &provider).await;
     assert!(
-        failed
-            .reason
-            .contains("docker engine unreachable at unix:///nonexistent/docker.sock"),
-        "{}",
-        failed.reason
+        reason.contains("docker engine unreachable at unix:///nonexistent/docker.sock"),
+        "{reason}"
     );
     let (status, body) = admin_call(weir.admin(), "GET", "/readyz", None, "").await;
     assert_eq!(status, 503, "{body}");
@@ -423,9 +396,5 @@ max_idle_time = "1s"
     .await;
     eprintln!("3 -> 1 containers {:?} after the load", quiet.elapsed());
     weir.stop();
-    let deadline = Instant::now() + DEADLINE;
-    while !containers_labelled("weir.pool", &pool).is_empty() {
-        assert!(Instant::now() < deadline, "containers left behind");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_removed(&pool).await;
 }
