@@ -6,11 +6,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{lines, wait_for_line, Reaped, DEADLINE, WEIR};
+use common::{run_weir, wait_ready_ids, DEADLINE, WEIR};
 
 /// The exec provider's three commands, keeping each worker's pid and "ID IP:port" in `dir`.
 fn exec_provider(dir: &Path) -> String {
@@ -30,74 +29,12 @@ fn exec_provider(dir: &Path) -> String {
     )
 }
 
-struct Running {
-    child: Reaped,
-    stderr: mpsc::Receiver<String>,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-fn addr_in(line: &str) -> SocketAddr {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no addr= in {line}"))
-}
-
-fn start(config: &Path) -> Running {
-    let mut child = Reaped(
-        Command::new(WEIR)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = lines(child.0.stderr.take().unwrap());
-    let addr = addr_in(&wait_for_line(&stderr, "listening"));
-    let admin = addr_in(&wait_for_line(&stderr, "admin API listening"));
-    Running {
-        child,
-        stderr,
-        addr,
-        admin,
-    }
-}
-
 fn file_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-/// Ready workers' ids, sorted, from the admin API.
-async fn ready_ids(admin: SocketAddr) -> Vec<String> {
-    let (_, body) = common::admin_call(admin, "GET", "/api/v1/workers", None, "").await;
-    let workers: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    let mut ids: Vec<String> = workers
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|w| w["state"] == "ready")
-        .filter_map(|w| w["id"].as_str().map(str::to_string))
-        .collect();
-    ids.sort();
-    ids
-}
-
-async fn wait_ready(admin: SocketAddr, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let ids = ready_ids(admin).await;
-        if ids.len() == n {
-            return ids;
-        }
-        assert!(Instant::now() < deadline, "{n} ready workers: saw {ids:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The demo workers' names seen serving `n` requests.
@@ -152,8 +89,8 @@ fn a_restarted_weir_adopts_the_workers_it_launched_and_releases_them_on_sigterm(
         .build()
         .unwrap();
 
-    let mut first = start(&config);
-    let ids = runtime.block_on(wait_ready(first.admin, 2));
+    let mut first = run_weir(&config);
+    let ids = runtime.block_on(wait_ready_ids(first.admin, 2));
     assert_eq!(file_lines(&dir.join("launches")).len(), 2);
     let pids: Vec<String> = ids
         .iter()
@@ -166,8 +103,8 @@ fn a_restarted_weir_adopts_the_workers_it_launched_and_releases_them_on_sigterm(
     first.child.0.wait().unwrap();
     assert!(pids.iter().all(|p| pid_alive(p)), "workers outlived weir");
 
-    let mut second = start(&config);
-    let adopted = runtime.block_on(wait_ready(second.admin, 2));
+    let mut second = run_weir(&config);
+    let adopted = runtime.block_on(wait_ready_ids(second.admin, 2));
     assert_eq!(adopted, ids, "the same two workers, by their provider ids");
     let names = runtime.block_on(served_by(second.addr, 20));
     assert_eq!(names, ids, "requests reach the adopted workers");

@@ -198,36 +198,6 @@ async fn a_killed_container_is_noticed_and_replaced() {
     all_removed(&pool).await;
 }
 
-/// `weir run` on `config`, with its proxy and admin addresses from its log.
-fn run_weir(
-    config: &std::path::Path,
-) -> (
-    Reaped,
-    std::sync::mpsc::Receiver<String>,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-) {
-    let mut child = Reaped(
-        Command::new(WEIR)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = lines(child.0.stderr.take().unwrap());
-    let addr_in = |line: String| -> std::net::SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no addr= in {line}"))
-    };
-    let proxy = addr_in(wait_for_line(&stderr, "listening"));
-    let admin = addr_in(wait_for_line(&stderr, "admin API listening"));
-    (child, stderr, proxy, admin)
-}
-
 #[test]
 fn a_restarted_weir_adopts_its_running_containers() {
     if !engine_ready("a_restarted_weir_adopts_its_running_containers") {
@@ -250,38 +220,21 @@ fn a_restarted_weir_adopts_its_running_containers() {
         .enable_all()
         .build()
         .unwrap();
-    let ready_ids = |admin| {
-        runtime.block_on(async {
-            let deadline = Instant::now() + DEADLINE;
-            loop {
-                let (_, body) = admin_call(admin, "GET", "/api/v1/workers", None, "").await;
-                let workers: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let mut ids: Vec<String> = workers
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|w| w["state"] == "ready")
-                    .filter_map(|w| w["id"].as_str().map(str::to_string))
-                    .collect();
-                ids.sort();
-                if ids.len() == 2 {
-                    return ids;
-                }
-                assert!(Instant::now() < deadline, "two ready: {ids:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let (mut first, _first_log, _, first_admin) = run_weir(&config);
-    let ids = ready_ids(first_admin);
-    first.0.kill().unwrap();
-    first.0.wait().unwrap();
+    let mut first = run_weir(&config);
+    let ids = runtime.block_on(wait_ready_ids(first.admin, 2));
+    first.child.0.kill().unwrap();
+    first.child.0.wait().unwrap();
     let mut left = containers_labelled("weir.pool", &pool);
     left.sort();
     assert_eq!(left, ids, "the containers outlive a SIGKILLed weir");
 
-    let (mut second, _second_log, proxy, admin) = run_weir(&config);
-    assert_eq!(ready_ids(admin), ids, "the same containers, adopted");
+    let mut second = run_weir(&config);
+    let (proxy, admin) = (second.addr, second.admin);
+    assert_eq!(
+        runtime.block_on(wait_ready_ids(admin, 2)),
+        ids,
+        "the same containers, adopted"
+    );
     let mut now = containers_labelled("weir.pool", &pool);
     now.sort();
     assert_eq!(now, ids, "none launched twice");
@@ -289,12 +242,12 @@ fn a_restarted_weir_adopts_its_running_containers() {
         assert_eq!(get(proxy, "/").await.status, 200);
     });
     let status = Command::new("kill")
-        .args(["-TERM", &second.0.id().to_string()])
+        .args(["-TERM", &second.child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + DEADLINE;
-    while second.0.try_wait().unwrap().is_none() {
+    while second.child.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "weir did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(10));
     }

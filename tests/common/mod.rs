@@ -391,3 +391,76 @@ pub async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Opti
         pending.extend_from_slice(&buf[..n]);
     }
 }
+
+/// A `weir run` child process, with its log and the addresses it printed.
+pub struct Running {
+    /// The process (killed if the test fails midway).
+    pub child: Reaped,
+    /// Its log lines.
+    pub stderr: mpsc::Receiver<String>,
+    /// The first proxy listener.
+    pub addr: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+}
+
+/// The `addr=` field of a log line.
+pub fn addr_in(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no addr= in {line}"))
+}
+
+/// Run the weir binary on `config` until its listeners are up.
+pub fn run_weir(config: &std::path::Path) -> Running {
+    let mut child = Reaped(
+        Command::new(WEIR)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = lines(child.0.stderr.take().unwrap());
+    let addr = addr_in(&wait_for_line(&stderr, "listening"));
+    let admin = addr_in(&wait_for_line(&stderr, "admin API listening"));
+    Running {
+        child,
+        stderr,
+        addr,
+        admin,
+    }
+}
+
+/// Ready workers' ids, sorted, from the admin API.
+pub async fn ready_ids(admin: SocketAddr) -> Vec<String> {
+    let (_, body) = admin_call(admin, "GET", "/api/v1/workers", None, "").await;
+    let workers: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let mut ids: Vec<String> = workers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] == "ready")
+        .filter_map(|w| w["id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Ready workers' ids once there are `n` of them (sorted).
+pub async fn wait_ready_ids(admin: SocketAddr, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let ids = ready_ids(admin).await;
+        if ids.len() == n {
+            return ids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} ready workers: saw {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
