@@ -83,7 +83,8 @@ async fn first_launch_failure(pool: &str, provider: &str) -> (Weir, String) {
     (weir, reason)
 }
 
-fn docker_weir(pool: &str, autoscale: &str, provider_extra: &str) -> Weir {
+/// A weir with one Docker pool of `concurrency`-slot containers of the test image.
+fn docker_weir(pool: &str, concurrency: u32, autoscale: &str, provider_extra: &str) -> Weir {
     start_weir(
         "shutdown_grace = \"5s\"\n",
         &format!(
@@ -94,7 +95,7 @@ listen = "127.0.0.1:0"
 pool = "{pool}"
 queue = {{ timeout = "20s" }}
 [pools.{pool}]
-worker_concurrency = 4
+worker_concurrency = {concurrency}
 provider = {{ kind = "docker", image = "{IMAGE}", port = 8080, stop_grace = "2s", pull = "never"{provider_extra} }}
 health = {{ path = "/hello", interval = "200ms" }}
 [pools.{pool}.autoscale]
@@ -110,7 +111,7 @@ async fn containers_launch_serve_and_are_removed_on_release() {
         return;
     }
     let pool = format!("dk{}", std::process::id());
-    let mut weir = docker_weir(&pool, "min_workers = 2\nmax_workers = 3", "");
+    let mut weir = docker_weir(&pool, 4, "min_workers = 2\nmax_workers = 3", "");
     let started = Instant::now();
     wait_until("two containers ready", || {
         weir.workers(&pool)
@@ -163,7 +164,7 @@ async fn a_killed_container_is_noticed_and_replaced() {
         return;
     }
     let pool = format!("dkkill{}", std::process::id());
-    let mut weir = docker_weir(&pool, "min_workers = 1\nmax_workers = 2", "");
+    let mut weir = docker_weir(&pool, 4, "min_workers = 1\nmax_workers = 2", "");
     let ready = |weir: &Weir| {
         weir.workers(&pool)
             .iter()
@@ -284,25 +285,11 @@ async fn load_scales_containers_1_to_3_to_1_without_a_failed_request() {
         return;
     }
     let pool = format!("dkscale{}", std::process::id());
-    let mut weir = start_weir(
-        "shutdown_grace = \"5s\"\n",
-        &format!(
-            r#"
-[[listeners]]
-listen = "127.0.0.1:0"
-[[routes]]
-pool = "{pool}"
-queue = {{ timeout = "20s" }}
-[pools.{pool}]
-worker_concurrency = 2
-provider = {{ kind = "docker", image = "{IMAGE}", port = 8080, stop_grace = "2s", pull = "never" }}
-health = {{ path = "/hello", interval = "200ms" }}
-[pools.{pool}.autoscale]
-min_workers = 1
-max_workers = 3
-max_idle_time = "1s"
-"#
-        ),
+    let mut weir = docker_weir(
+        &pool,
+        2,
+        "min_workers = 1\nmax_workers = 3\nmax_idle_time = \"1s\"",
+        "",
     );
     let ready = |weir: &Weir| {
         weir.workers(&pool)
