@@ -420,8 +420,18 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
                         return Err(fail(key("endpoint"), format!("{endpoint:?}: only unix:// sockets are supported, e.g. \"unix:///var/run/docker.sock\"")));
                     }
                 }
-                if network.as_ref().is_some_and(|n| n.trim().is_empty()) {
-                    return Err(fail(key("network"), "must name a network".into()));
+                if let Some(network) = network {
+                    // The engine takes nearly any name, but one with spaces or slashes cannot be
+                    // inspected through its API afterwards.
+                    let mut chars = network.chars();
+                    let sane = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+                        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                    if !sane {
+                        return Err(fail(
+                            key("network"),
+                            format!("{network:?}: a network name is letters, digits, '_', '.' and '-', starting with a letter or digit, e.g. \"weir\""),
+                        ));
+                    }
                 }
             }
             ProviderConfig::Exec {
@@ -846,6 +856,8 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
         assert!(err(&with(", memory = \"1KiB\"")).contains("at least 1MiB"));
         assert!(err(&with(", endpoint = \"tcp://1.2.3.4:2375\"")).contains("only unix://"));
         assert!(err(&with(", pull = \"always\"")).contains("pools.app.provider"));
+        assert!(err(&with(", network = \"my net\"")).contains("pools.app.provider.network"));
+        assert!(parse(&with(", network = \"weir_1.a-b\""), "weir.toml").is_ok());
         assert!(
             err(&with(", port = 0").replace("port = 8080, port = 0", "port = 0"))
                 .contains("provider.port")

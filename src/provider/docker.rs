@@ -20,7 +20,9 @@ use bollard::Docker;
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-use super::{LaunchSpec, Launched, Provider, ProviderError, ProviderFuture, WorkerHandle};
+use super::{
+    ExitWatch, LaunchSpec, Launched, Provider, ProviderError, ProviderFuture, WorkerHandle,
+};
 
 /// Label naming the pool a container belongs to.
 pub const LABEL_POOL: &str = "weir.pool";
@@ -235,15 +237,26 @@ impl DockerProvider {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let name = format!("weir-{}", spec.name);
-        let options = CreateContainerOptions {
-            name: Some(name.clone()),
-            ..Default::default()
+        let mut name = format!("weir-{}", spec.name);
+        let create = |name: &str| {
+            let options = CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            };
+            docker.create_container(Some(options), body.clone())
         };
-        docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| engine_error("create container", &e))?;
+        match create(&name).await {
+            Ok(_) => {}
+            // The name is taken by a container of another weir's pool (same pool name, other
+            // image) on this engine: use one that carries this owner's mark.
+            Err(e) if is_conflict(&e) => {
+                name = format!("weir-{}-{:04x}", spec.name, owner_mark(&self.owner));
+                create(&name)
+                    .await
+                    .map_err(|e| engine_error("create container", &e))?;
+            }
+            Err(e) => return Err(engine_error("create container", &e)),
+        }
         info!(pool = %self.pool, container = %name, "container created");
         if let Err(e) = docker.start_container(&name, None).await {
             self.remove(docker, &name).await;
@@ -282,7 +295,7 @@ impl DockerProvider {
     }
 
     /// Resolves with the exit code and the OOM flag when the container stops.
-    fn watch_exit(&self, docker: Docker, name: String) -> super::ExitWatch {
+    fn watch_exit(&self, docker: Docker, name: String) -> ExitWatch {
         Box::pin(async move {
             use futures_util::StreamExt;
             let mut wait = docker.wait_container(&name, None::<WaitContainerOptions>);
@@ -403,6 +416,11 @@ impl Provider for DockerProvider {
         Box::pin(async move { self.note(self.listed().await) })
     }
 
+    fn watch(&self, handle: &WorkerHandle) -> Option<ExitWatch> {
+        let docker = self.engine.get()?.clone();
+        Some(self.watch_exit(docker, handle.id.clone()))
+    }
+
     fn problem(&self) -> Option<String> {
         self.unreachable
             .lock()
@@ -443,6 +461,15 @@ fn address_of(
     };
     let ip: IpAddr = endpoint.ip_address.as_ref()?.parse().ok()?;
     Some(SocketAddr::new(ip, s.port))
+}
+
+/// A short, stable mark of an owner label, to tell two weirs' container names apart.
+fn owner_mark(owner: &str) -> u16 {
+    // FNV-1a, folded to 16 bits: stable across builds, unlike std's hasher.
+    let hash = owner.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash ^ (hash >> 16) ^ (hash >> 32) ^ (hash >> 48)) as u16
 }
 
 fn one_line(e: &bollard::errors::Error) -> String {

@@ -98,6 +98,13 @@ pub trait Provider: Send + Sync {
         Box::pin(async { Ok(Vec::new()) })
     }
 
+    /// A watch on a worker this provider listed (adopted, not launched by this weir), so an
+    /// adopted worker's death is noticed as quickly as a launched one's. `None`: health
+    /// checks catch it.
+    fn watch(&self, _handle: &WorkerHandle) -> Option<ExitWatch> {
+        None
+    }
+
     /// The pool's members, for providers that discover them rather than launch them: a full
     /// set, then changes. `None` for providers whose members are the scaler's launches.
     fn discover(&self) -> Option<MemberStream> {

@@ -53,12 +53,17 @@ impl PoolScaler {
                 });
                 continue;
             }
-            for worker in self
+            self.skip_names_up_to(&handle.id);
+            let exited = self.provider.watch(&handle);
+            let added = self
                 .membership
-                .apply(MemberUpdate::Added(Member::probed(handle.id, handle.addr)))
-            {
+                .apply(MemberUpdate::Added(Member::probed(handle.id, handle.addr)));
+            if let Some(worker) = added.into_iter().next() {
                 self.books().track(Instant::now(), &worker);
                 adopted += 1;
+                if let Some(exited) = exited {
+                    tokio::spawn(Arc::clone(self).watch_exit(Arc::downgrade(&worker), exited));
+                }
             }
         }
         self.activity.record(
@@ -87,6 +92,16 @@ impl PoolScaler {
             // Re-decide now: the launch changed capacity.
             me.pool.demand().notify_one();
         });
+    }
+
+    /// New launch names go above the number an adopted worker's id ends in ("weir-app-3"), so
+    /// a replacement never takes the name of a worker that is still going away.
+    fn skip_names_up_to(&self, id: &str) {
+        let number = id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = number {
+            self.next_name
+                .fetch_max(n.saturating_add(1), Ordering::Relaxed);
+        }
     }
 
     /// A launch name not in use by a member (adopted workers keep theirs).
@@ -136,6 +151,14 @@ impl PoolScaler {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("launch did not return within {timeout:?}"),
         };
+        // This launch is still counted in `pending_launches`.
+        self.launch_failed(&name, &failure, 1);
+    }
+
+    /// Book a launch that failed (the call, or the worker dying before its first passing
+    /// probe): backoff, a `launch_failed` activity, and a 503 for the requests that were
+    /// waiting only on it. `counted` is how many of `pending_launches` are this one.
+    fn launch_failed(&self, name: &str, failure: &str, counted: u32) {
         self.books().note_launch_failure(Instant::now());
         let workers = self.pool.workers();
         let ready = workers
@@ -149,7 +172,7 @@ impl PoolScaler {
             ready,
             format!("{name}: {failure}"),
         );
-        let others_starting = self.pending_launches.load(Ordering::Relaxed) > 1
+        let others_starting = self.pending_launches.load(Ordering::Relaxed) > counted
             || workers.iter().any(|w| w.state() == WorkerState::Starting);
         if ready == 0 && !others_starting {
             let failed = self.pool.fail_waiting();
@@ -169,6 +192,16 @@ impl PoolScaler {
             return; // we stopped it
         }
         worker.set_state(WorkerState::Unhealthy);
+        if worker.first_ready_at().is_none() {
+            // It never served: this launch failed, with the same backoff and 503s.
+            self.launch_failed(
+                &worker.name,
+                &format!("exited before it was ready: {reason}"),
+                0,
+            );
+            self.spawn_retire(worker, Duration::ZERO);
+            return;
+        }
         let count = self.pool.workers().len() as u32;
         self.activity.record(
             &self.pool.name,
