@@ -204,6 +204,7 @@ impl DockerProvider {
     }
 
     async fn create_and_start(&self, spec: &LaunchSpec) -> Result<Launched, ProviderError> {
+        let began = std::time::Instant::now();
         let docker = self.engine().await?;
         self.ensure_image(docker).await?;
         self.ensure_network(docker).await?;
@@ -257,7 +258,8 @@ impl DockerProvider {
             }
             Err(e) => return Err(engine_error("create container", &e)),
         }
-        info!(pool = %self.pool, container = %name, "container created");
+        let created = began.elapsed();
+        info!(pool = %self.pool, container = %name, create = ?created, "container created (image and network checked)");
         if let Err(e) = docker.start_container(&name, None).await {
             self.remove(docker, &name).await;
             let reason = if is_port_taken(&e) {
@@ -286,7 +288,7 @@ impl DockerProvider {
         let addr = address_of(&inspect, s, &port_key).ok_or_else(|| {
             ProviderError::BadOutput(format!("container {name} has no address on its network"))
         })?;
-        info!(pool = %self.pool, container = %name, %addr, "container started");
+        info!(pool = %self.pool, container = %name, %addr, start = ?began.elapsed().saturating_sub(created), "container started");
         let exited = self.watch_exit(docker.clone(), name.clone());
         Ok(Launched {
             handle: WorkerHandle { id: name, addr },
