@@ -252,6 +252,27 @@ fn load(path: &std::path::Path) -> Result<Snapshot, config::ConfigError> {
     Snapshot::build(parsed, &origin)
 }
 
+/// The providers' checks before serving (a Kubernetes Deployment an HPA already scales),
+/// each bounded so a component that does not answer delays the start by seconds at most.
+fn preflight(config: &weir::config::Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build a runtime: {e}"))?;
+    runtime.block_on(async {
+        match tokio::time::timeout(PREFLIGHT_WAIT, weir::provider::preflight(config)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(wait = ?PREFLIGHT_WAIT, "provider checks did not finish; starting anyway");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Longest the providers' start checks may take.
+const PREFLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn run(path: &std::path::Path) -> ExitCode {
     let snapshot = match load(path) {
         Ok(s) => s,
@@ -261,6 +282,10 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     weir::server::nofile::raise_and_check(&snapshot.config);
+    if let Err(e) = preflight(&snapshot.config) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     let server = match Server::start(snapshot, Some(path.to_path_buf())) {
         Ok(s) => s,
         Err(e) => {

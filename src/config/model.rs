@@ -670,6 +670,29 @@ pub enum ProviderConfig {
         /// that.
         endpoint: Option<String>,
     },
+    /// The pods of a Kubernetes Deployment: members from its Service's EndpointSlices, scaled
+    /// through its `/scale` subresource, each victim drained before the ReplicaSet deletes it.
+    Kubernetes {
+        /// The Deployment's namespace.
+        #[serde(default = "default_namespace")]
+        namespace: String,
+        /// The Deployment weir scales.
+        deployment: String,
+        /// The port the pods' workers listen on (pod IP + this port is a worker's address).
+        port: u16,
+        /// The Service whose EndpointSlices list the Deployment's pods; default: the
+        /// Deployment's name.
+        service: Option<String>,
+        /// A kubeconfig file; default: the in-cluster service account, else `$KUBECONFIG` or
+        /// ~/.kube/config.
+        kubeconfig: Option<PathBuf>,
+        /// The kubeconfig context; default: its current context.
+        context: Option<String>,
+    },
+}
+
+fn default_namespace() -> String {
+    "default".into()
 }
 
 /// Whether the Docker provider may pull an image the engine does not have.

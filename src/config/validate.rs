@@ -434,6 +434,44 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
                     }
                 }
             }
+            ProviderConfig::Kubernetes {
+                namespace,
+                deployment,
+                port,
+                service,
+                kubeconfig,
+                context,
+            } => {
+                let key = |k: &str| format!("pools.{name}.provider.{k}");
+                for (k, value) in [
+                    ("namespace", Some(namespace)),
+                    ("deployment", Some(deployment)),
+                    ("service", service.as_ref()),
+                ] {
+                    if let Some(value) = value {
+                        if !is_dns_name(value) {
+                            return Err(fail(key(k), format!("{value:?}: a Kubernetes name is lowercase letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit")));
+                        }
+                    }
+                }
+                if *port == 0 {
+                    return Err(fail(key("port"), "must be a port from 1 to 65535".into()));
+                }
+                if let Some(path) = kubeconfig {
+                    if !path.is_file() {
+                        return Err(fail(
+                            key("kubeconfig"),
+                            format!("{}: no such file", path.display()),
+                        ));
+                    }
+                }
+                if context.as_ref().is_some_and(|c| c.trim().is_empty()) {
+                    return Err(fail(
+                        key("context"),
+                        "must name a kubeconfig context".into(),
+                    ));
+                }
+            }
             ProviderConfig::Exec {
                 launch,
                 release,
@@ -569,6 +607,18 @@ fn check_file(path: &Path, key: &str, origin: &str) -> Result<(), ConfigError> {
             message: format!("cannot read {}: {e}", path.display()),
         }),
     }
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain): what namespaces, Deployments and Services
+/// may be called.
+fn is_dns_name(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    name.len() <= 253
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 #[cfg(test)]
@@ -862,6 +912,29 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
             err(&with(", port = 0").replace("port = 8080, port = 0", "port = 0"))
                 .contains("provider.port")
         );
+    }
+
+    #[test]
+    fn kubernetes_provider_keys_are_checked() {
+        let with = |keys: &str| {
+            BASE.replace(
+                "provider = { kind = \"static\", addresses = [\"127.0.0.1:3001\"] }",
+                &format!("provider = {{ kind = \"kubernetes\", deployment = \"app\", port = 8080{keys} }}"),
+            )
+        };
+        let config = parse(
+            &with(", namespace = \"shop\", service = \"app-web\""),
+            "weir.toml",
+        );
+        assert!(config.is_ok(), "{config:?}");
+        assert_eq!(
+            err(&with(", namespace = \"Shop\"")),
+            "weir.toml: pools.app.provider.namespace: \"Shop\": a Kubernetes name is lowercase letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit"
+        );
+        assert!(err(&with(", kubeconfig = \"/nonexistent/kubeconfig\""))
+            .contains("pools.app.provider.kubeconfig: /nonexistent/kubeconfig: no such file"));
+        assert!(err(&with(", service = \"-x\"")).contains("pools.app.provider.service"));
+        assert!(err(&with(", context = \"\"")).contains("pools.app.provider.context"));
     }
 
     #[test]

@@ -6,11 +6,13 @@
 
 mod docker;
 mod exec;
+mod kubernetes;
 mod process;
 mod static_list;
 
 pub use docker::{DockerProvider, DockerSettings};
 pub use exec::ExecProvider;
+pub use kubernetes::{KubernetesProvider, KubernetesSettings, DELETION_COST};
 pub use process::ProcessProvider;
 pub use static_list::StaticProvider;
 
@@ -81,6 +83,18 @@ impl fmt::Display for ProviderError {
     }
 }
 
+impl ProviderError {
+    /// The reason alone, without the kind's prefix (for `/readyz`, which names the pool).
+    pub fn detail(&self) -> String {
+        match self {
+            ProviderError::Unsupported(what) => format!("not supported: {what}"),
+            ProviderError::Spawn(e) | ProviderError::Command(e) | ProviderError::BadOutput(e) => {
+                e.clone()
+            }
+        }
+    }
+}
+
 impl std::error::Error for ProviderError {}
 
 /// A source of workers.
@@ -117,11 +131,51 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// Checks that must pass before weir starts serving with this provider (a Kubernetes
+    /// Deployment that an HPA already scales): `Err` is the one-line reason weir refuses to
+    /// start. A component that does not answer now is no reason to refuse.
+    fn preflight(&self) -> ProviderFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether launched and listed workers join the pool through [`Provider::discover`]'s
+    /// stream (Kubernetes EndpointSlices) rather than from the handles `launch` and `list`
+    /// return: the scaler then waits for them to show up instead of adding them itself.
+    fn joins_by_discovery(&self) -> bool {
+        false
+    }
+
+    /// Whether the workers stay when weir stops (a Deployment owns its pods: a weir restart
+    /// must not scale the app to zero). Otherwise a stopping weir releases them all.
+    fn keeps_workers_on_stop(&self) -> bool {
+        false
+    }
+
+    /// A worker count set outside weir since the last call (someone scaled the Deployment),
+    /// which the scaler takes as a manual count.
+    fn outside_count(&self) -> Option<u32> {
+        None
+    }
+
     /// A one-line description for logs and the admin API.
     fn describe(&self) -> String;
 
     /// Whether `launch` works (false for fixed lists: the scaler leaves such pools alone).
     fn can_launch(&self) -> bool;
+}
+
+/// Run every pool's [`Provider::preflight`] before weir starts serving; the first refusal,
+/// as `pools.NAME: reason`.
+pub async fn preflight(config: &crate::config::Config) -> Result<(), String> {
+    for (name, pool) in &config.pools {
+        let provider =
+            from_config(name, &pool.provider).map_err(|e| format!("pools.{name}: {e}"))?;
+        provider
+            .preflight()
+            .await
+            .map_err(|e| format!("pools.{name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Build the provider a pool's config names.
@@ -177,6 +231,24 @@ pub fn from_config(pool: &str, config: &ProviderConfig) -> Result<Arc<dyn Provid
                     .clone()
                     .or_else(|| std::env::var("DOCKER_HOST").ok())
                     .unwrap_or_else(|| docker::DEFAULT_ENDPOINT.to_string()),
+            },
+        )),
+        ProviderConfig::Kubernetes {
+            namespace,
+            deployment,
+            port,
+            service,
+            kubeconfig,
+            context,
+        } => Arc::new(KubernetesProvider::new(
+            pool,
+            KubernetesSettings {
+                namespace: namespace.clone(),
+                deployment: deployment.clone(),
+                service: service.clone().unwrap_or_else(|| deployment.clone()),
+                port: *port,
+                kubeconfig: kubeconfig.clone(),
+                context: context.clone(),
             },
         )),
         ProviderConfig::Exec {

@@ -16,6 +16,10 @@ use crate::provider::{ExitWatch, LaunchSpec, WorkerHandle};
 
 /// How often a drain checks whether the worker's last request finished.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How often [`PoolScaler::join`] looks for a worker its provider's discovery adds.
+const JOIN_POLL: Duration = Duration::from_millis(10);
+/// Longest an adopted worker may take to show up in its provider's discovery.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
 /// Longest a provider's list call may take at start before weir goes on without adopting.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -55,10 +59,7 @@ impl PoolScaler {
             }
             self.skip_names_up_to(&handle.id);
             let exited = self.provider.watch(&handle);
-            let added = self
-                .membership
-                .apply(MemberUpdate::Added(Member::probed(handle.id, handle.addr)));
-            if let Some(worker) = added.into_iter().next() {
+            if let Some(worker) = self.join(&handle, Instant::now() + JOIN_WAIT).await {
                 self.books().track(Instant::now(), &worker);
                 adopted += 1;
                 if let Some(exited) = exited {
@@ -94,6 +95,31 @@ impl PoolScaler {
         });
     }
 
+    /// The pool's worker for a handle the provider gave (a launch or a listed worker): added
+    /// to the pool here, or, for a provider whose discovery adds its workers, the member that
+    /// shows up by `deadline`. `None`: it is already a member under the scaler (a duplicate)
+    /// or never showed up.
+    async fn join(&self, handle: &WorkerHandle, deadline: Instant) -> Option<Arc<Worker>> {
+        if !self.provider.joins_by_discovery() {
+            let member = Member::probed(handle.id.clone(), handle.addr);
+            return self
+                .membership
+                .apply(MemberUpdate::Added(member))
+                .into_iter()
+                .next();
+        }
+        loop {
+            if let Some(worker) = self.pool.worker_named(&handle.id) {
+                return Some(worker);
+            }
+            if Instant::now() >= deadline {
+                warn!(pool = %self.pool.name, worker = %handle.id, "the provider's worker did not show up in its discovery");
+                return None;
+            }
+            tokio::time::sleep(JOIN_POLL).await;
+        }
+    }
+
     /// New launch names go above the number an adopted worker's id ends in ("weir-app-3"), so
     /// a replacement never takes the name of a worker that is still going away.
     fn skip_names_up_to(&self, id: &str) {
@@ -126,12 +152,10 @@ impl PoolScaler {
         let failure = match tokio::time::timeout(timeout, self.provider.launch(spec)).await {
             Ok(Ok(launched)) => {
                 let call = called.elapsed();
-                let WorkerHandle { id, addr } = launched.handle;
-                info!(pool = %self.pool.name, worker = %id, %addr, launch_call = ?call, "launch call returned (worker created and started)");
-                let added = self
-                    .membership
-                    .apply(MemberUpdate::Added(Member::probed(id, addr)));
-                if let Some(worker) = added.into_iter().next() {
+                let handle = launched.handle;
+                info!(pool = %self.pool.name, worker = %handle.id, addr = %handle.addr, launch_call = ?call, "launch call returned (worker created and started)");
+                let addr = handle.addr;
+                if let Some(worker) = self.join(&handle, called + timeout).await {
                     self.books().track(Instant::now(), &worker);
                     if let Some(exited) = launched.exited {
                         tokio::spawn(Arc::clone(self).watch_exit(Arc::downgrade(&worker), exited));
@@ -252,6 +276,10 @@ impl PoolScaler {
     /// Drain and release every worker (shutdown), those already being retired too: their own
     /// tasks may not outlive the control runtime, and a release must not fail on one gone.
     pub async fn release_all(&self) {
+        if self.provider.keeps_workers_on_stop() {
+            info!(pool = %self.pool.name, provider = %self.provider.describe(), "leaving the workers to their owner");
+            return;
+        }
         let workers = self.pool.workers();
         let drain = self.policy().drain_timeout;
         let now = Instant::now();

@@ -149,8 +149,21 @@ impl PoolScaler {
     pub fn step(self: &Arc<Self>, now: Instant, now_minutes: u64) {
         let policy = self.policy();
         let workers = self.pool.workers();
+        let outside = self.provider.outside_count();
         let decision = {
             let mut books = self.books();
+            if let Some(count) = outside {
+                // Someone scaled the workers by hand (`kubectl scale`): their count wins, as
+                // an operator's through the admin API would.
+                books.manual = Some(count);
+                self.activity.record(
+                    &self.pool.name,
+                    Action::Manual,
+                    self.desired(),
+                    count,
+                    "external".to_string(),
+                );
+            }
             let signals = self.signals(&mut books, &policy, &workers, now, now_minutes);
             let decision = decide(&policy, &signals);
             if decision.manual {
