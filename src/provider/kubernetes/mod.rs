@@ -45,6 +45,8 @@ const REPLICAS_POLL: Duration = Duration::from_secs(1);
 const WATCH_BACKOFF_START: Duration = Duration::from_millis(500);
 /// Longest pause between EndpointSlice watch attempts.
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Longest a scale-in waits for starting pods to turn ready before it lowers replicas.
+const STARTING_WAIT: Duration = Duration::from_secs(30);
 /// Longest a launch or a list waits for the first EndpointSlice list.
 const SYNC_WAIT: Duration = Duration::from_secs(15);
 
@@ -101,7 +103,10 @@ struct Pods {
 #[derive(Default)]
 struct Problems {
     watch: Option<String>,
+    /// The last launch or release failed (until one succeeds).
     scale: Option<String>,
+    /// The replicas poll failed.
+    poll: Option<String>,
     /// A HorizontalPodAutoscaler targets the Deployment: weir will not scale it.
     refused: Option<String>,
 }
@@ -378,6 +383,9 @@ impl Inner {
             Err(e) if api_error::is_not_found(&e) => return Ok(()),
             Err(e) => return Err(call.failed(&e)),
         }
+        // A ReplicaSet deletes a not-ready pod before any low-cost one: lowering replicas while
+        // another pod is still starting would delete that one and leave the drained pod.
+        self.no_pod_starting(&handle.id).await;
         let still_live = self
             .pods()
             .book
@@ -393,6 +401,27 @@ impl Inner {
         }
         info!(pool = %self.pool, pod = %handle.id, "pod drained and marked for deletion");
         Ok(())
+    }
+
+    /// Wait (up to [`STARTING_WAIT`]) until no live pod but `victim` is not ready.
+    async fn no_pod_starting(&self, victim: &str) {
+        let mut changed = self.changed.subscribe();
+        let starting = || {
+            let pods = self.pods();
+            pods.book.view().iter().any(|(name, e)| {
+                name != victim && !e.ready && !e.terminating && !pods.released.contains(name)
+            })
+        };
+        let wait = async {
+            while starting() {
+                if changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(STARTING_WAIT, wait).await.is_err() {
+            warn!(pool = %self.pool, pod = %victim, wait = ?STARTING_WAIT, "a pod is still not ready; lowering replicas anyway (the ReplicaSet may delete that one)");
+        }
     }
 
     /// The pods that exist now, once the slices have been listed (adoption on start).
@@ -449,6 +478,13 @@ impl Inner {
                 };
                 let event = match event {
                     Some(Ok(event)) => event,
+                    Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
+                        // History moved on (compaction, an API server restart): routine; list
+                        // again at once, and the diff keeps the pool as it is.
+                        info!(pool = %self.pool, "endpointslice watch expired (410 Gone); listing again");
+                        pause = Duration::ZERO;
+                        break;
+                    }
                     Some(Err(e)) => {
                         let reason = watch_failure(&call, &e);
                         warn!(pool = %self.pool, error = %reason, retry_in = ?pause, "endpointslice watch failed; listing again after a pause");
@@ -485,7 +521,7 @@ impl Inner {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => return,
             }
-            pause = (pause * 2).min(WATCH_BACKOFF_MAX);
+            pause = (pause * 2).clamp(WATCH_BACKOFF_START, WATCH_BACKOFF_MAX);
         }
     }
 
@@ -523,7 +559,9 @@ impl Inner {
                 continue;
             };
             let mut written = self.replicas.lock().await;
-            match self.note_scale(self.deployment_replicas(&client).await) {
+            let read = self.deployment_replicas(&client).await;
+            self.problems().poll = read.as_ref().err().map(ProviderError::detail);
+            match read {
                 Ok(now) => {
                     if written.is_some_and(|w| w != now) {
                         info!(pool = %self.pool, deployment = %self.settings.deployment, replicas = now, "replicas changed outside weir");
@@ -590,7 +628,7 @@ impl Provider for KubernetesProvider {
 
     fn problem(&self) -> Option<String> {
         let p = self.inner.problems();
-        let all: Vec<&str> = [&p.refused, &p.watch, &p.scale]
+        let all: Vec<&str> = [&p.refused, &p.watch, &p.scale, &p.poll]
             .into_iter()
             .flatten()
             .map(String::as_str)
