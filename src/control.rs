@@ -93,6 +93,9 @@ impl Control {
             policy,
             Arc::clone(&self.shared.activity),
         );
+        if let Some(cluster) = self.shared.cluster.get() {
+            scaler.join_fleet(Arc::clone(cluster));
+        }
         self.shared
             .scalers
             .insert(name.to_string(), Arc::clone(&scaler));
@@ -281,6 +284,9 @@ pub fn run(
         drop(snapshot);
         let _ = pools_started.send(());
         tokio::spawn(crate::alerts::run(Arc::clone(&control.shared)));
+        let cluster_task = control.shared.cluster.get().map(|cluster| {
+            tokio::spawn(Arc::clone(cluster).run(Arc::clone(&control.shared), shutdown.clone()))
+        });
         tokio::spawn(crate::heap::give_back_after_bursts());
         if let Some(listener) = admin {
             match tokio::net::TcpListener::from_std(listener) {
@@ -310,5 +316,8 @@ pub fn run(
             }
         }
         control.stop_all().await;
+        if let Some(task) = cluster_task {
+            let _ = task.await;
+        }
     });
 }

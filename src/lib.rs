@@ -32,6 +32,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod alerts;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -160,6 +160,8 @@ pub struct Shared {
     pub scalers: DashMap<String, Arc<PoolScaler>>,
     /// `server.max_connections` across all listeners and serving threads; a reload resizes it.
     pub connections: Arc<ConnectionLimit>,
+    /// This instance's fleet, with `[cluster]` (set once at start).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -170,6 +172,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             activity: Arc::new(ActivityLog::default()),
             scalers: DashMap::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 

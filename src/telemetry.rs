@@ -176,3 +176,18 @@ pub fn record_scale_event(pool: &str, action: &'static str) {
     counter!("weir_scale_events_total", "pool" => pool.to_string(), "action" => action)
         .increment(1);
 }
+
+/// Whether this instance leads its fleet (`[cluster]` only).
+pub fn set_cluster_leader(leader: bool) {
+    gauge!("weir_cluster_leader").set(if leader { 1.0 } else { 0.0 });
+}
+
+/// How many instances the fleet has, as last read from Redis.
+pub fn set_cluster_instances(instances: usize) {
+    gauge!("weir_cluster_instances").set(instances as f64);
+}
+
+/// Whether the fleet's Redis answered the last heartbeat.
+pub fn set_cluster_redis_up(up: bool) {
+    gauge!("weir_cluster_redis_up").set(if up { 1.0 } else { 0.0 });
+}

@@ -251,6 +251,34 @@ pub fn activity_table(events: &[ActivityView]) -> String {
     table(&["AT", "POOL", "ACTION", "SIZE", "REASON"], &rows, 80)
 }
 
+/// `weir cluster`: the fleet's instances, the leader marked.
+pub fn cluster_table(view: &crate::cluster::ClusterView) -> String {
+    let rows: Vec<Vec<String>> = view
+        .instances
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                if i.leader { "leader" } else { "" }.to_string(),
+                i.admin.clone(),
+                format!("{}ms", i.last_seen_ms),
+                i.in_flight.to_string(),
+                i.queued.to_string(),
+            ]
+        })
+        .collect();
+    let leader = view.leader.as_deref().unwrap_or("none (scaling frozen)");
+    format!(
+        "this instance: {}; leader: {leader}\n{}",
+        view.name,
+        table(
+            &["NAME", "ROLE", "ADMIN", "LAST SEEN", "IN-FLIGHT", "QUEUED"],
+            &rows,
+            80
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

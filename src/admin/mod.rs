@@ -106,6 +106,13 @@ async fn route(req: Request<Incoming>, control: &Control, peer: SocketAddr) -> A
         (&Method::GET, "/api/v1/queue") => json(StatusCode::OK, &views::queue(shared)),
         (&Method::GET, "/api/v1/pools") => json(StatusCode::OK, &views::pools(shared)),
         (&Method::GET, "/api/v1/activity") => json(StatusCode::OK, &views::activity(shared)),
+        (&Method::GET, "/api/v1/cluster") => match shared.cluster.get() {
+            Some(cluster) => json(StatusCode::OK, &cluster.view()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "this weir is not in a fleet (no [cluster] section)",
+            ),
+        },
         (&Method::POST, "/api/v1/reload") => match control.reload().await {
             Ok(changed) => json(StatusCode::OK, &serde_json::json!({ "changed": changed })),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
@@ -152,13 +159,28 @@ fn readiness(control: &Control) -> AdminResponse {
             not_ready.push(format!("pool {}: {problem}", scaler.key()));
         }
     }
-    if not_ready.is_empty() {
-        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
-    } else {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "not_ready", "reasons": not_ready}),
-        )
+    // A fleet whose Redis is down keeps serving with the workers it knows: that is degraded,
+    // not unready (pulling every instance out of its balancer would be the outage).
+    let degraded: Vec<String> = shared
+        .cluster
+        .get()
+        .and_then(|c| c.problem())
+        .into_iter()
+        .collect();
+    match (not_ready.is_empty(), degraded.is_empty()) {
+        (true, true) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        (true, false) => json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "degraded": degraded}),
+        ),
+        (false, _) => {
+            let mut reasons = not_ready;
+            reasons.extend(degraded);
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not_ready", "reasons": reasons}),
+            )
+        }
     }
 }
 

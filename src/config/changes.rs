@@ -50,8 +50,12 @@ pub fn describe(old: &Config, new: &Config) -> Vec<String> {
         admin,
         access_log,
         alerts,
+        cluster,
     } = new;
     let mut changes = Vec::new();
+    if old.cluster != *cluster {
+        changes.push("cluster: changed (takes effect after a restart)".into());
+    }
     if old.routes != *routes {
         changes.push("routes: changed".into());
     }

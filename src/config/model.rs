@@ -85,6 +85,37 @@ pub struct Config {
     /// Alert rules posting to webhooks.
     #[serde(default)]
     pub alerts: Vec<AlertConfig>,
+    /// Several weirs acting as one fleet through Redis; absent: this weir alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Lease of the fleet's leader by default.
+pub const DEFAULT_LEASE_TTL: Dur = Dur::from_secs(3);
+
+/// A fleet of weir instances coordinated through Redis: one leader runs the scalers on the
+/// whole fleet's load; every instance serves through every worker.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The coordination store, "redis://host:port/db".
+    pub redis: String,
+    /// This instance's name in the fleet; default: hostname:pid.
+    pub name: Option<String>,
+    /// Instances with the same prefix form one fleet.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// How long a leader's lease lasts without renewal: the most a fleet waits for a new
+    /// leader after the old one died.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: Dur,
+}
+
+fn default_cluster_prefix() -> String {
+    "weir".into()
+}
+
+fn default_lease_ttl() -> Dur {
+    DEFAULT_LEASE_TTL
 }
 
 /// Least time between two firing notifications of one rule by default.

@@ -306,6 +306,52 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             ));
         }
     }
+    if let Some(cluster) = &config.cluster {
+        if !cluster.redis.starts_with("redis://") {
+            return Err(fail(
+                "cluster.redis".into(),
+                format!(
+                    "{:?}: expected a redis:// URL, e.g. \"redis://127.0.0.1:6379/0\"",
+                    cluster.redis
+                ),
+            ));
+        }
+        if cluster.prefix.is_empty() || cluster.prefix.contains(char::is_whitespace) {
+            return Err(fail(
+                "cluster.prefix".into(),
+                "must be a non-empty name without spaces, e.g. \"weir\"".into(),
+            ));
+        }
+        if cluster
+            .name
+            .as_ref()
+            .is_some_and(|n| n.trim().is_empty() || n.contains('|'))
+        {
+            return Err(fail(
+                "cluster.name".into(),
+                "must be a non-empty name without '|'".into(),
+            ));
+        }
+        if cluster.lease_ttl.get() < std::time::Duration::from_secs(1) {
+            return Err(fail(
+                "cluster.lease_ttl".into(),
+                "must be at least 1s, e.g. \"3s\"".into(),
+            ));
+        }
+        for (name, pool) in &config.pools {
+            let adoptable = match &pool.provider {
+                ProviderConfig::Process { .. } => false,
+                ProviderConfig::Exec { list, .. } => list.is_some(),
+                _ => true,
+            };
+            if !adoptable {
+                return Err(fail(
+                    format!("pools.{name}.provider"),
+                    "cannot be part of a fleet: its workers must be reachable by every instance and adoptable by a new leader (use docker, kubernetes, or exec with list)".into(),
+                ));
+            }
+        }
+    }
     for (name, pool) in &config.pools {
         if name.is_empty()
             || !name
@@ -911,6 +957,30 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
         assert!(
             err(&with(", port = 0").replace("port = 8080, port = 0", "port = 0"))
                 .contains("provider.port")
+        );
+    }
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        let with = |cluster: &str| format!("{BASE}[cluster]\n{cluster}\n");
+        let ok = parse(&with("redis = \"redis://127.0.0.1:6379/0\""), "weir.toml").unwrap();
+        let cluster = ok.cluster.unwrap();
+        assert_eq!(
+            (cluster.prefix.as_str(), cluster.lease_ttl),
+            ("weir", super::super::DEFAULT_LEASE_TTL)
+        );
+        assert!(err(&with("redis = \"http://x\"")).contains("cluster.redis"));
+        assert!(err(&with("redis = \"redis://x\"\nlease_ttl = \"100ms\""))
+            .contains("cluster.lease_ttl"));
+        assert!(err(&with("redis = \"redis://x\"\nprefix = \"\"")).contains("cluster.prefix"));
+        let process = BASE.replace(
+            "provider = { kind = \"static\", addresses = [\"127.0.0.1:3001\"] }",
+            "provider = { kind = \"process\", command = [\"w\"] }",
+        );
+        let e = err(&format!("{process}[cluster]\nredis = \"redis://x\"\n"));
+        assert!(
+            e.contains("pools.app.provider: cannot be part of a fleet"),
+            "{e}"
         );
     }
 

@@ -148,6 +148,10 @@ impl PoolScaler {
             name: name.clone(),
         };
         let timeout = self.policy().startup_timeout;
+        if !self.may_act().await {
+            warn!(pool = %self.pool.name, "no longer the fleet's leader; not launching");
+            return;
+        }
         let called = Instant::now();
         let failure = match tokio::time::timeout(timeout, self.provider.launch(spec)).await {
             Ok(Ok(launched)) => {
@@ -266,6 +270,11 @@ impl PoolScaler {
             id: worker.name.clone(),
             addr: worker.addr,
         };
+        if !self.may_act().await {
+            warn!(pool = %self.pool.name, worker = %worker.name, "no longer the fleet's leader; leaving the worker to the next one");
+            self.books().workers.remove(&worker.id);
+            return;
+        }
         if let Err(e) = self.provider.release(handle).await {
             warn!(pool = %self.pool.name, worker = %worker.name, error = %e, "release failed");
         }
@@ -276,6 +285,10 @@ impl PoolScaler {
     /// Drain and release every worker (shutdown), those already being retired too: their own
     /// tasks may not outlive the control runtime, and a release must not fail on one gone.
     pub async fn release_all(&self) {
+        if self.fleet().is_some() {
+            info!(pool = %self.pool.name, "leaving the workers to the fleet");
+            return;
+        }
         if self.provider.keeps_workers_on_stop() {
             info!(pool = %self.pool.name, provider = %self.provider.describe(), "leaving the workers to their owner");
             return;

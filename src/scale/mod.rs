@@ -24,13 +24,18 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::membership::Membership;
+use crate::cluster::Cluster;
+use crate::membership::{Member, MemberUpdate, Membership};
 use crate::pool::{Pool, Worker, WorkerState};
 use crate::provider::Provider;
 use books::Books;
 
 /// How often the scaler samples its pool.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a follower in a fleet reads the provider's list of workers.
+const FLEET_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// Least lease left for a leader's provider call to go ahead.
+const FLEET_CALL_MARGIN: Duration = Duration::from_millis(1000);
 
 /// The scaler of one pool.
 pub struct PoolScaler {
@@ -43,6 +48,8 @@ pub struct PoolScaler {
     pending_launches: AtomicU32,
     desired: AtomicU32,
     next_name: AtomicU64,
+    /// The fleet this pool is scaled in, with `[cluster]`: only its leader decides and acts.
+    fleet: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 impl PoolScaler {
@@ -66,6 +73,7 @@ impl PoolScaler {
             books: Mutex::new(Books::default()),
             pending_launches: AtomicU32::new(0),
             next_name: AtomicU64::new(1),
+            fleet: std::sync::OnceLock::new(),
         })
     }
 
@@ -114,9 +122,79 @@ impl PoolScaler {
         self.pool.demand().notify_one();
     }
 
+    /// Scale in fleet `cluster`: only while this instance leads does the scaler decide and
+    /// call the provider; otherwise it follows the provider's list of workers.
+    pub fn join_fleet(&self, cluster: Arc<Cluster>) {
+        let _ = self.fleet.set(cluster);
+    }
+
+    fn fleet(&self) -> Option<&Arc<Cluster>> {
+        self.fleet.get()
+    }
+
+    /// Whether a provider call may go ahead now: always alone; in a fleet only while the lease
+    /// is ours with half of it left (checked in Redis).
+    async fn may_act(&self) -> bool {
+        match self.fleet() {
+            None => true,
+            Some(fleet) => fleet.may_act(FLEET_CALL_MARGIN).await,
+        }
+    }
+
     /// Adopt what the provider lists, launch the rest of the initial workers, then step until
-    /// `shutdown` flips; then drain and release every worker.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// `shutdown` flips; then drain and release every worker. In a fleet, the leader's steps
+    /// take the fleet's launches over, and followers follow the provider's list.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        if self.fleet().is_some() {
+            return self.run_in_fleet(shutdown).await;
+        }
+        self.run_alone(shutdown).await
+    }
+
+    async fn run_in_fleet(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_follow: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.pool.demand().notified() => {}
+                _ = shutdown.changed() => break,
+            }
+            let leading = self.fleet().is_some_and(|f| f.is_leader());
+            let follow_due = last_follow.is_none_or(|t| t.elapsed() >= FLEET_FOLLOW_INTERVAL);
+            if !leading && follow_due {
+                last_follow = Some(Instant::now());
+                self.follow_listed().await;
+            }
+            if leading {
+                self.step(Instant::now(), unix_minutes_now());
+            }
+        }
+        self.release_all().await;
+    }
+
+    /// A follower's members: what the provider lists (the leader's launches), every second.
+    async fn follow_listed(&self) {
+        if self.provider.joins_by_discovery() {
+            return; // its discovery stream feeds the pool already
+        }
+        match tokio::time::timeout(lifecycle::LIST_TIMEOUT, self.provider.list()).await {
+            Ok(Ok(listed)) => {
+                let members = listed
+                    .into_iter()
+                    .map(|h| Member::probed(h.id, h.addr))
+                    .collect();
+                self.membership.apply(MemberUpdate::Reset(members));
+            }
+            Ok(Err(e)) => {
+                warn!(pool = %self.pool.name, error = %e, "cannot list the fleet's workers")
+            }
+            Err(_) => warn!(pool = %self.pool.name, "listing the fleet's workers timed out"),
+        }
+    }
+
+    async fn run_alone(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let adopted = self.adopt().await;
         let initial = self.policy().initial_workers.saturating_sub(adopted);
         if initial > 0 {
@@ -202,8 +280,15 @@ impl PoolScaler {
             .filter(|w| w.state != WorkerState::Draining)
             .map(|w| u64::from(w.in_flight))
             .sum();
-        let queued = self.pool.waiting() as u64;
-        let recent_peak = books.record_load(now, (in_flight + queued) as f64, policy.hold_window());
+        let mut queued = self.pool.waiting() as u64;
+        let mut load = in_flight + queued;
+        if let Some(fleet) = self.fleet() {
+            // The leader decides on the whole fleet's load.
+            let others = fleet.others_load(&self.pool.name);
+            queued += others.queued;
+            load += others.in_flight + others.queued;
+        }
+        let recent_peak = books.record_load(now, load as f64, policy.hold_window());
         Signals {
             workers: signals,
             pending_launches: self.pending_launches.load(Ordering::Relaxed),

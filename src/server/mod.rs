@@ -118,6 +118,11 @@ impl Server {
             .local_addr()
             .map_err(|e| StartError(format!("admin.listen: {e}")))?;
         let shared = Shared::new(snapshot);
+        if let Some(cluster) = &config.cluster {
+            let _ = shared
+                .cluster
+                .set(crate::cluster::Cluster::new(cluster, admin_addr));
+        }
         let control = Control::new(Arc::clone(&shared), config_path);
         let common = Arc::new(Common {
             shared: Arc::clone(&shared),

@@ -1,0 +1,156 @@
+//! The fleet's leader lease in Redis. One key holds `name|token`, set only when absent (NX)
+//! and with a TTL; the leader renews it well inside the TTL by compare-and-set, so only the
+//! holder of that exact value can extend it. The token comes from INCR on a second key, so it
+//! grows with every new leader: a fencing token. Before every provider call the leader checks,
+//! in one script, that its value is still the key's and that enough of the TTL remains to
+//! cover the call; a leader that was paused or cut off past its lease fails the check and does
+//! nothing.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+/// Take the lease if nobody holds it: returns the new fencing token, or 0 when taken.
+const ACQUIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+";
+
+/// Extend the lease if it is still ours: 1, else 0.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Whether the lease is ours with at least ARGV[2] ms left: 1, else 0.
+const FENCE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then return 0 end
+return 1
+";
+
+/// Give the lease up if it is ours (a clean shutdown hands over at once).
+const RESIGN: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// One instance's view of the lease.
+pub struct Lease {
+    key: String,
+    fence_key: String,
+    name: String,
+    ttl: Duration,
+    acquire: Script,
+    renew: Script,
+    fence: Script,
+    resign: Script,
+}
+
+/// The lease as held: the value in Redis and its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// `name|token`, what the key must still hold.
+    pub value: String,
+    /// The fencing token: larger for every later leader.
+    pub token: u64,
+}
+
+impl Lease {
+    /// The lease of fleet `prefix` as instance `name` sees it.
+    pub fn new(prefix: &str, name: &str, ttl: Duration) -> Self {
+        Lease {
+            key: format!("{prefix}:leader"),
+            fence_key: format!("{prefix}:fence"),
+            name: name.to_string(),
+            ttl,
+            acquire: Script::new(ACQUIRE),
+            renew: Script::new(RENEW),
+            fence: Script::new(FENCE),
+            resign: Script::new(RESIGN),
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    /// Renew `held`, or take the lease when free. `None`: another instance holds it.
+    pub async fn hold(
+        &self,
+        redis: &mut ConnectionManager,
+        held: Option<&Held>,
+    ) -> redis::RedisResult<Option<Held>> {
+        if let Some(held) = held {
+            let renewed: i64 = self
+                .renew
+                .key(&self.key)
+                .arg(&held.value)
+                .arg(self.ttl_ms())
+                .invoke_async(redis)
+                .await?;
+            if renewed == 1 {
+                return Ok(Some(held.clone()));
+            }
+        }
+        let token: u64 = self
+            .acquire
+            .key(&self.key)
+            .key(&self.fence_key)
+            .arg(&self.name)
+            .arg(self.ttl_ms())
+            .invoke_async(redis)
+            .await?;
+        Ok((token > 0).then(|| Held {
+            value: format!("{}|{token}", self.name),
+            token,
+        }))
+    }
+
+    /// Whether `held` is still the lease with at least `need` of it left.
+    pub async fn still_held(
+        &self,
+        redis: &mut ConnectionManager,
+        held: &Held,
+        need: Duration,
+    ) -> redis::RedisResult<bool> {
+        let ok: i64 = self
+            .fence
+            .key(&self.key)
+            .arg(&held.value)
+            .arg(need.as_millis() as u64)
+            .invoke_async(redis)
+            .await?;
+        Ok(ok == 1)
+    }
+
+    /// Give `held` up.
+    pub async fn resign(
+        &self,
+        redis: &mut ConnectionManager,
+        held: &Held,
+    ) -> redis::RedisResult<()> {
+        let _: i64 = self
+            .resign
+            .key(&self.key)
+            .arg(&held.value)
+            .invoke_async(redis)
+            .await?;
+        Ok(())
+    }
+
+    /// The current leader's name, if any.
+    pub async fn leader(
+        &self,
+        redis: &mut ConnectionManager,
+    ) -> redis::RedisResult<Option<String>> {
+        let value: Option<String> = redis::cmd("GET").arg(&self.key).query_async(redis).await?;
+        Ok(value.and_then(|v| v.rsplit_once('|').map(|(name, _)| name.to_string())))
+    }
+}

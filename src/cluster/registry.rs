@@ -1,0 +1,124 @@
+//! Who is in the fleet and what load each instance carries. Every instance writes its report
+//! (admin address, per-pool in-flight and queued) under `PREFIX:instance:NAME` with a TTL a
+//! few heartbeats long, and its name into the sorted set `PREFIX:instances` scored by when it
+//! last wrote; reading the fleet is one ZRANGE and one MGET. An instance that stops writing
+//! drops out when its key expires.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+/// One pool's load at one instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolLoad {
+    /// Requests in flight to the pool's workers.
+    pub in_flight: u64,
+    /// Requests waiting in its queues.
+    pub queued: u64,
+}
+
+/// What an instance reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The instance's name.
+    pub name: String,
+    /// Its admin API address.
+    pub admin: String,
+    /// Whether it held the lease when it wrote this.
+    pub leader: bool,
+    /// When it wrote this (Unix ms).
+    pub at_ms: u64,
+    /// Its load per pool.
+    pub pools: BTreeMap<String, PoolLoad>,
+}
+
+/// The registry of fleet `prefix`.
+pub struct Registry {
+    prefix: String,
+    set: String,
+    ttl: Duration,
+}
+
+impl Registry {
+    /// Reports live `ttl` past their last write.
+    pub fn new(prefix: &str, ttl: Duration) -> Self {
+        Registry {
+            prefix: prefix.to_string(),
+            set: format!("{prefix}:instances"),
+            ttl,
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}:instance:{name}", self.prefix)
+    }
+
+    /// Write this instance's report.
+    pub async fn write(
+        &self,
+        redis: &mut ConnectionManager,
+        report: &Report,
+    ) -> redis::RedisResult<()> {
+        let json = serde_json::to_string(report).unwrap_or_default();
+        let oldest = report.at_ms.saturating_sub(self.ttl.as_millis() as u64 * 4);
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.key(&report.name))
+            .arg(json)
+            .arg("PX")
+            .arg(self.ttl.as_millis() as u64)
+            .ignore()
+            .cmd("ZADD")
+            .arg(&self.set)
+            .arg(report.at_ms)
+            .arg(&report.name)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&self.set)
+            .arg("-inf")
+            .arg(oldest)
+            .ignore()
+            .query_async::<()>(redis)
+            .await
+    }
+
+    /// Every live instance's report, by name.
+    pub async fn read(&self, redis: &mut ConnectionManager) -> redis::RedisResult<Vec<Report>> {
+        let names: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&self.set)
+            .arg(0)
+            .arg(-1)
+            .query_async(redis)
+            .await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = names.iter().map(|n| self.key(n)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(redis).await?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect())
+    }
+
+    /// Leave the fleet at once (a clean shutdown).
+    pub async fn remove(
+        &self,
+        redis: &mut ConnectionManager,
+        name: &str,
+    ) -> redis::RedisResult<()> {
+        redis::pipe()
+            .cmd("DEL")
+            .arg(self.key(name))
+            .ignore()
+            .cmd("ZREM")
+            .arg(&self.set)
+            .arg(name)
+            .ignore()
+            .query_async::<()>(redis)
+            .await
+    }
+}
