@@ -462,3 +462,37 @@ fn a_deployment_that_an_hpa_scales_is_refused_at_start() {
     );
     let _ = std::fs::remove_file(&config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_deployment_is_a_clear_reason_and_a_failed_launch() {
+    let sim = Cluster::start(SimOptions {
+        replicas: 0,
+        ..SimOptions::default()
+    });
+    sim.remove_deployment();
+    let weir = k8s_weir(&sim, 4, "min_workers = 0\nmax_workers = 1");
+    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
+        .await
+        .expect("no hang");
+    assert_eq!(reply.status, 503);
+    let missing = "not found: deployments app in namespace default";
+    let failure = weir
+        .activity()
+        .into_iter()
+        .find(|e| e.action == weir::scale::Action::LaunchFailed)
+        .expect("a launch_failed activity");
+    assert!(failure.reason.contains(missing), "{}", failure.reason);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = admin_call(weir.admin(), "GET", "/readyz", None, "").await;
+        if reasons(&body).contains(&format!("pool app: {missing}")) {
+            assert_eq!(status, 503);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz names the missing deployment: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
