@@ -70,16 +70,7 @@ async fn first_launch_failure(pool: &str, provider: &str) -> (Weir, String) {
             "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"{pool}\"\n[pools.{pool}]\n{provider}\n[pools.{pool}.autoscale]\nmin_workers = 0\nmax_workers = 1\n"
         ),
     );
-    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
-        .await
-        .expect("no hang");
-    assert_eq!(reply.status, 503);
-    let reason = weir
-        .activity()
-        .iter()
-        .find(|e| e.action == weir::scale::Action::LaunchFailed)
-        .map(|e| e.reason.clone())
-        .expect("a launch_failed activity");
+    let reason = first_request_meets_a_launch_failure(&weir).await;
     (weir, reason)
 }
 
@@ -321,22 +312,7 @@ async fn load_scales_containers_1_to_3_to_1_without_a_failed_request() {
     };
     wait_until("one container ready", || ready(&weir) == 1).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (addr, stop) = (weir.addr(), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut client = Client::connect(addr).await;
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = client.get("/?delay=50ms").await;
-                    if reply.status != 200 {
-                        failures.push(reply.status);
-                    }
-                }
-                failures
-            })
-        })
-        .collect();
+    let clients = looping_clients(weir.addr(), 8, "/?delay=50ms", &stop);
     let loaded = Instant::now();
     wait_until("three containers ready", || ready(&weir) == 3).await;
     eprintln!(
@@ -344,13 +320,11 @@ async fn load_scales_containers_1_to_3_to_1_without_a_failed_request() {
         loaded.elapsed()
     );
     stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        assert_eq!(
-            c.await.unwrap(),
-            Vec::<http::StatusCode>::new(),
-            "no failed request"
-        );
-    }
+    assert_eq!(
+        failures_of(clients).await,
+        Vec::<http::StatusCode>::new(),
+        "no failed request"
+    );
     let quiet = Instant::now();
     wait_until("back to one container", || {
         containers_labelled("weir.pool", &pool).len() == 1

@@ -60,30 +60,6 @@ fn activity_has(weir: &Weir, action: weir::scale::Action, reason: &str) -> bool 
         .any(|e| e.action == action && e.reason.contains(reason))
 }
 
-/// `clients` loops of GET /?delay=50ms until `stop`; each returns the statuses that failed.
-fn load(
-    addr: std::net::SocketAddr,
-    clients: usize,
-    stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<http::StatusCode>>> {
-    (0..clients)
-        .map(|_| {
-            let stop = Arc::clone(stop);
-            tokio::spawn(async move {
-                let mut client = Client::connect(addr).await;
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = client.get("/?delay=50ms").await;
-                    if reply.status != 200 {
-                        failures.push(reply.status);
-                    }
-                }
-                failures
-            })
-        })
-        .collect()
-}
-
 /// `/readyz`'s reasons, decoded from its JSON and joined.
 fn reasons(body: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
@@ -169,7 +145,7 @@ async fn load_scales_pods_1_to_3_to_1_and_the_drained_pods_are_the_deleted_ones(
     wait_until("one pod ready in weir", || ready_names(&weir).len() == 1).await;
     let stop = Arc::new(AtomicBool::new(false));
     let loaded = Instant::now();
-    let clients = load(weir.addr(), 8, &stop);
+    let clients = looping_clients(weir.addr(), 8, "/?delay=50ms", &stop);
     wait_until("three pods ready", || ready_names(&weir).len() == 3).await;
     eprintln!(
         "trace: 1 -> 3 ready pods {:?} after the load began",
@@ -183,13 +159,11 @@ async fn load_scales_pods_1_to_3_to_1_and_the_drained_pods_are_the_deleted_ones(
         sim.requests()
     );
     stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        assert_eq!(
-            c.await.unwrap(),
-            Vec::<http::StatusCode>::new(),
-            "no failed request"
-        );
-    }
+    assert_eq!(
+        failures_of(clients).await,
+        Vec::<http::StatusCode>::new(),
+        "no failed request"
+    );
     let quiet = Instant::now();
     wait_until("back to one pod", || {
         sim.replicas() == 1 && sim.pods().len() == 1 && weir.workers("app").len() == 1
@@ -299,17 +273,9 @@ async fn a_denied_scale_is_a_clear_error_a_503_and_a_readyz_reason() {
     });
     sim.deny("patch", "deployments/scale");
     let weir = k8s_weir(&sim, 4, "min_workers = 0\nmax_workers = 1");
-    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
-        .await
-        .expect("no hang");
-    assert_eq!(reply.status, 503);
-    let failure = weir
-        .activity()
-        .into_iter()
-        .find(|e| e.action == weir::scale::Action::LaunchFailed)
-        .expect("a launch_failed activity");
+    let reason = first_request_meets_a_launch_failure(&weir).await;
     let needs = "forbidden: weir's service account needs RBAC verb \"patch\" on \"deployments/scale\" in namespace default";
-    assert!(failure.reason.contains(needs), "{}", failure.reason);
+    assert!(reason.contains(needs), "{reason}");
     let (status, body) = admin_call(weir.admin(), "GET", "/readyz", None, "").await;
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -411,21 +377,9 @@ async fn an_unreachable_api_server_is_a_clear_failure_not_a_hang() {
         ),
     );
     let asked = Instant::now();
-    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
-        .await
-        .expect("no hang");
-    assert_eq!(reply.status, 503);
+    let reason = first_request_meets_a_launch_failure(&weir).await;
     eprintln!("unreachable API server: 503 after {:?}", asked.elapsed());
-    let failure = weir
-        .activity()
-        .into_iter()
-        .find(|e| e.action == weir::scale::Action::LaunchFailed)
-        .expect("a launch_failed activity");
-    assert!(
-        failure.reason.contains("kubernetes API unreachable"),
-        "{}",
-        failure.reason
-    );
+    assert!(reason.contains("kubernetes API unreachable"), "{reason}");
     let (status, body) = admin_call(weir.admin(), "GET", "/readyz", None, "").await;
     assert_eq!(status, 503);
     assert!(
@@ -471,17 +425,9 @@ async fn a_missing_deployment_is_a_clear_reason_and_a_failed_launch() {
     });
     sim.remove_deployment();
     let weir = k8s_weir(&sim, 4, "min_workers = 0\nmax_workers = 1");
-    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
-        .await
-        .expect("no hang");
-    assert_eq!(reply.status, 503);
     let missing = "not found: deployments app in namespace default";
-    let failure = weir
-        .activity()
-        .into_iter()
-        .find(|e| e.action == weir::scale::Action::LaunchFailed)
-        .expect("a launch_failed activity");
-    assert!(failure.reason.contains(missing), "{}", failure.reason);
+    let reason = first_request_meets_a_launch_failure(&weir).await;
+    assert!(reason.contains(missing), "{reason}");
     let deadline = Instant::now() + DEADLINE;
     loop {
         let (status, body) = admin_call(weir.admin(), "GET", "/readyz", None, "").await;

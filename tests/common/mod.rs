@@ -464,3 +464,54 @@ pub async fn wait_ready_ids(admin: SocketAddr, n: usize) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `clients` keep-alive clients, each sending GET `path` until `stop` flips; each task ends
+/// with the statuses other than 200 it got (see [`failures_of`]).
+pub fn looping_clients(
+    addr: SocketAddr,
+    clients: usize,
+    path: &'static str,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<StatusCode>>> {
+    (0..clients)
+        .map(|_| {
+            let stop = Arc::clone(stop);
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                let mut failures = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply = client.get(path).await;
+                    if reply.status != 200 {
+                        failures.push(reply.status);
+                    }
+                }
+                failures
+            })
+        })
+        .collect()
+}
+
+/// Every failed status of [`looping_clients`], once they have stopped.
+pub async fn failures_of(
+    clients: Vec<tokio::task::JoinHandle<Vec<StatusCode>>>,
+) -> Vec<StatusCode> {
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    failures
+}
+
+/// Send the first request to a scale-from-zero pool whose launch must fail: it gets a 503
+/// without a hang; returns the `launch_failed` activity's reason.
+pub async fn first_request_meets_a_launch_failure(weir: &Weir) -> String {
+    let reply = tokio::time::timeout(DEADLINE, get(weir.addr(), "/"))
+        .await
+        .expect("no hang");
+    assert_eq!(reply.status, 503);
+    weir.activity()
+        .iter()
+        .find(|e| e.action == weir::scale::Action::LaunchFailed)
+        .map(|e| e.reason.clone())
+        .expect("a launch_failed activity")
+}
