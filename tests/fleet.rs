@@ -6,6 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -81,12 +82,23 @@ impl Drop for Redis {
 
 /// A weir binary in fleet `prefix` as `name`, in front of the static `worker`.
 fn instance(redis: &Redis, prefix: &str, name: &str, worker: SocketAddr) -> Running {
+    instance_with(redis, prefix, name, worker, "")
+}
+
+/// [`instance`] with more keys for the pool.
+fn instance_with(
+    redis: &Redis,
+    prefix: &str,
+    name: &str,
+    worker: SocketAddr,
+    pool_keys: &str,
+) -> Running {
     let config = temp_path(&format!("fleet-{prefix}-{name}.toml"));
     std::fs::write(
         &config,
         format!(
             "[server]\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
-             [[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{worker}\"] }}\n\
+             [[routes]]\npool = \"app\"\n[pools.app]\n{pool_keys}\nprovider = {{ kind = \"static\", addresses = [\"{worker}\"] }}\n\
              [cluster]\nredis = \"{}\"\nname = \"{name}\"\nprefix = \"{prefix}\"\nlease_ttl = \"1s\"\n",
             redis.url()
         ),
@@ -246,6 +258,73 @@ async fn a_redis_outage_keeps_serving_and_an_empty_redis_is_rejoined() {
             break;
         }
         assert!(Instant::now() < deadline, "the outage is over: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each instance's cap on the one worker, by the admin API.
+async fn caps(admins: &[SocketAddr]) -> Vec<u64> {
+    let mut caps = Vec::new();
+    for admin in admins {
+        let (_, body) = admin_call(*admin, "GET", "/api/v1/workers", None, "").await;
+        let workers: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        caps.push(workers[0]["cap"].as_u64().unwrap_or(0));
+    }
+    caps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_workers_concurrency_is_divided_among_the_live_instances() {
+    let Some(redis) =
+        Redis::start_for("each_workers_concurrency_is_divided_among_the_live_instances")
+    else {
+        return;
+    };
+    let (_worker, worker) = demo_process("fleet-c");
+    let prefix = format!("share{}", std::process::id());
+    let mut fleet: Vec<Running> = ["weir-p", "weir-q"]
+        .iter()
+        .map(|name| instance_with(&redis, &prefix, name, worker, "worker_concurrency = 3"))
+        .collect();
+    let admins: Vec<SocketAddr> = fleet.iter().map(|r| r.admin).collect();
+    agreed_leader(&admins, 2).await;
+    let deadline = Instant::now() + DEADLINE;
+    let shares = loop {
+        let now = caps(&admins).await;
+        if now.iter().sum::<u64>() == 3 && now.iter().all(|c| *c >= 1) {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shares of 3 over 2 instances: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Load on one instance stays within its share; the rest waits in its queue.
+    let (busy, share) = (0, shares[0]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = looping_clients(fleet[busy].addr, 6, "/?delay=100ms", &stop);
+    let until = Instant::now() + Duration::from_millis(800);
+    let mut peak = 0;
+    while Instant::now() < until {
+        let (_, body) = admin_call(admins[busy], "GET", "/api/v1/workers", None, "").await;
+        let workers: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        peak = peak.max(workers[0]["in_flight"].as_u64().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(failures_of(clients).await, Vec::<http::StatusCode>::new());
+    assert_eq!(
+        peak, share,
+        "in flight at the busy instance up to its share, not above"
+    );
+    // One instance gone: the survivor takes the whole cap once its report expires.
+    let mut dead = fleet.remove(1);
+    dead.child.0.kill().unwrap();
+    dead.child.0.wait().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while caps(&admins[..1]).await != vec![3] {
+        assert!(Instant::now() < deadline, "the survivor's cap back to 3");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

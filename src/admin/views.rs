@@ -29,6 +29,10 @@ pub struct WorkerView {
     /// Protected from scale-in.
     #[serde(default)]
     pub protected: bool,
+    /// This instance's cap on its requests in flight to the worker: `worker_concurrency`, or
+    /// in a fleet this instance's share of it.
+    #[serde(default)]
+    pub cap: u32,
 }
 
 /// One waiting request (GET /api/v1/queue).
@@ -118,6 +122,7 @@ pub fn workers(shared: &Shared) -> Vec<WorkerView> {
                 created_at: rfc3339(w.created_at),
                 surplus: w.is_surplus(),
                 protected: w.is_protected(),
+                cap: w.max_in_flight(),
             });
         }
     }

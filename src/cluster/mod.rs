@@ -304,6 +304,10 @@ impl Cluster {
             state.leader = leader;
             state.instances = instances;
             crate::telemetry::set_cluster_instances(state.instances.len());
+            let (rank, count) = place(&state.instances, &self.name);
+            for pool in shared.snapshot_full().pools.values() {
+                pool.set_fleet_place(rank, count);
+            }
         }
         let is = now_held.is_some();
         if is != was {
@@ -337,6 +341,18 @@ impl Cluster {
                 .collect(),
         }
     }
+}
+
+/// This instance's rank among the live instances (by name) and their number, itself included
+/// even before its first report is read back.
+fn place(instances: &[Report], me: &str) -> (u32, u32) {
+    let mut names: Vec<&str> = instances.iter().map(|r| r.name.as_str()).collect();
+    if !names.contains(&me) {
+        names.push(me);
+    }
+    names.sort_unstable();
+    let rank = names.iter().position(|n| *n == me).unwrap_or(0);
+    (rank as u32, names.len() as u32)
 }
 
 fn unix_ms() -> u64 {

@@ -107,6 +107,9 @@ pub struct Pool {
     balancer: Balancer,
     workers: ArcSwap<Vec<Arc<Worker>>>,
     worker_concurrency: AtomicU32,
+    /// This instance's place in its fleet, `rank << 32 | instances` (0: alone), by which each
+    /// worker's `worker_concurrency` is divided among the fleet's instances.
+    fleet_place: std::sync::atomic::AtomicU64,
     waiting: Arc<AtomicUsize>,
     queue: Mutex<WaitQueue>,
     budget: RetryBudget,
@@ -132,6 +135,7 @@ impl Pool {
             balancer: Balancer::new(settings.balance),
             workers: ArcSwap::from_pointee(Vec::new()),
             worker_concurrency: AtomicU32::new(settings.worker_concurrency),
+            fleet_place: std::sync::atomic::AtomicU64::new(0),
             queue: Mutex::new(WaitQueue::new(Arc::clone(&waiting))),
             waiting,
             me: me.clone(),
@@ -170,9 +174,7 @@ impl Pool {
         }
         let concurrency = settings.worker_concurrency;
         if self.worker_concurrency.swap(concurrency, Ordering::Relaxed) != concurrency {
-            for w in self.workers.load().iter() {
-                w.set_max_in_flight(concurrency);
-            }
+            self.recap_workers();
             changed = true;
         }
         if *self.health.load_full() != settings.health {
@@ -352,6 +354,33 @@ impl Pool {
 
     /// Add a worker in `state`; `name` is its provider id. Sources add workers through
     /// [`crate::membership::Membership`], which also attaches its probes.
+    /// Take this instance's place in a fleet of `instances` (`rank` in name order): each
+    /// worker's cap becomes this instance's share of `worker_concurrency`, so the fleet's
+    /// shares add up to it and no worker sees more than it from all instances together.
+    pub fn set_fleet_place(&self, rank: u32, instances: u32) {
+        let place = (u64::from(rank) << 32) | u64::from(instances);
+        if self.fleet_place.swap(place, Ordering::Relaxed) != place {
+            self.recap_workers();
+        }
+    }
+
+    /// This instance's cap on the worker `name`.
+    fn cap_for(&self, name: &str) -> u32 {
+        let place = self.fleet_place.load(Ordering::Relaxed);
+        fleet_share(
+            self.worker_concurrency.load(Ordering::Relaxed),
+            name,
+            (place >> 32) as u32,
+            place as u32,
+        )
+    }
+
+    fn recap_workers(&self) {
+        for w in self.workers.load().iter() {
+            w.set_max_in_flight(self.cap_for(&w.name));
+        }
+    }
+
     pub fn add_worker(
         &self,
         name: String,
@@ -359,10 +388,10 @@ impl Pool {
         state: WorkerState,
     ) -> Arc<Worker> {
         let spec = WorkerSpec {
+            max_in_flight: self.cap_for(&name),
             name,
             addr,
             state,
-            max_in_flight: self.worker_concurrency.load(Ordering::Relaxed),
             unhealthy_threshold: self.health.load().unhealthy_threshold,
         };
         let worker = Worker::new(spec, Arc::clone(&self.waiting), self.me.clone());
@@ -420,9 +449,43 @@ impl Drop for QueueEntry<'_> {
     }
 }
 
+/// Instance `rank`'s share of a worker's `cap` in a fleet of `instances`: `cap / instances`,
+/// plus one of the remainder for the instances a hash of the worker's name points at, so the
+/// shares add up to `cap` exactly and the remainder falls on different instances for
+/// different workers.
+pub fn fleet_share(cap: u32, worker: &str, rank: u32, instances: u32) -> u32 {
+    if instances <= 1 || cap == UNLIMITED {
+        return cap;
+    }
+    let hash = worker.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let slot = (hash % instances + rank % instances) % instances;
+    cap / instances + u32::from(slot < cap % instances)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_shares_add_up_to_the_cap_for_every_worker() {
+        for (cap, instances) in [(4, 2), (5, 3), (1, 3), (2, 5), (7, 1)] {
+            for worker in ["app-1", "app-2", "weir-app-17", "pod-x"] {
+                let total: u32 = (0..instances)
+                    .map(|rank| fleet_share(cap, worker, rank, instances))
+                    .sum();
+                assert_eq!(total, cap, "cap {cap}, {instances} instances, {worker}");
+            }
+        }
+        assert_eq!(fleet_share(UNLIMITED, "w", 1, 3), UNLIMITED);
+        // The remainder does not always land on the same instance.
+        let first: Vec<u32> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|w| fleet_share(1, w, 0, 2))
+            .collect();
+        assert!(first.contains(&0) && first.contains(&1), "{first:?}");
+    }
     use crate::config::QueueConfig;
 
     fn pool(concurrency: u32, workers: usize) -> Arc<Pool> {

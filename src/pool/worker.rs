@@ -100,7 +100,7 @@ impl Worker {
             created_at: SystemTime::now(),
             state: AtomicU8::new(spec.state as u8),
             in_flight: AtomicU32::new(0),
-            max_in_flight: AtomicU32::new(spec.max_in_flight.max(1)),
+            max_in_flight: AtomicU32::new(spec.max_in_flight),
             served: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             unhealthy_threshold: AtomicU32::new(spec.unhealthy_threshold.max(1)),
@@ -160,9 +160,11 @@ impl Worker {
         self.max_in_flight.load(Ordering::Relaxed)
     }
 
-    /// Change the concurrency cap (config reload); in-flight requests above it finish.
+    /// Change the concurrency cap (config reload, a fleet's new share); in-flight requests
+    /// above it finish. 0 is a share of none: in a fleet larger than the cap, this instance
+    /// sends the worker nothing.
     pub fn set_max_in_flight(&self, cap: u32) {
-        self.max_in_flight.store(cap.max(1), Ordering::Relaxed);
+        self.max_in_flight.store(cap, Ordering::Relaxed);
         self.wake_waiters();
     }
 
