@@ -328,3 +328,47 @@ async fn each_workers_concurrency_is_divided_among_the_live_instances() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_is_fenced_off() {
+    use weir::cluster::Lease;
+    let Some(redis) = Redis::start_for("a_leader_paused_past_its_lease_is_fenced_off") else {
+        return;
+    };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let prefix = format!("fence{}", std::process::id());
+    let ttl = Duration::from_millis(300);
+    let (a, b) = (Lease::new(&prefix, "a", ttl), Lease::new(&prefix, "b", ttl));
+    let held_a = a.hold(&mut conn, None).await.unwrap().expect("a leads");
+    assert!(
+        b.hold(&mut conn, None).await.unwrap().is_none(),
+        "one leader"
+    );
+    assert!(a
+        .still_held(&mut conn, &held_a, Duration::from_millis(100))
+        .await
+        .unwrap());
+    // a "pauses": it renews nothing past its lease, and b takes over.
+    let deadline = Instant::now() + DEADLINE;
+    let held_b = loop {
+        if let Some(held) = b.hold(&mut conn, None).await.unwrap() {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "b never took the expired lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(held_b.token > held_a.token, "the fencing token grows");
+    // a resumes: its check before a provider call fails, and it cannot renew its old lease.
+    assert!(!a
+        .still_held(&mut conn, &held_a, Duration::ZERO)
+        .await
+        .unwrap());
+    assert!(a.hold(&mut conn, Some(&held_a)).await.unwrap().is_none());
+    assert_eq!(a.leader(&mut conn).await.unwrap().as_deref(), Some("b"));
+    // Not enough lease left covers no call either.
+    assert!(!b
+        .still_held(&mut conn, &held_b, Duration::from_secs(10))
+        .await
+        .unwrap());
+}

@@ -160,12 +160,17 @@ impl Cluster {
         let Some(held) = self.state().held.clone() else {
             return false;
         };
-        let mut guard = self.redis.lock().await;
-        let Some(redis) = guard.as_mut() else {
+        // A clone of the connection: the lock is not held across the round trip.
+        let Some(mut redis) = self.redis.lock().await.clone() else {
             return false;
         };
         let need = need.min(self.lease_ttl / 2);
-        match tokio::time::timeout(REDIS_TIMEOUT, self.lease.still_held(redis, &held, need)).await {
+        match tokio::time::timeout(
+            REDIS_TIMEOUT,
+            self.lease.still_held(&mut redis, &held, need),
+        )
+        .await
+        {
             Ok(Ok(true)) => true,
             Ok(Ok(false)) => {
                 warn!(
