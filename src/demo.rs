@@ -11,7 +11,8 @@
 //! - anything else: "hello from NAME".
 //!
 //! `?delay=250ms` on any path (or `--delay`) waits before answering; every response carries
-//! `x-served-by: NAME` and `x-concurrent` (requests this worker was answering, itself included). Any `Upgrade` request is accepted and its bytes echoed back raw.
+//! `x-served-by: NAME` and `x-concurrent` (requests this worker was answering, itself included,
+//! health probes of `/hello` aside). Any `Upgrade` request is accepted and its bytes echoed back raw.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -82,10 +83,13 @@ pub async fn serve(listener: TcpListener, options: DemoOptions) {
                 let options = Arc::clone(&options);
                 let name = name.clone();
                 async move {
-                    // Requests this worker is answering right now, this one included.
-                    let concurrent = options.busy.fetch_add(1, Ordering::SeqCst) + 1;
+                    // Requests this worker is answering right now, this one included; health
+                    // probes of `/hello` are not counted (they are not under any cap).
+                    let probe = req.uri().path() == "/hello";
+                    let step = usize::from(!probe);
+                    let concurrent = options.busy.fetch_add(step, Ordering::SeqCst) + step;
                     let mut response = respond(req, &options).await;
-                    options.busy.fetch_sub(1, Ordering::SeqCst);
+                    options.busy.fetch_sub(step, Ordering::SeqCst);
                     let headers = response.headers_mut();
                     headers.insert("x-served-by", name);
                     headers.insert("x-concurrent", HeaderValue::from(concurrent));

@@ -76,9 +76,14 @@ impl Snapshot {
                 if let Some(pool) = reuse.get(name) {
                     return Ok((name.clone(), Arc::clone(pool)));
                 }
-                Pool::from_config(name, pc)
-                    .map(|p| (name.clone(), p))
-                    .map_err(|m| fail(format!("pools.{name}"), m))
+                let pool =
+                    Pool::from_config(name, pc).map_err(|m| fail(format!("pools.{name}"), m))?;
+                if config.cluster.is_some() {
+                    // No share of any worker's cap until the fleet has made room for this
+                    // instance (its first heartbeats).
+                    pool.set_fleet_place(crate::pool::FleetPlace::Joining);
+                }
+                Ok((name.clone(), pool))
             })
             .collect::<Result<_, _>>()?;
         let routes = RouteTable::build(&config, &pools, &alerts, previous_routes)

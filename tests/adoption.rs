@@ -5,37 +5,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{run_weir, wait_ready_ids, DEADLINE, WEIR};
-
-/// The exec provider's three commands, keeping each worker's pid and "ID IP:port" in `dir`.
-fn exec_provider(dir: &Path) -> String {
-    let d = dir.display();
-    let launch = format!(
-        "setsid {WEIR} demo-worker --listen 127.0.0.1:0 --name $WEIR_WORKER > {d}/$WEIR_WORKER.out 2>&1 < /dev/null & \
-         echo $! > {d}/$WEIR_WORKER.pid; echo $WEIR_WORKER >> {d}/launches; \
-         for i in $(seq 200); do a=$(sed -n 's/^demo-worker listening on //p' {d}/$WEIR_WORKER.out); [ -n \"$a\" ] && break; sleep 0.05; done; \
-         [ -n \"$a\" ] || exit 1; echo \"$WEIR_WORKER $a\" > {d}/$WEIR_WORKER.addr; echo \"$WEIR_WORKER $a\""
-    );
-    let release = format!(
-        "kill $(cat {d}/{{id}}.pid) 2>/dev/null; rm -f {d}/{{id}}.addr {d}/{{id}}.pid; echo {{id}} >> {d}/releases"
-    );
-    let list = format!("cat {d}/*.addr 2>/dev/null; true");
-    format!(
-        "provider = {{ kind = \"exec\", launch = {launch:?}, release = {release:?}, list = {list:?} }}"
-    )
-}
-
-fn file_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
+use common::{exec_provider, file_lines, pid_alive, run_weir, wait_ready_ids, DEADLINE};
 
 /// The demo workers' names seen serving `n` requests.
 async fn served_by(addr: SocketAddr, n: usize) -> Vec<String> {
@@ -51,22 +25,6 @@ async fn served_by(addr: SocketAddr, n: usize) -> Vec<String> {
     names
 }
 
-/// Whether a process runs (a zombie waiting for its reaper does not count).
-fn pid_alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn a_restarted_weir_adopts_the_workers_it_launched_and_releases_them_on_sigterm() {
     let dir: PathBuf = common::temp_path("adoption");
@@ -80,7 +38,7 @@ fn a_restarted_weir_adopts_the_workers_it_launched_and_releases_them_on_sigterm(
              [[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\n{}\n\
              health = {{ path = \"/hello\", interval = \"200ms\" }}\n\
              [pools.app.autoscale]\nmin_workers = 2\nmax_workers = 4\n",
-            exec_provider(&dir)
+            exec_provider(&dir, "")
         ),
     )
     .unwrap();

@@ -211,14 +211,18 @@ async fn a_redis_outage_keeps_serving_and_an_empty_redis_is_rejoined() {
     else {
         return;
     };
-    let (_worker, worker) = demo_process("fleet-b");
+    let dir = temp_path(&format!("fleet-outage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _workers = ExecWorkers(dir.clone());
     let prefix = format!("outage{}", std::process::id());
     let fleet: Vec<Running> = ["weir-x", "weir-y"]
         .iter()
-        .map(|name| instance(&redis, &prefix, name, worker))
+        .map(|name| scaling_instance(&redis, &prefix, name, &dir))
         .collect();
     let admins: Vec<SocketAddr> = fleet.iter().map(|r| r.admin).collect();
     agreed_leader(&admins, 2).await;
+    let known = all_see_ready(&admins, 1).await;
 
     redis.stop();
     let deadline = Instant::now() + DEADLINE;
@@ -248,9 +252,14 @@ async fn a_redis_outage_keeps_serving_and_an_empty_redis_is_rejoined() {
     for r in &fleet {
         assert_eq!(get(r.addr, "/").await.status, 200, "serving never stops");
     }
+    assert_eq!(
+        ready_ids(admins[1]).await,
+        known,
+        "with the workers it knows"
+    );
 
     redis.restart();
-    agreed_leader(&admins, 2).await;
+    let leader = agreed_leader(&admins, 2).await;
     let deadline = Instant::now() + DEADLINE;
     loop {
         let (status, body) = admin_call(admins[0], "GET", "/readyz", None, "").await;
@@ -260,6 +269,23 @@ async fn a_redis_outage_keeps_serving_and_an_empty_redis_is_rejoined() {
         assert!(Instant::now() < deadline, "the outage is over: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Scaling resumes on the rebuilt state: load at the follower grows the pool.
+    let follower = fleet
+        .iter()
+        .zip(["weir-x", "weir-y"])
+        .find(|(_, name)| *name != leader)
+        .map(|(r, _)| r.addr)
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = looping_clients(follower, 4, "/?delay=100ms", &stop);
+    let grown = all_see_ready(&admins, 3).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(failures_of(clients).await, Vec::<http::StatusCode>::new());
+    assert!(
+        grown.contains(&known[0]),
+        "the known worker kept: {grown:?}"
+    );
+    assert_eq!(file_lines(&dir.join("launches")).len(), 3);
 }
 
 /// Each instance's cap on the one worker, by the admin API.
@@ -318,6 +344,51 @@ async fn each_workers_concurrency_is_divided_among_the_live_instances() {
         peak, share,
         "in flight at the busy instance up to its share, not above"
     );
+    // A third instance joins under load at every instance: it takes its share only once
+    // the others have made room, so the worker never has more than its cap.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for r in &fleet {
+        clients.extend(looping_clients_watching(
+            r.addr,
+            3,
+            "/?delay=50ms",
+            &stop,
+            &peak,
+        ));
+    }
+    fleet.push(instance_with(
+        &redis,
+        &prefix,
+        "weir-r",
+        worker,
+        "worker_concurrency = 3",
+    ));
+    clients.extend(looping_clients_watching(
+        fleet[2].addr,
+        3,
+        "/?delay=50ms",
+        &stop,
+        &peak,
+    ));
+    let all: Vec<SocketAddr> = fleet.iter().map(|r| r.admin).collect();
+    let deadline = Instant::now() + DEADLINE;
+    while caps(&all).await != vec![1, 1, 1] {
+        assert!(Instant::now() < deadline, "shares of 3 over 3 instances");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(failures_of(clients).await, Vec::<http::StatusCode>::new());
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("a third instance joined under load: the worker's peak in flight {peak} (cap 3)");
+    assert!(peak <= 3, "never above the cap while shares move: {peak}");
+    fleet.pop();
+
     // One instance gone: the survivor takes the whole cap once its report expires.
     let mut dead = fleet.remove(1);
     dead.child.0.kill().unwrap();
@@ -371,4 +442,308 @@ async fn a_leader_paused_past_its_lease_is_fenced_off() {
         .still_held(&mut conn, &held_b, Duration::from_secs(10))
         .await
         .unwrap());
+}
+
+/// An instance of a fleet whose pool launches through exec commands (detached demo workers
+/// listed from `dir`), so every instance reaches them and a new leader adopts them; its
+/// launches and releases are tagged with its name.
+fn scaling_instance(redis: &Redis, prefix: &str, name: &str, dir: &std::path::Path) -> Running {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\npool = \"app\"\n[pools.app]\nworker_concurrency = 2\n\
+             health = {{ path = \"/hello\", interval = \"100ms\" }}\n{}\n\
+             [pools.app.autoscale]\nmin_workers = 1\nmax_workers = 3\nmax_idle_time = \"1s\"\ndrain_timeout = \"10s\"\n\
+             [cluster]\nredis = \"{}\"\nname = \"{name}\"\nprefix = \"{prefix}\"\nlease_ttl = \"1s\"\n",
+            exec_provider(dir, name),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    run_weir(&config)
+}
+
+/// Wait until every one of `admins` has exactly `n` ready workers, all the same; their ids.
+async fn all_see_ready(admins: &[SocketAddr], n: usize) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut seen = Vec::new();
+        for admin in admins {
+            seen.push(ready_ids(*admin).await);
+        }
+        if seen.iter().all(|ids| ids.len() == n && *ids == seen[0]) {
+            return seen.swap_remove(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every instance with the same {n} ready workers: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_scales_on_its_followers_load_fails_over_mid_load_and_drains_back() {
+    let Some(redis) = Redis::start_for(
+        "a_fleet_scales_on_its_followers_load_fails_over_mid_load_and_drains_back",
+    ) else {
+        return;
+    };
+    let dir = temp_path(&format!("fleet-scale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _workers = ExecWorkers(dir.clone());
+    let prefix = format!("scale{}", std::process::id());
+    let mut fleet: Vec<(String, Running)> = ["weir-a", "weir-b", "weir-c"]
+        .iter()
+        .map(|name| {
+            (
+                name.to_string(),
+                scaling_instance(&redis, &prefix, name, &dir),
+            )
+        })
+        .collect();
+    let admins: Vec<SocketAddr> = fleet.iter().map(|(_, r)| r.admin).collect();
+    let leader = agreed_leader(&admins, 3).await;
+    let first = all_see_ready(&admins, 1).await;
+    assert_eq!(
+        file_lines(&dir.join("launches")).len(),
+        1,
+        "min_workers, once"
+    );
+
+    // Load only at the two followers: 8 requests at once for a fleet-wide cap of 2 a worker.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for (name, r) in &fleet {
+        if *name != leader {
+            clients.extend(looping_clients_watching(
+                r.addr,
+                4,
+                "/?delay=100ms",
+                &stop,
+                &peak,
+            ));
+        }
+    }
+    let grown = Instant::now();
+    let three = all_see_ready(&admins, 3).await;
+    eprintln!(
+        "load at the followers only: 3 workers ready at every instance {:?} after it began",
+        grown.elapsed()
+    );
+    assert!(three.contains(&first[0]));
+    let launches = file_lines(&dir.join("launches"));
+    assert_eq!(launches.len(), 3, "never above max_workers: {launches:?}");
+    assert!(
+        launches.iter().all(|l| l.ends_with(&leader)),
+        "only the leader launches: {launches:?}"
+    );
+
+    // SIGKILL the leader mid-load.
+    let index = fleet.iter().position(|(n, _)| *n == leader).unwrap();
+    let (_, mut dead) = fleet.remove(index);
+    let killed = Instant::now();
+    dead.child.0.kill().unwrap();
+    dead.child.0.wait().unwrap();
+    let survivors: Vec<SocketAddr> = fleet.iter().map(|(_, r)| r.admin).collect();
+    let next = loop {
+        let view = cluster(survivors[0]).await;
+        if let Some(l) = view["leader"].as_str().filter(|l| *l != leader) {
+            break l.to_string();
+        }
+        assert!(killed.elapsed() < DEADLINE, "no new leader: {view}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let failover = killed.elapsed();
+    eprintln!("failover under load: {next} leads {failover:?} after the SIGKILL (lease_ttl 1s)");
+    assert!(failover <= Duration::from_secs(2), "within lease_ttl + 1s");
+    assert_eq!(agreed_leader(&survivors, 2).await, next);
+    // The new leader adopts the three and goes on: one more second of load, nothing new.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        all_see_ready(&survivors, 3).await,
+        three,
+        "the same workers"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        failures_of(clients).await,
+        Vec::<http::StatusCode>::new(),
+        "no failed request at the survivors"
+    );
+    assert_eq!(
+        file_lines(&dir.join("launches")),
+        launches,
+        "no extra launch"
+    );
+    let peak_seen = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("peak in flight at one worker, all instances together: {peak_seen} (cap 2)");
+    assert!(peak_seen <= 2, "no worker over its cap: {peak_seen}");
+
+    // After the load: drained back to min, with a light load that never fails meanwhile.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let light = looping_clients(fleet[0].1.addr, 1, "/?delay=10ms", &stop);
+    let drained = Instant::now();
+    all_see_ready(&survivors, 1).await;
+    eprintln!(
+        "drained back to 1 worker {:?} after the load",
+        drained.elapsed()
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while file_lines(&dir.join("releases")).len() < 2 {
+        assert!(Instant::now() < deadline, "two releases");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(failures_of(light).await, Vec::<http::StatusCode>::new());
+    let releases = file_lines(&dir.join("releases"));
+    assert!(
+        releases.len() == 2 && releases.iter().all(|l| l.ends_with(&next)),
+        "the new leader released two: {releases:?}"
+    );
+    drop(fleet);
+}
+
+/// Send `signal` (STOP, CONT) to a running instance.
+fn signal(r: &Running, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &r.child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_sigstopped_past_its_lease_neither_launches_nor_releases_when_resumed() {
+    let Some(redis) = Redis::start_for(
+        "a_leader_sigstopped_past_its_lease_neither_launches_nor_releases_when_resumed",
+    ) else {
+        return;
+    };
+    let dir = temp_path(&format!("fleet-pause-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _workers = ExecWorkers(dir.clone());
+    let prefix = format!("pause{}", std::process::id());
+    let mut fleet: Vec<(String, Running)> = ["weir-m", "weir-n"]
+        .iter()
+        .map(|name| {
+            (
+                name.to_string(),
+                scaling_instance(&redis, &prefix, name, &dir),
+            )
+        })
+        .collect();
+    let admins: Vec<SocketAddr> = fleet.iter().map(|(_, r)| r.admin).collect();
+    let leader = agreed_leader(&admins, 2).await;
+    let l = fleet.iter().position(|(n, _)| *n == leader).unwrap();
+    let f = 1 - l;
+    let follower = fleet[f].0.clone();
+    all_see_ready(&admins, 1).await;
+
+    // Load at the follower grows the pool to three; then the fleet is idle.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = looping_clients(fleet[f].1.addr, 4, "/?delay=100ms", &stop);
+    all_see_ready(&admins, 3).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(failures_of(clients).await, Vec::<http::StatusCode>::new());
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let view = cluster(admins[l]).await;
+        let instances = view["instances"].as_array().cloned().unwrap_or_default();
+        if instances.len() == 2 && instances.iter().all(|i| i["in_flight"] == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "an idle fleet: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let launched_before = file_lines(&dir.join("launches")).len();
+
+    // The leader pauses with two surplus workers it would release after max_idle_time.
+    signal(&fleet[l].1, "STOP");
+    let deadline = Instant::now() + DEADLINE;
+    while cluster(admins[f]).await["leader"].as_str() != Some(follower.as_str()) {
+        assert!(Instant::now() < deadline, "the follower takes the lead");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The new leader releases the surplus itself.
+    all_see_ready(&admins[f..=f], 1).await;
+    let deadline = Instant::now() + DEADLINE;
+    while file_lines(&dir.join("releases")).len() < 2 {
+        assert!(Instant::now() < deadline, "the new leader releases two");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Resumed, the old leader's view is stale (three workers, two idle surplus, itself
+    // leading); the fence in Redis refuses what it would do.
+    signal(&fleet[l].1, "CONT");
+    let deadline = Instant::now() + DEADLINE;
+    while cluster(admins[l]).await["leader"].as_str() != Some(follower.as_str()) {
+        assert!(Instant::now() < deadline, "the old leader follows");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = all_see_ready(&admins, 1).await;
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut refused = Vec::new();
+    while Instant::now() < until {
+        while let Ok(line) = fleet[l].1.stderr.try_recv() {
+            if line.contains("no longer the fleet's leader") || line.contains("refused") {
+                refused.push(line);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("the resumed leader's refused actions: {refused:#?}");
+    let launches = file_lines(&dir.join("launches"));
+    let releases = file_lines(&dir.join("releases"));
+    assert_eq!(
+        launches.len(),
+        launched_before,
+        "no launch since: {launches:?}"
+    );
+    assert!(
+        releases.iter().all(|r| r.ends_with(&follower)),
+        "only the new leader released: {releases:?}"
+    );
+    assert_eq!(ready.len(), 1);
+    assert_eq!(get(fleet[l].1.addr, "/").await.status, 200, "it serves");
+    fleet.clear();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_while_redis_is_down_serves_its_known_workers() {
+    let (_worker, worker) = demo_process("fleet-d");
+    let config = temp_path(&format!("fleet-down-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\npool = \"app\"\n[pools.app]\nworker_concurrency = 4\n\
+             provider = {{ kind = \"static\", addresses = [\"{worker}\"] }}\n\
+             [cluster]\nredis = \"redis://{}/0\"\nlease_ttl = \"1s\"\n",
+            dead_addr()
+        ),
+    )
+    .unwrap();
+    let weir = run_weir(&config);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let reply = get(weir.addr, "/").await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served: {}", reply.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = admin_call(weir.admin, "GET", "/readyz", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("cluster: redis unreachable at"), "{body}");
+    assert_eq!(caps(&[weir.admin]).await, vec![4], "the whole cap");
 }

@@ -1,16 +1,21 @@
 //! Several weir instances as one fleet, coordinated through Redis (`[cluster]`): one leader,
 //! elected by a lease with a fencing token (lease.rs), runs the scalers on the whole fleet's
 //! load; every instance reports its load and admin address every heartbeat (registry.rs) and
-//! serves through every worker. While Redis does not answer, instances keep serving with what
+//! serves through every worker the leader's records list (members.rs), keeping to its share of
+//! each worker's cap (shares.rs). While Redis does not answer, instances keep serving with what
 //! they know, nobody leads (so nobody launches or releases), and `/readyz` says why; when it is
 //! back, even empty, the next heartbeat rebuilds the shared state.
 
 mod lease;
+mod members;
 mod registry;
+mod shares;
 
 pub use lease::{Held, Lease};
-pub use registry::{PoolLoad, Registry, Report};
+pub use members::{FleetMember, MemberBook, PoolMembers};
+pub use registry::{PoolReport, Registry, Report};
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,10 +27,14 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
+use crate::pool::WorkerState;
 use crate::state::Shared;
+use shares::ShareBook;
 
 /// How often an instance reports, and a follower tries for the lease.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
+/// Least time between two heartbeats when requests start waiting in between (a nudge).
+const NUDGE_GAP: Duration = Duration::from_millis(20);
 /// Longest one Redis round trip may take before the store counts as unreachable.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -36,10 +45,12 @@ pub struct Cluster {
     url: String,
     lease: Lease,
     registry: Registry,
+    members: MemberBook,
     lease_ttl: Duration,
     leader: AtomicBool,
     state: Mutex<State>,
     redis: tokio::sync::Mutex<Option<ConnectionManager>>,
+    nudge: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -50,6 +61,24 @@ struct State {
     leader: Option<String>,
     instances: Vec<Report>,
     problem: Option<String>,
+    /// What this instance's scalers, while leading, want the fleet to route to, per pool.
+    published: BTreeMap<String, Vec<FleetMember>>,
+    /// The leader's records as last read, per pool, each with a number that changes with it.
+    records: HashMap<String, (u64, Arc<PoolMembers>)>,
+    records_read: u64,
+    shares: ShareBook,
+    /// The fleet this instance's shares are bounded by now, and the one it last reported.
+    bound: Vec<String>,
+    reported: Vec<String>,
+}
+
+/// The load of one pool at the other instances, for the leader's decision.
+#[derive(Debug, Default)]
+pub struct OthersLoad {
+    /// Requests waiting in their queues.
+    pub queued: u64,
+    /// Their requests in flight per worker (provider id).
+    pub busy: HashMap<String, u32>,
 }
 
 /// `GET /api/v1/cluster`.
@@ -88,11 +117,13 @@ impl Cluster {
         Arc::new(Cluster {
             lease: Lease::new(&config.prefix, &name, ttl),
             registry: Registry::new(&config.prefix, ttl),
+            members: MemberBook::new(&config.prefix, (ttl * 10).max(Duration::from_secs(30))),
             url: config.redis.clone(),
             lease_ttl: ttl,
             leader: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             redis: tokio::sync::Mutex::new(None),
+            nudge: tokio::sync::Notify::new(),
             admin: admin.to_string(),
             name,
         })
@@ -140,17 +171,63 @@ impl Cluster {
     }
 
     /// The load of `pool` at the other instances, as they last reported it.
-    pub fn others_load(&self, pool: &str) -> PoolLoad {
+    pub fn others_load(&self, pool: &str) -> OthersLoad {
+        let state = self.state();
+        let mut load = OthersLoad::default();
+        for report in state.instances.iter().filter(|r| r.name != self.name) {
+            let Some(p) = report.pools.get(pool) else {
+                continue;
+            };
+            load.queued += p.queued;
+            for (worker, n) in p.workers.iter().filter(|(_, n)| **n > 0) {
+                *load.busy.entry(worker.clone()).or_default() += n;
+            }
+        }
+        load
+    }
+
+    /// Whether every other live instance has stopped routing to `worker` of `pool` and has
+    /// nothing in flight on it, so the leader may release it: it lists the worker as draining
+    /// with 0, or does not have it at all. An instance that has the worker but has not yet
+    /// read the leader's mark holds the release back; one that left the fleet no longer
+    /// counts.
+    pub fn drained_everywhere(&self, pool: &str, worker: &str) -> bool {
         let state = self.state();
         state
             .instances
             .iter()
             .filter(|r| r.name != self.name)
-            .filter_map(|r| r.pools.get(pool))
-            .fold(PoolLoad::default(), |sum, p| PoolLoad {
-                in_flight: sum.in_flight + p.in_flight,
-                queued: sum.queued + p.queued,
+            .all(|r| {
+                r.pools.get(pool).is_none_or(|p| {
+                    !p.workers.contains_key(worker) || p.draining.get(worker) == Some(&0)
+                })
             })
+    }
+
+    /// While leading: what every instance should route to for `pool` (written to Redis under
+    /// the lease at the next heartbeat, brought forward when it changed).
+    pub fn publish(&self, pool: &str, workers: Vec<FleetMember>) {
+        let changed = {
+            let mut state = self.state();
+            let before = state.published.insert(pool.to_string(), workers);
+            before.as_ref() != state.published.get(pool)
+        };
+        if changed {
+            // A launch or a drain: the fleet should know now, not a heartbeat later.
+            self.nudge();
+        }
+    }
+
+    /// The leader's record of `pool` as last read, with a number that changes whenever the
+    /// record does; `None` while there is none.
+    pub fn record(&self, pool: &str) -> Option<(u64, Arc<PoolMembers>)> {
+        self.state().records.get(pool).cloned()
+    }
+
+    /// Report now rather than at the next heartbeat: requests started waiting here, and the
+    /// leader should see them at its next read, not one heartbeat later.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
     }
 
     /// Whether this instance may make a provider call that takes up to `need`: it holds the
@@ -190,6 +267,8 @@ impl Cluster {
             info!(name = %self.name, why, "no longer the fleet's leader");
         }
         state.valid_until = None;
+        // What it published as leader must never be written later, when it may be stale.
+        state.published.clear();
         self.leader.store(false, Ordering::Relaxed);
         crate::telemetry::set_cluster_leader(false);
     }
@@ -199,17 +278,34 @@ impl Cluster {
     pub async fn run(self: Arc<Self>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let started = Instant::now();
+        let mut counted = false;
+        let mut last_beat = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.nudge.notified() => {
+                    tokio::time::sleep_until(last_beat + NUDGE_GAP).await;
+                }
                 _ = stop.changed() => break,
             }
+            last_beat = Instant::now();
             let result = tokio::time::timeout(REDIS_TIMEOUT * 2, self.beat(&shared)).await;
             let failure = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
                 Err(_) => Some("no answer within 2s".to_string()),
             };
+            counted |= failure.is_none();
+            if !counted && started.elapsed() >= self.lease_ttl {
+                // Redis has not answered since this start, so the fleet cannot make room for
+                // this instance: serving goes before the cap's division until it answers.
+                counted = true;
+                warn!(redis = %self.url, "the fleet is unknown; taking each worker's whole cap until redis answers");
+                for pool in shared.snapshot_full().pools.values() {
+                    pool.set_fleet_place(crate::pool::FleetPlace::Alone);
+                }
+            }
             self.note(failure);
         }
         let held = self.state().held.clone();
@@ -273,12 +369,35 @@ impl Cluster {
         let mut redis = self.connection().await?;
         let started = Instant::now();
         let held = self.state().held.clone();
-        let now_held = self
+        let mut now_held = self
             .lease
             .hold(&mut redis, held.as_ref())
             .await
             .map_err(|e| e.to_string())?;
-        let report = self.report(shared, now_held.is_some());
+        if let Some(h) = &now_held {
+            let records = self.published_records(h.token);
+            let written = records.is_empty()
+                || self
+                    .members
+                    .write(&mut redis, h, &records)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            if !written {
+                warn!(
+                    token = h.token,
+                    "the lease went elsewhere; membership write refused"
+                );
+                now_held = None;
+            }
+        }
+        let snapshot = shared.snapshot_full();
+        let pools: Vec<String> = snapshot.pools.keys().cloned().collect();
+        let records = self
+            .members
+            .read(&mut redis, &pools)
+            .await
+            .map_err(|e| e.to_string())?;
+        let report = self.report(&snapshot, now_held.is_some());
         self.registry
             .write(&mut redis, &report)
             .await
@@ -309,9 +428,17 @@ impl Cluster {
             state.leader = leader;
             state.instances = instances;
             crate::telemetry::set_cluster_instances(state.instances.len());
-            let (rank, count) = place(&state.instances, &self.name);
-            for pool in shared.snapshot_full().pools.values() {
-                pool.set_fleet_place(rank, count);
+            let changed = take_records(&mut state, pools.into_iter().zip(records));
+            let state = &mut *state;
+            let (place, bound) = state.shares.place(&self.name, &state.instances);
+            state.bound = bound;
+            for pool in snapshot.pools.values() {
+                pool.set_fleet_place(place);
+                if now_held.is_some() || changed.contains(&pool.name) {
+                    // The leader's scalers decide on the fleet's load just read; a follower's
+                    // follow a changed record at once.
+                    pool.demand().notify_one();
+                }
             }
         }
         let is = now_held.is_some();
@@ -326,38 +453,90 @@ impl Cluster {
         Ok(())
     }
 
-    fn report(&self, shared: &Shared, leader: bool) -> Report {
-        let snapshot = shared.snapshot_full();
+    /// The records this instance's scalers published, as JSON under `token`.
+    fn published_records(&self, token: u64) -> Vec<(String, String)> {
+        let state = self.state();
+        state
+            .published
+            .iter()
+            .map(|(pool, workers)| {
+                let record = PoolMembers {
+                    token,
+                    workers: workers.clone(),
+                };
+                let json = serde_json::to_string(&record).unwrap_or_default();
+                (pool.clone(), json)
+            })
+            .collect()
+    }
+
+    fn report(&self, snapshot: &crate::state::Snapshot, leader: bool) -> Report {
+        let pools = snapshot
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let mut report = PoolReport {
+                    in_flight: pool.in_flight(),
+                    queued: pool.waiting() as u64,
+                    ..PoolReport::default()
+                };
+                for w in pool.workers().iter() {
+                    let in_flight = w.in_flight();
+                    report.workers.insert(w.name.clone(), in_flight);
+                    if w.state() == WorkerState::Draining {
+                        report.draining.insert(w.name.clone(), in_flight);
+                    }
+                }
+                (name.clone(), report)
+            })
+            .collect();
+        // The fleet whose shares this instance keeps to: the new one only once no worker has
+        // more in flight from here than the new share.
+        let within = snapshot.pools.values().all(|p| p.within_caps());
+        let fleet = {
+            let mut state = self.state();
+            if within {
+                state.reported = state.bound.clone();
+            }
+            state.reported.clone()
+        };
         Report {
             name: self.name.clone(),
             admin: self.admin.clone(),
             leader,
             at_ms: unix_ms(),
-            pools: snapshot
-                .pools
-                .iter()
-                .map(|(name, pool)| {
-                    let load = PoolLoad {
-                        in_flight: pool.in_flight(),
-                        queued: pool.waiting() as u64,
-                    };
-                    (name.clone(), load)
-                })
-                .collect(),
+            pools,
+            fleet,
         }
     }
 }
 
-/// This instance's rank among the live instances (by name) and their number, itself included
-/// even before its first report is read back.
-fn place(instances: &[Report], me: &str) -> (u32, u32) {
-    let mut names: Vec<&str> = instances.iter().map(|r| r.name.as_str()).collect();
-    if !names.contains(&me) {
-        names.push(me);
+/// Keep the records just read; a record whose text changed gets a new number, one that is
+/// missing (none written yet, or an empty Redis) leaves the last one known in place. Returns
+/// the pools whose record changed.
+fn take_records(
+    state: &mut State,
+    read: impl Iterator<Item = (String, Option<String>)>,
+) -> Vec<String> {
+    let mut changed_pools = Vec::new();
+    for (pool, text) in read {
+        let Some(record) = text.and_then(|t| serde_json::from_str::<PoolMembers>(&t).ok()) else {
+            continue;
+        };
+        let changed = state
+            .records
+            .get(&pool)
+            .is_none_or(|(_, known)| **known != record);
+        if changed {
+            state.records_read += 1;
+            let number = state.records_read;
+            state
+                .records
+                .insert(pool.clone(), (number, Arc::new(record)));
+            changed_pools.push(pool);
+        }
     }
-    names.sort_unstable();
-    let rank = names.iter().position(|n| *n == me).unwrap_or(0);
-    (rank as u32, names.len() as u32)
+    changed_pools
 }
 
 fn unix_ms() -> u64 {

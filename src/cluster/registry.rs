@@ -1,5 +1,6 @@
 //! Who is in the fleet and what load each instance carries. Every instance writes its report
-//! (admin address, per-pool in-flight and queued) under `PREFIX:instance:NAME` with a TTL a
+//! (admin address, per-pool in-flight and queued, per-worker in-flight, the workers it drains,
+//! the fleet its shares are bounded by) under `PREFIX:instance:NAME` with a TTL a
 //! few heartbeats long, and its name into the sorted set `PREFIX:instances` scored by when it
 //! last wrote; reading the fleet is one ZRANGE and one MGET. An instance that stops writing
 //! drops out when its key expires.
@@ -11,12 +12,21 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 /// One pool's load at one instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolLoad {
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolReport {
     /// Requests in flight to the pool's workers.
     pub in_flight: u64,
     /// Requests waiting in its queues.
     pub queued: u64,
+    /// Every worker this instance has (by provider id), with its requests in flight on it:
+    /// the leader judges a worker idle by the whole fleet's requests on it, not only its own,
+    /// and a worker an instance does not have is one it cannot send anything.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workers: BTreeMap<String, u32>,
+    /// The workers this instance no longer routes to (a fleet drain), with what it still has
+    /// in flight on each: the leader releases a victim once every instance lists it with 0.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub draining: BTreeMap<String, u32>,
 }
 
 /// What an instance reports about itself.
@@ -31,7 +41,11 @@ pub struct Report {
     /// When it wrote this (Unix ms).
     pub at_ms: u64,
     /// Its load per pool.
-    pub pools: BTreeMap<String, PoolLoad>,
+    pub pools: BTreeMap<String, PoolReport>,
+    /// The instances (sorted names) whose division of every worker's cap this instance keeps
+    /// to: a larger share is taken only once every other instance reports the same fleet.
+    #[serde(default)]
+    pub fleet: Vec<String>,
 }
 
 /// The registry of fleet `prefix`.

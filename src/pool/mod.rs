@@ -8,11 +8,13 @@
 mod balance;
 mod queue;
 mod retry_budget;
+mod share;
 mod worker;
 
 pub use balance::Balancer;
 pub use queue::{RouteQueue, WaitReason, WaitingRequest};
 pub use retry_budget::RetryBudget;
+pub use share::{fleet_share, FleetPlace};
 pub use worker::{InFlightGuard, Worker, WorkerSpec, WorkerState, UNLIMITED};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -107,9 +109,9 @@ pub struct Pool {
     balancer: Balancer,
     workers: ArcSwap<Vec<Arc<Worker>>>,
     worker_concurrency: AtomicU32,
-    /// This instance's place in its fleet, `rank << 32 | instances` (0: alone), by which each
-    /// worker's `worker_concurrency` is divided among the fleet's instances.
-    fleet_place: std::sync::atomic::AtomicU64,
+    /// This instance's place in its fleet, by which each worker's `worker_concurrency` is
+    /// divided among the fleet's instances (read when caps change, not per request).
+    fleet_place: Mutex<FleetPlace>,
     waiting: Arc<AtomicUsize>,
     queue: Mutex<WaitQueue>,
     budget: RetryBudget,
@@ -135,7 +137,7 @@ impl Pool {
             balancer: Balancer::new(settings.balance),
             workers: ArcSwap::from_pointee(Vec::new()),
             worker_concurrency: AtomicU32::new(settings.worker_concurrency),
-            fleet_place: std::sync::atomic::AtomicU64::new(0),
+            fleet_place: Mutex::new(FleetPlace::Alone),
             queue: Mutex::new(WaitQueue::new(Arc::clone(&waiting))),
             waiting,
             me: me.clone(),
@@ -352,27 +354,32 @@ impl Pool {
         self.workers.load_full()
     }
 
-    /// Add a worker in `state`; `name` is its provider id. Sources add workers through
-    /// [`crate::membership::Membership`], which also attaches its probes.
-    /// Take this instance's place in a fleet of `instances` (`rank` in name order): each
-    /// worker's cap becomes this instance's share of `worker_concurrency`, so the fleet's
-    /// shares add up to it and no worker sees more than it from all instances together.
-    pub fn set_fleet_place(&self, rank: u32, instances: u32) {
-        let place = (u64::from(rank) << 32) | u64::from(instances);
-        if self.fleet_place.swap(place, Ordering::Relaxed) != place {
+    /// Take this instance's place in its fleet: each worker's cap becomes this instance's
+    /// share of `worker_concurrency`, so the fleet's shares add up to it and no worker sees
+    /// more than it from all instances together.
+    pub fn set_fleet_place(&self, place: FleetPlace) {
+        let changed = {
+            let mut current = self.fleet_place.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *current, place) != place
+        };
+        if changed {
             self.recap_workers();
         }
     }
 
+    /// Whether no worker has more in flight from this instance than its cap now allows (a
+    /// share just shrunk is not made room for until then).
+    pub fn within_caps(&self) -> bool {
+        self.workers
+            .load()
+            .iter()
+            .all(|w| w.in_flight() <= w.max_in_flight())
+    }
+
     /// This instance's cap on the worker `name`.
     fn cap_for(&self, name: &str) -> u32 {
-        let place = self.fleet_place.load(Ordering::Relaxed);
-        fleet_share(
-            self.worker_concurrency.load(Ordering::Relaxed),
-            name,
-            (place >> 32) as u32,
-            place as u32,
-        )
+        let place = *self.fleet_place.lock().unwrap_or_else(|p| p.into_inner());
+        place.share(self.worker_concurrency.load(Ordering::Relaxed), name)
     }
 
     fn recap_workers(&self) {
@@ -381,6 +388,8 @@ impl Pool {
         }
     }
 
+    /// Add a worker in `state`; `name` is its provider id. Sources add workers through
+    /// [`crate::membership::Membership`], which also attaches its probes.
     pub fn add_worker(
         &self,
         name: String,
@@ -449,43 +458,10 @@ impl Drop for QueueEntry<'_> {
     }
 }
 
-/// Instance `rank`'s share of a worker's `cap` in a fleet of `instances`: `cap / instances`,
-/// plus one of the remainder for the instances a hash of the worker's name points at, so the
-/// shares add up to `cap` exactly and the remainder falls on different instances for
-/// different workers.
-pub fn fleet_share(cap: u32, worker: &str, rank: u32, instances: u32) -> u32 {
-    if instances <= 1 || cap == UNLIMITED {
-        return cap;
-    }
-    let hash = worker.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    let slot = (hash % instances + rank % instances) % instances;
-    cap / instances + u32::from(slot < cap % instances)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn fleet_shares_add_up_to_the_cap_for_every_worker() {
-        for (cap, instances) in [(4, 2), (5, 3), (1, 3), (2, 5), (7, 1)] {
-            for worker in ["app-1", "app-2", "weir-app-17", "pod-x"] {
-                let total: u32 = (0..instances)
-                    .map(|rank| fleet_share(cap, worker, rank, instances))
-                    .sum();
-                assert_eq!(total, cap, "cap {cap}, {instances} instances, {worker}");
-            }
-        }
-        assert_eq!(fleet_share(UNLIMITED, "w", 1, 3), UNLIMITED);
-        // The remainder does not always land on the same instance.
-        let first: Vec<u32> = ["a", "b", "c", "d", "e", "f"]
-            .iter()
-            .map(|w| fleet_share(1, w, 0, 2))
-            .collect();
-        assert!(first.contains(&0) && first.contains(&1), "{first:?}");
-    }
     use crate::config::QueueConfig;
 
     fn pool(concurrency: u32, workers: usize) -> Arc<Pool> {

@@ -102,6 +102,7 @@ impl Books {
         &mut self,
         now: Instant,
         workers: &[std::sync::Arc<Worker>],
+        elsewhere: &HashMap<String, u32>,
     ) -> Vec<WorkerSignal> {
         self.workers
             .retain(|id, t| t.retiring || workers.iter().any(|w| w.id == *id));
@@ -114,7 +115,9 @@ impl Books {
             if tracked.retiring {
                 continue;
             }
-            let (state, served, in_flight) = (w.state(), w.served(), w.in_flight());
+            // In a fleet, the other instances' requests on it count too.
+            let in_flight = w.in_flight() + elsewhere.get(&w.name).copied().unwrap_or(0);
+            let (state, served) = (w.state(), w.served());
             if state != tracked.state {
                 if tracked.state == WorkerState::Starting && state == WorkerState::Ready {
                     // A launch made it: the backoff starts over.
@@ -174,9 +177,9 @@ mod tests {
         assert_eq!(books.backoff_left(now), LAUNCH_BACKOFF_MAX);
         let worker = Worker::detached("w", "127.0.0.1:1".parse().unwrap(), WorkerState::Starting);
         let workers = vec![Arc::clone(&worker)];
-        books.observe(now, &workers);
+        books.observe(now, &workers, &HashMap::new());
         worker.set_state(WorkerState::Ready);
-        books.observe(now, &workers);
+        books.observe(now, &workers, &HashMap::new());
         assert_eq!(books.backoff_left(now), Duration::ZERO);
     }
 
@@ -186,20 +189,30 @@ mod tests {
         let start = Instant::now();
         let worker = Worker::detached("w", "127.0.0.1:1".parse().unwrap(), WorkerState::Ready);
         let workers = vec![Arc::clone(&worker)];
-        books.observe(start, &workers);
+        books.observe(start, &workers, &HashMap::new());
         let later = start + Duration::from_secs(5);
-        let s = books.observe(later, &workers);
+        let s = books.observe(later, &workers, &HashMap::new());
         assert_eq!(s[0].idle_for, Duration::from_secs(5));
         assert_eq!(s[0].in_state_for, Duration::from_secs(5));
         drop(worker.begin_request());
-        let s = books.observe(later + Duration::from_secs(1), &workers);
+        let s = books.observe(later + Duration::from_secs(1), &workers, &HashMap::new());
         assert_eq!(s[0].idle_for, Duration::ZERO, "served one since");
+        let elsewhere = HashMap::from([("w".to_string(), 2)]);
+        let s = books.observe(later + Duration::from_secs(3), &workers, &elsewhere);
+        assert_eq!(
+            (s[0].in_flight, s[0].idle_for),
+            (2, Duration::ZERO),
+            "busy with another instance's requests: not idle"
+        );
         assert!(books.start_retiring(later, &worker));
         assert!(!books.start_retiring(later, &worker));
-        assert!(books.observe(later, &workers).is_empty(), "retiring: out");
+        assert!(
+            books.observe(later, &workers, &HashMap::new()).is_empty(),
+            "retiring: out"
+        );
         // Gone from the pool without being retired: forgotten.
         books.workers.get_mut(&worker.id).unwrap().retiring = false;
-        books.observe(later, &[]);
+        books.observe(later, &[], &HashMap::new());
         assert!(books.workers.is_empty());
     }
 }

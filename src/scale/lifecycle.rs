@@ -84,6 +84,54 @@ impl PoolScaler {
         adopted
     }
 
+    /// Become the fleet's scaler of this pool: the workers followed so far are the pool's,
+    /// and what the provider lists beyond them (a launch the last leader had not yet written
+    /// down) is adopted, so nothing is relaunched and nothing is orphaned. Exit watches go on
+    /// the workers, as on launches.
+    pub(super) async fn take_the_lead(self: &Arc<Self>) {
+        let before = self.pool.workers().len() as u32;
+        let mut found = 0;
+        if !self.provider.joins_by_discovery() {
+            match tokio::time::timeout(LIST_TIMEOUT, self.provider.list()).await {
+                Ok(Ok(listed)) => {
+                    for handle in listed {
+                        self.skip_names_up_to(&handle.id);
+                        if self.pool.worker_named(&handle.id).is_none() {
+                            let member = Member::probed(handle.id.clone(), handle.addr);
+                            found +=
+                                self.membership.apply(MemberUpdate::Added(member)).len() as u32;
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    warn!(pool = %self.pool.name, error = %e, "cannot list the fleet's workers; going on with the followed ones")
+                }
+                Err(_) => {
+                    warn!(pool = %self.pool.name, "listing the fleet's workers timed out; going on with the followed ones")
+                }
+            }
+        }
+        for worker in self.pool.workers().iter() {
+            self.skip_names_up_to(&worker.name);
+            let handle = WorkerHandle {
+                id: worker.name.clone(),
+                addr: worker.addr,
+            };
+            if let Some(exited) = self.provider.watch(&handle) {
+                tokio::spawn(Arc::clone(self).watch_exit(Arc::downgrade(worker), exited));
+            }
+        }
+        self.activity.record(
+            &self.pool.name,
+            Action::Adopt,
+            before,
+            before + found,
+            format!(
+                "took the fleet's lead: {before} worker(s) followed, {found} more listed by the provider"
+            ),
+        );
+    }
+
     pub(super) fn spawn_launch(self: &Arc<Self>) {
         self.pending_launches.fetch_add(1, Ordering::Relaxed);
         let me = Arc::clone(self);
@@ -122,7 +170,7 @@ impl PoolScaler {
 
     /// New launch names go above the number an adopted worker's id ends in ("weir-app-3"), so
     /// a replacement never takes the name of a worker that is still going away.
-    fn skip_names_up_to(&self, id: &str) {
+    pub(super) fn skip_names_up_to(&self, id: &str) {
         let number = id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok());
         if let Some(n) = number {
             self.next_name
@@ -258,10 +306,18 @@ impl PoolScaler {
     async fn retire(&self, worker: &Arc<Worker>, drain: Duration) {
         stop_routing(worker);
         let deadline = Instant::now() + drain;
-        while worker.in_flight() > 0 && Instant::now() < deadline {
+        // In a fleet, every instance must have stopped routing to it and finished its
+        // requests on it; the leader's record marks it draining for them.
+        let drained = || {
+            worker.in_flight() == 0
+                && self
+                    .fleet()
+                    .is_none_or(|f| f.drained_everywhere(&self.pool.name, &worker.name))
+        };
+        while !drained() && Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;
         }
-        if worker.in_flight() > 0 {
+        if !drained() {
             warn!(pool = %self.pool.name, worker = %worker.name, in_flight = worker.in_flight(), "drain timed out; releasing anyway");
         }
         self.membership
@@ -332,7 +388,7 @@ async fn report_cold_start(
 }
 
 /// Take a worker out of rotation at once: no new request will pick it.
-fn stop_routing(worker: &Worker) {
+pub(super) fn stop_routing(worker: &Worker) {
     if matches!(worker.state(), WorkerState::Ready | WorkerState::Starting) {
         worker.set_state(WorkerState::Draining);
     }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, FleetMember};
 use crate::membership::{Member, MemberUpdate, Membership};
 use crate::pool::{Pool, Worker, WorkerState};
 use crate::provider::Provider;
@@ -32,8 +32,8 @@ use books::Books;
 
 /// How often the scaler samples its pool.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
-/// How often a follower in a fleet reads the provider's list of workers.
-const FLEET_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a follower with no leader's record yet reads the provider's list of workers.
+const FLEET_LIST_INTERVAL: Duration = Duration::from_secs(1);
 /// Least lease left for a leader's provider call to go ahead.
 const FLEET_CALL_MARGIN: Duration = Duration::from_millis(1000);
 
@@ -152,29 +152,90 @@ impl PoolScaler {
     }
 
     async fn run_in_fleet(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(fleet) = self.fleet().cloned() else {
+            return;
+        };
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_follow: Option<Instant> = None;
+        let mut followed: Option<u64> = None;
+        let mut listed_at: Option<Instant> = None;
+        let mut led = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.pool.demand().notified() => {}
                 _ = shutdown.changed() => break,
             }
-            let leading = self.fleet().is_some_and(|f| f.is_leader());
-            let follow_due = last_follow.is_none_or(|t| t.elapsed() >= FLEET_FOLLOW_INTERVAL);
-            if !leading && follow_due {
-                last_follow = Some(Instant::now());
-                self.follow_listed().await;
+            let leading = fleet.is_leader();
+            if leading && !led {
+                self.take_the_lead().await;
             }
+            led = leading;
             if leading {
                 self.step(Instant::now(), unix_minutes_now());
+                fleet.publish(&self.pool.name, self.fleet_members());
+                continue;
+            }
+            if self.pool.waiting() > 0 {
+                // Requests wait here: the leader should know before the next heartbeat.
+                fleet.nudge();
+            }
+            if fleet.record(&self.pool.name).is_some() {
+                self.follow_record(&fleet, &mut followed);
+            } else if listed_at.is_none_or(|t| t.elapsed() >= FLEET_LIST_INTERVAL) {
+                // No leader's record yet (a fleet starting, Redis down since this start):
+                // the provider's list is the best knowledge there is.
+                listed_at = Some(Instant::now());
+                self.follow_listed().await;
             }
         }
         self.release_all().await;
     }
 
-    /// A follower's members: what the provider lists (the leader's launches), every second.
+    /// What every instance of the fleet should route to: the pool as this leader has it,
+    /// the workers it retires marked draining.
+    fn fleet_members(&self) -> Vec<FleetMember> {
+        self.pool
+            .workers()
+            .iter()
+            .map(|w| FleetMember {
+                id: w.name.clone(),
+                addr: w.addr,
+                draining: w.state() == WorkerState::Draining,
+            })
+            .collect()
+    }
+
+    /// A follower's members: the leader's record, applied when it changes. Workers it marks
+    /// draining get no new requests from here; the leader waits for this instance to report
+    /// them idle before it releases them.
+    fn follow_record(&self, fleet: &Cluster, followed: &mut Option<u64>) {
+        let Some((number, record)) = fleet.record(&self.pool.name) else {
+            return; // none yet, or an empty Redis: keep the workers known
+        };
+        if *followed == Some(number) {
+            return;
+        }
+        *followed = Some(number);
+        for member in &record.workers {
+            self.skip_names_up_to(&member.id);
+        }
+        if !self.provider.joins_by_discovery() {
+            let members = record
+                .workers
+                .iter()
+                .map(|m| Member::probed(m.id.clone(), m.addr))
+                .collect();
+            self.membership.apply(MemberUpdate::Reset(members));
+        }
+        for member in record.workers.iter().filter(|m| m.draining) {
+            if let Some(worker) = self.pool.worker_named(&member.id) {
+                lifecycle::stop_routing(&worker);
+            }
+        }
+    }
+
+    /// A follower's members while no leader's record is known: what the provider lists.
     async fn follow_listed(&self) {
         if self.provider.joins_by_discovery() {
             return; // its discovery stream feeds the pool already
@@ -273,21 +334,21 @@ impl PoolScaler {
         now: Instant,
         now_minutes: u64,
     ) -> Signals {
-        let signals = books.observe(now, workers);
+        // In a fleet the leader decides on the whole fleet's load: the other instances'
+        // requests on each worker, and theirs waiting.
+        let others = self
+            .fleet()
+            .map(|f| f.others_load(&self.pool.name))
+            .unwrap_or_default();
+        let signals = books.observe(now, workers, &others.busy);
         // Demand is what is in flight on workers that stay, plus what waits.
         let in_flight: u64 = signals
             .iter()
             .filter(|w| w.state != WorkerState::Draining)
             .map(|w| u64::from(w.in_flight))
             .sum();
-        let mut queued = self.pool.waiting() as u64;
-        let mut load = in_flight + queued;
-        if let Some(fleet) = self.fleet() {
-            // The leader decides on the whole fleet's load.
-            let others = fleet.others_load(&self.pool.name);
-            queued += others.queued;
-            load += others.in_flight + others.queued;
-        }
+        let queued = self.pool.waiting() as u64 + others.queued;
+        let load = in_flight + queued;
         let recent_peak = books.record_load(now, load as f64, policy.hold_window());
         Signals {
             workers: signals,

@@ -473,9 +473,23 @@ pub fn looping_clients(
     path: &'static str,
     stop: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Vec<StatusCode>>> {
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    looping_clients_watching(addr, clients, path, stop, &peak)
+}
+
+/// [`looping_clients`] that also keep in `peak` the highest `x-concurrent` a demo worker
+/// answered with: the most requests any worker had at once.
+pub fn looping_clients_watching(
+    addr: SocketAddr,
+    clients: usize,
+    path: &'static str,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    peak: &Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Vec<StatusCode>>> {
     (0..clients)
         .map(|_| {
             let stop = Arc::clone(stop);
+            let peak = Arc::clone(peak);
             tokio::spawn(async move {
                 let mut client = Client::connect(addr).await;
                 let mut failures = Vec::new();
@@ -484,6 +498,12 @@ pub fn looping_clients(
                     if reply.status != 200 {
                         failures.push(reply.status);
                     }
+                    let concurrent = reply
+                        .headers
+                        .get("x-concurrent")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(0);
+                    peak.fetch_max(concurrent, std::sync::atomic::Ordering::Relaxed);
                 }
                 failures
             })
@@ -514,4 +534,77 @@ pub async fn first_request_meets_a_launch_failure(weir: &Weir) -> String {
         .find(|e| e.action == weir::scale::Action::LaunchFailed)
         .map(|e| e.reason.clone())
         .expect("a launch_failed activity")
+}
+
+/// An exec provider (a `provider = {...}` line) whose commands start detached demo workers
+/// and keep each one's pid and "ID IP:port" in `dir`, so any weir lists what another
+/// launched; `dir/launches` and `dir/releases` get a line per call: the id, then `tag` if any
+/// (which weir of a fleet made the call).
+pub fn exec_provider(dir: &std::path::Path, tag: &str) -> String {
+    let d = dir.display();
+    let tag = if tag.is_empty() {
+        String::new()
+    } else {
+        format!(" {tag}")
+    };
+    let launch = format!(
+        "setsid {WEIR} demo-worker --listen 127.0.0.1:0 --name $WEIR_WORKER > {d}/$WEIR_WORKER.out 2>&1 < /dev/null & \
+         echo $! > {d}/$WEIR_WORKER.pid; echo \"$WEIR_WORKER{tag}\" >> {d}/launches; \
+         for i in $(seq 200); do a=$(sed -n 's/^demo-worker listening on //p' {d}/$WEIR_WORKER.out); [ -n \"$a\" ] && break; sleep 0.05; done; \
+         [ -n \"$a\" ] || exit 1; echo \"$WEIR_WORKER $a\" > {d}/$WEIR_WORKER.addr; echo \"$WEIR_WORKER $a\""
+    );
+    let release = format!(
+        "kill $(cat {d}/{{id}}.pid) 2>/dev/null; rm -f {d}/{{id}}.addr {d}/{{id}}.pid; echo \"{{id}}{tag}\" >> {d}/releases"
+    );
+    let list = format!("cat {d}/*.addr 2>/dev/null; true");
+    format!(
+        "provider = {{ kind = \"exec\", launch = {launch:?}, release = {release:?}, list = {list:?} }}"
+    )
+}
+
+/// A file's lines (none when it does not exist).
+pub fn file_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a process runs (a zombie waiting for its reaper does not count).
+pub fn pid_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// Kills, on drop, every worker [`exec_provider`] left running in its directory (they are
+/// detached, and a fleet leaves its workers running when its instances stop), then removes
+/// the directory.
+pub struct ExecWorkers(pub std::path::PathBuf);
+
+impl Drop for ExecWorkers {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "pid") {
+                if let Ok(pid) = std::fs::read_to_string(&path) {
+                    let _ = Command::new("kill").arg(pid.trim()).status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -1,0 +1,142 @@
+//! Where this instance stands in the division of every worker's cap, from the fleet's
+//! reports. Every instance reports the fleet (sorted names) whose shares it keeps to; an
+//! instance takes the share of the fleet it sees only once every other instance reports that
+//! same fleet, shrinks to the smaller of old and new at once while they catch up, and takes
+//! nothing while another instance does not count it yet. So the shares in use at any moment
+//! never add up to more than the cap.
+
+use super::Report;
+use crate::pool::FleetPlace;
+
+/// The fleet this instance last settled in, by which a move is bounded.
+#[derive(Debug, Default)]
+pub struct ShareBook {
+    settled: Option<Vec<String>>,
+}
+
+impl ShareBook {
+    /// This instance's place among the live `instances` (its own report may be among them),
+    /// and the fleet that place is bounded by, to report once this instance keeps to it.
+    pub fn place(&mut self, me: &str, instances: &[Report]) -> (FleetPlace, Vec<String>) {
+        let mut fleet: Vec<String> = instances.iter().map(|r| r.name.clone()).collect();
+        fleet.push(me.to_string());
+        fleet.sort_unstable();
+        fleet.dedup();
+        let others: Vec<&Report> = instances.iter().filter(|r| r.name != me).collect();
+        if others.is_empty() {
+            self.settled = Some(fleet.clone());
+            return (FleetPlace::Alone, fleet);
+        }
+        // An instance that reports no fleet yet takes no share, so it agrees with any.
+        let agree = others
+            .iter()
+            .all(|r| r.fleet.is_empty() || r.fleet == fleet);
+        if agree {
+            let place = FleetPlace::Settled {
+                rank: rank(&fleet, me),
+                count: fleet.len() as u32,
+            };
+            self.settled = Some(fleet.clone());
+            return (place, fleet);
+        }
+        let uncounted = others
+            .iter()
+            .any(|r| !r.fleet.is_empty() && !r.fleet.iter().any(|n| n == me));
+        let place = match &self.settled {
+            Some(from) if !uncounted && from.iter().any(|n| n == me) => FleetPlace::Moving {
+                to: (rank(&fleet, me), fleet.len() as u32),
+                from: (rank(from, me), from.len() as u32),
+            },
+            _ => FleetPlace::Joining,
+        };
+        (place, fleet)
+    }
+}
+
+fn rank(fleet: &[String], me: &str) -> u32 {
+    fleet.iter().position(|n| n == me).unwrap_or(0) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, fleet: &[&str]) -> Report {
+        Report {
+            name: name.into(),
+            admin: String::new(),
+            leader: false,
+            at_ms: 0,
+            pools: Default::default(),
+            fleet: fleet.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    /// Every instance's share of a cap of 4 on worker "w", after each has placed itself
+    /// once more against the others' last reports; the reports then follow.
+    fn round(books: &mut [(String, ShareBook, Vec<String>)]) -> Vec<u32> {
+        let reports: Vec<Report> = books
+            .iter()
+            .map(|(name, _, fleet)| {
+                report(name, &fleet.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut shares = Vec::new();
+        for (name, book, fleet) in books.iter_mut() {
+            let (place, bound) = book.place(name, &reports);
+            shares.push(place.share(4, "w"));
+            *fleet = bound;
+        }
+        shares
+    }
+
+    #[test]
+    fn a_joiner_waits_for_room_and_shares_never_add_up_past_the_cap() {
+        let mut books: Vec<(String, ShareBook, Vec<String>)> = ["a", "b"]
+            .iter()
+            .map(|n| (n.to_string(), ShareBook::default(), Vec::new()))
+            .collect();
+        for _ in 0..3 {
+            round(&mut books);
+        }
+        assert_eq!(round(&mut books), vec![2, 2]);
+        books.push(("c".into(), ShareBook::default(), Vec::new()));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let shares = round(&mut books);
+            assert!(shares.iter().sum::<u32>() <= 4, "{shares:?}");
+            seen.push(shares);
+        }
+        assert_eq!(
+            seen[0][2], 0,
+            "the newcomer takes nothing at first: {seen:?}"
+        );
+        assert_eq!(
+            seen[3].iter().sum::<u32>(),
+            4,
+            "then the cap is shared out: {seen:?}"
+        );
+        // c leaves: the survivors grow back only together.
+        books.pop();
+        let mut last = Vec::new();
+        for _ in 0..3 {
+            last = round(&mut books);
+            assert!(last.iter().sum::<u32>() <= 4, "{last:?}");
+        }
+        assert_eq!(last, vec![2, 2]);
+    }
+
+    #[test]
+    fn an_instance_the_others_do_not_count_takes_nothing() {
+        let mut book = ShareBook::default();
+        let reports = vec![report("a", &["a", "b"]), report("b", &["a", "b"])];
+        assert_eq!(
+            book.place("a", &reports).0,
+            FleetPlace::Settled { rank: 0, count: 2 }
+        );
+        // a was away; b now counts only itself.
+        let reports = vec![report("b", &["b"])];
+        assert_eq!(book.place("a", &reports).0, FleetPlace::Joining);
+        assert_eq!(book.place("a", &[]).0, FleetPlace::Alone);
+    }
+}
