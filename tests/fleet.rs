@@ -11,10 +11,67 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A redis-server on a free loopback port, killed on drop.
+/// A redis-server on a free loopback port, killed on drop. While stopped, its port is held
+/// by a [`PortHolder`], so no other test's server can take it meanwhile.
 struct Redis {
     port: u16,
     child: Option<Reaped>,
+    holder: Option<PortHolder>,
+}
+
+/// Holds a loopback port as a store that is down: every connection is accepted and dropped
+/// at once, so clients fail fast, and no other process can bind the port meanwhile.
+struct PortHolder {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    port: u16,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PortHolder {
+    fn hold(port: u16) -> PortHolder {
+        let deadline = Instant::now() + DEADLINE;
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) => assert!(Instant::now() < deadline, "cannot hold port {port}: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+            }
+        });
+        PortHolder {
+            stop,
+            port,
+            thread: Some(thread),
+        }
+    }
+
+    /// A port held from the start: an address where no store ever answers.
+    fn free() -> PortHolder {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        PortHolder::hold(port)
+    }
+}
+
+impl Drop for PortHolder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Redis {
@@ -41,13 +98,18 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let mut redis = Redis { port, child: None };
+        let mut redis = Redis {
+            port,
+            child: None,
+            holder: None,
+        };
         redis.restart();
         redis
     }
 
     /// Start (again) on the same port, empty: no persistence.
     fn restart(&mut self) {
+        self.holder = None;
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -66,6 +128,7 @@ impl Redis {
         if let Some(mut child) = self.child.take() {
             let _ = child.0.kill();
             let _ = child.0.wait();
+            self.holder = Some(PortHolder::hold(self.port));
         }
     }
 
@@ -76,7 +139,10 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+        }
     }
 }
 
@@ -587,9 +653,11 @@ async fn a_fleet_scales_on_its_followers_load_fails_over_mid_load_and_drains_bac
     eprintln!("peak in flight at one worker, all instances together: {peak_seen} (cap 2)");
     assert!(peak_seen <= 2, "no worker over its cap: {peak_seen}");
 
-    // After the load: drained back to min, with a light load that never fails meanwhile.
+    // After the load: drained back to min, with a light load at the follower that never
+    // fails meanwhile (the leader's surplus marks reach it, so it spares the victims).
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let light = looping_clients(fleet[0].1.addr, 1, "/?delay=10ms", &stop);
+    let follower = fleet.iter().find(|(n, _)| *n != next).unwrap().1.addr;
+    let light = looping_clients(follower, 1, "/?delay=10ms", &stop);
     let drained = Instant::now();
     all_see_ready(&survivors, 1).await;
     eprintln!(
@@ -720,6 +788,7 @@ async fn a_leader_sigstopped_past_its_lease_neither_launches_nor_releases_when_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_started_while_redis_is_down_serves_its_known_workers() {
     let (_worker, worker) = demo_process("fleet-d");
+    let down = PortHolder::free();
     let config = temp_path(&format!("fleet-down-{}.toml", std::process::id()));
     std::fs::write(
         &config,
@@ -727,8 +796,8 @@ async fn an_instance_started_while_redis_is_down_serves_its_known_workers() {
             "[server]\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
              [[routes]]\npool = \"app\"\n[pools.app]\nworker_concurrency = 4\n\
              provider = {{ kind = \"static\", addresses = [\"{worker}\"] }}\n\
-             [cluster]\nredis = \"redis://{}/0\"\nlease_ttl = \"1s\"\n",
-            dead_addr()
+             [cluster]\nredis = \"redis://127.0.0.1:{}/0\"\nlease_ttl = \"1s\"\n",
+            down.port
         ),
     )
     .unwrap();

@@ -31,6 +31,10 @@ pub struct FleetMember {
     /// The leader is retiring it: no instance sends it new requests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// The leader's next scale-in victim if it stays idle: every instance sends it requests
+    /// only when the others are busier, so it can go idle.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub surplus: bool,
 }
 
 /// One pool's record.

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
-use crate::pool::WorkerState;
+use crate::pool::{FleetPlace, WorkerState};
 use crate::state::Shared;
 use shares::ShareBook;
 
@@ -53,7 +53,6 @@ pub struct Cluster {
     nudge: tokio::sync::Notify,
 }
 
-#[derive(Default)]
 struct State {
     held: Option<Held>,
     /// Until when, by this instance's clock, the lease is surely still ours.
@@ -70,6 +69,28 @@ struct State {
     /// The fleet this instance's shares are bounded by now, and the one it last reported.
     bound: Vec<String>,
     reported: Vec<String>,
+    /// The place taken last.
+    place: FleetPlace,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            held: None,
+            valid_until: None,
+            leader: None,
+            instances: Vec::new(),
+            problem: None,
+            published: BTreeMap::new(),
+            records: HashMap::new(),
+            records_read: 0,
+            shares: ShareBook::new(Duration::from_secs(3)),
+            bound: Vec::new(),
+            reported: Vec::new(),
+            // Pools in a fleet start with no share (state.rs).
+            place: FleetPlace::Joining,
+        }
+    }
 }
 
 /// The load of one pool at the other instances, for the leader's decision.
@@ -121,7 +142,10 @@ impl Cluster {
             url: config.redis.clone(),
             lease_ttl: ttl,
             leader: AtomicBool::new(false),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                shares: ShareBook::new(ttl),
+                ..State::default()
+            }),
             redis: tokio::sync::Mutex::new(None),
             nudge: tokio::sync::Notify::new(),
             admin: admin.to_string(),
@@ -278,9 +302,8 @@ impl Cluster {
     pub async fn run(self: Arc<Self>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let started = Instant::now();
-        let mut counted = false;
         let mut last_beat = Instant::now();
+        let mut answered = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -296,15 +319,10 @@ impl Cluster {
                 Ok(Err(e)) => Some(e),
                 Err(_) => Some("no answer within 2s".to_string()),
             };
-            counted |= failure.is_none();
-            if !counted && started.elapsed() >= self.lease_ttl {
-                // Redis has not answered since this start, so the fleet cannot make room for
-                // this instance: serving goes before the cap's division until it answers.
-                counted = true;
-                warn!(redis = %self.url, "the fleet is unknown; taking each worker's whole cap until redis answers");
-                for pool in shared.snapshot_full().pools.values() {
-                    pool.set_fleet_place(crate::pool::FleetPlace::Alone);
-                }
+            if failure.is_none() {
+                answered = Instant::now();
+            } else if answered.elapsed() >= self.lease_ttl {
+                self.share_without_redis(&shared);
             }
             self.note(failure);
         }
@@ -317,6 +335,31 @@ impl Cluster {
             let _ = self.registry.remove(redis, &self.name).await;
         }
         self.lose_lead("shutting down");
+    }
+
+    /// Redis has not answered for a lease: an instance the fleet had not yet made room for
+    /// cannot learn when it has, so serving goes first: an even share of the fleet it last
+    /// saw, or the whole cap when it never saw one.
+    fn share_without_redis(&self, shared: &Shared) {
+        let place = {
+            let mut state = self.state();
+            if state.place != FleetPlace::Joining {
+                return;
+            }
+            let fleet = &state.bound;
+            state.place = match fleet.iter().position(|n| *n == self.name) {
+                Some(rank) if fleet.len() > 1 => FleetPlace::Settled {
+                    rank: rank as u32,
+                    count: fleet.len() as u32,
+                },
+                _ => FleetPlace::Alone,
+            };
+            state.place
+        };
+        warn!(redis = %self.url, ?place, "the fleet cannot make room for this instance while redis is unreachable; taking an even share");
+        for pool in shared.snapshot_full().pools.values() {
+            pool.set_fleet_place(place);
+        }
     }
 
     fn note(&self, failure: Option<String>) {
@@ -430,8 +473,11 @@ impl Cluster {
             crate::telemetry::set_cluster_instances(state.instances.len());
             let changed = take_records(&mut state, pools.into_iter().zip(records));
             let state = &mut *state;
-            let (place, bound) = state.shares.place(&self.name, &state.instances);
+            let (place, bound) = state
+                .shares
+                .place(&self.name, &state.instances, Instant::now());
             state.bound = bound;
+            state.place = place;
             for pool in snapshot.pools.values() {
                 pool.set_fleet_place(place);
                 if now_held.is_some() || changed.contains(&pool.name) {

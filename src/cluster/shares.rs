@@ -3,30 +3,61 @@
 //! instance takes the share of the fleet it sees only once every other instance reports that
 //! same fleet, shrinks to the smaller of old and new at once while they catch up, and takes
 //! nothing while another instance does not count it yet. So the shares in use at any moment
-//! never add up to more than the cap.
+//! never add up to more than the cap. Seeing no other instance at all takes the whole cap only
+//! once that has lasted `ttl` (their reports would have expired): a Redis restarted empty
+//! shows every instance alone for a heartbeat.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::Report;
 use crate::pool::FleetPlace;
 
 /// The fleet this instance last settled in, by which a move is bounded.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ShareBook {
     settled: Option<Vec<String>>,
+    ttl: Duration,
+    alone_since: Option<Instant>,
 }
 
 impl ShareBook {
+    /// A book for instances whose reports live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        ShareBook {
+            settled: None,
+            ttl,
+            alone_since: None,
+        }
+    }
+
     /// This instance's place among the live `instances` (its own report may be among them),
     /// and the fleet that place is bounded by, to report once this instance keeps to it.
-    pub fn place(&mut self, me: &str, instances: &[Report]) -> (FleetPlace, Vec<String>) {
+    pub fn place(
+        &mut self,
+        me: &str,
+        instances: &[Report],
+        now: Instant,
+    ) -> (FleetPlace, Vec<String>) {
         let mut fleet: Vec<String> = instances.iter().map(|r| r.name.clone()).collect();
         fleet.push(me.to_string());
         fleet.sort_unstable();
         fleet.dedup();
         let others: Vec<&Report> = instances.iter().filter(|r| r.name != me).collect();
         if others.is_empty() {
+            let since = *self.alone_since.get_or_insert(now);
+            let was_shared = self.settled.as_ref().is_some_and(|f| f.len() > 1);
+            if was_shared && now.duration_since(since) < self.ttl {
+                if let Some(from) = &self.settled {
+                    let from = (rank(from, me), from.len() as u32);
+                    return (FleetPlace::Moving { to: (0, 1), from }, fleet);
+                }
+            }
             self.settled = Some(fleet.clone());
             return (FleetPlace::Alone, fleet);
         }
+        self.alone_since = None;
         // An instance that reports no fleet yet takes no share, so it agrees with any.
         let agree = others
             .iter()
@@ -72,6 +103,12 @@ mod tests {
         }
     }
 
+    const TTL: Duration = Duration::from_secs(1);
+
+    fn book() -> ShareBook {
+        ShareBook::new(TTL)
+    }
+
     /// Every instance's share of a cap of 4 on worker "w", after each has placed itself
     /// once more against the others' last reports; the reports then follow.
     fn round(books: &mut [(String, ShareBook, Vec<String>)]) -> Vec<u32> {
@@ -83,7 +120,7 @@ mod tests {
             .collect();
         let mut shares = Vec::new();
         for (name, book, fleet) in books.iter_mut() {
-            let (place, bound) = book.place(name, &reports);
+            let (place, bound) = book.place(name, &reports, Instant::now());
             shares.push(place.share(4, "w"));
             *fleet = bound;
         }
@@ -94,13 +131,13 @@ mod tests {
     fn a_joiner_waits_for_room_and_shares_never_add_up_past_the_cap() {
         let mut books: Vec<(String, ShareBook, Vec<String>)> = ["a", "b"]
             .iter()
-            .map(|n| (n.to_string(), ShareBook::default(), Vec::new()))
+            .map(|n| (n.to_string(), book(), Vec::new()))
             .collect();
         for _ in 0..3 {
             round(&mut books);
         }
         assert_eq!(round(&mut books), vec![2, 2]);
-        books.push(("c".into(), ShareBook::default(), Vec::new()));
+        books.push(("c".into(), book(), Vec::new()));
         let mut seen = Vec::new();
         for _ in 0..4 {
             let shares = round(&mut books);
@@ -126,17 +163,33 @@ mod tests {
         assert_eq!(last, vec![2, 2]);
     }
 
-    #[test]
-    fn an_instance_the_others_do_not_count_takes_nothing() {
-        let mut book = ShareBook::default();
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_the_others_do_not_count_takes_nothing() {
+        let mut book = book();
+        let now = Instant::now();
         let reports = vec![report("a", &["a", "b"]), report("b", &["a", "b"])];
-        assert_eq!(
-            book.place("a", &reports).0,
-            FleetPlace::Settled { rank: 0, count: 2 }
-        );
+        let two = FleetPlace::Settled { rank: 0, count: 2 };
+        assert_eq!(book.place("a", &reports, now).0, two);
         // a was away; b now counts only itself.
         let reports = vec![report("b", &["b"])];
-        assert_eq!(book.place("a", &reports).0, FleetPlace::Joining);
-        assert_eq!(book.place("a", &[]).0, FleetPlace::Alone);
+        assert_eq!(book.place("a", &reports, now).0, FleetPlace::Joining);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seeing_nobody_takes_the_whole_cap_only_after_the_reports_would_have_expired() {
+        let mut book = book();
+        let now = Instant::now();
+        let reports = vec![report("a", &["a", "b"]), report("b", &["a", "b"])];
+        let two = FleetPlace::Settled { rank: 0, count: 2 };
+        book.place("a", &reports, now);
+        // An empty Redis: nobody else for a moment; a keeps its share.
+        let (place, _) = book.place("a", &[], now);
+        assert_eq!(place.share(4, "w"), two.share(4, "w"));
+        assert_eq!(book.place("a", &reports, now + TTL / 2).0, two);
+        // b is really gone.
+        book.place("a", &[], now + TTL);
+        assert_eq!(book.place("a", &[], now + TTL * 2).0, FleetPlace::Alone);
+        let fresh = ShareBook::new(TTL).place("a", &[], now).0;
+        assert_eq!(fresh, FleetPlace::Alone, "a fleet starting");
     }
 }

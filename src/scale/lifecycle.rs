@@ -314,10 +314,13 @@ impl PoolScaler {
                     .fleet()
                     .is_none_or(|f| f.drained_everywhere(&self.pool.name, &worker.name))
         };
-        while !drained() && Instant::now() < deadline {
+        // A leader deposed meanwhile stops waiting: the worker is the next leader's to keep
+        // or release, and this instance routes to it again once it follows the record.
+        let deposed = || self.fleet().is_some_and(|f| !f.is_leader());
+        while !drained() && !deposed() && Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;
         }
-        if !drained() {
+        if !drained() && !deposed() {
             warn!(pool = %self.pool.name, worker = %worker.name, in_flight = worker.in_flight(), "drain timed out; releasing anyway");
         }
         self.membership

@@ -157,7 +157,6 @@ impl PoolScaler {
         };
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut followed: Option<u64> = None;
         let mut listed_at: Option<Instant> = None;
         let mut led = false;
         loop {
@@ -181,7 +180,7 @@ impl PoolScaler {
                 fleet.nudge();
             }
             if fleet.record(&self.pool.name).is_some() {
-                self.follow_record(&fleet, &mut followed);
+                self.follow_record(&fleet);
             } else if listed_at.is_none_or(|t| t.elapsed() >= FLEET_LIST_INTERVAL) {
                 // No leader's record yet (a fleet starting, Redis down since this start):
                 // the provider's list is the best knowledge there is.
@@ -193,7 +192,8 @@ impl PoolScaler {
     }
 
     /// What every instance of the fleet should route to: the pool as this leader has it,
-    /// the workers it retires marked draining.
+    /// the workers it retires marked draining and its surplus marked so (every instance then
+    /// spares them, and they can go idle).
     fn fleet_members(&self) -> Vec<FleetMember> {
         self.pool
             .workers()
@@ -202,21 +202,20 @@ impl PoolScaler {
                 id: w.name.clone(),
                 addr: w.addr,
                 draining: w.state() == WorkerState::Draining,
+                surplus: w.is_surplus(),
             })
             .collect()
     }
 
-    /// A follower's members: the leader's record, applied when it changes. Workers it marks
-    /// draining get no new requests from here; the leader waits for this instance to report
-    /// them idle before it releases them.
-    fn follow_record(&self, fleet: &Cluster, followed: &mut Option<u64>) {
-        let Some((number, record)) = fleet.record(&self.pool.name) else {
+    /// A follower's members: the leader's record, applied every step (a no-op when nothing
+    /// changed), so a worker this instance dropped on its own (a stale step of a deposed
+    /// leader) comes back. Workers it marks draining get no new requests from here (the
+    /// leader waits for this instance to report them idle before it releases them), and
+    /// those it marks surplus are spared as at the leader.
+    fn follow_record(&self, fleet: &Cluster) {
+        let Some((_, record)) = fleet.record(&self.pool.name) else {
             return; // none yet, or an empty Redis: keep the workers known
         };
-        if *followed == Some(number) {
-            return;
-        }
-        *followed = Some(number);
         for member in &record.workers {
             self.skip_names_up_to(&member.id);
         }
@@ -228,9 +227,14 @@ impl PoolScaler {
                 .collect();
             self.membership.apply(MemberUpdate::Reset(members));
         }
-        for member in record.workers.iter().filter(|m| m.draining) {
-            if let Some(worker) = self.pool.worker_named(&member.id) {
+        for member in &record.workers {
+            let Some(worker) = self.pool.worker_named(&member.id) else {
+                continue;
+            };
+            if member.draining {
                 lifecycle::stop_routing(&worker);
+            } else {
+                worker.set_surplus(member.surplus);
             }
         }
     }
