@@ -11,44 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use weir::pool::WorkerState;
 
-const IMAGE: &str = "weir-demo:dev";
-
-/// Whether the engine and the test image are there; panics when they are required.
-fn engine_ready(test: &str) -> bool {
-    let image = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if image {
-        return true;
-    }
-    if std::env::var("WEIR_REQUIRE_DOCKER").as_deref() == Ok("1") {
-        panic!("{test}: no Docker engine with the image {IMAGE} (run .ci/test-image)");
-    }
-    eprintln!("{test}: skipped: no Docker engine with the image {IMAGE} (run .ci/test-image)");
-    false
-}
-
-/// Containers carrying `label=value` (running or not), by name.
-fn containers_labelled(label: &str, value: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label={label}={value}"),
-            "--format",
-            "{{.Names}}",
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// Wait until no container of `pool` is left, running or not.
 async fn all_removed(pool: &str) {
     let deadline = Instant::now() + DEADLINE;

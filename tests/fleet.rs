@@ -508,6 +508,38 @@ async fn a_leader_paused_past_its_lease_is_fenced_off() {
         .still_held(&mut conn, &held_b, Duration::from_secs(10))
         .await
         .unwrap());
+    // Membership writes are fenced too: a's is refused and leaves b's record as it was.
+    use weir::cluster::{FleetMember, MemberBook, PoolMembers};
+    let book = MemberBook::new(&prefix, Duration::from_secs(30));
+    let record = |token, id: &str| {
+        let members = PoolMembers {
+            token,
+            workers: vec![FleetMember {
+                id: id.into(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                draining: false,
+                surplus: false,
+            }],
+        };
+        vec![("app".to_string(), serde_json::to_string(&members).unwrap())]
+    };
+    assert!(book
+        .write(&mut conn, &held_b, &record(held_b.token, "b-1"))
+        .await
+        .unwrap());
+    assert!(
+        !book
+            .write(&mut conn, &held_a, &record(held_a.token, "a-9"))
+            .await
+            .unwrap(),
+        "a stale token's membership write is refused"
+    );
+    let read = book.read(&mut conn, &["app".to_string()]).await.unwrap();
+    let kept: PoolMembers = serde_json::from_str(read[0].as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (kept.token, kept.workers[0].id.as_str()),
+        (held_b.token, "b-1")
+    );
 }
 
 /// An instance of a fleet whose pool launches through exec commands (detached demo workers
@@ -815,4 +847,96 @@ async fn an_instance_started_while_redis_is_down_serves_its_known_workers() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("cluster: redis unreachable at"), "{body}");
     assert_eq!(caps(&[weir.admin]).await, vec![4], "the whole cap");
+}
+
+/// Removes, on drop, every container of a Docker pool (a fleet leaves its workers running).
+struct PoolContainers(String);
+
+impl Drop for PoolContainers {
+    fn drop(&mut self) {
+        let names = containers_labelled("weir.pool", &self.0);
+        if !names.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&names)
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_pool_is_shared_by_the_fleet_and_adopted_by_the_next_leader() {
+    let test = "a_docker_pool_is_shared_by_the_fleet_and_adopted_by_the_next_leader";
+    if !engine_ready(test) {
+        return;
+    }
+    let Some(redis) = Redis::start_for(test) else {
+        return;
+    };
+    let pool = format!("dkfleet{}", std::process::id());
+    let _containers = PoolContainers(pool.clone());
+    let prefix = format!("docker{}", std::process::id());
+    let mut fleet: Vec<(String, Running)> = ["weir-d1", "weir-d2"]
+        .iter()
+        .map(|name| {
+            let config = temp_path(&format!("fleet-{prefix}-{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
+                     [[routes]]\npool = \"{pool}\"\n[pools.{pool}]\n\
+                     provider = {{ kind = \"docker\", image = \"{IMAGE}\", port = 8080, stop_grace = \"2s\", pull = \"never\" }}\n\
+                     health = {{ path = \"/hello\", interval = \"200ms\" }}\n\
+                     [pools.{pool}.autoscale]\nmin_workers = 1\nmax_workers = 2\n\
+                     [cluster]\nredis = \"{}\"\nname = \"{name}\"\nprefix = \"{prefix}\"\nlease_ttl = \"1s\"\n",
+                    redis.url()
+                ),
+            )
+            .unwrap();
+            (name.to_string(), run_weir(&config))
+        })
+        .collect();
+    let admins: Vec<SocketAddr> = fleet.iter().map(|(_, r)| r.admin).collect();
+    let leader = agreed_leader(&admins, 2).await;
+    let ids = all_see_ready(&admins, 1).await;
+    assert_eq!(
+        containers_labelled("weir.pool", &pool),
+        ids,
+        "one container"
+    );
+    for (_, r) in &fleet {
+        assert_eq!(get(r.addr, "/").await.status, 200, "every instance serves");
+    }
+
+    // The leader dies: the survivor leads, keeps the container, and watches it.
+    let index = fleet.iter().position(|(n, _)| *n == leader).unwrap();
+    let (_, mut dead) = fleet.remove(index);
+    dead.child.0.kill().unwrap();
+    dead.child.0.wait().unwrap();
+    let survivor = fleet[0].1.admin;
+    agreed_leader(&[survivor], 1).await;
+    assert_eq!(
+        all_see_ready(&[survivor], 1).await,
+        ids,
+        "adopted, not relaunched"
+    );
+    assert_eq!(containers_labelled("weir.pool", &pool), ids);
+    let killed = Command::new("docker")
+        .args(["kill", &ids[0]])
+        .output()
+        .expect("docker kill");
+    assert!(killed.status.success(), "{killed:?}");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, activity) = admin_call(survivor, "GET", "/api/v1/activity", None, "").await;
+        if activity.contains(&format!("{}: container exited", ids[0])) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the exit is noticed: {activity}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replaced = all_see_ready(&[survivor], 1).await;
+    assert_ne!(replaced, ids, "replaced by the new leader");
+    assert_eq!(get(fleet[0].1.addr, "/").await.status, 200);
 }

@@ -68,6 +68,11 @@ impl Books {
         self.workers.get(&id).is_some_and(|t| t.retiring)
     }
 
+    /// Whether any worker is still being retired (its release may be under way).
+    pub fn any_retiring(&self) -> bool {
+        self.workers.values().any(|t| t.retiring)
+    }
+
     /// Mark a worker retiring; false if it already was.
     pub fn start_retiring(&mut self, now: Instant, worker: &Worker) -> bool {
         let tracked = self

@@ -20,6 +20,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 const JOIN_POLL: Duration = Duration::from_millis(10);
 /// Longest an adopted worker may take to show up in its provider's discovery.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
+/// Longest a shutdown waits for a release already under way, past the drain.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// Longest a provider's list call may take at start before weir goes on without adopting.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -341,8 +343,9 @@ impl PoolScaler {
         self.books().workers.remove(&worker.id);
     }
 
-    /// Drain and release every worker (shutdown), those already being retired too: their own
-    /// tasks may not outlive the control runtime, and a release must not fail on one gone.
+    /// Drain and release every worker (shutdown), those already being retired too (their own
+    /// tasks may not outlive the control runtime, and a release must not fail on one gone)
+    /// and those whose launch was still under way.
     pub async fn release_all(&self) {
         if self.fleet().is_some() {
             info!(pool = %self.pool.name, "leaving the workers to the fleet");
@@ -352,6 +355,12 @@ impl PoolScaler {
             info!(pool = %self.pool.name, provider = %self.provider.describe(), "leaving the workers to their owner");
             return;
         }
+        // A launch still under way would leave its worker behind (a container started after
+        // the last release): wait for it, bounded by the startup deadline, and release it too.
+        let deadline = Instant::now() + self.policy().startup_timeout;
+        while self.pending_launches.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
         let workers = self.pool.workers();
         let drain = self.policy().drain_timeout;
         let now = Instant::now();
@@ -359,6 +368,11 @@ impl PoolScaler {
             self.books().start_retiring(now, w);
         }
         join_all(workers.iter().map(|w| self.retire(w, drain))).await;
+        // Retirements that had already left the pool may still be releasing.
+        let deadline = Instant::now() + drain + RELEASE_WAIT;
+        while self.books().any_retiring() && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     }
 }
 

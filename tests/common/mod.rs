@@ -608,3 +608,42 @@ impl Drop for ExecWorkers {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The Docker tests' image, built from this repo by `.ci/test-image`.
+pub const IMAGE: &str = "weir-demo:dev";
+
+/// Whether the engine and the test image are there; panics when they are required.
+pub fn engine_ready(test: &str) -> bool {
+    let image = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if image {
+        return true;
+    }
+    if std::env::var("WEIR_REQUIRE_DOCKER").as_deref() == Ok("1") {
+        panic!("{test}: no Docker engine with the image {IMAGE} (run .ci/test-image)");
+    }
+    eprintln!("{test}: skipped: no Docker engine with the image {IMAGE} (run .ci/test-image)");
+    false
+}
+
+/// Containers carrying `label=value` (running or not), by name.
+pub fn containers_labelled(label: &str, value: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={label}={value}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
