@@ -3,6 +3,7 @@
 //! `lease_ttl` + 1 s, and a Redis that goes away and comes back empty.
 
 mod common;
+mod k8s_sim;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -939,4 +940,76 @@ async fn a_docker_pool_is_shared_by_the_fleet_and_adopted_by_the_next_leader() {
     let replaced = all_see_ready(&[survivor], 1).await;
     assert_ne!(replaced, ids, "replaced by the new leader");
     assert_eq!(get(fleet[0].1.addr, "/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_pool_in_a_fleet_is_scaled_once_by_whoever_leads() {
+    // The simulated API server of tests/k8s_sim: no real cluster can run here.
+    let Some(redis) =
+        Redis::start_for("a_kubernetes_pool_in_a_fleet_is_scaled_once_by_whoever_leads")
+    else {
+        return;
+    };
+    let sim = k8s_sim::Cluster::start(k8s_sim::SimOptions::default());
+    let prefix = format!("kube{}", std::process::id());
+    let mut fleet: Vec<(String, Running)> = ["weir-k1", "weir-k2"]
+        .iter()
+        .map(|name| {
+            let config = temp_path(&format!("fleet-{prefix}-{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
+                     [[routes]]\npool = \"app\"\n[pools.app]\nworker_concurrency = 2\n\
+                     provider = {{ kind = \"kubernetes\", deployment = \"app\", port = 8080, kubeconfig = \"{}\", context = \"sim\" }}\n\
+                     [pools.app.autoscale]\nmin_workers = 1\nmax_workers = 3\nmax_idle_time = \"1s\"\n\
+                     [cluster]\nredis = \"{}\"\nname = \"{name}\"\nprefix = \"{prefix}\"\nlease_ttl = \"1s\"\n",
+                    sim.kubeconfig().display(),
+                    redis.url()
+                ),
+            )
+            .unwrap();
+            (name.to_string(), run_weir(&config))
+        })
+        .collect();
+    let admins: Vec<SocketAddr> = fleet.iter().map(|(_, r)| r.admin).collect();
+    let leader = agreed_leader(&admins, 2).await;
+    all_see_ready(&admins, 1).await;
+
+    // Load at the follower: the leader scales the Deployment, both route to the new pods.
+    let follower = fleet.iter().find(|(n, _)| *n != leader).unwrap().1.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = looping_clients(follower, 4, "/?delay=100ms", &stop);
+    all_see_ready(&admins, 3).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(failures_of(clients).await, Vec::<http::StatusCode>::new());
+    assert_eq!(sim.replicas(), 3, "one scaler: never above max");
+
+    // The leader dies; the survivor leads and, with a light load, scales back to 1. The
+    // leader's own scaling, seen while following, is not an outside change to it.
+    let index = fleet.iter().position(|(n, _)| *n == leader).unwrap();
+    let (_, mut dead) = fleet.remove(index);
+    dead.child.0.kill().unwrap();
+    dead.child.0.wait().unwrap();
+    let survivor = fleet[0].1.admin;
+    agreed_leader(&[survivor], 1).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let light = looping_clients(fleet[0].1.addr, 1, "/?delay=10ms", &stop);
+    all_see_ready(&[survivor], 1).await;
+    let deadline = Instant::now() + DEADLINE;
+    while sim.replicas() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "replicas back to 1: {}",
+            sim.replicas()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(failures_of(light).await, Vec::<http::StatusCode>::new());
+    let (_, activity) = admin_call(survivor, "GET", "/api/v1/activity", None, "").await;
+    assert!(
+        !activity.contains("external"),
+        "no outside change: {activity}"
+    );
 }

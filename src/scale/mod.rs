@@ -175,6 +175,9 @@ impl PoolScaler {
                 fleet.publish(&self.pool.name, self.fleet_members());
                 continue;
             }
+            // A count changed outside weir while following is the leader's doing, or the
+            // leader sees it too: not this instance's to act on, now or once it leads.
+            let _ = self.provider.outside_count();
             if self.pool.waiting() > 0 {
                 // Requests wait here: the leader should know before the next heartbeat.
                 fleet.nudge();
