@@ -62,9 +62,8 @@ struct State {
     problem: Option<String>,
     /// What this instance's scalers, while leading, want the fleet to route to, per pool.
     published: BTreeMap<String, Vec<FleetMember>>,
-    /// The leader's records as last read, per pool, each with a number that changes with it.
-    records: HashMap<String, (u64, Arc<PoolMembers>)>,
-    records_read: u64,
+    /// The leader's records as last read, per pool.
+    records: HashMap<String, Arc<PoolMembers>>,
     shares: ShareBook,
     /// The fleet this instance's shares are bounded by now, and the one it last reported.
     bound: Vec<String>,
@@ -83,7 +82,6 @@ impl Default for State {
             problem: None,
             published: BTreeMap::new(),
             records: HashMap::new(),
-            records_read: 0,
             shares: ShareBook::new(Duration::from_secs(3)),
             bound: Vec::new(),
             reported: Vec::new(),
@@ -242,9 +240,8 @@ impl Cluster {
         }
     }
 
-    /// The leader's record of `pool` as last read, with a number that changes whenever the
-    /// record does; `None` while there is none.
-    pub fn record(&self, pool: &str) -> Option<(u64, Arc<PoolMembers>)> {
+    /// The leader's record of `pool` as last read; `None` while there is none.
+    pub fn record(&self, pool: &str) -> Option<Arc<PoolMembers>> {
         self.state().records.get(pool).cloned()
     }
 
@@ -557,9 +554,8 @@ impl Cluster {
     }
 }
 
-/// Keep the records just read; a record whose text changed gets a new number, one that is
-/// missing (none written yet, or an empty Redis) leaves the last one known in place. Returns
-/// the pools whose record changed.
+/// Keep the records just read; one that is missing (none written yet, or an empty Redis)
+/// leaves the last one known in place. Returns the pools whose record changed.
 fn take_records(
     state: &mut State,
     read: impl Iterator<Item = (String, Option<String>)>,
@@ -572,13 +568,9 @@ fn take_records(
         let changed = state
             .records
             .get(&pool)
-            .is_none_or(|(_, known)| **known != record);
+            .is_none_or(|known| **known != record);
         if changed {
-            state.records_read += 1;
-            let number = state.records_read;
-            state
-                .records
-                .insert(pool.clone(), (number, Arc::new(record)));
+            state.records.insert(pool.clone(), Arc::new(record));
             changed_pools.push(pool);
         }
     }

@@ -216,7 +216,7 @@ impl PoolScaler {
     /// leader waits for this instance to report them idle before it releases them), and
     /// those it marks surplus are spared as at the leader.
     fn follow_record(&self, fleet: &Cluster) {
-        let Some((_, record)) = fleet.record(&self.pool.name) else {
+        let Some(record) = fleet.record(&self.pool.name) else {
             return; // none yet, or an empty Redis: keep the workers known
         };
         for member in &record.workers {
