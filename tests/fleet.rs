@@ -278,16 +278,10 @@ async fn a_redis_outage_keeps_serving_and_an_empty_redis_is_rejoined() {
     else {
         return;
     };
-    let dir = temp_path(&format!("fleet-outage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _workers = ExecWorkers(dir.clone());
-    let prefix = format!("outage{}", std::process::id());
-    let fleet: Vec<Running> = ["weir-x", "weir-y"]
-        .iter()
-        .map(|name| scaling_instance(&redis, &prefix, name, &dir))
-        .collect();
-    let admins: Vec<SocketAddr> = fleet.iter().map(|r| r.admin).collect();
+    let workers = ExecWorkers::fresh("fleet-outage");
+    let dir = workers.0.clone();
+    let fleet = scaling_fleet(&redis, "outage", &["weir-x", "weir-y"], &dir);
+    let admins: Vec<SocketAddr> = fleet.iter().map(|(_, r)| r.admin).collect();
     agreed_leader(&admins, 2).await;
     let known = all_see_ready(&admins, 1).await;
 
@@ -316,7 +310,7 @@ async fn a_redis_outage_keeps_serving_and_an_empty_redis_is_rejoined() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for r in &fleet {
+    for (_, r) in &fleet {
         assert_eq!(get(r.addr, "/").await.status, 200, "serving never stops");
     }
     assert_eq!(
@@ -337,12 +331,7 @@ async fn a_redis_outage_keeps_serving_and_an_empty_redis_is_rejoined() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Scaling resumes on the rebuilt state: load at the follower grows the pool.
-    let follower = fleet
-        .iter()
-        .zip(["weir-x", "weir-y"])
-        .find(|(_, name)| *name != leader)
-        .map(|(r, _)| r.addr)
-        .unwrap();
+    let follower = fleet.iter().find(|(n, _)| *n != leader).unwrap().1.addr;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients = looping_clients(follower, 4, "/?delay=100ms", &stop);
     let grown = all_see_ready(&admins, 3).await;
@@ -564,6 +553,25 @@ fn scaling_instance(redis: &Redis, prefix: &str, name: &str, dir: &std::path::Pa
     run_weir(&config)
 }
 
+/// Instances `names` of fleet `prefix` (made unique to this test run) on [`scaling_instance`].
+fn scaling_fleet(
+    redis: &Redis,
+    prefix: &str,
+    names: &[&str],
+    dir: &std::path::Path,
+) -> Vec<(String, Running)> {
+    let prefix = format!("{prefix}{}", std::process::id());
+    names
+        .iter()
+        .map(|name| {
+            (
+                name.to_string(),
+                scaling_instance(redis, &prefix, name, dir),
+            )
+        })
+        .collect()
+}
+
 /// Wait until every one of `admins` has exactly `n` ready workers, all the same; their ids.
 async fn all_see_ready(admins: &[SocketAddr], n: usize) -> Vec<String> {
     let deadline = Instant::now() + DEADLINE;
@@ -590,20 +598,9 @@ async fn a_fleet_scales_on_its_followers_load_fails_over_mid_load_and_drains_bac
     ) else {
         return;
     };
-    let dir = temp_path(&format!("fleet-scale-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _workers = ExecWorkers(dir.clone());
-    let prefix = format!("scale{}", std::process::id());
-    let mut fleet: Vec<(String, Running)> = ["weir-a", "weir-b", "weir-c"]
-        .iter()
-        .map(|name| {
-            (
-                name.to_string(),
-                scaling_instance(&redis, &prefix, name, &dir),
-            )
-        })
-        .collect();
+    let workers = ExecWorkers::fresh("fleet-scale");
+    let dir = workers.0.clone();
+    let mut fleet = scaling_fleet(&redis, "scale", &["weir-a", "weir-b", "weir-c"], &dir);
     let admins: Vec<SocketAddr> = fleet.iter().map(|(_, r)| r.admin).collect();
     let leader = agreed_leader(&admins, 3).await;
     let first = all_see_ready(&admins, 1).await;
@@ -728,20 +725,9 @@ async fn a_leader_sigstopped_past_its_lease_neither_launches_nor_releases_when_r
     ) else {
         return;
     };
-    let dir = temp_path(&format!("fleet-pause-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _workers = ExecWorkers(dir.clone());
-    let prefix = format!("pause{}", std::process::id());
-    let mut fleet: Vec<(String, Running)> = ["weir-m", "weir-n"]
-        .iter()
-        .map(|name| {
-            (
-                name.to_string(),
-                scaling_instance(&redis, &prefix, name, &dir),
-            )
-        })
-        .collect();
+    let workers = ExecWorkers::fresh("fleet-pause");
+    let dir = workers.0.clone();
+    let mut fleet = scaling_fleet(&redis, "pause", &["weir-m", "weir-n"], &dir);
     let admins: Vec<SocketAddr> = fleet.iter().map(|(_, r)| r.admin).collect();
     let leader = agreed_leader(&admins, 2).await;
     let l = fleet.iter().position(|(n, _)| *n == leader).unwrap();

@@ -592,6 +592,16 @@ pub fn pid_alive(pid: &str) -> bool {
 /// the directory.
 pub struct ExecWorkers(pub std::path::PathBuf);
 
+impl ExecWorkers {
+    /// A fresh, empty directory for [`exec_provider`], named after `label` and this run.
+    pub fn fresh(label: &str) -> ExecWorkers {
+        let dir = temp_path(&format!("{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        ExecWorkers(dir)
+    }
+}
+
 impl Drop for ExecWorkers {
     fn drop(&mut self) {
         let Ok(entries) = std::fs::read_dir(&self.0) else {
