@@ -999,3 +999,39 @@ async fn a_kubernetes_pool_in_a_fleet_is_scaled_once_by_whoever_leads() {
         "no outside change: {activity}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_worker_no_instance_has_is_adopted_by_the_leader() {
+    let Some(redis) = Redis::start_for("a_listed_worker_no_instance_has_is_adopted_by_the_leader")
+    else {
+        return;
+    };
+    let workers = ExecWorkers::fresh("fleet-stray");
+    let dir = workers.0.clone();
+    let fleet = scaling_fleet(&redis, "stray", &["weir-s1", "weir-s2"], &dir);
+    let admins: Vec<SocketAddr> = fleet.iter().map(|(_, r)| r.admin).collect();
+    agreed_leader(&admins, 2).await;
+    let first = all_see_ready(&admins, 1).await;
+    // A worker the provider lists that no pool has: a launch that returned to a leader
+    // deposed meanwhile leaves one like it.
+    let (stray, addr) = demo_process("app-99");
+    std::fs::write(dir.join("app-99.addr"), format!("app-99 {addr}\n")).unwrap();
+    // Adopted and routed to by every instance (then, idle, one of the two may be released
+    // as surplus: the pool is at min_workers 1).
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut seen = Vec::new();
+        for admin in &admins {
+            seen.push(ready_ids(*admin).await);
+        }
+        if seen.iter().all(|ids| ids.contains(&"app-99".to_string())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "app-99 adopted: {seen:?} (had {first:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stray);
+}

@@ -231,6 +231,11 @@ impl Cluster {
     pub fn publish(&self, pool: &str, workers: Vec<FleetMember>) {
         let changed = {
             let mut state = self.state();
+            if state.held.is_none() {
+                // The lead was lost since the caller looked: what it publishes may already
+                // be stale, and must not be written should this instance lead again.
+                return;
+            }
             let before = state.published.insert(pool.to_string(), workers);
             before.as_ref() != state.published.get(pool)
         };
@@ -470,9 +475,12 @@ impl Cluster {
             crate::telemetry::set_cluster_instances(state.instances.len());
             let changed = take_records(&mut state, pools.into_iter().zip(records));
             let state = &mut *state;
-            let (place, bound) = state
-                .shares
-                .place(&self.name, &state.instances, Instant::now());
+            let (place, bound) = state.shares.place(
+                &self.name,
+                &state.instances,
+                &state.reported,
+                Instant::now(),
+            );
             state.bound = bound;
             state.place = place;
             for pool in snapshot.pools.values() {

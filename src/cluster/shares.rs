@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use super::Report;
 use crate::pool::FleetPlace;
 
-/// The fleet this instance last settled in, by which a move is bounded.
+/// When this instance began to see no other instance, so that seeing nobody takes the whole
+/// cap only once it has lasted a report's lifetime.
 #[derive(Debug)]
 pub struct ShareBook {
-    settled: Option<Vec<String>>,
     ttl: Duration,
     alone_since: Option<Instant>,
 }
@@ -26,35 +26,45 @@ impl ShareBook {
     /// A book for instances whose reports live `ttl`.
     pub fn new(ttl: Duration) -> Self {
         ShareBook {
-            settled: None,
             ttl,
             alone_since: None,
         }
     }
 
     /// This instance's place among the live `instances` (its own report may be among them),
-    /// and the fleet that place is bounded by, to report once this instance keeps to it.
+    /// given the fleet it reports now (`reported`, whose shares it keeps to: the others may
+    /// have settled on it), and the fleet that place is bounded by, to report once this
+    /// instance keeps to it.
     pub fn place(
         &mut self,
         me: &str,
         instances: &[Report],
+        reported: &[String],
         now: Instant,
     ) -> (FleetPlace, Vec<String>) {
         let mut fleet: Vec<String> = instances.iter().map(|r| r.name.clone()).collect();
         fleet.push(me.to_string());
         fleet.sort_unstable();
         fleet.dedup();
+        let counts_me = |f: &[String]| f.iter().any(|n| n == me);
+        // Until the others catch up, no more than the share of the fleet reported, on which
+        // they may have settled.
+        let moving = |to: (u32, u32)| {
+            if counts_me(reported) {
+                FleetPlace::Moving {
+                    to,
+                    from: (rank(reported, me), reported.len() as u32),
+                }
+            } else {
+                FleetPlace::Joining
+            }
+        };
         let others: Vec<&Report> = instances.iter().filter(|r| r.name != me).collect();
         if others.is_empty() {
             let since = *self.alone_since.get_or_insert(now);
-            let was_shared = self.settled.as_ref().is_some_and(|f| f.len() > 1);
-            if was_shared && now.duration_since(since) < self.ttl {
-                if let Some(from) = &self.settled {
-                    let from = (rank(from, me), from.len() as u32);
-                    return (FleetPlace::Moving { to: (0, 1), from }, fleet);
-                }
+            if reported.len() > 1 && now.duration_since(since) < self.ttl {
+                return (moving((0, 1)), fleet);
             }
-            self.settled = Some(fleet.clone());
             return (FleetPlace::Alone, fleet);
         }
         self.alone_since = None;
@@ -67,18 +77,15 @@ impl ShareBook {
                 rank: rank(&fleet, me),
                 count: fleet.len() as u32,
             };
-            self.settled = Some(fleet.clone());
             return (place, fleet);
         }
         let uncounted = others
             .iter()
-            .any(|r| !r.fleet.is_empty() && !r.fleet.iter().any(|n| n == me));
-        let place = match &self.settled {
-            Some(from) if !uncounted && from.iter().any(|n| n == me) => FleetPlace::Moving {
-                to: (rank(&fleet, me), fleet.len() as u32),
-                from: (rank(from, me), from.len() as u32),
-            },
-            _ => FleetPlace::Joining,
+            .any(|r| !r.fleet.is_empty() && !counts_me(&r.fleet));
+        let place = if uncounted {
+            FleetPlace::Joining
+        } else {
+            moving((rank(&fleet, me), fleet.len() as u32))
         };
         (place, fleet)
     }
@@ -120,7 +127,7 @@ mod tests {
             .collect();
         let mut shares = Vec::new();
         for (name, book, fleet) in books.iter_mut() {
-            let (place, bound) = book.place(name, &reports, Instant::now());
+            let (place, bound) = book.place(name, &reports, fleet, Instant::now());
             shares.push(place.share(4, "w"));
             *fleet = bound;
         }
@@ -163,33 +170,64 @@ mod tests {
         assert_eq!(last, vec![2, 2]);
     }
 
+    fn names(fleet: &[&str]) -> Vec<String> {
+        fleet.iter().map(|n| n.to_string()).collect()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_instance_the_others_do_not_count_takes_nothing() {
         let mut book = book();
         let now = Instant::now();
+        let ab = names(&["a", "b"]);
         let reports = vec![report("a", &["a", "b"]), report("b", &["a", "b"])];
         let two = FleetPlace::Settled { rank: 0, count: 2 };
-        assert_eq!(book.place("a", &reports, now).0, two);
+        assert_eq!(book.place("a", &reports, &ab, now).0, two);
         // a was away; b now counts only itself.
         let reports = vec![report("b", &["b"])];
-        assert_eq!(book.place("a", &reports, now).0, FleetPlace::Joining);
+        assert_eq!(book.place("a", &reports, &ab, now).0, FleetPlace::Joining);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_move_is_bounded_by_the_fleet_reported_not_only_the_one_settled_in() {
+        // a settled in {a,b}, then reported {a,b,c,d} (the others may have settled on it);
+        // e appears before a settles again: a's share is bounded by {a,b,c,d}'s too.
+        let mut book = book();
+        let reported = names(&["a", "b", "c", "d"]);
+        let reports: Vec<Report> = ["b", "c", "d", "e"]
+            .iter()
+            .map(|n| report(n, &["a", "b", "c", "d"]))
+            .collect();
+        let (place, bound) = book.place("a", &reports, &reported, Instant::now());
+        assert_eq!(bound, names(&["a", "b", "c", "d", "e"]));
+        for worker in ["w", "x", "y", "z", "app-1", "app-2"] {
+            let limit = fleet_share_of(7, worker, &reported, "a");
+            assert!(place.share(7, worker) <= limit, "{worker}: {place:?}");
+        }
+    }
+
+    fn fleet_share_of(cap: u32, worker: &str, fleet: &[String], me: &str) -> u32 {
+        crate::pool::fleet_share(cap, worker, rank(fleet, me), fleet.len() as u32)
     }
 
     #[tokio::test(start_paused = true)]
     async fn seeing_nobody_takes_the_whole_cap_only_after_the_reports_would_have_expired() {
         let mut book = book();
         let now = Instant::now();
+        let ab = names(&["a", "b"]);
         let reports = vec![report("a", &["a", "b"]), report("b", &["a", "b"])];
         let two = FleetPlace::Settled { rank: 0, count: 2 };
-        book.place("a", &reports, now);
+        book.place("a", &reports, &ab, now);
         // An empty Redis: nobody else for a moment; a keeps its share.
-        let (place, _) = book.place("a", &[], now);
+        let (place, _) = book.place("a", &[], &ab, now);
         assert_eq!(place.share(4, "w"), two.share(4, "w"));
-        assert_eq!(book.place("a", &reports, now + TTL / 2).0, two);
+        assert_eq!(book.place("a", &reports, &ab, now + TTL / 2).0, two);
         // b is really gone.
-        book.place("a", &[], now + TTL);
-        assert_eq!(book.place("a", &[], now + TTL * 2).0, FleetPlace::Alone);
-        let fresh = ShareBook::new(TTL).place("a", &[], now).0;
+        book.place("a", &[], &ab, now + TTL);
+        assert_eq!(
+            book.place("a", &[], &ab, now + TTL * 2).0,
+            FleetPlace::Alone
+        );
+        let fresh = ShareBook::new(TTL).place("a", &[], &[], now).0;
         assert_eq!(fresh, FleetPlace::Alone, "a fleet starting");
     }
 }

@@ -409,6 +409,8 @@ impl Pool {
             next.push(Arc::clone(&worker));
             next
         });
+        // A fleet's new share may have been applied between the cap's read and the push.
+        worker.set_max_in_flight(self.cap_for(&worker.name));
         if state == WorkerState::Ready {
             self.dispatch();
         }

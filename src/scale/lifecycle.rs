@@ -92,27 +92,7 @@ impl PoolScaler {
     /// the workers, as on launches.
     pub(super) async fn take_the_lead(self: &Arc<Self>) {
         let before = self.pool.workers().len() as u32;
-        let mut found = 0;
-        if !self.provider.joins_by_discovery() {
-            match tokio::time::timeout(LIST_TIMEOUT, self.provider.list()).await {
-                Ok(Ok(listed)) => {
-                    for handle in listed {
-                        self.skip_names_up_to(&handle.id);
-                        if self.pool.worker_named(&handle.id).is_none() {
-                            let member = Member::probed(handle.id.clone(), handle.addr);
-                            found +=
-                                self.membership.apply(MemberUpdate::Added(member)).len() as u32;
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    warn!(pool = %self.pool.name, error = %e, "cannot list the fleet's workers; going on with the followed ones")
-                }
-                Err(_) => {
-                    warn!(pool = %self.pool.name, "listing the fleet's workers timed out; going on with the followed ones")
-                }
-            }
-        }
+        let found = self.adopt_unlisted_members(false).await;
         for worker in self.pool.workers().iter() {
             self.skip_names_up_to(&worker.name);
             let handle = WorkerHandle {
@@ -121,6 +101,10 @@ impl PoolScaler {
             };
             if let Some(exited) = self.provider.watch(&handle) {
                 tokio::spawn(Arc::clone(self).watch_exit(Arc::downgrade(worker), exited));
+            }
+            if worker.state() == WorkerState::Draining && !self.books().is_retiring(worker.id) {
+                // The last leader was draining it: finish the drain and release it.
+                self.spawn_retire(Arc::clone(worker), self.policy().drain_timeout);
             }
         }
         self.activity.record(
@@ -132,6 +116,67 @@ impl PoolScaler {
                 "took the fleet's lead: {before} worker(s) followed, {found} more listed by the provider"
             ),
         );
+    }
+
+    /// Add what the provider lists but the pool lacks (not for providers whose discovery
+    /// feeds the pool); how many were added. `quiet_only`: add nothing if a launch or a
+    /// release started meanwhile.
+    async fn adopt_unlisted_members(&self, quiet_only: bool) -> u32 {
+        if self.provider.joins_by_discovery() {
+            return 0;
+        }
+        let listed = match tokio::time::timeout(LIST_TIMEOUT, self.provider.list()).await {
+            Ok(Ok(listed)) => listed,
+            Ok(Err(e)) => {
+                warn!(pool = %self.pool.name, error = %e, "cannot list the fleet's workers; going on with the known ones");
+                return 0;
+            }
+            Err(_) => {
+                warn!(pool = %self.pool.name, "listing the fleet's workers timed out; going on with the known ones");
+                return 0;
+            }
+        };
+        if quiet_only && !self.quiet() {
+            return 0;
+        }
+        let mut found = 0;
+        for handle in listed {
+            self.skip_names_up_to(&handle.id);
+            if self.pool.worker_named(&handle.id).is_none() {
+                let member = Member::probed(handle.id.clone(), handle.addr);
+                found += self.membership.apply(MemberUpdate::Added(member)).len() as u32;
+            }
+        }
+        found
+    }
+
+    /// While leading, now and then: adopt workers the provider lists that the pool lacks (a
+    /// launch that returned to a leader deposed meanwhile, a release that could not be
+    /// made), so none runs unrouted and unreleased. Only while no launch or release is under
+    /// way, which would be listed before the pool has (or no longer has) it.
+    pub(super) fn spawn_adopt_unknown(self: &Arc<Self>) {
+        if !self.quiet() {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let before = me.pool.workers().len() as u32;
+            let found = me.adopt_unlisted_members(true).await;
+            if found > 0 {
+                me.activity.record(
+                    &me.pool.name,
+                    Action::Adopt,
+                    before,
+                    before + found,
+                    format!("{found} running worker(s) listed by the provider were in no instance's pool"),
+                );
+            }
+        });
+    }
+
+    /// No launch and no release under way.
+    fn quiet(&self) -> bool {
+        self.pending_launches.load(Ordering::Relaxed) == 0 && !self.books().any_retiring()
     }
 
     pub(super) fn spawn_launch(self: &Arc<Self>) {

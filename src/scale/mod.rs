@@ -22,7 +22,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::cluster::{Cluster, FleetMember};
 use crate::membership::{Member, MemberUpdate, Membership};
@@ -32,6 +32,9 @@ use books::Books;
 
 /// How often the scaler samples its pool.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the fleet's leader looks for workers the provider lists but the pool lacks (a
+/// launch that returned to a leader deposed meanwhile, a release that could not be made).
+const FLEET_RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a follower with no leader's record yet reads the provider's list of workers.
 const FLEET_LIST_INTERVAL: Duration = Duration::from_secs(1);
 /// Least lease left for a leader's provider call to go ahead.
@@ -158,6 +161,7 @@ impl PoolScaler {
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut listed_at: Option<Instant> = None;
+        let mut reconciled: Option<Instant> = None;
         let mut led = false;
         loop {
             tokio::select! {
@@ -171,6 +175,10 @@ impl PoolScaler {
             }
             led = leading;
             if leading {
+                if reconciled.is_none_or(|t| t.elapsed() >= FLEET_RECONCILE_INTERVAL) {
+                    reconciled = Some(Instant::now());
+                    self.spawn_adopt_unknown();
+                }
                 self.step(Instant::now(), unix_minutes_now());
                 fleet.publish(&self.pool.name, self.fleet_members());
                 continue;
@@ -198,13 +206,15 @@ impl PoolScaler {
     /// the workers it retires marked draining and its surplus marked so (every instance then
     /// spares them, and they can go idle).
     fn fleet_members(&self) -> Vec<FleetMember> {
+        let books = self.books();
         self.pool
             .workers()
             .iter()
             .map(|w| FleetMember {
                 id: w.name.clone(),
                 addr: w.addr,
-                draining: w.state() == WorkerState::Draining,
+                // A worker given up (unhealthy here) is retired too: nobody should use it.
+                draining: w.state() == WorkerState::Draining || books.is_retiring(w.id),
                 surplus: w.is_surplus(),
             })
             .collect()
@@ -236,9 +246,15 @@ impl PoolScaler {
             };
             if member.draining {
                 lifecycle::stop_routing(&worker);
-            } else {
-                worker.set_surplus(member.surplus);
+                continue;
             }
+            if worker.state() == WorkerState::Draining {
+                // A drain the leader no longer asks for (a new leader that never saw it):
+                // probed again, then routed to.
+                info!(pool = %self.pool.name, worker = %worker.name, "the fleet's leader no longer drains it");
+                worker.set_state(WorkerState::Starting);
+            }
+            worker.set_surplus(member.surplus);
         }
     }
 
