@@ -13,7 +13,7 @@ mod shares;
 
 pub use lease::{Held, Lease};
 pub use members::{FleetMember, MemberBook, PoolMembers};
-pub use registry::{PoolReport, Registry, Report};
+pub use registry::{PoolReport, Registry, Report, WorkerLoad};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,8 +96,8 @@ impl Default for State {
 pub struct OthersLoad {
     /// Requests waiting in their queues.
     pub queued: u64,
-    /// Their requests in flight per worker (provider id).
-    pub busy: HashMap<String, u32>,
+    /// Their requests on each worker (provider id): in flight now, served so far.
+    pub workers: HashMap<String, WorkerLoad>,
 }
 
 /// `GET /api/v1/cluster`.
@@ -201,8 +201,10 @@ impl Cluster {
                 continue;
             };
             load.queued += p.queued;
-            for (worker, n) in p.workers.iter().filter(|(_, n)| **n > 0) {
-                *load.busy.entry(worker.clone()).or_default() += n;
+            for (worker, l) in &p.workers {
+                let sum = load.workers.entry(worker.clone()).or_default();
+                sum.in_flight += l.in_flight;
+                sum.served += l.served;
             }
         }
         load
@@ -533,7 +535,11 @@ impl Cluster {
                 };
                 for w in pool.workers().iter() {
                     let in_flight = w.in_flight();
-                    report.workers.insert(w.name.clone(), in_flight);
+                    let load = WorkerLoad {
+                        in_flight,
+                        served: w.served(),
+                    };
+                    report.workers.insert(w.name.clone(), load);
                     if w.state() == WorkerState::Draining {
                         report.draining.insert(w.name.clone(), in_flight);
                     }

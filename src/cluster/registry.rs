@@ -18,15 +18,26 @@ pub struct PoolReport {
     pub in_flight: u64,
     /// Requests waiting in its queues.
     pub queued: u64,
-    /// Every worker this instance has (by provider id), with its requests in flight on it:
-    /// the leader judges a worker idle by the whole fleet's requests on it, not only its own,
-    /// and a worker an instance does not have is one it cannot send anything.
+    /// Every worker this instance has (by provider id), with its requests in flight on it
+    /// and those it has served: the leader judges a worker idle by the whole fleet's requests
+    /// on it, not only its own, and a worker an instance does not have is one it cannot send
+    /// anything.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub workers: BTreeMap<String, u32>,
+    pub workers: BTreeMap<String, WorkerLoad>,
     /// The workers this instance no longer routes to (a fleet drain), with what it still has
     /// in flight on each: the leader releases a victim once every instance lists it with 0.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub draining: BTreeMap<String, u32>,
+}
+
+/// One worker's load from one instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerLoad {
+    /// Requests in flight on it now.
+    pub in_flight: u32,
+    /// Requests it has answered for this instance (a change tells activity between two
+    /// reports, however short the requests).
+    pub served: u64,
 }
 
 /// What an instance reports about itself.

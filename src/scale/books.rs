@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::policy::WorkerSignal;
+use crate::cluster::WorkerLoad;
 use crate::pool::{Worker, WorkerState};
 
 /// First pause after a failed launch; doubles per failure in a row.
@@ -107,7 +108,7 @@ impl Books {
         &mut self,
         now: Instant,
         workers: &[std::sync::Arc<Worker>],
-        elsewhere: &HashMap<String, u32>,
+        elsewhere: &HashMap<String, WorkerLoad>,
     ) -> Vec<WorkerSignal> {
         self.workers
             .retain(|id, t| t.retiring || workers.iter().any(|w| w.id == *id));
@@ -121,8 +122,9 @@ impl Books {
                 continue;
             }
             // In a fleet, the other instances' requests on it count too.
-            let in_flight = w.in_flight() + elsewhere.get(&w.name).copied().unwrap_or(0);
-            let (state, served) = (w.state(), w.served());
+            let others = elsewhere.get(&w.name).copied().unwrap_or_default();
+            let in_flight = w.in_flight() + others.in_flight;
+            let (state, served) = (w.state(), w.served() + others.served);
             if state != tracked.state {
                 if tracked.state == WorkerState::Starting && state == WorkerState::Ready {
                     // A launch made it: the backoff starts over.
@@ -202,13 +204,25 @@ mod tests {
         drop(worker.begin_request());
         let s = books.observe(later + Duration::from_secs(1), &workers, &HashMap::new());
         assert_eq!(s[0].idle_for, Duration::ZERO, "served one since");
-        let elsewhere = HashMap::from([("w".to_string(), 2)]);
+        let busy = WorkerLoad {
+            in_flight: 2,
+            served: 0,
+        };
+        let elsewhere = HashMap::from([("w".to_string(), busy)]);
         let s = books.observe(later + Duration::from_secs(3), &workers, &elsewhere);
         assert_eq!(
             (s[0].in_flight, s[0].idle_for),
             (2, Duration::ZERO),
             "busy with another instance's requests: not idle"
         );
+        // Short requests elsewhere, none in flight at the report: served moved, so not idle.
+        let served = WorkerLoad {
+            in_flight: 0,
+            served: 40,
+        };
+        let elsewhere = HashMap::from([("w".to_string(), served)]);
+        let s = books.observe(later + Duration::from_secs(9), &workers, &elsewhere);
+        assert_eq!(s[0].idle_for, Duration::ZERO, "served elsewhere since");
         assert!(books.start_retiring(later, &worker));
         assert!(!books.start_retiring(later, &worker));
         assert!(

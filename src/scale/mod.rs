@@ -363,7 +363,7 @@ impl PoolScaler {
             .fleet()
             .map(|f| f.others_load(&self.pool.name))
             .unwrap_or_default();
-        let signals = books.observe(now, workers, &others.busy);
+        let signals = books.observe(now, workers, &others.workers);
         // Demand is what is in flight on workers that stay, plus what waits.
         let in_flight: u64 = signals
             .iter()
