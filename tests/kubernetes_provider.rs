@@ -202,6 +202,13 @@ async fn a_replicas_change_made_outside_weir_is_a_manual_count() {
         "min_workers = 1\nmax_workers = 4\nmax_idle_time = \"60s\"",
     );
     wait_until("one pod ready", || ready_names(&weir).len() == 1).await;
+    // weir's first read of replicas is its baseline: scale only after it.
+    wait_until("weir's first read of the Deployment", || {
+        sim.requests().iter().any(|r| {
+            r.starts_with("GET") && r.contains("/deployments/app") && !r.contains("/scale")
+        })
+    })
+    .await;
     sim.scale(3);
     wait_until("a manual activity with reason external", || {
         activity_has(&weir, weir::scale::Action::Manual, "external")
