@@ -31,16 +31,8 @@ impl PoolScaler {
     /// `max_workers` are released at once, and those that never pass a probe are given up by
     /// the startup deadline. Returns how many were adopted.
     pub(super) async fn adopt(self: &Arc<Self>) -> u32 {
-        let listed = match tokio::time::timeout(LIST_TIMEOUT, self.provider.list()).await {
-            Ok(Ok(listed)) => listed,
-            Ok(Err(e)) => {
-                warn!(pool = %self.pool.name, error = %e, "cannot list existing workers; none adopted");
-                return 0;
-            }
-            Err(_) => {
-                warn!(pool = %self.pool.name, timeout = ?LIST_TIMEOUT, "listing existing workers timed out; none adopted");
-                return 0;
-            }
+        let Some(listed) = self.listed("none adopted").await else {
+            return 0;
         };
         if listed.is_empty() {
             return 0;
@@ -125,16 +117,8 @@ impl PoolScaler {
         if self.provider.joins_by_discovery() {
             return 0;
         }
-        let listed = match tokio::time::timeout(LIST_TIMEOUT, self.provider.list()).await {
-            Ok(Ok(listed)) => listed,
-            Ok(Err(e)) => {
-                warn!(pool = %self.pool.name, error = %e, "cannot list the fleet's workers; going on with the known ones");
-                return 0;
-            }
-            Err(_) => {
-                warn!(pool = %self.pool.name, "listing the fleet's workers timed out; going on with the known ones");
-                return 0;
-            }
+        let Some(listed) = self.listed("going on with the known ones").await else {
+            return 0;
         };
         if quiet_only && !self.quiet() {
             return 0;
@@ -172,6 +156,22 @@ impl PoolScaler {
                 );
             }
         });
+    }
+
+    /// What the provider lists, within [`LIST_TIMEOUT`]; `None` (logged, with what the caller
+    /// does instead) when the call fails or takes too long.
+    pub(super) async fn listed(&self, otherwise: &str) -> Option<Vec<WorkerHandle>> {
+        match tokio::time::timeout(LIST_TIMEOUT, self.provider.list()).await {
+            Ok(Ok(listed)) => Some(listed),
+            Ok(Err(e)) => {
+                warn!(pool = %self.pool.name, error = %e, "cannot list the workers; {otherwise}");
+                None
+            }
+            Err(_) => {
+                warn!(pool = %self.pool.name, timeout = ?LIST_TIMEOUT, "listing the workers timed out; {otherwise}");
+                None
+            }
+        }
     }
 
     /// No launch and no release under way.

@@ -263,18 +263,12 @@ impl PoolScaler {
         if self.provider.joins_by_discovery() {
             return; // its discovery stream feeds the pool already
         }
-        match tokio::time::timeout(lifecycle::LIST_TIMEOUT, self.provider.list()).await {
-            Ok(Ok(listed)) => {
-                let members = listed
-                    .into_iter()
-                    .map(|h| Member::probed(h.id, h.addr))
-                    .collect();
-                self.membership.apply(MemberUpdate::Reset(members));
-            }
-            Ok(Err(e)) => {
-                warn!(pool = %self.pool.name, error = %e, "cannot list the fleet's workers")
-            }
-            Err(_) => warn!(pool = %self.pool.name, "listing the fleet's workers timed out"),
+        if let Some(listed) = self.listed("keeping the workers known").await {
+            let members = listed
+                .into_iter()
+                .map(|h| Member::probed(h.id, h.addr))
+                .collect();
+            self.membership.apply(MemberUpdate::Reset(members));
         }
     }
 
