@@ -114,8 +114,11 @@ fn queue_admit_release(c: &mut Criterion) {
 }
 
 fn metrics_recording(c: &mut Criterion) {
-    let metrics = RouteMetrics::new("bench", "p", &Default::default());
-    c.bench_function("metrics record (counter + histogram)", |b| {
+    let config: weir::config::PoolConfig =
+        toml::from_str("provider = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }").unwrap();
+    let pool = Pool::from_config("p", &config).unwrap();
+    let metrics = RouteMetrics::new("bench", &pool, &Default::default());
+    c.bench_function("metrics record (counters + histograms)", |b| {
         b.iter(|| metrics.record(black_box(200), black_box(Duration::from_micros(850))))
     });
 }

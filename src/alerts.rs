@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{AlertConfig, AlertKind};
-use crate::pool::WorkerState;
+use crate::pool::{LatencyCounts, LatencyHistogram, WorkerState};
 use crate::state::Shared;
 
 /// How often rules are evaluated.
@@ -26,13 +26,6 @@ pub const EVALUATE_EVERY: Duration = Duration::from_secs(1);
 const DELIVERY_TRIES: u32 = 3;
 /// Deadline of one delivery try.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Latency histogram buckets: bucket `i` holds durations below `2^(i/2) * 100 us`.
-const LATENCY_BUCKETS: usize = 48;
-
-fn bucket_upper_bound(i: usize) -> Duration {
-    Duration::from_secs_f64(100e-6 * 2f64.powf(i as f64 / 2.0))
-}
 
 /// The counters alert rules read, owned by one weir's shared state (not process-wide), so two
 /// weirs in one process never see each other's responses. The request path feeds them through
@@ -45,7 +38,7 @@ pub struct AlertCounters {
     queue_rejections: AtomicU64,
     /// Whether any latency rule exists (the histogram is only fed then).
     track_latency: AtomicBool,
-    latency: [AtomicU64; LATENCY_BUCKETS],
+    latency: LatencyHistogram,
 }
 
 impl Default for AlertCounters {
@@ -54,7 +47,7 @@ impl Default for AlertCounters {
             responses_5xx: AtomicU64::new(0),
             queue_rejections: AtomicU64::new(0),
             track_latency: AtomicBool::new(false),
-            latency: [const { AtomicU64::new(0) }; LATENCY_BUCKETS],
+            latency: LatencyHistogram::default(),
         }
     }
 }
@@ -66,10 +59,7 @@ impl AlertCounters {
             self.responses_5xx.fetch_add(1, Ordering::Relaxed);
         }
         if self.track_latency.load(Ordering::Relaxed) {
-            let i = (0..LATENCY_BUCKETS)
-                .find(|&i| duration < bucket_upper_bound(i))
-                .unwrap_or(LATENCY_BUCKETS - 1);
-            self.latency[i].fetch_add(1, Ordering::Relaxed);
+            self.latency.record(duration);
         }
     }
 
@@ -83,7 +73,7 @@ impl AlertCounters {
             at,
             errors: self.responses_5xx.load(Ordering::Relaxed),
             rejections: self.queue_rejections.load(Ordering::Relaxed),
-            latency: std::array::from_fn(|i| self.latency[i].load(Ordering::Relaxed)),
+            latency: self.latency.counts(),
         }
     }
 }
@@ -94,27 +84,12 @@ struct Sample {
     at: Instant,
     errors: u64,
     rejections: u64,
-    latency: [u64; LATENCY_BUCKETS],
+    latency: LatencyCounts,
 }
 
 /// The 99th percentile of the latencies recorded between two samples (upper bucket bound).
 fn p99(old: &Sample, new: &Sample) -> Option<Duration> {
-    let counts: Vec<u64> = (0..LATENCY_BUCKETS)
-        .map(|i| new.latency[i] - old.latency[i])
-        .collect();
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = (total as f64 * 0.99).ceil() as u64;
-    let mut seen = 0;
-    for (i, c) in counts.iter().enumerate() {
-        seen += c;
-        if seen >= rank {
-            return Some(bucket_upper_bound(i));
-        }
-    }
-    Some(bucket_upper_bound(LATENCY_BUCKETS - 1))
+    new.latency.since(&old.latency).quantile(0.99)
 }
 
 struct RuleState {
@@ -373,16 +348,21 @@ mod tests {
 
     #[test]
     fn p99_from_bucket_deltas() {
-        let mut old = AlertCounters::default().sample(Instant::now());
-        old.latency = [0; LATENCY_BUCKETS];
-        let mut new = old.clone();
-        new.latency[2] = 98; // < 200 us
-        new.latency[20] = 2; // < 102 ms
-        assert_eq!(p99(&old, &new), Some(bucket_upper_bound(20)));
-        // One slow request in 200 is under 1%: p99 is the fast bucket.
-        new.latency[2] = 199;
-        new.latency[20] = 1;
-        assert_eq!(p99(&old, &new), Some(bucket_upper_bound(2)));
+        let counters = AlertCounters::default();
+        counters.track_latency.store(true, Ordering::Relaxed);
+        let old = counters.sample(Instant::now());
+        for _ in 0..98 {
+            counters.record_response(200, Duration::from_micros(150));
+        }
+        for _ in 0..2 {
+            counters.record_response(200, Duration::from_millis(100));
+        }
+        let new = counters.sample(Instant::now());
+        let p = p99(&old, &new).unwrap_or_default();
+        assert!(
+            p > Duration::from_millis(100) && p < Duration::from_millis(120),
+            "{p:?}"
+        );
         assert_eq!(p99(&old, &old), None);
     }
 }

@@ -284,6 +284,7 @@ pub fn run(
         drop(snapshot);
         let _ = pools_started.send(());
         tokio::spawn(crate::alerts::run(Arc::clone(&control.shared)));
+        tokio::spawn(crate::history::run(Arc::clone(&control.shared)));
         let cluster_task = control.shared.cluster.get().map(|cluster| {
             tokio::spawn(Arc::clone(cluster).run(Arc::clone(&control.shared), shutdown.clone()))
         });

@@ -17,8 +17,9 @@
 //!   request, retry verdict) and its one mapping to status, log line and metric stage.
 //! - [`config`] and [`state`]: the TOML model, validation, and the live `ArcSwap` snapshot.
 //! - [`control`]: the control-plane thread: health, scalers, admin API, reload.
-//! - [`admin`], [`telemetry`], [`access_log`]: the admin API and CLI views, Prometheus metrics,
-//!   the JSON access log.
+//! - [`admin`], [`telemetry`], [`access_log`]: the admin API, the dashboard and CLI views,
+//!   Prometheus metrics, the JSON access log.
+//! - [`history`]: each pool's last 15 minutes, sampled every second for the dashboard.
 //! - [`heap`]: gives the allocator's free pages back to the kernel after a burst.
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
 //! - [`values`]: the small value types at the bottom (durations, byte sizes, CIDRs, host
@@ -39,6 +40,7 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod heap;
+pub mod history;
 pub mod membership;
 pub mod pool;
 pub mod provider;

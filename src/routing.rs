@@ -95,7 +95,7 @@ impl RouteTable {
                 Some(old) => (Arc::clone(&old.queue), Arc::clone(&old.metrics)),
                 None => (
                     RouteQueue::new(Arc::clone(&name), &rc.queue),
-                    RouteMetrics::new(&name, &pool.name, alerts),
+                    RouteMetrics::new(&name, &pool, alerts),
                 ),
             };
             let route = Route {

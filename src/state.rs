@@ -161,6 +161,8 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     /// The scaling history of every pool.
     pub activity: Arc<ActivityLog>,
+    /// Every pool's last 15 minutes, a sample a second (the dashboard's charts).
+    pub history: Arc<crate::history::History>,
     /// The scaler of each launchable pool, by pool name.
     pub scalers: DashMap<String, Arc<PoolScaler>>,
     /// `server.max_connections` across all listeners and serving threads; a reload resizes it.
@@ -176,6 +178,7 @@ impl Shared {
             connections: ConnectionLimit::new(snapshot.config.server.max_connections),
             snapshot: ArcSwap::from_pointee(snapshot),
             activity: Arc::new(ActivityLog::default()),
+            history: Arc::default(),
             scalers: DashMap::new(),
             cluster: std::sync::OnceLock::new(),
         })

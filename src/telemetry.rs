@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::alerts::AlertCounters;
 use crate::error::Stage;
-use crate::pool::WorkerState;
+use crate::pool::{LatencyHistogram, Pool, WorkerState};
 use crate::state::Snapshot;
 
 /// Histogram buckets in seconds: 0.5 ms to 60 s, dense where proxied requests usually are.
@@ -86,6 +86,8 @@ pub struct RouteMetrics {
     upstream: Histogram,
     retries: Counter,
     alerts: Arc<AlertCounters>,
+    /// The pool's latency histogram (none for unrouted requests).
+    pool_latency: Option<Arc<LatencyHistogram>>,
     errors: [Counter; Stage::ALL.len()],
 }
 
@@ -96,9 +98,18 @@ impl std::fmt::Debug for RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// Register the series of route `route`, which sends to pool `pool`; its responses and
-    /// rejections also count toward `alerts`.
-    pub fn new(route: &str, pool: &str, alerts: &Arc<AlertCounters>) -> Arc<Self> {
+    /// Register the series of route `route`, which sends to `pool`; its responses and
+    /// rejections also count toward `alerts`, and its responses' latencies toward the pool's.
+    pub fn new(route: &str, pool: &Pool, alerts: &Arc<AlertCounters>) -> Arc<Self> {
+        RouteMetrics::register(route, &pool.name, alerts, Some(Arc::clone(pool.latency())))
+    }
+
+    fn register(
+        route: &str,
+        pool: &str,
+        alerts: &Arc<AlertCounters>,
+        pool_latency: Option<Arc<LatencyHistogram>>,
+    ) -> Arc<Self> {
         let _ = prometheus();
         let route = route.to_string();
         let pool = pool.to_string();
@@ -114,6 +125,7 @@ impl RouteMetrics {
             upstream: histogram!("weir_upstream_duration_seconds", "pool" => pool.clone()),
             retries: counter!("weir_retries_total", "pool" => pool),
             alerts: Arc::clone(alerts),
+            pool_latency,
             errors: Stage::ALL.map(|stage| {
                 counter!("weir_request_errors_total", "route" => route.clone(), "stage" => stage.as_str())
             }),
@@ -122,7 +134,7 @@ impl RouteMetrics {
 
     /// The series for requests that matched no route.
     pub fn unrouted(alerts: &Arc<AlertCounters>) -> Arc<RouteMetrics> {
-        RouteMetrics::new(UNROUTED, UNROUTED, alerts)
+        RouteMetrics::register(UNROUTED, UNROUTED, alerts, None)
     }
 
     /// A response finished (or failed) after `duration`.
@@ -131,6 +143,9 @@ impl RouteMetrics {
         self.requests[if class < CLASSES.len() { class } else { 0 }].increment(1);
         self.duration.record(duration.as_secs_f64());
         self.alerts.record_response(status, duration);
+        if let Some(latency) = &self.pool_latency {
+            latency.record(duration);
+        }
     }
 
     /// A request waited `wait` in the queue before getting a slot.

@@ -530,3 +530,134 @@ async fn graceful_stop_under_load_finishes_every_accepted_request() {
         "no longer accepting"
     );
 }
+
+/// A POST to the admin API with the headers a browser would add.
+async fn browser_post(
+    admin: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> StatusCode {
+    let mut req = http::Request::post(path)
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {TOKEN}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::new());
+    Client::connect(admin)
+        .await
+        .send(req.body(body).unwrap())
+        .await
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_dashboard_assets_and_cross_site_refusal() {
+    let worker = demo("w").await;
+    let weir = admin_weir("admin-history", worker, "");
+    let admin = weir.admin();
+    let t = Some(TOKEN);
+    wait_until("worker ready", || {
+        weir.workers("web")[0].state() == WorkerState::Ready
+    })
+    .await;
+
+    // Requests through the pool show up as a request rate and a p99 in its samples.
+    let mut client = Client::connect(weir.addr()).await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let sample = loop {
+        assert_eq!(client.get("/?delay=5ms").await.status, 200);
+        let (status, body) =
+            admin_call(admin, "GET", "/api/v1/history?pool=web&seconds=5", t, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let samples: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        assert!(samples.len() <= 5, "{body}");
+        if let Some(s) = samples.iter().find(|s| s["rps"].as_f64() > Some(0.0)) {
+            break s.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no rate in {body}");
+    };
+    for field in [
+        "at",
+        "ready",
+        "starting",
+        "in_flight",
+        "queued",
+        "rps",
+        "p99_ms",
+    ] {
+        assert!(
+            sample.get(field).is_some(),
+            "history[].{field} missing: {sample}"
+        );
+    }
+    assert_eq!(sample["ready"], 1);
+    let p99 = sample["p99_ms"].as_f64().unwrap();
+    assert!(
+        (5.0..1000.0).contains(&p99),
+        "p99 {p99} ms of 5 ms requests"
+    );
+
+    for (path, want) in [
+        ("/api/v1/history", StatusCode::BAD_REQUEST),
+        ("/api/v1/history?pool=nope", StatusCode::NOT_FOUND),
+        (
+            "/api/v1/history?pool=web&seconds=ten",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/v1/history?pool=web&seconds=100000", StatusCode::OK),
+    ] {
+        let (status, body) = admin_call(admin, "GET", path, t, "").await;
+        assert_eq!(status, want, "{path}: {body}");
+    }
+    let (status, _) = admin_call(admin, "GET", "/api/v1/history?pool=web", None, "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The dashboard needs no token and holds no data.
+    let page = Client::connect(admin).await.get("/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+    assert!(!page.text().contains("admin-history") && !page.text().contains(&worker.to_string()));
+    for asset in ["/ui/app.js", "/ui/app.css"] {
+        assert_eq!(
+            Client::connect(admin).await.get(asset).await.status,
+            StatusCode::OK
+        );
+    }
+
+    // A browser's cross-site POST is refused even with the token; same-origin ones and
+    // clients that are no browser go through (here to "no config file to reload").
+    for headers in [
+        &[("origin", "http://evil.example")][..],
+        &[("origin", "null")],
+        &[("sec-fetch-site", "cross-site"), ("origin", "http://admin")],
+        &[("sec-fetch-site", "same-site")],
+    ] {
+        assert_eq!(
+            browser_post(admin, "/api/v1/reload", headers).await,
+            StatusCode::FORBIDDEN,
+            "{headers:?}"
+        );
+    }
+    for headers in [
+        &[("origin", "http://admin")][..],
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "http://admin"),
+        ],
+        &[],
+    ] {
+        assert_eq!(
+            browser_post(admin, "/api/v1/reload", headers).await,
+            StatusCode::BAD_REQUEST,
+            "{headers:?}"
+        );
+    }
+}

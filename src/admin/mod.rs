@@ -1,10 +1,14 @@
-//! The admin listener: liveness and readiness, the JSON API, and Prometheus /metrics. It runs
-//! on the control thread, never on a serving thread. With a token set, /api/ and /metrics need
-//! `Authorization: Bearer <token>` (compared in constant time). Its connections are capped and
-//! timed out like the proxy's (`conn.rs`).
+//! The admin listener: liveness and readiness, the JSON API, Prometheus /metrics and the
+//! dashboard at `/`. It runs on the control thread, never on a serving thread. With a token
+//! set, /api/ and /metrics need `Authorization: Bearer <token>` (compared in constant time);
+//! the dashboard's assets hold no data and need none. A state-changing call a browser makes
+//! from another site is refused whatever the token. Its connections are capped and timed out
+//! like the proxy's (`conn.rs`).
 
 pub mod cli;
 mod conn;
+mod dashboard;
+mod query;
 pub mod views;
 
 pub use conn::serve;
@@ -78,7 +82,19 @@ async fn route(req: Request<Incoming>, control: &Control, peer: SocketAddr) -> A
             return json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
         }
         (&Method::GET, "/readyz") => return readiness(control),
+        (&Method::GET | &Method::HEAD, p) => {
+            if let Some(page) = dashboard::asset(p) {
+                return page;
+            }
+        }
         _ => {}
+    }
+    if method != Method::GET && method != Method::HEAD && from_another_site(&req) {
+        debug!(%peer, %path, "cross-site admin call refused");
+        return error(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: call the admin API from its own origin or without a browser",
+        );
     }
     let token = control.shared().snapshot().admin_token.clone();
     let protected = path.starts_with("/api/") || path == "/metrics";
@@ -106,6 +122,7 @@ async fn route(req: Request<Incoming>, control: &Control, peer: SocketAddr) -> A
         (&Method::GET, "/api/v1/queue") => json(StatusCode::OK, &views::queue(shared)),
         (&Method::GET, "/api/v1/pools") => json(StatusCode::OK, &views::pools(shared)),
         (&Method::GET, "/api/v1/activity") => json(StatusCode::OK, &views::activity(shared)),
+        (&Method::GET, "/api/v1/history") => history(&req, shared),
         (&Method::GET, "/api/v1/cluster") => match shared.cluster.get() {
             Some(cluster) => json(StatusCode::OK, &cluster.view()),
             None => error(
@@ -134,6 +151,54 @@ async fn route(req: Request<Incoming>, control: &Control, peer: SocketAddr) -> A
             format!("no such endpoint: {method} {p}"),
         ),
     }
+}
+
+/// Whether a browser sent this from a page of another origin. Browsers label every
+/// cross-origin POST with `Origin` (and `Sec-Fetch-Site`); without a cookie such a call has no
+/// token to carry, but with no token set it would otherwise act, so it is refused. Clients
+/// that are not browsers send neither header and are not affected.
+fn from_another_site(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    origin_host.is_none() || origin_host != host
+}
+
+/// `GET /api/v1/history?pool=NAME&seconds=N`: the pool's last N samples (default and most:
+/// 900, 15 minutes).
+fn history(req: &Request<Incoming>, shared: &crate::state::Shared) -> AdminResponse {
+    let query = req.uri().query();
+    let Some(pool) = query::param(query, "pool") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "which pool? GET /api/v1/history?pool=NAME[&seconds=N]",
+        );
+    };
+    if !shared.snapshot().pools.contains_key(&pool) {
+        return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
+    }
+    let seconds = match query::param(query, "seconds") {
+        None => crate::history::KEEP_SAMPLES,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) => n.min(crate::history::KEEP_SAMPLES),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "seconds must be a whole number of seconds (at most {}); got {s:?}",
+                        crate::history::KEEP_SAMPLES
+                    ),
+                )
+            }
+        },
+    };
+    json(StatusCode::OK, &views::history(shared, &pool, seconds))
 }
 
 fn readiness(control: &Control) -> AdminResponse {

@@ -99,6 +99,9 @@ pub struct ActivityView {
     pub reason: String,
 }
 
+/// One second of a pool (GET /api/v1/history): kept in the sampler's ring as served.
+pub use crate::history::Sample as HistoryView;
+
 /// The body of POST /api/v1/pools/{name}/scale.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScaleRequest {
@@ -202,4 +205,9 @@ pub fn activity(shared: &Shared) -> Vec<ActivityView> {
             reason: e.reason,
         })
         .collect()
+}
+
+/// A pool's samples of the last `seconds`, oldest first.
+pub fn history(shared: &Shared, pool: &str, seconds: usize) -> Vec<HistoryView> {
+    shared.history.recent(pool, seconds)
 }

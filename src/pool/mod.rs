@@ -6,12 +6,14 @@
 //! response ends, a worker becomes ready) the oldest waiting request of the pool gets it.
 
 mod balance;
+mod latency;
 mod queue;
 mod retry_budget;
 mod share;
 mod worker;
 
 pub use balance::Balancer;
+pub use latency::{LatencyCounts, LatencyHistogram};
 pub use queue::{RouteQueue, WaitReason, WaitingRequest};
 pub use retry_budget::RetryBudget;
 pub use share::{fleet_share, FleetPlace};
@@ -116,6 +118,8 @@ pub struct Pool {
     queue: Mutex<WaitQueue>,
     budget: RetryBudget,
     demand: tokio::sync::Notify,
+    /// How long its routes' responses took, end to end (the dashboard's history reads it).
+    latency: Arc<LatencyHistogram>,
     me: Weak<Pool>,
 }
 
@@ -140,9 +144,16 @@ impl Pool {
             fleet_place: Mutex::new(FleetPlace::Alone),
             queue: Mutex::new(WaitQueue::new(Arc::clone(&waiting))),
             waiting,
+            latency: Arc::default(),
             me: me.clone(),
         });
         Ok(pool)
+    }
+
+    /// The latencies of this pool's responses: the request path adds to it, the history
+    /// sampler reads it.
+    pub fn latency(&self) -> &Arc<LatencyHistogram> {
+        &self.latency
     }
 
     /// Retry settings now.
