@@ -2,6 +2,7 @@
 //! here on a loopback port; `.ci/run` installs it): one leader, failover after a SIGKILL within
 //! `lease_ttl` + 1 s, and a Redis that goes away and comes back empty.
 
+mod browser;
 mod common;
 mod k8s_sim;
 
@@ -269,6 +270,38 @@ async fn three_instances_agree_on_one_leader_and_fail_over_after_a_sigkill() {
     for (_, r) in &fleet {
         assert_eq!(get(r.addr, "/").await.status, 200, "the survivors serve");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_fleet_and_which_instance_leads() {
+    let Some(redis) = Redis::start_for("the_dashboard_shows_the_fleet_and_which_instance_leads")
+    else {
+        return;
+    };
+    if !browser::available("dashboard fleet") {
+        return;
+    }
+    let (_worker, worker) = demo_process("fleet-dashboard");
+    let prefix = format!("fleetui{}", std::process::id());
+    let fleet: Vec<Running> = ["weir-a", "weir-b"]
+        .iter()
+        .map(|name| instance(&redis, &prefix, name, worker))
+        .collect();
+    let admins: Vec<SocketAddr> = fleet.iter().map(|r| r.admin).collect();
+    let leader = agreed_leader(&admins, 2).await;
+    let mut page = browser::Browser::open(&format!("http://{}/", admins[1]), 1000, 900).await;
+    page.wait_for(
+        "both instances, the leader marked, this one named",
+        &format!(
+            "(() => {{ const rows = [...document.querySelectorAll('#instances tbody tr')]; \
+               return !document.getElementById('fleet').hidden && rows.length === 2 \
+                 && rows.filter(r => r.cells[1].textContent === 'leader').map(r => r.dataset.key).join() === '{leader}' \
+                 && rows.some(r => r.cells[0].textContent === 'weir-b (this one)') \
+                 && document.getElementById('fleet-summary').textContent.includes('leader {leader}'); }})()"
+        ),
+        "document.getElementById('fleet').innerText",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
