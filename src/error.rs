@@ -104,6 +104,9 @@ enum ErrorKind {
     /// The request's `Host` is missing, repeated, not `host[:port]`, or disagrees with the
     /// request target (RFC 9112 §3.2).
     BadHost(&'static str),
+    /// The request's body has a transfer coding besides `chunked` (gzip, say), which weir
+    /// would otherwise drop on the way and so hand the worker bytes it reads differently.
+    UnsupportedCoding,
     /// The client went away, or its request body broke off, before its response.
     ClientGone,
     /// The client sent no more of its request body within `server.request_body_timeout`.
@@ -197,6 +200,11 @@ impl ProxyError {
     /// The request cannot be forwarded safely; `why` is the body the client gets.
     pub fn bad_request(why: &'static str) -> Self {
         ProxyError::new(ErrorKind::BadRequest(why), Stage::Client)
+    }
+
+    /// A transfer coding other than `chunked` alone: 501 (RFC 9112 §6.1).
+    pub fn unsupported_coding() -> Self {
+        ProxyError::new(ErrorKind::UnsupportedCoding, Stage::Client)
     }
 
     /// The request's `Host` cannot be trusted; `why` is the body the client gets. Logged at
@@ -358,6 +366,11 @@ impl ProxyError {
             ErrorKind::BadRequest(why) | ErrorKind::BadHost(why) => {
                 (StatusCode::BAD_REQUEST, None, *why)
             }
+            ErrorKind::UnsupportedCoding => (
+                StatusCode::NOT_IMPLEMENTED,
+                None,
+                "weir: only the chunked transfer coding is supported\n",
+            ),
             ErrorKind::ClientGone => (
                 client_closed_request(),
                 None,
@@ -446,6 +459,7 @@ impl fmt::Display for ProxyError {
             ErrorKind::NoRoute => f.write_str("no route"),
             ErrorKind::BadRequest(why) => write!(f, "bad request: {}", why.trim_end()),
             ErrorKind::BadHost(why) => write!(f, "bad Host: {}", why.trim_end()),
+            ErrorKind::UnsupportedCoding => write!(f, "transfer coding other than chunked"),
             ErrorKind::ClientGone => f.write_str("the client went away before its response"),
             ErrorKind::ClientStalled => f.write_str("the request body stalled"),
             ErrorKind::QueueFull { .. } => f.write_str("queue full"),

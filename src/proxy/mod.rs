@@ -619,6 +619,7 @@ fn rewrite_request_head(
     upgrade: bool,
 ) -> Result<(), ProxyError> {
     check_host(head)?;
+    check_transfer_coding(&head.headers)?;
     if head.uri.authority().is_some() {
         // HTTP/2 and absolute-form requests carry the host in the URI; HTTP/1.1 workers want it
         // in Host.
@@ -702,6 +703,24 @@ fn check_host(head: &Parts) -> Result<(), ProxyError> {
         }
     }
     Ok(())
+}
+
+/// A request body's transfer codings must be `chunked` alone: weir decodes the chunks and
+/// frames the body afresh for the worker, so any other coding (`gzip, chunked`) would be
+/// dropped on the way and the worker would read the bytes as something they are not. hyper
+/// has already refused codings that do not end in `chunked` (400).
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| c.trim_ascii())
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(ProxyError::unsupported_coding()),
+    }
 }
 
 /// HTTP/2 may split `cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
