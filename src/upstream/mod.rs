@@ -21,6 +21,8 @@ mod body;
 mod call;
 mod conn;
 mod decode;
+#[cfg(test)]
+mod decode_fuzz;
 mod encode;
 
 pub use body::UpstreamBody;
