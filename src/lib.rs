@@ -38,6 +38,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod health;
 pub mod heap;
 pub mod history;

@@ -280,9 +280,15 @@ async fn with_a_token_the_page_shows_only_the_prompt_until_the_token_is_given() 
     );
 
     // A reload of the page keeps the token for the tab; forgetting it brings the prompt back.
-    page.eval("location.reload(), true").await;
-    page.wait_for("the dashboard after a page reload", shows_data, explain)
+    // A mark on the old document tells it from the reloaded one.
+    page.eval("window.beforeReload = true; location.reload(), true")
         .await;
+    page.wait_for(
+        "the dashboard after a page reload",
+        &format!("window.beforeReload === undefined && {shows_data}"),
+        explain,
+    )
+    .await;
     page.eval("document.getElementById('forget').click(), true")
         .await;
     page.wait_for("the prompt after forgetting", prompt_only, explain)

@@ -3,6 +3,7 @@
 //! request is accepted, proxied and answered on one thread with no cross-thread hand-off. What
 //! threads share (config snapshot, worker counters) is read through atomics and `ArcSwap`.
 
+pub mod h1;
 mod limit;
 mod listen;
 pub mod nofile;

@@ -5,82 +5,13 @@
 //! nothing panics or stops making progress; every split of a stream decodes to the same head,
 //! body, trailers and error; and a valid response decodes to exactly what was encoded, leaving
 //! the next pipelined response intact.
-//!
-//! It runs for `WEIR_FUZZ_SECONDS` (default 2) or `WEIR_FUZZ_CASES` cases, whichever ends
-//! first; `WEIR_FUZZ_SEED` replays one seed (a failure prints its seed).
-
-use std::time::{Duration, Instant};
+//! The budget and the mutations are `crate::fuzz`'s.
 
 use bytes::BytesMut;
 use http::Method;
 
 use super::decode::{parse_head, BodyDecoder, DecodeError, Decoded, Framing};
-
-/// xorshift64*: small, fast and reproducible from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-/// The harness's budget from the environment.
-struct Budget {
-    until: Instant,
-    cases: u64,
-    seed: Option<u64>,
-}
-
-fn budget() -> Budget {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-    Budget {
-        until: Instant::now() + Duration::from_secs(var("WEIR_FUZZ_SECONDS").unwrap_or(2)),
-        cases: var("WEIR_FUZZ_CASES").unwrap_or(u64::MAX),
-        seed: var("WEIR_FUZZ_SEED"),
-    }
-}
-
-/// Run `case` with fresh seeds until the budget is spent; returns how many ran.
-fn run(name: &str, mut case: impl FnMut(&mut Rng, u64)) -> u64 {
-    let budget = budget();
-    if let Some(seed) = budget.seed {
-        case(&mut Rng(seed | 1), seed);
-        return 1;
-    }
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    let mut ran = 0;
-    while ran < budget.cases && (ran < 200 || Instant::now() < budget.until) {
-        let seed = start.wrapping_add(ran.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&mut Rng(seed), seed)));
-        if let Err(panic) = outcome {
-            eprintln!("{name}: failed with WEIR_FUZZ_SEED={seed}");
-            std::panic::resume_unwind(panic);
-        }
-        ran += 1;
-    }
-    eprintln!("{name}: {ran} cases");
-    ran
-}
+use crate::fuzz::{field_value, mutate, run, token, Rng};
 
 /// A valid response and what decoding it must give.
 struct Valid {
@@ -90,21 +21,6 @@ struct Valid {
     body: Vec<u8>,
     trailers: Vec<(String, String)>,
     framing: &'static str,
-}
-
-fn token(rng: &mut Rng) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789-";
-    (0..1 + rng.below(12))
-        .map(|_| *rng.pick(alphabet) as char)
-        .collect()
-}
-
-fn field_value(rng: &mut Rng) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyzABC 0123456789-_.,;=/\"\t";
-    let value: String = (0..rng.below(24))
-        .map(|_| *rng.pick(alphabet) as char)
-        .collect();
-    value.trim().to_string()
 }
 
 fn valid_response(rng: &mut Rng) -> Valid {
@@ -298,51 +214,6 @@ fn decode(wire: &[u8], method: &Method, mut piece: impl FnMut() -> usize) -> Out
     out.rest = buf.to_vec();
     out.rest.extend_from_slice(&wire[fed..]);
     out
-}
-
-/// A valid response, mutated in one to three ways.
-fn mutate(rng: &mut Rng, wire: &mut Vec<u8>) {
-    const SPLICE: [&[u8]; 14] = [
-        b"\r\n",
-        b"\n",
-        b"\r",
-        b"\0",
-        b"0\r\n\r\n",
-        b"transfer-encoding: chunked\r\n",
-        b"content-length: 3\r\n",
-        b"content-length: 18446744073709551616\r\n",
-        b"HTTP/1.1 200 OK\r\n",
-        b";",
-        b" ",
-        b"ffffffffffffffff",
-        b"\r\n\r\n",
-        b":",
-    ];
-    for _ in 0..1 + rng.below(3) {
-        let at = rng.below(wire.len() + 1);
-        match rng.below(6) {
-            0 if !wire.is_empty() => {
-                let i = rng.below(wire.len());
-                wire[i] ^= 1 << rng.below(8);
-            }
-            1 => wire.insert(at, rng.next() as u8),
-            2 if at < wire.len() => {
-                let end = (at + 1 + rng.below(8)).min(wire.len());
-                wire.drain(at..end);
-            }
-            3 => wire.truncate(at),
-            4 => {
-                let splice = *rng.pick(&SPLICE);
-                wire.splice(at..at, splice.iter().copied());
-            }
-            _ if at < wire.len() => {
-                let end = (at + 1 + rng.below(16)).min(wire.len());
-                let copy = wire[at..end].to_vec();
-                wire.splice(at..at, copy);
-            }
-            _ => {}
-        }
-    }
 }
 
 #[test]
