@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side load test on loopback: the demo worker directly, through weir, and through nginx
 # and HAProxy when installed, in alternating rounds. Prints markdown tables of median req/s,
-# p50, p99, the proxy's CPU microseconds per request (from /proc: steadier than req/s when the
-# load generator shares the cores) and the ratio to nginx, then each proxy's RSS.
+# p50, p99, the proxy's CPU microseconds per request, user and system (from /proc: steadier
+# than req/s when the load generator shares the cores) and the ratio to nginx, then each
+# proxy's RSS (idle, after the 64-connection load, peak), and ends with the goal table of the
+# second performance issue, each goal marked met or not.
 #
 # Installs nothing. Needs Debian's `wrk`; optional: `nginx` (or nginx-light), `haproxy`,
 # `apache2-utils` (ab, for the new-TLS-connection scenario).
@@ -186,13 +188,14 @@ pids_of() { # name -> pids to account CPU and memory to
   esac
 }
 
-cpu_ticks() {
-  local total=0 pid
+cpu_ticks() { # pids... -> "user system" clock ticks, summed
+  local user=0 system=0 pid u s
   for pid in "$@"; do
     [ -r "/proc/$pid/stat" ] || continue
-    total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    read -r u s < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
+    user=$((user + u)); system=$((system + s))
   done
-  echo "$total"
+  echo "$user $system"
 }
 
 rss_kib() { # field pids... -> summed VmRSS or VmHWM in KiB
@@ -223,9 +226,9 @@ done
 measure() { # scenario target command...
   local scenario=$1 name=$2; shift 2
   local pids; pids=$(pids_of "$name")
-  local before; before=$( [ -n "$pids" ] && cpu_ticks $pids || echo 0)
+  local before; before=$( [ -n "$pids" ] && cpu_ticks $pids || echo "0 0")
   local out; out=$("$@" 2>&1 || true)
-  local after; after=$( [ -n "$pids" ] && cpu_ticks $pids || echo 0)
+  local after; after=$( [ -n "$pids" ] && cpu_ticks $pids || echo "0 0")
   local rps total p50 p99
   if [[ "$1" == ab ]]; then
     rps=$(awk '/^Requests per second/ {print $4}' <<<"$out")
@@ -238,12 +241,14 @@ measure() { # scenario target command...
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
   fi
   local errors; errors=$(awk '/Non-2xx|Socket errors|Failed requests/ {print}' <<<"$out" | tr '\n' ' ')
-  local cpu="-"
+  local cpu="-" user="-" system="-"
   if [ -n "$pids" ] && [ "${total:-0}" -gt 0 ] 2>/dev/null; then
-    cpu=$(awk -v t=$((after - before)) -v us="$TICK_US" -v n="$total" 'BEGIN {printf "%.1f", t * us / n}')
+    read -r cpu user system < <(awk -v b="$before" -v a="$after" -v us="$TICK_US" -v n="$total" 'BEGIN {
+      split(b, x, " "); split(a, y, " "); u = (y[1] - x[1]) * us / n; s = (y[2] - x[2]) * us / n
+      printf "%.1f %.1f %.1f\n", u + s, u, s }')
   fi
-  echo "$scenario $name ${rps:-0} ${p50:-0} ${p99:-0} $cpu" >> "$RESULTS"
-  echo "$scenario $name: ${rps:-0} req/s p50 ${p50:-?}ms p99 ${p99:-?}ms cpu ${cpu}us/req $errors" >&2
+  echo "$scenario $name ${rps:-0} ${p50:-0} ${p99:-0} $cpu $user $system" >> "$RESULTS"
+  echo "$scenario $name: ${rps:-0} req/s p50 ${p50:-?}ms p99 ${p99:-?}ms cpu ${cpu}us/req (user $user, system $system) $errors" >&2
 }
 
 wrk_run() { # conns duration url
@@ -296,6 +301,9 @@ measure_burst() { # target port: RSS before, right after, and BURST_SETTLE s aft
   echo "burst $name: RSS ${before} -> ${after} KiB right after, ${settled} KiB ${BURST_SETTLE}s later" >&2
 }
 
+RSS_AFTER="$TMP/rss-after-plain"
+: > "$RSS_AFTER"
+
 for scenario in $SCENARIOS; do
   case $scenario in
     plain|https) rounds=$ROUNDS ;;
@@ -328,6 +336,13 @@ for scenario in $SCENARIOS; do
       esac
     done
   done
+  if [ "$scenario" = plain ]; then
+    # What each proxy holds once the 64-connection load has ended.
+    sleep 1
+    for t in "${TARGETS[@]}"; do
+      p=$(pids_of "$t"); [ -n "$p" ] && echo "$t $(rss_kib VmRSS $p)" >> "$RSS_AFTER"
+    done
+  fi
 done
 
 median() { sort -n | awk '{a[NR] = $1} END {if (NR == 0) exit; if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
@@ -350,25 +365,28 @@ for scenario in $SCENARIOS; do
   echo
   echo "### $title"
   echo
-  echo "| target | req/s | p50 ms | p99 ms | proxy CPU us/req | vs nginx |"
-  echo "|---|---:|---:|---:|---:|---:|"
+  echo "| target | req/s | p50 ms | p99 ms | proxy CPU us/req | user / system | vs nginx |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
   for t in "${TARGETS[@]}"; do
     grep -q "^$scenario $t " "$RESULTS" || continue
     rps=$(col "$scenario" "$t" 3); p50=$(col "$scenario" "$t" 4); p99=$(col "$scenario" "$t" 5)
     cpu=$(col "$scenario" "$t" 6); [ -n "$cpu" ] || cpu="-"
+    user=$(col "$scenario" "$t" 7); system=$(col "$scenario" "$t" 8)
+    split="-"; [ -n "$user" ] && split="$user / $system"
     ratio="-"
     [ -n "$nginx_rps" ] && ratio=$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {if (b > 0) printf "%.2fx", a / b}')
-    echo "| $t | $rps | $p50 | $p99 | $cpu | $ratio |"
+    echo "| $t | $rps | $p50 | $p99 | $cpu | $split | $ratio |"
   done
 done
 echo
 echo "### Memory (RSS of all the proxy's processes)"
 echo
-echo "| target | idle RSS MiB | peak RSS MiB |"
-echo "|---|---:|---:|"
+echo "| target | idle RSS MiB | after the $CONNS-connection load MiB | peak RSS MiB |"
+echo "|---|---:|---:|---:|"
 for t in "${TARGETS[@]}"; do
   p=$(pids_of "$t"); [ -n "$p" ] || continue
-  echo "| $t | $(awk -v k="${IDLE_RSS[$t]}" 'BEGIN {printf "%.1f", k/1024}') | $(awk -v k="$(rss_kib VmHWM $p)" 'BEGIN {printf "%.1f", k/1024}') |"
+  after=$(awk -v t="$t" '$1 == t {printf "%.1f", $2/1024}' "$RSS_AFTER"); [ -n "$after" ] || after="-"
+  echo "| $t | $(awk -v k="${IDLE_RSS[$t]}" 'BEGIN {printf "%.1f", k/1024}') | $after | $(awk -v k="$(rss_kib VmHWM $p)" 'BEGIN {printf "%.1f", k/1024}') |"
 done
 if [ -s "$IDLE_RESULTS" ]; then
   echo
@@ -390,3 +408,46 @@ if [ -s "$BURST_RESULTS" ]; then
     echo "| $name | $(awk -v k="$before" 'BEGIN {printf "%.1f", k/1024}') | $(awk -v k="$after" 'BEGIN {printf "%.1f", k/1024}') | $(awk -v k="$settled" 'BEGIN {printf "%.1f", k/1024}') |"
   done < "$BURST_RESULTS"
 fi
+
+# The goals of the second performance issue, each against what this run measured.
+goal() { # description weir-value peer-value verdict
+  echo "| $1 | $2 | $3 | $4 |"
+}
+verdict() { # awk condition on a and b -> met / not met / not measured
+  if [ -z "$2" ] || [ -z "$3" ] || [ "$2" = "-" ] || [ "$3" = "-" ]; then echo "not measured"; return; fi
+  awk -v a="$2" -v b="$3" "BEGIN {if ($1) print \"met\"; else print \"not met\"}"
+}
+better_of() { # scenario column higher|lower -> the better value of nginx and haproxy
+  local n h
+  n=$(grep -q "^$1 nginx " "$RESULTS" && col "$1" nginx "$2" || true)
+  h=$(grep -q "^$1 haproxy " "$RESULTS" && col "$1" haproxy "$2" || true)
+  awk -v n="$n" -v h="$h" -v w="$3" 'BEGIN {
+    if (n == "" && h == "") exit
+    if (n == "") { print h; exit } if (h == "") { print n; exit }
+    if (w == "higher") print (n > h ? n : h); else print (n < h ? n : h) }'
+}
+weir_col() { grep -q "^$1 weir " "$RESULTS" && col "$1" weir "$2" || true; }
+nginx_col() { grep -q "^$1 nginx " "$RESULTS" && col "$1" nginx "$2" || true; }
+ratio_of() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b}' || true; }
+
+echo
+echo "### Goals (Performance II), from this run"
+echo
+echo "| goal | weir | peers | verdict |"
+echo "|---|---:|---:|---|"
+w=$(weir_col plain 3); b=$(better_of plain 3 higher); r=$(ratio_of "$w" "$b")
+goal "plain keep-alive req/s >= 1.0x the better of nginx and HAProxy" "${r:--}x" "${b:--} req/s" "$(verdict 'a >= 1.0' "${r:--}" 1)"
+w=$(weir_col plain 6); b=$(better_of plain 6 lower)
+goal "plain proxy CPU per request <= the better peer's" "${w:--} us" "${b:--} us" "$(verdict 'a <= b' "${w:--}" "${b:--}")"
+w=$(weir_col https 3); n=$(nginx_col https 3); r=$(ratio_of "$w" "$n")
+goal "HTTPS keep-alive req/s >= 1.15x nginx" "${r:--}x" "${n:--} req/s" "$(verdict 'a >= 1.15' "${r:--}" 1)"
+w=$(weir_col plain 5); n=$(nginx_col plain 5)
+goal "p99 at $CONNS connections <= nginx's" "${w:--} ms" "${n:--} ms" "$(verdict 'a <= b' "${w:--}" "${n:--}")"
+w=$(weir_col c1000 3); n=$(nginx_col c1000 3); r=$(ratio_of "$w" "$n")
+goal "1,000 connections: req/s >= 1.0x nginx" "${r:--}x" "${n:--} req/s" "$(verdict 'a >= 1.0' "${r:--}" 1)"
+w=$(awk '$1 == "weir" {print $4}' "$IDLE_RESULTS")
+goal "memory per idle keep-alive connection <= 4 KiB" "${w:--} KiB" "$(awk '$1 == "nginx" {print $4 " KiB (nginx)"}' "$IDLE_RESULTS")" "$(verdict 'a <= 4' "${w:--}" 4)"
+w=$(awk '$1 == "weir" {print $2}' "$RSS_AFTER"); n=$(awk '$1 == "nginx" {print $2}' "$RSS_AFTER")
+goal "RSS after the $CONNS-connection load <= nginx's" "$(ratio_of "${w:-}" 1024) MiB" "$(ratio_of "${n:-}" 1024) MiB" "$(verdict 'a <= b' "${w:--}" "${n:--}")"
+w=$(weir_col handshake 6); b=$(better_of handshake 6 lower)
+goal "CPU per new TLS handshake <= the better peer's (the lead kept)" "${w:--} us" "${b:--} us" "$(verdict 'a <= b' "${w:--}" "${b:--}")"
