@@ -318,9 +318,20 @@ fn wait_for_stop_signal() -> std::io::Result<()> {
     })
 }
 
+/// rustls warns once per handshake about things clients do (an IP address sent as SNI, which
+/// curl, wrk and ab all do): a log line per connection that any client can make weir write.
+/// Its warnings stay out unless `WEIR_LOG` names rustls itself.
+const QUIET_TLS: &str = "rustls=error";
+
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let spec = std::env::var("WEIR_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("rustls") {
+        spec
+    } else {
+        format!("{spec},{QUIET_TLS}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_TLS}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
