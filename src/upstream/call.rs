@@ -374,7 +374,7 @@ impl WorkerBody {
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => {
-                    if self.decoder.eof().is_err() {
+                    if !self.decoder.eof() {
                         return Poll::Ready(Some(Err(ProxyError::mid_response(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "the worker closed the connection mid-body",

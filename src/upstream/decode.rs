@@ -301,16 +301,16 @@ impl BodyDecoder {
         }
     }
 
-    /// The worker closed the connection: the end of a read-until-close body, an error for any
-    /// other unfinished body.
-    pub fn eof(&mut self) -> Result<(), ()> {
+    /// The peer closed the connection: true when that ends the body (a read-until-close
+    /// body, or one already complete), false for any other unfinished body.
+    pub fn eof(&mut self) -> bool {
         match self {
             BodyDecoder::UntilClose(closed) => {
                 *closed = true;
-                Ok(())
+                true
             }
-            BodyDecoder::Done => Ok(()),
-            _ => Err(()),
+            BodyDecoder::Done => true,
+            _ => false,
         }
     }
 
@@ -485,7 +485,9 @@ mod tests {
                 Decoded::Done => return Ok((body, trailers)),
                 Decoded::NeedMore => {
                     if fed == wire.len() {
-                        decoder.eof().map_err(|()| DecodeError::Chunked)?;
+                        if !decoder.eof() {
+                            return Err(DecodeError::Chunked);
+                        }
                         continue;
                     }
                     buf.extend_from_slice(&wire[fed..fed + 1]);

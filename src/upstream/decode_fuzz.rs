@@ -191,10 +191,7 @@ fn decode(wire: &[u8], method: &Method, mut piece: impl FnMut() -> usize) -> Out
             }
             Ok(Decoded::NeedMore) => {
                 if !feed(&mut buf) {
-                    out.end = match decoder.eof() {
-                        Ok(()) => "eof".into(),
-                        Err(()) => "incomplete".into(),
-                    };
+                    out.end = if decoder.eof() { "eof" } else { "incomplete" }.into();
                     if out.end == "eof" {
                         // A read-until-close body ends here; drain what the decoder holds.
                         while let Ok(Decoded::Data(data)) = decoder.decode(&mut buf) {

@@ -28,6 +28,7 @@ mod encode;
 pub use body::UpstreamBody;
 pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;
+pub use decode::{BodyDecoder, Decoded, Framing};
 pub use encode::{encode_head, BodyFraming};
 
 /// The upstream settings the request path needs after it lets go of the config snapshot.

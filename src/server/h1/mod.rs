@@ -1,11 +1,13 @@
-//! weir's own HTTP/1.1 server path, in the making (issue: Performance II). What is here so
-//! far is its codec, built like the worker side's: the request-head parser (`head`), strict
-//! about framing, reading into slices of the connection's buffer; the response-head encoder
-//! (`encode`), writing straight into the connection's write buffer; and the per-second `Date`
-//! (`date`). The connection driver that will serve through them (pipelining, one write per
-//! response, buffers released while idle, per-connection timers) comes next; until then hyper
-//! serves every connection.
+//! weir's own HTTP/1.1 server path, in the making (issue: Performance II), built like the
+//! worker side: the request-head parser (`head`), strict about framing, reading into slices
+//! of the connection's buffer; the response-head encoder (`encode`), writing straight into the
+//! connection's write buffer; the per-second `Date` (`date`); and the connection driver
+//! (`conn`): pipelined requests in order, bodies fed from the read buffer with backpressure,
+//! one write per response where the body is ready, buffers given back while idle, one head
+//! timer per connection. Not wired into the listeners yet: hyper serves every connection until
+//! the proxy takes this driver's requests (its body type and upgrades) next.
 
+pub mod conn;
 pub mod date;
 pub mod encode;
 pub mod head;
