@@ -6,6 +6,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use crate::values::field_spans::{self, FieldSpan};
+
 /// Most header fields a worker response may carry (hyper's default, too).
 pub const MAX_HEADERS: usize = 100;
 /// Largest response head (status line + fields) weir buffers; beyond it the response is refused.
@@ -120,25 +122,9 @@ fn parse_head_with<const N: usize>(
             continue;
         }
         // Remember where each field lies, so the values can be slices of the frozen head.
-        let base = buf.as_ptr() as usize;
-        let count = parsed.headers.len();
-        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            *span = FieldSpan {
-                name: (name, name + field.name.len()),
-                value: (value, value + field.value.len()),
-            };
-        }
+        let count = field_spans::record(&mut spans, parsed.headers, buf.as_ptr() as usize);
         let head = buf.split_to(head_len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for span in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
-                .map_err(|_| DecodeError::Head)?;
-            let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
-                .map_err(|_| DecodeError::Head)?;
-            headers.append(name, value);
-        }
+        let headers = field_spans::header_map(&head, &spans[..count]).ok_or(DecodeError::Head)?;
         let (framing, framing_keeps_alive) = framing(status, method, &headers)?;
         let keep_alive = framing_keeps_alive && connection_persists(version, &headers);
         let mut response = http::Response::new(());
@@ -152,12 +138,6 @@ fn parse_head_with<const N: usize>(
             keep_alive,
         }));
     }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct FieldSpan {
-    name: (usize, usize),
-    value: (usize, usize),
 }
 
 /// The body framing (RFC 9112 §6.3), and whether it lets the connection be reused.

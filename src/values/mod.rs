@@ -8,6 +8,7 @@ mod cidr;
 pub mod clock;
 mod cron;
 mod duration;
+pub mod field_spans;
 mod host;
 mod size;
 mod status;

@@ -576,12 +576,26 @@ mod tests {
         }
     }
 
-    /// Send `input`, close the sending side, and read everything until weir closes.
+    /// Send `input` to [`echo`], close the sending side, and read everything until weir closes.
     async fn exchange(input: &[u8]) -> String {
+        exchange_with(echo, input, true).await
+    }
+
+    /// Send `input` to `service` (then close the sending side if `close`), and read
+    /// everything until weir closes.
+    async fn exchange_with<S, F, B>(service: S, input: &[u8], close: bool) -> String
+    where
+        S: FnMut(Request<RequestBody>) -> F + Send + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Display + Send,
+    {
         let (mut client, server) = duplex(64 * 1024);
-        let served = tokio::spawn(serve(server, LIMITS, echo));
+        let served = tokio::spawn(serve(server, LIMITS, service));
         client.write_all(input).await.unwrap();
-        client.shutdown().await.unwrap();
+        if close {
+            client.shutdown().await.unwrap();
+        }
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
         served.await.unwrap().unwrap();
@@ -677,14 +691,7 @@ mod tests {
                 "connection: close\r\n\r\nhello world",
             ),
         ] {
-            let (mut client, server) = duplex(64 * 1024);
-            let served = tokio::spawn(serve(server, LIMITS, streamed));
-            client.write_all(request).await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut out = Vec::new();
-            client.read_to_end(&mut out).await.unwrap();
-            served.await.unwrap().unwrap();
-            let out = String::from_utf8_lossy(&out);
+            let out = exchange_with(streamed, request, true).await;
             assert!(out.ends_with(want), "{out}");
         }
     }
@@ -709,16 +716,8 @@ mod tests {
         async fn ignore(_: Request<RequestBody>) -> Response<Full<Bytes>> {
             Response::new(Full::new(Bytes::from_static(b"ok")))
         }
-        let (mut client, server) = duplex(64 * 1024);
-        let served = tokio::spawn(serve(server, LIMITS, ignore));
-        client
-            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        client.read_to_end(&mut out).await.unwrap();
-        served.await.unwrap().unwrap();
-        let out = String::from_utf8_lossy(&out);
+        let request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc";
+        let out = exchange_with(ignore, request, false).await;
         assert!(
             out.contains("connection: close\r\n") && out.ends_with("ok"),
             "{out}"

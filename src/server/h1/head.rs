@@ -5,8 +5,10 @@
 //! coding weir cannot pass on, 417 for an expectation it cannot meet, 400 for the rest.
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
+
+use crate::values::field_spans::{self, FieldSpan};
 
 /// Most header fields a request may carry.
 pub const MAX_FIELDS: usize = 100;
@@ -95,18 +97,12 @@ pub fn parse_request_head(
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Span {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
 fn parse_with<const N: usize>(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; N];
-    let mut spans = [Span::default(); N];
+    let mut spans = [FieldSpan::default(); N];
     let mut parsed = httparse::Request::new(&mut fields);
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -129,31 +125,14 @@ fn parse_with<const N: usize>(
         .map_err(|_| HeadError::Malformed("weir: malformed method\n"))?;
     let target = parsed.path.unwrap_or_default();
     let base = buf.as_ptr() as usize;
-    let target_span = {
-        let start = target.as_ptr() as usize - base;
-        (start, start + target.len())
-    };
-    let count = parsed.headers.len();
-    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name = field.name.as_ptr() as usize - base;
-        let value = field.value.as_ptr() as usize - base;
-        *span = Span {
-            name: (name, name + field.name.len()),
-            value: (value, value + field.value.len()),
-        };
-    }
+    let target_span = field_spans::span_of(target.as_bytes(), base);
+    let count = field_spans::record(&mut spans, parsed.headers, base);
     let head = buf.split_to(head_len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_span.0..target_span.1))
         .map_err(|_| HeadError::Malformed("weir: malformed request target\n"))?;
     check_target_form(&method, &uri)?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for span in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
-            .map_err(|_| HeadError::Malformed("weir: malformed header field name\n"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
-            .map_err(|_| HeadError::Malformed("weir: malformed header field value\n"))?;
-        headers.append(name, value);
-    }
+    let headers = field_spans::header_map(&head, &spans[..count])
+        .ok_or(HeadError::Malformed("weir: malformed header field\n"))?;
     let (framing, framing_keeps_alive) = framing(version, &headers)?;
     let expect_continue = expectation(&headers)?;
     let keep_alive = framing_keeps_alive && connection_persists(version, &headers);
