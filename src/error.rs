@@ -12,6 +12,9 @@ use std::io;
 use http::StatusCode;
 use tracing::Level;
 
+use crate::server::h1::conn::BodyError;
+use crate::upstream::ClientBodyError;
+
 /// Where on the request path a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -215,17 +218,22 @@ impl ProxyError {
     }
 
     /// The client's request body failed (`sent`: after some of the request reached a worker).
-    /// A body that broke off is a client that went away; one hyper could not decode (a bad
-    /// chunk) is a bad request.
-    pub fn client_body(error: &hyper::Error, sent: bool) -> Self {
-        let malformed = std::error::Error::source(error)
-            .and_then(|source| source.downcast_ref::<io::Error>())
-            .is_some_and(|e| {
-                matches!(
-                    e.kind(),
-                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
-                )
-            });
+    /// A body that broke off is a client that went away; one that could not be decoded (a
+    /// bad chunk) is a bad request; one that stopped coming has stalled.
+    pub fn client_body(error: &ClientBodyError, sent: bool) -> Self {
+        let malformed = match error {
+            ClientBodyError::Hyper(error) => std::error::Error::source(error)
+                .and_then(|source| source.downcast_ref::<io::Error>())
+                .is_some_and(|e| {
+                    matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+                    )
+                }),
+            ClientBodyError::Own(BodyError::Malformed) => true,
+            ClientBodyError::Own(BodyError::Stalled) => return ProxyError::client_stalled(sent),
+            ClientBodyError::Own(BodyError::Incomplete) => false,
+        };
         let mut failure = if malformed {
             ProxyError::bad_request("weir: the request body is malformed\n")
         } else {

@@ -36,19 +36,19 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
-use hyper::upgrade::OnUpgrade;
+use hyper::body::Body;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::error::{ProxyError, Report, RetryVerdict};
 use crate::pool::{InFlightGuard, Pool, Rejection, RetrySettings, RouteQueue, WaitReason, Worker};
 use crate::routing::Route;
+use crate::server::h1::conn::PendingUpgrade;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;
 use crate::upstream::{
-    call, drain_in_background, encode_head, BodyFraming, CallError, UpstreamBody, UpstreamSettings,
-    Upstreams, WorkerBody,
+    call, drain_in_background, encode_head, BodyFraming, CallError, ClientBody, UpstreamBody,
+    UpstreamSettings, Upstreams, WorkerBody,
 };
 use crate::values::HostPort;
 use body::Exchange;
@@ -64,7 +64,7 @@ pub static X_WEIR_COLD_START: http::HeaderName = http::HeaderName::from_static("
 /// returned future holds only what the exchange needs: it is moved into hyper's slot on every
 /// request and kept per connection, and each byte of it costs on both counts.
 pub fn handle(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     cx: Arc<ConnContext>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
     let activity = cx.begin();
@@ -180,7 +180,7 @@ enum Forwarded {
 struct Prepared {
     outgoing: Outgoing,
     /// The client side of an upgrade the request asked for.
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<PendingUpgrade>,
     retry: RetrySettings,
     settings: UpstreamSettings,
 }
@@ -191,17 +191,22 @@ struct Refused {
     error: ProxyError,
     method: Method,
     uri: Uri,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
 }
 
 /// The synchronous part of a request: upgrade detection, the head rewrite, the route.
 fn prepare(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     cx: &ConnContext,
     outcome: &mut Outcome,
 ) -> Result<Prepared, Box<Refused>> {
     let upgrade = req.version() <= Version::HTTP_11 && headers::wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The HTTP/1.1 path hands over the connection through this once the 101 is written.
+    let client_upgrade = if upgrade {
+        req.extensions_mut().remove::<PendingUpgrade>()
+    } else {
+        None
+    };
     let (mut head, body) = req.into_parts();
     let refused = |error, head: Parts, body| {
         Box::new(Refused {
@@ -562,7 +567,7 @@ enum BodyPlan {
     /// Send as it is: nothing, or streamed.
     Ready(UpstreamBody),
     /// Read it into memory first, so the request can be replayed.
-    Buffer(Incoming, Option<Arc<AtomicU64>>),
+    Buffer(ClientBody, Option<Arc<AtomicU64>>),
 }
 
 /// The body to send: nothing when the client sent none; buffered when the request is
@@ -570,7 +575,7 @@ enum BodyPlan {
 /// otherwise streamed.
 fn body_plan(
     head: &Parts,
-    body: Incoming,
+    body: ClientBody,
     retry: &RetrySettings,
     counter: Option<Arc<AtomicU64>>,
 ) -> BodyPlan {
@@ -591,7 +596,7 @@ fn body_plan(
 /// Read a small body into memory, within `timeout` (a body this small that takes longer is
 /// stalling).
 async fn buffer_body(
-    body: Incoming,
+    body: ClientBody,
     counter: Option<Arc<AtomicU64>>,
     timeout: Duration,
 ) -> Result<UpstreamBody, ProxyError> {

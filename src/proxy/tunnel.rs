@@ -8,21 +8,21 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::conn::ActivityGuard;
 use crate::pool::InFlightGuard;
+use crate::server::h1::conn::{PendingUpgrade, Upgraded};
 
 /// Once the client side has switched protocols, pass on any bytes the worker sent right after
-/// its 101 (`early`), then copy bytes both ways until either side closes, or until no byte has
+/// its 101 (`early`) and any the client sent right after its request (read with its head),
+/// then copy bytes both ways until either side closes, or until no byte has
 /// gone either way for `idle_timeout` (`server.tunnel_idle_timeout`). The request stays in
 /// flight on its worker for the tunnel's whole life.
 pub fn spawn(
-    client: OnUpgrade,
+    client: PendingUpgrade,
     mut worker: TcpStream,
     early: Bytes,
     in_flight: InFlightGuard,
@@ -30,16 +30,19 @@ pub fn spawn(
     idle_timeout: Duration,
 ) {
     tokio::spawn(async move {
-        let client = match client.await {
-            Ok(client) => client,
-            Err(e) => {
-                debug!(error = %e, "upgrade did not complete");
+        let Some(Upgraded { io, read_ahead }) = client.wait().await else {
+            debug!("upgrade did not complete: the client connection ended first");
+            return;
+        };
+        if !read_ahead.is_empty() {
+            if let Err(e) = worker.write_all(&read_ahead).await {
+                debug!(error = %e, "tunnel broke before it started");
                 return;
             }
-        };
+        }
         let moved = Arc::new(AtomicU64::new(0));
         let mut client = Watched {
-            inner: TokioIo::new(client),
+            inner: io,
             moved: Arc::clone(&moved),
         };
         if !early.is_empty() {

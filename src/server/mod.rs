@@ -7,20 +7,24 @@ pub mod h1;
 mod limit;
 mod listen;
 pub mod nofile;
+mod prefixed;
 pub mod tls;
 
 pub use limit::{ConnectionLimit, ConnectionPermit};
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -30,7 +34,9 @@ use crate::config::{parse_socket_addr, ServerConfig};
 use crate::control::{self, Control};
 use crate::proxy::{self, ConnContext};
 use crate::state::{Shared, Snapshot};
-use crate::upstream::Upstreams;
+use crate::upstream::{ClientBody, Upstreams};
+use h1::conn::{Io, RequestBody};
+use prefixed::Prefixed;
 
 /// Longest `start` waits for the control plane to give every pool its first members.
 const POOLS_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -337,6 +343,7 @@ struct ConnSettings {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     send_timeout: Duration,
+    request_body_timeout: Duration,
     max_header_bytes: usize,
     max_h2_streams: u32,
 }
@@ -348,6 +355,7 @@ impl From<&ServerConfig> for ConnSettings {
             header_read_timeout: c.header_read_timeout.get(),
             idle_timeout: c.idle_timeout.get(),
             send_timeout: c.send_timeout.get(),
+            request_body_timeout: c.request_body_timeout.get(),
             max_header_bytes: c.max_header_bytes,
             max_h2_streams: c.max_h2_streams,
         }
@@ -367,7 +375,7 @@ async fn serve_plain(
     shutdown: watch::Receiver<bool>,
 ) {
     set_nodelay(&stream);
-    drive(TokioIo::new(stream), &settings, cx, shutdown).await
+    serve_http(stream, false, &settings, cx, shutdown).await
 }
 
 async fn serve_tls(
@@ -382,50 +390,148 @@ async fn serve_tls(
     let handshake =
         tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(stream)).await;
     match handshake {
-        Ok(Ok(tls_stream)) => drive(TokioIo::new(tls_stream), &settings, cx, shutdown).await,
+        Ok(Ok(tls_stream)) => {
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(tls_stream, h2, &settings, cx, shutdown).await
+        }
         Ok(Err(e)) => debug!(client = %cx.peer, error = %e, "TLS handshake failed"),
         Err(_) => debug!(client = %cx.peer, "TLS handshake timed out"),
     }
 }
 
-/// Serve HTTP/1.1 or HTTP/2 (detected from the first bytes, so h2c prior knowledge works on
-/// plain listeners) until the client leaves, the connection idles out, or shutdown.
-async fn drive<I>(
-    io: TokioIo<I>,
+/// The HTTP/2 connection preface (RFC 9113 §3.4): how a client with prior knowledge starts.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which protocol a connection speaks, told by its first bytes.
+enum Spoken {
+    Http1,
+    Http2,
+    /// It closed, stayed silent past the head deadline, or shutdown came first.
+    Nothing,
+}
+
+/// Read until the first bytes either are the HTTP/2 preface or cannot be; `first` keeps them
+/// for the server that takes the connection.
+async fn sniff<IO: Io>(
+    io: &mut IO,
+    first: &mut BytesMut,
+    settings: &ConnSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Spoken {
+    let read = async {
+        loop {
+            let n = first.len().min(H2_PREFACE.len());
+            if first[..n] != H2_PREFACE[..n] {
+                return Spoken::Http1;
+            }
+            if n == H2_PREFACE.len() {
+                return Spoken::Http2;
+            }
+            let mut spare = BytesMut::new();
+            match std::future::poll_fn(|cx| {
+                h1::conn::poll_read_or_let_go(io, first, &mut spare, cx)
+            })
+            .await
+            {
+                Ok(0) | Err(_) => return Spoken::Nothing,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        spoken = tokio::time::timeout(settings.header_read_timeout, read) => spoken.unwrap_or(Spoken::Nothing),
+        _ = shutdown.changed() => Spoken::Nothing,
+    }
+}
+
+/// Serve the connection in the protocol it speaks (ALPN's `h2`, or on plain listeners the
+/// HTTP/2 preface of prior knowledge): HTTP/2 on hyper, HTTP/1.1 on weir's own path. Either
+/// runs until the client leaves, the connection idles out, or shutdown.
+async fn serve_http<IO: Io>(
+    mut io: IO,
+    alpn_h2: bool,
     settings: &ConnSettings,
     cx: Arc<ConnContext>,
     mut shutdown: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.max_h2_streams)
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(H2_KEEPALIVE_INTERVAL);
-    let service_cx = Arc::clone(&cx);
-    let service = service_fn(move |req| proxy::handle(req, Arc::clone(&service_cx)));
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
+) {
+    let mut first = BytesMut::new();
+    let spoken = if alpn_h2 {
+        Spoken::Http2
+    } else {
+        sniff(&mut io, &mut first, settings, &mut shutdown).await
+    };
+    match spoken {
+        Spoken::Nothing => {}
+        Spoken::Http1 => {
+            let limits = h1::conn::Limits {
+                max_head: settings.max_header_bytes,
+                header_read_timeout: settings.header_read_timeout,
+                body_read_timeout: settings.request_body_timeout,
+            };
+            let service_cx = Arc::clone(&cx);
+            let service = move |req: Request<RequestBody>| {
+                let answer = proxy::handle(req.map(ClientBody::Own), Arc::clone(&service_cx));
+                async move {
+                    match answer.await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                }
+            };
+            let conn = h1::conn::serve(io, first, limits, shutdown.clone(), service);
+            supervise(conn, None::<fn(Pin<&mut _>)>, settings, &cx, shutdown).await
+        }
+        Spoken::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(settings.max_h2_streams)
+                .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+                .keep_alive_interval(H2_KEEPALIVE_INTERVAL);
+            let service_cx = Arc::clone(&cx);
+            let service = service_fn(move |req: Request<Incoming>| {
+                proxy::handle(req.map(ClientBody::Hyper), Arc::clone(&service_cx))
+            });
+            let io = TokioIo::new(Prefixed::new(first.freeze(), io));
+            let conn = builder.serve_connection(io, service);
+            let graceful = closer_for(&conn, |conn| conn.graceful_shutdown());
+            supervise(conn, Some(graceful), settings, &cx, shutdown).await
+        }
+    }
+}
 
-    // One watchdog per connection, checked in quarter steps of the shorter deadline (one timer
-    // per connection, not per request): close after `idle_timeout` with no request in
-    // progress; cut the connection when its responses wait on the client and the client has
-    // taken nothing for `send_timeout` (a slow reader, or an HTTP/2 window held at zero), so
-    // the worker slots they hold free at once.
+/// `close` as the closer of `conn`'s type (it gives the closure its argument's type).
+fn closer_for<F, G: FnMut(Pin<&mut F>)>(_conn: &F, close: G) -> G {
+    close
+}
+
+/// Watch a served connection until it ends. One watchdog per connection, checked in quarter
+/// steps of the shorter deadline (one timer per connection, not per request): close after
+/// `idle_timeout` with no request in progress; cut the connection when its responses wait on
+/// the client and the client has taken nothing for `send_timeout` (a slow reader, or an
+/// HTTP/2 window held at zero), so the worker slots they hold free at once. `graceful` asks
+/// the connection to finish what is in progress and close (HTTP/2); without it the connection
+/// sees shutdown itself, and an idle one is simply dropped (HTTP/1.1: nothing is in progress).
+async fn supervise<F, E, G>(
+    conn: F,
+    mut graceful: Option<G>,
+    settings: &ConnSettings,
+    cx: &ConnContext,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+    G: FnMut(Pin<&mut F>),
+{
+    let mut conn = std::pin::pin!(conn);
     let tick = (settings.idle_timeout.min(settings.send_timeout) / 4).max(MIN_WATCHDOG_TICK);
-    let mut watch = Watchdog::new(&cx, Instant::now());
+    let mut watch = Watchdog::new(cx, Instant::now());
     let mut closing = *shutdown.borrow();
     let mut idle_closing_since = None;
     if closing {
-        conn.as_mut().graceful_shutdown();
+        if let Some(graceful) = graceful.as_mut() {
+            graceful(conn.as_mut());
+        }
     }
     loop {
         tokio::select! {
@@ -436,11 +542,14 @@ async fn drive<I>(
                 return;
             }
             _ = tokio::time::sleep(tick) => {
-                match watch.check(&cx, Instant::now(), settings) {
+                match watch.check(cx, Instant::now(), settings) {
                     Verdict::Fine => {}
                     Verdict::Idle if !closing => {
                         debug!(client = %cx.peer, "closing idle connection");
-                        conn.as_mut().graceful_shutdown();
+                        let Some(graceful) = graceful.as_mut() else {
+                            return;
+                        };
+                        graceful(conn.as_mut());
                         closing = true;
                         idle_closing_since = Some(Instant::now());
                     }
@@ -459,8 +568,10 @@ async fn drive<I>(
                     }
                 }
             }
-            _ = shutdown.changed(), if !closing => {
-                conn.as_mut().graceful_shutdown();
+            _ = shutdown.changed(), if !closing && graceful.is_some() => {
+                if let Some(graceful) = graceful.as_mut() {
+                    graceful(conn.as_mut());
+                }
                 closing = true;
             }
         }

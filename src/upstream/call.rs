@@ -19,7 +19,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::body::UpstreamBody;
+use super::body::{ClientBodyError, UpstreamBody};
 use super::conn::WorkerConn;
 use super::decode::{parse_head, BodyDecoder, Decoded, Framing};
 use super::encode::chunk_header;
@@ -487,7 +487,7 @@ enum PumpError {
     /// Writing to the worker failed.
     Worker(io::Error),
     /// The client's body failed.
-    Client(hyper::Error),
+    Client(ClientBodyError),
     /// The client sent no more of its body within `server.request_body_timeout`.
     ClientStalled,
 }

@@ -25,7 +25,7 @@ mod decode;
 mod decode_fuzz;
 mod encode;
 
-pub use body::UpstreamBody;
+pub use body::{ClientBody, ClientBodyError, UpstreamBody};
 pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;
 pub use decode::{BodyDecoder, Decoded, Framing};

@@ -1,16 +1,15 @@
 //! One HTTP/1.1 client connection served through weir's own codec: read a head into the
 //! connection's buffer, hand the request to the service with a body fed from that same buffer,
 //! write the response head and as much of its body as is ready in one write, and go on with
-//! the next request (pipelined ones in order). Between requests an empty read buffer is given
-//! back, so an idle keep-alive connection holds no buffer; the head timer is one per
-//! connection, reset for each request.
-//!
-//! Not yet wired into the listeners (hyper serves them today): this is the driver the proxy
-//! moves onto next, tested here against in-memory streams.
+//! the next request (pipelined ones in order). When the connection waits for a next request
+//! and nothing has arrived, both buffers are given back, so an idle keep-alive connection
+//! holds none; the head timer is one per connection, reset for each request. A 101 hands the
+//! connection (and any bytes read past the request head) to the tunnel.
 
 use std::fmt::Display;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,18 +19,65 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use super::date::with_date;
-use super::encode::{encode_response_head, put_chunk_size, ResponseFraming};
-use super::head::{parse_request_head, HeadError, RequestFraming, RequestHead};
+use super::encode::{encode_response_head, put_chunk_size, Persistence, ResponseFraming};
+use super::head::{parse_request_head, RequestFraming, RequestHead};
 use crate::upstream::{BodyDecoder, Decoded, Framing};
 
 /// Read more when less than this much room is left in the read buffer.
 const READ_RESERVE: usize = 4 * 1024;
 /// Write what has gathered once it reaches this size, even if more body is ready.
 const WRITE_HIGH_WATER: usize = 16 * 1024;
+/// Longest a request body is read on after its response was sent (nginx lingers 30 s too).
+const BODY_FINISH_LIMIT: Duration = Duration::from_secs(30);
+
+/// A client connection as the driver needs it: bytes both ways, and movable to a tunnel task
+/// after a 101.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// Ready once a read would find bytes (or the end). A connection waiting for its next
+    /// request asks this before it takes a read buffer, so an idle one holds none; a stream
+    /// that cannot tell says ready at once and the buffer is taken and given back around the
+    /// read instead.
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Io for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Io for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+
+impl Io for tokio::io::DuplexStream {}
+
+/// A connection that switched protocols: the stream, and the bytes the client sent after its
+/// request head that weir had already read (the first frames of the new protocol).
+pub struct Upgraded {
+    /// The client's stream.
+    pub io: Box<dyn Io>,
+    /// Read past the request head; they go to the worker first.
+    pub read_ahead: Bytes,
+}
+
+/// In an upgrade request's extensions: the connection once its 101 has been written. Shared
+/// (extensions must be `Clone`); the first to wait takes it.
+#[derive(Clone)]
+pub struct PendingUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl PendingUpgrade {
+    /// The upgraded connection, or `None` if the response was no 101 or the connection ended
+    /// first.
+    pub async fn wait(self) -> Option<Upgraded> {
+        let receiver = self.0.lock().ok()?.take()?;
+        receiver.await.ok()
+    }
+}
 
 /// The time and size limits of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +117,7 @@ impl std::error::Error for BodyError {}
 /// A request's body, fed by the connection as the service reads it.
 #[derive(Debug)]
 pub struct RequestBody {
-    chunks: Option<mpsc::Receiver<Result<Bytes, BodyError>>>,
+    chunks: Option<mpsc::Receiver<Result<Frame<Bytes>, BodyError>>>,
     hint: SizeHint,
 }
 
@@ -96,7 +142,7 @@ impl Body for RequestBody {
             return Poll::Ready(None);
         };
         match chunks.poll_recv(cx) {
-            Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
             Poll::Ready(Some(Err(e))) => {
                 self.chunks = None;
                 Poll::Ready(Some(Err(e)))
@@ -121,7 +167,7 @@ impl Body for RequestBody {
 /// Feeds one request's body from the read buffer to its [`RequestBody`].
 struct Feeder {
     decoder: BodyDecoder,
-    chunks: mpsc::Sender<Result<Bytes, BodyError>>,
+    chunks: mpsc::Sender<Result<Frame<Bytes>, BodyError>>,
 }
 
 /// What one step of feeding did.
@@ -134,76 +180,125 @@ enum Fed {
     Broken,
 }
 
-/// Serve requests on `io` with `service` until the client or a response ends the connection.
-pub async fn serve<IO, S, F, B>(io: IO, limits: Limits, mut service: S) -> std::io::Result<()>
+/// Serve requests on `io` with `service` until the client leaves, a response ends the
+/// connection, a 101 hands it to a tunnel, or `shutdown` flips (the request in progress is
+/// answered first, with `connection: close`). `rbuf` holds what was already read from the
+/// connection (the bytes the protocol was told by).
+pub async fn serve<IO, S, F, B>(
+    mut io: IO,
+    mut rbuf: BytesMut,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    mut service: S,
+) -> std::io::Result<()>
 where
-    IO: AsyncRead + AsyncWrite,
+    IO: Io,
     S: FnMut(Request<RequestBody>) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: Display,
 {
-    let (mut reader, mut writer) = tokio::io::split(io);
-    let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
+    let mut closing = *shutdown.borrow();
+    // One timer for the connection's life. It is moved only when it fires early: each head
+    // wait sets its own deadline, and a timer that fires before it is set again to it.
     let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     loop {
-        timer
-            .as_mut()
-            .reset(Instant::now() + limits.header_read_timeout);
-        let head = match read_head(&mut reader, &mut rbuf, &limits, timer.as_mut()).await? {
+        closing = closing || shutdown.has_changed().unwrap_or(true);
+        if closing && rbuf.is_empty() {
+            let _ = io.shutdown().await;
+            return Ok(());
+        }
+        let mut wait = HeadWait {
+            io: &mut io,
+            rbuf: &mut rbuf,
+            wbuf: &mut wbuf,
+            limits: &limits,
+            deadline: Instant::now() + limits.header_read_timeout,
+            shutdown: &mut shutdown,
+            closing: &mut closing,
+        };
+        let head = match wait.read_head(timer.as_mut()).await? {
             HeadRead::Head(head) => head,
             HeadRead::Closed => return Ok(()),
             HeadRead::Refused(status, message) => {
-                write_error(&mut writer, &mut wbuf, status, message).await?;
+                write_error(&mut io, &mut wbuf, status, message).await?;
                 return Ok(());
             }
         };
         let RequestHead {
-            parts,
+            mut parts,
             framing,
             keep_alive,
             expect_continue,
         } = head;
-        let method = parts.method.clone();
+        let head_request = parts.method == Method::HEAD;
         let version = parts.version;
-        let (body, mut feeder) = match framing {
+        // Only a request that names a protocol to switch to can be switched.
+        let upgrade = parts.headers.contains_key(header::UPGRADE).then(|| {
+            let (tx, rx) = oneshot::channel();
+            parts
+                .extensions
+                .insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            tx
+        });
+        let (body, feeder) = match framing {
             RequestFraming::Empty => (RequestBody::empty(), None),
             RequestFraming::Length(n) => body_channel(Framing::Length(n), SizeHint::with_exact(n)),
             RequestFraming::Chunked => body_channel(Framing::Chunked, SizeHint::default()),
         };
         if expect_continue && feeder.is_some() {
-            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
         let request = Request::from_parts(parts, body);
         let mut answer = pin!(service(request));
         let mut side = RequestSide {
-            feeder: feeder.take(),
-            reader: &mut reader,
+            feeder,
+            io: &mut io,
             rbuf: &mut rbuf,
             limits: &limits,
             keep_alive,
         };
 
-        // Until the response head: feed the body while the service works.
+        // Until the response head: feed the body while the service works; once it is all
+        // read, watch for the client closing (it is gone: the service is dropped, and the
+        // request ends as the client's).
+        let mut watch_close = true;
         let response = loop {
-            if side.feeder.is_none() {
+            if side.feeder.is_some() {
+                tokio::select! {
+                    biased;
+                    response = answer.as_mut() => break response,
+                    fed = feed(side.feeder.as_mut(), side.io, side.rbuf, side.limits) => side.fed(fed?),
+                }
+            } else if watch_close {
+                tokio::select! {
+                    biased;
+                    response = answer.as_mut() => break response,
+                    closed = watch_for_close(side.io, side.rbuf, side.limits.max_head) => {
+                        if closed? {
+                            return Ok(());
+                        }
+                        // A full buffer of pipelined requests: stop reading until this one
+                        // is answered.
+                        watch_close = false;
+                    }
+                }
+            } else {
                 break answer.as_mut().await;
-            }
-            tokio::select! {
-                biased;
-                response = answer.as_mut() => break response,
-                fed = feed(side.feeder.as_mut(), side.reader, side.rbuf, side.limits) => side.fed(fed?),
             }
         };
 
-        let (mut parts, body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         let mut body = pin!(body);
-        let bodiless = method == Method::HEAD
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+        let bodiless = head_request
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED;
-        let response_framing = if bodiless {
+        let response_framing = if switching {
+            ResponseFraming::Switching
+        } else if bodiless {
             ResponseFraming::Bodiless
         } else if let Some(n) = body.size_hint().exact() {
             ResponseFraming::Length(n)
@@ -214,59 +309,66 @@ where
         };
         if response_framing == ResponseFraming::UntilClose
             || parts.headers.get(header::CONNECTION).is_some_and(is_close)
+            || (parts.status.is_informational() && !switching)
         {
             side.keep_alive = false;
         }
-        // Whether the connection can go on must be known for the head: it can if the request
-        // body is complete, or if the rest of it is already buffered (read and discarded);
-        // otherwise it ends with this response rather than wait for bytes nobody wants.
+        // Whether the connection can go on must be known for the head. A body still being
+        // read (by the service, or by the proxy reading it to drop it) is read to its end after
+        // the response, and the connection goes on. One nobody reads any more can be skipped
+        // if the rest of it is already buffered; otherwise the connection ends with this
+        // response, the rest still read (and dropped) for a while first, so closing with
+        // bytes unread cannot reset the answer away before the client has it.
+        let mut unwanted = false;
         if let Some(f) = side.feeder.as_mut() {
             if f.chunks.is_closed() && drain_buffered(f, side.rbuf) {
                 side.feeder = None;
             } else if f.chunks.is_closed() {
-                side.keep_alive = false;
+                unwanted = true;
             }
         }
-        let close_after = !side.keep_alive || side.feeder.is_some();
-        parts.headers.remove(header::CONNECTION);
+        let close_after = !switching && (!side.keep_alive || unwanted || closing);
+        let after = if close_after {
+            Persistence::Close
+        } else if version == Version::HTTP_10 {
+            Persistence::KeepAliveAnnounced
+        } else {
+            Persistence::KeepAlive
+        };
         with_date(|date| {
             encode_response_head(
                 &mut wbuf,
                 parts.status,
                 &parts.headers,
                 response_framing,
-                close_after,
+                after,
                 date,
             )
         });
-        if !bodiless {
-            write_body(
-                &mut writer,
-                &mut wbuf,
-                &mut body,
-                response_framing,
-                &mut side,
-            )
-            .await?;
+        if !bodiless && !switching {
+            write_body(&mut wbuf, &mut body, response_framing, &mut side).await?;
         }
         if !wbuf.is_empty() {
-            writer.write_all(&wbuf).await?;
+            side.io.write_all(&wbuf).await?;
             wbuf.clear();
         }
-        writer.flush().await?;
-        if close_after {
-            if let Some(f) = side.feeder.take() {
-                // Never let a cut-off body end as if complete.
-                let _ = f.chunks.try_send(Err(BodyError::Incomplete));
+        side.io.flush().await?;
+        let finished = side.finish_body().await?;
+        let close_after = close_after || !finished;
+        if switching {
+            if let Some(tx) = upgrade {
+                let read_ahead = rbuf.split().freeze();
+                let _ = tx.send(Upgraded {
+                    io: Box::new(io),
+                    read_ahead,
+                });
             }
-            let _ = writer.shutdown().await;
             return Ok(());
         }
-        // Idle until the next request: give back buffers that hold nothing.
-        if rbuf.is_empty() {
-            rbuf = BytesMut::new();
+        if close_after {
+            let _ = io.shutdown().await;
+            return Ok(());
         }
-        wbuf = BytesMut::new();
     }
 }
 
@@ -299,42 +401,98 @@ enum HeadRead {
     Refused(StatusCode, &'static str),
 }
 
-async fn read_head<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    rbuf: &mut BytesMut,
-    limits: &Limits,
-    mut timer: Pin<&mut Sleep>,
-) -> std::io::Result<HeadRead> {
-    loop {
-        match parse_request_head(rbuf, limits.max_head) {
-            Ok(Some(head)) => return Ok(HeadRead::Head(head)),
-            Ok(None) => {}
-            Err(e @ HeadError::Malformed(_))
-            | Err(e @ HeadError::TooLarge)
-            | Err(e @ HeadError::UnsupportedCoding)
-            | Err(e @ HeadError::Expectation) => {
-                return Ok(HeadRead::Refused(e.status(), e.client_message()))
+/// A connection waiting for its next request head.
+struct HeadWait<'a, IO> {
+    io: &'a mut IO,
+    rbuf: &'a mut BytesMut,
+    wbuf: &'a mut BytesMut,
+    limits: &'a Limits,
+    /// When the head must be complete.
+    deadline: Instant,
+    shutdown: &'a mut watch::Receiver<bool>,
+    closing: &'a mut bool,
+}
+
+impl<IO: Io> HeadWait<'_, IO> {
+    /// Read until a head parses, the client leaves, the deadline passes or shutdown comes
+    /// while nothing of a head has arrived. `timer` fires at the deadline or before it.
+    async fn read_head(&mut self, mut timer: Pin<&mut Sleep>) -> std::io::Result<HeadRead> {
+        loop {
+            match parse_request_head(self.rbuf, self.limits.max_head) {
+                Ok(Some(head)) => return Ok(HeadRead::Head(head)),
+                Ok(None) => {}
+                Err(e) => return Ok(HeadRead::Refused(e.status(), e.client_message())),
             }
-        }
-        if rbuf.capacity() - rbuf.len() < READ_RESERVE / 4 {
-            rbuf.reserve(READ_RESERVE);
-        }
-        tokio::select! {
-            read = reader.read_buf(rbuf) => {
-                if read? == 0 {
-                    // A close between requests is the normal end; mid-head, nothing to answer.
-                    return Ok(HeadRead::Closed);
+            let (io, rbuf, wbuf) = (&mut *self.io, &mut *self.rbuf, &mut *self.wbuf);
+            tokio::select! {
+                read = poll_fn(|cx| poll_read_or_let_go(io, rbuf, wbuf, cx)) => {
+                    if read? == 0 {
+                        // A close between requests is the normal end; mid-head, nothing to
+                        // answer.
+                        return Ok(HeadRead::Closed);
+                    }
                 }
-            }
-            () = timer.as_mut() => {
-                return Ok(if rbuf.is_empty() {
-                    HeadRead::Closed
-                } else {
-                    HeadRead::Refused(StatusCode::REQUEST_TIMEOUT, "weir: request head timed out\n")
-                });
+                () = timer.as_mut() => {
+                    if Instant::now() < self.deadline {
+                        timer.as_mut().reset(self.deadline);
+                        continue;
+                    }
+                    return Ok(if self.rbuf.is_empty() {
+                        HeadRead::Closed
+                    } else {
+                        HeadRead::Refused(StatusCode::REQUEST_TIMEOUT, "weir: request head timed out\n")
+                    });
+                }
+                _ = self.shutdown.changed(), if !*self.closing => {
+                    *self.closing = true;
+                    if self.rbuf.is_empty() {
+                        return Ok(HeadRead::Closed);
+                    }
+                }
             }
         }
     }
+}
+
+/// Read into `rbuf`. With nothing buffered, a connection takes no read buffer before the
+/// stream is readable, and gives both buffers back when the read has to wait: between
+/// requests, an idle keep-alive connection holds none.
+pub(crate) fn poll_read_or_let_go<IO: Io>(
+    io: &mut IO,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if rbuf.capacity() == 0 {
+        std::task::ready!(io.poll_read_ready(cx))?;
+    }
+    if rbuf.capacity() - rbuf.len() < READ_RESERVE / 4 {
+        rbuf.reserve(READ_RESERVE);
+    }
+    let polled = pin!(io.read_buf(rbuf)).poll(cx);
+    if polled.is_pending() && rbuf.is_empty() {
+        *rbuf = BytesMut::new();
+        *wbuf = BytesMut::new();
+    }
+    polled
+}
+
+/// Read on while a request waits for its answer, keeping what comes (pipelined requests) up
+/// to `max_head`: true once the client has closed; false when the buffer is full.
+async fn watch_for_close<IO: Io>(
+    io: &mut IO,
+    rbuf: &mut BytesMut,
+    max_head: usize,
+) -> std::io::Result<bool> {
+    while rbuf.len() < max_head {
+        if rbuf.capacity() - rbuf.len() < READ_RESERVE / 4 {
+            rbuf.reserve(READ_RESERVE);
+        }
+        if io.read_buf(rbuf).await? == 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Hand on what the buffer holds of the body, or read more. Waits while the service has not
@@ -361,11 +519,17 @@ async fn feed<R: AsyncRead + Unpin>(
     match feeder.decoder.decode(rbuf) {
         Ok(Decoded::Data(data)) => {
             if let Some(slot) = slot {
-                slot.send(Ok(data));
+                slot.send(Ok(Frame::data(data)));
             }
             Ok(Fed::More)
         }
-        Ok(Decoded::Trailers(_)) | Ok(Decoded::Done) => Ok(Fed::Done),
+        Ok(Decoded::Trailers(trailers)) => {
+            if let Some(slot) = slot {
+                slot.send(Ok(Frame::trailers(trailers)));
+            }
+            Ok(Fed::Done)
+        }
+        Ok(Decoded::Done) => Ok(Fed::Done),
         Ok(Decoded::NeedMore) => {
             if rbuf.capacity() - rbuf.len() < READ_RESERVE / 4 {
                 rbuf.reserve(READ_RESERVE);
@@ -407,16 +571,14 @@ fn drain_buffered(feeder: &mut Feeder, rbuf: &mut BytesMut) -> bool {
 /// Write the body after the head already in `wbuf`: everything that is ready goes out in one
 /// write, the rest as it comes. While it waits for the body, the request body is still fed
 /// (a service may answer before it has read all of the request).
-async fn write_body<W, R, B>(
-    writer: &mut W,
+async fn write_body<IO, B>(
     wbuf: &mut BytesMut,
     body: &mut B,
     framing: ResponseFraming,
-    request: &mut RequestSide<'_, R>,
+    request: &mut RequestSide<'_, IO>,
 ) -> std::io::Result<()>
 where
-    W: AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
+    IO: Io,
     B: Body<Data = Bytes> + Unpin,
     B::Error: Display,
 {
@@ -427,7 +589,7 @@ where
             None => {
                 // Nothing ready: send what has gathered, then wait (feeding the request).
                 if !wbuf.is_empty() {
-                    writer.write_all(wbuf).await?;
+                    request.io.write_all(wbuf).await?;
                     wbuf.clear();
                 }
                 loop {
@@ -437,7 +599,7 @@ where
                     tokio::select! {
                         biased;
                         next = body.frame() => break next,
-                        fed = feed(request.feeder.as_mut(), request.reader, request.rbuf, request.limits) => {
+                        fed = feed(request.feeder.as_mut(), request.io, request.rbuf, request.limits) => {
                             request.fed(fed?);
                         }
                     }
@@ -480,22 +642,48 @@ where
             }
         }
         if wbuf.len() >= WRITE_HIGH_WATER {
-            writer.write_all(wbuf).await?;
+            request.io.write_all(wbuf).await?;
             wbuf.clear();
         }
     }
 }
 
 /// The request side of the connection while its response is written.
-struct RequestSide<'a, R> {
+struct RequestSide<'a, IO> {
     feeder: Option<Feeder>,
-    reader: &'a mut R,
+    io: &'a mut IO,
     rbuf: &'a mut BytesMut,
     limits: &'a Limits,
     keep_alive: bool,
 }
 
-impl<R> RequestSide<'_, R> {
+impl<IO: Io> RequestSide<'_, IO> {
+    /// After the response: read the rest of the request body (handing it on while anyone
+    /// reads it, dropping it after), for at most [`BODY_FINISH_LIMIT`]. True when it ended
+    /// cleanly, so the next request starts where it should.
+    async fn finish_body(&mut self) -> std::io::Result<bool> {
+        let Some(mut feeder) = self.feeder.take() else {
+            return Ok(self.keep_alive);
+        };
+        let finish = async {
+            loop {
+                match feed(Some(&mut feeder), self.io, self.rbuf, self.limits).await? {
+                    Fed::More => {}
+                    Fed::Done => return Ok::<_, std::io::Error>(true),
+                    Fed::Broken => return Ok(false),
+                }
+            }
+        };
+        match tokio::time::timeout(BODY_FINISH_LIMIT, finish).await {
+            Ok(finished) => Ok(finished? && self.keep_alive),
+            Err(_) => {
+                // Never let a cut-off body end as if complete.
+                let _ = feeder.chunks.try_send(Err(BodyError::Incomplete));
+                Ok(false)
+            }
+        }
+    }
+
     fn fed(&mut self, fed: Fed) {
         match fed {
             Fed::More => {}
@@ -535,7 +723,7 @@ async fn write_error<W: AsyncWrite + Unpin>(
             status,
             &headers,
             ResponseFraming::Length(message.len() as u64),
-            true,
+            Persistence::Close,
             date,
         )
     });
@@ -591,7 +779,8 @@ mod tests {
         B::Error: Display + Send,
     {
         let (mut client, server) = duplex(64 * 1024);
-        let served = tokio::spawn(serve(server, LIMITS, service));
+        let (_shutdown, watching) = watch::channel(false);
+        let served = tokio::spawn(serve(server, BytesMut::new(), LIMITS, watching, service));
         client.write_all(input).await.unwrap();
         if close {
             client.shutdown().await.unwrap();
@@ -730,7 +919,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_head_gets_408_and_an_idle_connection_is_closed() {
         let (mut client, server) = duplex(64 * 1024);
-        let served = tokio::spawn(serve(server, LIMITS, echo));
+        let (_shutdown, watching) = watch::channel(false);
+        let served = tokio::spawn(serve(
+            server,
+            BytesMut::new(),
+            LIMITS,
+            watching.clone(),
+            echo,
+        ));
         client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
@@ -738,12 +934,182 @@ mod tests {
         assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408 "));
 
         let (mut client, server) = duplex(64 * 1024);
-        let served = tokio::spawn(serve(server, LIMITS, echo));
+        let (_shutdown, watching) = watch::channel(false);
+        let served = tokio::spawn(serve(
+            server,
+            BytesMut::new(),
+            LIMITS,
+            watching.clone(),
+            echo,
+        ));
         let started = Instant::now();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
         served.await.unwrap().unwrap();
         assert!(out.is_empty());
         assert_eq!(started.elapsed(), LIMITS.header_read_timeout);
+    }
+
+    #[tokio::test]
+    async fn http10_keep_alive_is_announced_and_trailers_reach_the_service() {
+        async fn trailers(req: Request<RequestBody>) -> Response<Full<Bytes>> {
+            let collected = req.into_body().collect().await.unwrap();
+            let sum = collected
+                .trailers()
+                .and_then(|t| t.get("x-sum"))
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            Response::new(Full::new(Bytes::from(sum)))
+        }
+        let out = exchange_with(
+            trailers,
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nx-sum: 1\r\n\r\n\
+              GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            true,
+        )
+        .await;
+        assert!(out.contains("connection: keep-alive\r\n"), "{out}");
+        assert_eq!(bodies(&out), vec!["1", ""], "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_body_still_read_after_an_early_answer_is_read_to_its_end_and_the_connection_goes_on()
+    {
+        // The answer comes before the body; the body is still being read elsewhere.
+        async fn early(req: Request<RequestBody>) -> Response<Full<Bytes>> {
+            let body = req.into_body();
+            tokio::spawn(async move {
+                let _ = body.collect().await;
+            });
+            Response::new(Full::new(Bytes::from_static(b"early")))
+        }
+        let (mut client, server) = duplex(64 * 1024);
+        let (_shutdown, watching) = watch::channel(false);
+        let served = tokio::spawn(serve(server, BytesMut::new(), LIMITS, watching, early));
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nabc")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = client.read(&mut buf).await.unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            first.ends_with("early") && !first.contains("close"),
+            "{first}"
+        );
+        client
+            .write_all(b"defGET /n HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        served.await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&rest).ends_with("early"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_while_its_answer_is_pending_drops_the_service() {
+        let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
+        let mut dropped_tx = Some(dropped_tx);
+        let never = move |_: Request<RequestBody>| {
+            let guard = dropped_tx.take();
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Response::new(Full::new(Bytes::new()))
+            }
+        };
+        let (mut client, server) = duplex(64 * 1024);
+        let (_shutdown, watching) = watch::channel(false);
+        let served = tokio::spawn(serve(server, BytesMut::new(), LIMITS, watching, never));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        // The sender inside the service future is dropped with it.
+        assert!(dropped_rx.await.is_err());
+        served.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_an_idle_connection_and_ends_a_busy_one_after_its_answer() {
+        let (mut client, server) = duplex(64 * 1024);
+        let (shutdown, watching) = watch::channel(false);
+        let served = tokio::spawn(serve(
+            server,
+            BytesMut::new(),
+            LIMITS,
+            watching.clone(),
+            echo,
+        ));
+        shutdown.send(true).unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        served.await.unwrap().unwrap();
+        assert!(out.is_empty());
+
+        // Shutdown comes once a pipelined pair has been read: the first is answered, with
+        // `connection: close`, and the second is not.
+        let (mut client, server) = duplex(64 * 1024);
+        let read = BytesMut::from(
+            &b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        );
+        let served = tokio::spawn(serve(server, read, LIMITS, watching, echo));
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        served.await.unwrap().unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.contains("connection: close\r\n") && out.ends_with("GET /1 "),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_101_hands_the_connection_and_the_bytes_read_past_the_head_to_the_upgrade() {
+        async fn switch(mut req: Request<RequestBody>) -> Response<Full<Bytes>> {
+            let pending = req.extensions_mut().remove::<PendingUpgrade>().unwrap();
+            tokio::spawn(async move {
+                let Upgraded { mut io, read_ahead } = pending.wait().await.unwrap();
+                io.write_all(b"tunnel got: ").await.unwrap();
+                io.write_all(&read_ahead).await.unwrap();
+                let mut more = [0u8; 5];
+                io.read_exact(&mut more).await.unwrap();
+                io.write_all(&more).await.unwrap();
+            });
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response
+                .headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("echo"));
+            response
+        }
+        let (mut client, server) = duplex(64 * 1024);
+        let (_shutdown, watching) = watch::channel(false);
+        let served = tokio::spawn(serve(server, BytesMut::new(), LIMITS, watching, switch));
+        client
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nearly",
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while !String::from_utf8_lossy(&out).ends_with("tunnel got: early") {
+            let mut buf = [0u8; 256];
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+        client.write_all(b"later").await.unwrap();
+        client.read_to_end(&mut out).await.unwrap();
+        served.await.unwrap().unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with("HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("connection: upgrade\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\ntunnel got: earlylater"), "{out}");
     }
 }

@@ -20,16 +20,30 @@ pub enum ResponseFraming {
     /// Neither: the body ends when the connection closes (an HTTP/1.0 client, which cannot
     /// read chunks).
     UntilClose,
+    /// A 101: no body, `connection: upgrade`, and the connection carries the new protocol.
+    Switching,
+}
+
+/// What the connection does after a response, as its `Connection` field says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Stays open, as HTTP/1.1 does unless told otherwise: no field.
+    KeepAlive,
+    /// Stays open for an HTTP/1.0 client that asked: `connection: keep-alive`, without which
+    /// it would take the connection for closed.
+    KeepAliveAnnounced,
+    /// Closes after this response: `connection: close`.
+    Close,
 }
 
 /// Append the head of a response with `status` and `headers` to `out`. `date` is the
-/// `Date` value (cached per second by the caller); `close` adds `connection: close`.
+/// `Date` value (cached per second by the caller).
 pub fn encode_response_head(
     out: &mut BytesMut,
     status: StatusCode,
     headers: &HeaderMap,
     framing: ResponseFraming,
-    close: bool,
+    after: Persistence,
     date: &[u8],
 ) {
     out.reserve(estimate(headers) + 96);
@@ -39,6 +53,7 @@ pub fn encode_response_head(
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
     let keep_framing_fields = framing == ResponseFraming::Bodiless;
+    let switching = framing == ResponseFraming::Switching;
     for (name, value) in headers {
         let framing_field = name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
         if (framing_field && !keep_framing_fields) || name == header::CONNECTION {
@@ -61,10 +76,14 @@ pub fn encode_response_head(
             out.put_slice(b"\r\n");
         }
         ResponseFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        ResponseFraming::Bodiless | ResponseFraming::UntilClose => {}
+        ResponseFraming::Bodiless | ResponseFraming::UntilClose | ResponseFraming::Switching => {}
     }
-    if close || framing == ResponseFraming::UntilClose {
+    if switching {
+        out.put_slice(b"connection: upgrade\r\n");
+    } else if after == Persistence::Close || framing == ResponseFraming::UntilClose {
         out.put_slice(b"connection: close\r\n");
+    } else if after == Persistence::KeepAliveAnnounced {
+        out.put_slice(b"connection: keep-alive\r\n");
     }
     out.put_slice(b"\r\n");
 }
@@ -132,7 +151,12 @@ mod tests {
         }
         let mut out = BytesMut::new();
         let status = StatusCode::from_u16(status).unwrap();
-        encode_response_head(&mut out, status, &headers, framing, close, DATE);
+        let after = if close {
+            Persistence::Close
+        } else {
+            Persistence::KeepAlive
+        };
+        encode_response_head(&mut out, status, &headers, framing, after, DATE);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -175,6 +199,18 @@ mod tests {
             "{until_close}"
         );
         assert!(!until_close.contains("content-length") && !until_close.contains("chunked"));
+        let mut out = BytesMut::new();
+        let no_fields = HeaderMap::new();
+        let framing = ResponseFraming::Length(0);
+        encode_response_head(
+            &mut out,
+            StatusCode::OK,
+            &no_fields,
+            framing,
+            Persistence::KeepAliveAnnounced,
+            DATE,
+        );
+        assert!(out.ends_with(b"content-length: 0\r\nconnection: keep-alive\r\n\r\n"));
         let head = encode(
             200,
             &[("content-length", "42"), ("connection", "keep-alive")],
