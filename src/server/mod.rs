@@ -478,30 +478,46 @@ async fn serve_http<IO: Io>(
                     }
                 }
             };
-            let conn = h1::conn::serve(io, first, limits, shutdown.clone(), service);
+            let conn = std::pin::pin!(h1::conn::serve(
+                io,
+                first,
+                limits,
+                shutdown.clone(),
+                service
+            ));
             supervise(conn, None::<fn(Pin<&mut _>)>, settings, &cx, shutdown).await
         }
-        Spoken::Http2 => {
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(settings.max_h2_streams)
-                .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-                .keep_alive_interval(H2_KEEPALIVE_INTERVAL);
-            let service_cx = Arc::clone(&cx);
-            let service = service_fn(move |req: Request<Incoming>| {
-                proxy::handle(req.map(ClientBody::Hyper), Arc::clone(&service_cx))
-            });
-            let io = TokioIo::new(Prefixed::new(first.freeze(), io));
-            let conn = builder.serve_connection(io, service);
-            let graceful = closer_for(&conn, |conn| conn.graceful_shutdown());
-            supervise(conn, Some(graceful), settings, &cx, shutdown).await
-        }
+        // Boxed: an HTTP/1.1 connection's task should not carry room for an HTTP/2 server.
+        Spoken::Http2 => Box::pin(serve_h2(io, first, settings, cx, shutdown)).await,
     }
 }
 
+/// Serve HTTP/2 on hyper; `first` holds the bytes already read.
+async fn serve_h2<IO: Io>(
+    io: IO,
+    first: BytesMut,
+    settings: &ConnSettings,
+    cx: Arc<ConnContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_h2_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL);
+    let service_cx = Arc::clone(&cx);
+    let service = service_fn(move |req: Request<Incoming>| {
+        proxy::handle(req.map(ClientBody::Hyper), Arc::clone(&service_cx))
+    });
+    let io = TokioIo::new(Prefixed::new(first.freeze(), io));
+    let conn = std::pin::pin!(builder.serve_connection(io, service));
+    let graceful = closer_for(&conn, |conn| conn.graceful_shutdown());
+    supervise(conn, Some(graceful), settings, &cx, shutdown).await
+}
+
 /// `close` as the closer of `conn`'s type (it gives the closure its argument's type).
-fn closer_for<F, G: FnMut(Pin<&mut F>)>(_conn: &F, close: G) -> G {
+fn closer_for<F, G: FnMut(Pin<&mut F>)>(_conn: &Pin<&mut F>, close: G) -> G {
     close
 }
 
@@ -513,7 +529,7 @@ fn closer_for<F, G: FnMut(Pin<&mut F>)>(_conn: &F, close: G) -> G {
 /// the connection to finish what is in progress and close (HTTP/2); without it the connection
 /// sees shutdown itself, and an idle one is simply dropped (HTTP/1.1: nothing is in progress).
 async fn supervise<F, E, G>(
-    conn: F,
+    mut conn: Pin<&mut F>,
     mut graceful: Option<G>,
     settings: &ConnSettings,
     cx: &ConnContext,
@@ -523,7 +539,6 @@ async fn supervise<F, E, G>(
     E: std::fmt::Display,
     G: FnMut(Pin<&mut F>),
 {
-    let mut conn = std::pin::pin!(conn);
     let tick = (settings.idle_timeout.min(settings.send_timeout) / 4).max(MIN_WATCHDOG_TICK);
     let mut watch = Watchdog::new(cx, Instant::now());
     let mut closing = *shutdown.borrow();

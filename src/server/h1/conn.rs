@@ -226,150 +226,198 @@ where
                 return Ok(());
             }
         };
-        let RequestHead {
-            mut parts,
-            framing,
-            keep_alive,
-            expect_continue,
-        } = head;
-        let head_request = parts.method == Method::HEAD;
-        let version = parts.version;
-        // Only a request that names a protocol to switch to can be switched.
-        let upgrade = parts.headers.contains_key(header::UPGRADE).then(|| {
-            let (tx, rx) = oneshot::channel();
-            parts
-                .extensions
-                .insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
-            tx
-        });
-        let (body, feeder) = match framing {
-            RequestFraming::Empty => (RequestBody::empty(), None),
-            RequestFraming::Length(n) => body_channel(Framing::Length(n), SizeHint::with_exact(n)),
-            RequestFraming::Chunked => body_channel(Framing::Chunked, SizeHint::default()),
-        };
-        if expect_continue && feeder.is_some() {
-            io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        }
-        let request = Request::from_parts(parts, body);
-        let mut answer = pin!(service(request));
-        let mut side = RequestSide {
-            feeder,
-            io: &mut io,
-            rbuf: &mut rbuf,
-            limits: &limits,
-            keep_alive,
-        };
-
-        // Until the response head: feed the body while the service works; once it is all
-        // read, watch for the client closing (it is gone: the service is dropped, and the
-        // request ends as the client's).
-        let mut watch_close = true;
-        let response = loop {
-            if side.feeder.is_some() {
-                tokio::select! {
-                    biased;
-                    response = answer.as_mut() => break response,
-                    fed = feed(side.feeder.as_mut(), side.io, side.rbuf, side.limits) => side.fed(fed?),
-                }
-            } else if watch_close {
-                tokio::select! {
-                    biased;
-                    response = answer.as_mut() => break response,
-                    closed = watch_for_close(side.io, side.rbuf, side.limits.max_head) => {
-                        if closed? {
-                            return Ok(());
-                        }
-                        // A full buffer of pipelined requests: stop reading until this one
-                        // is answered.
-                        watch_close = false;
-                    }
-                }
-            } else {
-                break answer.as_mut().await;
+        // Everything one request needs lives in this future, boxed: a connection waiting for
+        // its next request holds none of it.
+        let next = Box::pin(exchange(
+            head,
+            &mut io,
+            &mut rbuf,
+            &mut wbuf,
+            &limits,
+            closing,
+            &mut service,
+        ))
+        .await?;
+        match next {
+            Next::Request => {}
+            Next::Close => {
+                let _ = io.shutdown().await;
+                return Ok(());
             }
-        };
-
-        let (parts, body) = response.into_parts();
-        let mut body = pin!(body);
-        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
-        let bodiless = head_request
-            || parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED;
-        let response_framing = if switching {
-            ResponseFraming::Switching
-        } else if bodiless {
-            ResponseFraming::Bodiless
-        } else if let Some(n) = body.size_hint().exact() {
-            ResponseFraming::Length(n)
-        } else if version == Version::HTTP_11 {
-            ResponseFraming::Chunked
-        } else {
-            ResponseFraming::UntilClose
-        };
-        if response_framing == ResponseFraming::UntilClose
-            || parts.headers.get(header::CONNECTION).is_some_and(is_close)
-            || (parts.status.is_informational() && !switching)
-        {
-            side.keep_alive = false;
-        }
-        // Whether the connection can go on must be known for the head. A body still being
-        // read (by the service, or by the proxy reading it to drop it) is read to its end after
-        // the response, and the connection goes on. One nobody reads any more can be skipped
-        // if the rest of it is already buffered; otherwise the connection ends with this
-        // response, the rest still read (and dropped) for a while first, so closing with
-        // bytes unread cannot reset the answer away before the client has it.
-        let mut unwanted = false;
-        if let Some(f) = side.feeder.as_mut() {
-            if f.chunks.is_closed() && drain_buffered(f, side.rbuf) {
-                side.feeder = None;
-            } else if f.chunks.is_closed() {
-                unwanted = true;
-            }
-        }
-        let close_after = !switching && (!side.keep_alive || unwanted || closing);
-        let after = if close_after {
-            Persistence::Close
-        } else if version == Version::HTTP_10 {
-            Persistence::KeepAliveAnnounced
-        } else {
-            Persistence::KeepAlive
-        };
-        with_date(|date| {
-            encode_response_head(
-                &mut wbuf,
-                parts.status,
-                &parts.headers,
-                response_framing,
-                after,
-                date,
-            )
-        });
-        if !bodiless && !switching {
-            write_body(&mut wbuf, &mut body, response_framing, &mut side).await?;
-        }
-        if !wbuf.is_empty() {
-            side.io.write_all(&wbuf).await?;
-            wbuf.clear();
-        }
-        side.io.flush().await?;
-        let finished = side.finish_body().await?;
-        let close_after = close_after || !finished;
-        if switching {
-            if let Some(tx) = upgrade {
+            Next::Switch(upgrade) => {
                 let read_ahead = rbuf.split().freeze();
-                let _ = tx.send(Upgraded {
+                let _ = upgrade.send(Upgraded {
                     io: Box::new(io),
                     read_ahead,
                 });
+                return Ok(());
             }
-            return Ok(());
-        }
-        if close_after {
-            let _ = io.shutdown().await;
-            return Ok(());
         }
     }
+}
+
+/// What follows a request on its connection.
+enum Next {
+    /// The next request.
+    Request,
+    /// Nothing: the connection closes.
+    Close,
+    /// The protocol it switched to: the connection goes to the upgrade.
+    Switch(oneshot::Sender<Upgraded>),
+}
+
+/// One request on the connection, from its head to the end of its response (and of its
+/// body).
+async fn exchange<IO, S, F, B>(
+    head: RequestHead,
+    io: &mut IO,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    limits: &Limits,
+    closing: bool,
+    service: &mut S,
+) -> std::io::Result<Next>
+where
+    IO: Io,
+    S: FnMut(Request<RequestBody>) -> F,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes>,
+    B::Error: Display,
+{
+    let RequestHead {
+        mut parts,
+        framing,
+        keep_alive,
+        expect_continue,
+    } = head;
+    let head_request = parts.method == Method::HEAD;
+    let version = parts.version;
+    // Only a request that names a protocol to switch to can be switched.
+    let upgrade = parts.headers.contains_key(header::UPGRADE).then(|| {
+        let (tx, rx) = oneshot::channel();
+        parts
+            .extensions
+            .insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
+        tx
+    });
+    let (body, feeder) = match framing {
+        RequestFraming::Empty => (RequestBody::empty(), None),
+        RequestFraming::Length(n) => body_channel(Framing::Length(n), SizeHint::with_exact(n)),
+        RequestFraming::Chunked => body_channel(Framing::Chunked, SizeHint::default()),
+    };
+    if expect_continue && feeder.is_some() {
+        io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    let request = Request::from_parts(parts, body);
+    let mut answer = pin!(service(request));
+    let mut side = RequestSide {
+        feeder,
+        io,
+        rbuf,
+        limits,
+        keep_alive,
+    };
+
+    // Until the response head: feed the body while the service works; once it is all
+    // read, watch for the client closing (it is gone: the service is dropped, and the
+    // request ends as the client's).
+    let mut watch_close = true;
+    let response = loop {
+        if side.feeder.is_some() {
+            tokio::select! {
+                biased;
+                response = answer.as_mut() => break response,
+                fed = feed(side.feeder.as_mut(), side.io, side.rbuf, side.limits) => side.fed(fed?),
+            }
+        } else if watch_close {
+            tokio::select! {
+                biased;
+                response = answer.as_mut() => break response,
+                closed = watch_for_close(side.io, side.rbuf, side.limits.max_head) => {
+                    if closed? {
+                        return Ok(Next::Close);
+                    }
+                    // A full buffer of pipelined requests: stop reading until this one
+                    // is answered.
+                    watch_close = false;
+                }
+            }
+        } else {
+            break answer.as_mut().await;
+        }
+    };
+
+    let (parts, body) = response.into_parts();
+    let mut body = pin!(body);
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+    let bodiless = head_request
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let response_framing = if switching {
+        ResponseFraming::Switching
+    } else if bodiless {
+        ResponseFraming::Bodiless
+    } else if let Some(n) = body.size_hint().exact() {
+        ResponseFraming::Length(n)
+    } else if version == Version::HTTP_11 {
+        ResponseFraming::Chunked
+    } else {
+        ResponseFraming::UntilClose
+    };
+    if response_framing == ResponseFraming::UntilClose
+        || parts.headers.get(header::CONNECTION).is_some_and(is_close)
+        || (parts.status.is_informational() && !switching)
+    {
+        side.keep_alive = false;
+    }
+    // Whether the connection can go on must be known for the head. A body still being
+    // read (by the service, or by the proxy reading it to drop it) is read to its end after
+    // the response, and the connection goes on. One nobody reads any more can be skipped
+    // if the rest of it is already buffered; otherwise the connection ends with this
+    // response, the rest still read (and dropped) for a while first, so closing with
+    // bytes unread cannot reset the answer away before the client has it.
+    let mut unwanted = false;
+    if let Some(f) = side.feeder.as_mut() {
+        if f.chunks.is_closed() && drain_buffered(f, side.rbuf) {
+            side.feeder = None;
+        } else if f.chunks.is_closed() {
+            unwanted = true;
+        }
+    }
+    let close_after = !switching && (!side.keep_alive || unwanted || closing);
+    let after = if close_after {
+        Persistence::Close
+    } else if version == Version::HTTP_10 {
+        Persistence::KeepAliveAnnounced
+    } else {
+        Persistence::KeepAlive
+    };
+    with_date(|date| {
+        encode_response_head(
+            wbuf,
+            parts.status,
+            &parts.headers,
+            response_framing,
+            after,
+            date,
+        )
+    });
+    if !bodiless && !switching {
+        write_body(wbuf, &mut body, response_framing, &mut side).await?;
+    }
+    if !wbuf.is_empty() {
+        side.io.write_all(wbuf).await?;
+        wbuf.clear();
+    }
+    side.io.flush().await?;
+    let finished = side.finish_body().await?;
+    let close_after = close_after || !finished;
+    Ok(match upgrade {
+        Some(upgrade) if switching => Next::Switch(upgrade),
+        _ if close_after => Next::Close,
+        _ => Next::Request,
+    })
 }
 
 fn is_close(value: &HeaderValue) -> bool {
