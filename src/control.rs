@@ -289,6 +289,7 @@ pub fn run(
             tokio::spawn(Arc::clone(cluster).run(Arc::clone(&control.shared), shutdown.clone()))
         });
         tokio::spawn(crate::heap::give_back_after_bursts());
+        tokio::spawn(crate::telemetry::fold_samples_periodically());
         if let Some(listener) = admin {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {

@@ -287,6 +287,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     weir::server::nofile::raise_and_check(&snapshot.config);
+    weir::heap::keep_heap_top();
     if let Err(e) = preflight(&snapshot.config) {
         eprintln!("{e}");
         return ExitCode::FAILURE;

@@ -81,6 +81,23 @@ pub fn heap_in_use() -> Option<u64> {
     }
 }
 
+/// Let each arena keep up to `bytes` free at the top of its heap instead of handing them back
+/// at once (glibc's `M_TRIM_THRESHOLD`, 128 KiB by default); returns whether it was set.
+pub fn keep_heap_top(bytes: usize) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt takes the allocator's own lock and only sets a tunable; any thread
+        // may call it at any time.
+        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, value) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = bytes;
+        false
+    }
+}
+
 /// Give the heap's free pages back to the kernel (glibc's `malloc_trim(0)`, which walks every
 /// arena); returns whether any memory was released.
 pub fn trim_heap() -> bool {

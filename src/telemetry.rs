@@ -34,6 +34,26 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// How often recorded histogram samples are folded into their buckets. The exporter keeps
+/// every sample until then, 8 bytes per histogram per request: folded only when /metrics was
+/// scraped, a busy weir nobody scraped grew by about 36 bytes per request (9 MiB in a 9 s
+/// run at 64 connections).
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fold histogram samples into their buckets every [`UPKEEP_INTERVAL`], until the task is
+/// dropped.
+pub async fn fold_samples_periodically() {
+    let Some(handle) = prometheus() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 /// The Prometheus text exposition, with gauges refreshed from `snapshot` first.
 pub fn render(snapshot: &Snapshot) -> String {
     let Some(handle) = prometheus() else {
