@@ -87,13 +87,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// True when `headers` ask to switch protocols (WebSocket and other `Upgrade` requests):
 /// `Connection` lists "upgrade" and `Upgrade` is present.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE) && crate::values::connection::lists(headers, b"upgrade")
 }
 
 /// What the client side of a request looks like to the worker.

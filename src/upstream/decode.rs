@@ -126,7 +126,8 @@ fn parse_head_with<const N: usize>(
         let head = buf.split_to(head_len).freeze();
         let headers = field_spans::header_map(&head, &spans[..count]).ok_or(DecodeError::Head)?;
         let (framing, framing_keeps_alive) = framing(status, method, &headers)?;
-        let keep_alive = framing_keeps_alive && connection_persists(version, &headers);
+        let keep_alive =
+            framing_keeps_alive && crate::values::connection::persists(version, &headers);
         let mut response = http::Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -197,24 +198,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, DecodeError> {
         }
     }
     Ok(length)
-}
-
-/// HTTP/1.1 connections persist unless `Connection: close`; HTTP/1.0 ones only with
-/// `Connection: keep-alive`.
-fn connection_persists(version: Version, headers: &HeaderMap) -> bool {
-    let has_token = |wanted: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(wanted))
-    };
-    if version == Version::HTTP_10 {
-        has_token("keep-alive")
-    } else {
-        !has_token("close")
-    }
 }
 
 /// What the body decoder produced from the buffered bytes.

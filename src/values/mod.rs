@@ -1,11 +1,12 @@
 //! Small value types of the config file with their parsers and tests: durations, byte sizes,
 //! CIDR networks, host patterns (and the `host[:port]` check of a client's `Host`), status
-//! lists and cron schedules. They sit at the bottom of the crate and import nothing from it, so
+//! lists, cron schedules and the `Connection` field's options. They sit at the bottom of the crate and import nothing from it, so
 //! the config model, the request path and the scaler can all use them without depending on
 //! each other.
 
 mod cidr;
 pub mod clock;
+pub mod connection;
 mod cron;
 mod duration;
 pub mod field_spans;

@@ -26,6 +26,7 @@ use super::date::with_date;
 use super::encode::{encode_response_head, put_chunk_size, Persistence, ResponseFraming};
 use super::head::{parse_request_head, RequestFraming, RequestHead};
 use crate::upstream::{BodyDecoder, Decoded, Framing};
+use crate::values::connection;
 
 /// Read more when less than this much room is left in the read buffer.
 const READ_RESERVE: usize = 4 * 1024;
@@ -366,7 +367,10 @@ where
         ResponseFraming::UntilClose
     };
     if response_framing == ResponseFraming::UntilClose
-        || parts.headers.get(header::CONNECTION).is_some_and(is_close)
+        || parts
+            .headers
+            .get(header::CONNECTION)
+            .is_some_and(|v| connection::value_lists(v, b"close"))
         || (parts.status.is_informational() && !switching)
     {
         side.keep_alive = false;
@@ -418,13 +422,6 @@ where
         _ if close_after => Next::Close,
         _ => Next::Request,
     })
-}
-
-fn is_close(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 fn body_channel(framing: Framing, hint: SizeHint) -> (RequestBody, Option<Feeder>) {
@@ -826,9 +823,7 @@ mod tests {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Display + Send,
     {
-        let (mut client, server) = duplex(64 * 1024);
-        let (_shutdown, watching) = watch::channel(false);
-        let served = tokio::spawn(serve(server, BytesMut::new(), LIMITS, watching, service));
+        let (mut client, served, _shutdown) = connect(service, b"");
         client.write_all(input).await.unwrap();
         if close {
             client.shutdown().await.unwrap();
@@ -837,6 +832,34 @@ mod tests {
         client.read_to_end(&mut out).await.unwrap();
         served.await.unwrap().unwrap();
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// A connection served in memory: the client's end, the driver's task, and the switch
+    /// that shuts it down. `read` is what the driver has already read (the sniffed bytes).
+    fn connect<S, F, B>(
+        service: S,
+        read: &[u8],
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+        watch::Sender<bool>,
+    )
+    where
+        S: FnMut(Request<RequestBody>) -> F + Send + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Display + Send,
+    {
+        let (client, server) = duplex(64 * 1024);
+        let (shutdown, watching) = watch::channel(false);
+        let served = tokio::spawn(serve(
+            server,
+            BytesMut::from(read),
+            LIMITS,
+            watching,
+            service,
+        ));
+        (client, served, shutdown)
     }
 
     fn bodies(out: &str) -> Vec<&str> {
@@ -966,30 +989,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_head_gets_408_and_an_idle_connection_is_closed() {
-        let (mut client, server) = duplex(64 * 1024);
-        let (_shutdown, watching) = watch::channel(false);
-        let served = tokio::spawn(serve(
-            server,
-            BytesMut::new(),
-            LIMITS,
-            watching.clone(),
-            echo,
-        ));
+        let (mut client, served, _shutdown) = connect(echo, b"");
         client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
         served.await.unwrap().unwrap();
         assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408 "));
 
-        let (mut client, server) = duplex(64 * 1024);
-        let (_shutdown, watching) = watch::channel(false);
-        let served = tokio::spawn(serve(
-            server,
-            BytesMut::new(),
-            LIMITS,
-            watching.clone(),
-            echo,
-        ));
+        let (mut client, served, _shutdown) = connect(echo, b"");
         let started = Instant::now();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
@@ -1031,9 +1038,7 @@ mod tests {
             });
             Response::new(Full::new(Bytes::from_static(b"early")))
         }
-        let (mut client, server) = duplex(64 * 1024);
-        let (_shutdown, watching) = watch::channel(false);
-        let served = tokio::spawn(serve(server, BytesMut::new(), LIMITS, watching, early));
+        let (mut client, served, _shutdown) = connect(early, b"");
         client
             .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nabc")
             .await
@@ -1067,9 +1072,7 @@ mod tests {
                 Response::new(Full::new(Bytes::new()))
             }
         };
-        let (mut client, server) = duplex(64 * 1024);
-        let (_shutdown, watching) = watch::channel(false);
-        let served = tokio::spawn(serve(server, BytesMut::new(), LIMITS, watching, never));
+        let (mut client, served, _shutdown) = connect(never, b"");
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -1082,15 +1085,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_closes_an_idle_connection_and_ends_a_busy_one_after_its_answer() {
-        let (mut client, server) = duplex(64 * 1024);
-        let (shutdown, watching) = watch::channel(false);
-        let served = tokio::spawn(serve(
-            server,
-            BytesMut::new(),
-            LIMITS,
-            watching.clone(),
-            echo,
-        ));
+        let (mut client, served, shutdown) = connect(echo, b"");
         shutdown.send(true).unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
@@ -1099,11 +1094,9 @@ mod tests {
 
         // Shutdown comes once a pipelined pair has been read: the first is answered, with
         // `connection: close`, and the second is not.
-        let (mut client, server) = duplex(64 * 1024);
-        let read = BytesMut::from(
-            &b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-        );
-        let served = tokio::spawn(serve(server, read, LIMITS, watching, echo));
+        let read = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut client, served, shutdown) = connect(echo, read);
+        shutdown.send(true).unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
         served.await.unwrap().unwrap();
@@ -1133,9 +1126,7 @@ mod tests {
                 .insert(header::UPGRADE, HeaderValue::from_static("echo"));
             response
         }
-        let (mut client, server) = duplex(64 * 1024);
-        let (_shutdown, watching) = watch::channel(false);
-        let served = tokio::spawn(serve(server, BytesMut::new(), LIMITS, watching, switch));
+        let (mut client, served, _shutdown) = connect(switch, b"");
         client
             .write_all(
                 b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nearly",

@@ -135,7 +135,7 @@ fn parse_with<const N: usize>(
         .ok_or(HeadError::Malformed("weir: malformed header field\n"))?;
     let (framing, framing_keeps_alive) = framing(version, &headers)?;
     let expect_continue = expectation(&headers)?;
-    let keep_alive = framing_keeps_alive && connection_persists(version, &headers);
+    let keep_alive = framing_keeps_alive && crate::values::connection::persists(version, &headers);
     let mut request = http::Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -260,23 +260,6 @@ fn expectation(headers: &HeaderMap) -> Result<bool, HeadError> {
         }
     }
     Ok(expect)
-}
-
-/// HTTP/1.1 connections persist unless `Connection: close`; HTTP/1.0 ones only with
-/// `Connection: keep-alive`.
-fn connection_persists(version: Version, headers: &HeaderMap) -> bool {
-    let has = |wanted: &[u8]| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(wanted))
-    };
-    if version == Version::HTTP_10 {
-        has(b"keep-alive")
-    } else {
-        !has(b"close")
-    }
 }
 
 #[cfg(test)]
