@@ -99,7 +99,7 @@ fn sample_pool(
     wall: SystemTime,
 ) -> (Sample, Previous) {
     let workers = pool.workers();
-    let count = |s: WorkerState| workers.iter().filter(|w| w.state() == s).count() as u32;
+    let count = |s: WorkerState| crate::pool::count_in(&workers, s);
     let counts = pool.latency().counts();
     let same_pool = previous.filter(|p| p.pool.upgrade().is_some_and(|p| Arc::ptr_eq(&p, pool)));
     let (rps, p99_ms) = match same_pool {

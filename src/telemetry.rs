@@ -68,7 +68,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             WorkerState::Draining,
             WorkerState::Unhealthy,
         ] {
-            let n = workers.iter().filter(|w| w.state() == state).count();
+            let n = crate::pool::count_in(&workers, state);
             gauge!("weir_workers", "pool" => name.clone(), "state" => state.as_str()).set(n as f64);
         }
     }

@@ -158,7 +158,7 @@ pub fn pools(shared: &Shared) -> Vec<PoolView> {
         .iter()
         .map(|(name, pool)| {
             let workers = pool.workers();
-            let count = |s: WorkerState| workers.iter().filter(|w| w.state() == s).count() as u32;
+            let count = |s: WorkerState| crate::pool::count_in(&workers, s);
             let (desired, min, max, provider) = match shared.scalers.get(name) {
                 Some(scaler) => (
                     scaler.desired(),

@@ -17,7 +17,7 @@ pub use latency::{LatencyCounts, LatencyHistogram};
 pub use queue::{RouteQueue, WaitReason, WaitingRequest};
 pub use retry_budget::RetryBudget;
 pub use share::{fleet_share, FleetPlace};
-pub use worker::{InFlightGuard, Worker, WorkerSpec, WorkerState, UNLIMITED};
+pub use worker::{count_in, InFlightGuard, Worker, WorkerSpec, WorkerState, UNLIMITED};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

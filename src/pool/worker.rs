@@ -90,6 +90,13 @@ pub struct WorkerSpec {
     pub unhealthy_threshold: u32,
 }
 
+/// How many of `workers` are in `state`: the one count behind the dashboard's history, the
+/// admin API's pool view and the `weir_workers` gauge, so they always agree.
+pub fn count_in(workers: &[Arc<Worker>], state: WorkerState) -> u32 {
+    let n = workers.iter().filter(|w| w.state() == state).count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 impl Worker {
     /// A new worker belonging to `pool`, whose waiting counter is `waiting`.
     pub(super) fn new(spec: WorkerSpec, waiting: Arc<AtomicUsize>, pool: Weak<Pool>) -> Arc<Self> {
