@@ -407,7 +407,7 @@ where
             date,
         )
     });
-    if !bodiless && !switching {
+    if !bodiless {
         write_body(wbuf, &mut body, response_framing, &mut side).await?;
     }
     if !wbuf.is_empty() {
@@ -511,15 +511,20 @@ pub(crate) fn poll_read_or_let_go<IO: Io>(
     if rbuf.capacity() == 0 {
         std::task::ready!(io.poll_read_ready(cx))?;
     }
-    if rbuf.capacity() - rbuf.len() < READ_RESERVE / 4 {
-        rbuf.reserve(READ_RESERVE);
-    }
+    make_room(rbuf);
     let polled = pin!(io.read_buf(rbuf)).poll(cx);
     if polled.is_pending() && rbuf.is_empty() {
         *rbuf = BytesMut::new();
         *wbuf = BytesMut::new();
     }
     polled
+}
+
+/// Room for the next read: more when less than a quarter of [`READ_RESERVE`] is left.
+fn make_room(rbuf: &mut BytesMut) {
+    if rbuf.capacity() - rbuf.len() < READ_RESERVE / 4 {
+        rbuf.reserve(READ_RESERVE);
+    }
 }
 
 /// Read on while a request waits for its answer, keeping what comes (pipelined requests) up
@@ -530,9 +535,7 @@ async fn watch_for_close<IO: Io>(
     max_head: usize,
 ) -> std::io::Result<bool> {
     while rbuf.len() < max_head {
-        if rbuf.capacity() - rbuf.len() < READ_RESERVE / 4 {
-            rbuf.reserve(READ_RESERVE);
-        }
+        make_room(rbuf);
         if io.read_buf(rbuf).await? == 0 {
             return Ok(true);
         }
@@ -576,9 +579,7 @@ async fn feed<R: AsyncRead + Unpin>(
         }
         Ok(Decoded::Done) => Ok(Fed::Done),
         Ok(Decoded::NeedMore) => {
-            if rbuf.capacity() - rbuf.len() < READ_RESERVE / 4 {
-                rbuf.reserve(READ_RESERVE);
-            }
+            make_room(rbuf);
             match tokio::time::timeout(limits.body_read_timeout, reader.read_buf(rbuf)).await {
                 Ok(Ok(0)) => {
                     fail(slot, BodyError::Incomplete);
