@@ -97,10 +97,13 @@ pub fn field_value(rng: &mut Rng) -> String {
 /// `wire` (a valid message) mutated in one to three ways: a flipped bit, an inserted or a
 /// deleted run of bytes, truncation, a repeated run, or an HTTP token spliced in.
 pub fn mutate(rng: &mut Rng, wire: &mut Vec<u8>) {
-    const SPLICE: [&[u8]; 14] = [
+    const SPLICE: [&[u8]; 17] = [
         b"\r\n",
         b"\n",
         b"\r",
+        b"\n\n",
+        b"0\r\n\n",
+        b"\r\n\n",
         b"\0",
         b"0\r\n\r\n",
         b"transfer-encoding: chunked\r\n",

@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::*;
@@ -14,42 +13,7 @@ use http::Request;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A worker that records every request head it reads and answers each with `ok`.
-async fn recording_worker() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let record = Arc::clone(&record);
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head: Vec<u8> = pending.drain(..end + 4).collect();
-                        record
-                            .lock()
-                            .unwrap()
-                            .push(String::from_utf8_lossy(&head).into_owned());
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
+use tokio::net::TcpStream;
 
 /// Send `head` on a fresh connection and return the status of the answer.
 async fn status_of(weir: SocketAddr, head: &str) -> u16 {

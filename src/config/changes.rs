@@ -104,6 +104,7 @@ fn server_changes(old: &ServerConfig, new: &ServerConfig, changes: &mut Vec<Stri
         send_timeout,
         tunnel_idle_timeout,
         trusted_proxies,
+        underscores_in_headers,
     } = new;
     push_value(
         changes,
@@ -187,6 +188,13 @@ fn server_changes(old: &ServerConfig, new: &ServerConfig, changes: &mut Vec<Stri
             "server.trusted_proxies: changed ({NEW_PROXY_CONNECTIONS})"
         ));
     }
+    push_value(
+        changes,
+        "server.underscores_in_headers",
+        &old.underscores_in_headers,
+        underscores_in_headers,
+        NEXT_REQUEST,
+    );
 }
 
 fn upstream_changes(old: &UpstreamConfig, new: &UpstreamConfig, changes: &mut Vec<String>) {

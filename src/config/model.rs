@@ -293,6 +293,11 @@ pub struct ServerConfig {
     /// CIDRs (or bare addresses) of proxies in front of weir whose X-Forwarded-* headers are
     /// trusted. Default: none, so no client can spoof its address.
     pub trusted_proxies: Vec<String>,
+    /// Forward request header fields whose names contain `_`. Off by default, as in nginx:
+    /// CGI, WSGI and PHP map `_` and `-` to the same variable, so `X_Forwarded_For` would
+    /// pass for weir's `X-Forwarded-For`; such fields are dropped (logged once per
+    /// connection).
+    pub underscores_in_headers: bool,
 }
 
 impl Default for ServerConfig {
@@ -310,6 +315,7 @@ impl Default for ServerConfig {
             send_timeout: DEFAULT_SEND_TIMEOUT,
             tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
             trusted_proxies: Vec::new(),
+            underscores_in_headers: false,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Per-client-connection context shared by the requests of one connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -33,6 +33,8 @@ pub struct ConnContext {
     body_polls: AtomicU64,
     /// HTTP/2 streams whose relay cut them for taking nothing within `send_timeout`.
     streams_cut: AtomicU64,
+    /// Whether a header name with `_` was already dropped (and logged) on this connection.
+    dropped_underscored: AtomicBool,
     /// Holds one slot of `server.max_connections` until the connection and anything it
     /// spawned (e.g. a WebSocket tunnel) are gone.
     _permit: ConnectionPermit,
@@ -63,6 +65,7 @@ impl ConnContext {
             owed: AtomicU32::new(0),
             body_polls: AtomicU64::new(0),
             streams_cut: AtomicU64::new(0),
+            dropped_underscored: AtomicBool::new(false),
             _permit: permit,
         })
     }
@@ -107,6 +110,12 @@ impl ConnContext {
     /// connection takes nothing.
     pub fn streams_cut(&self) -> u64 {
         self.streams_cut.load(Ordering::Relaxed)
+    }
+
+    /// A header name with `_` was dropped: true the first time on this connection, so it is
+    /// logged once, not once per request.
+    pub fn first_underscored_drop(&self) -> bool {
+        !self.dropped_underscored.swap(true, Ordering::Relaxed)
     }
 
     /// Response-body polls so far; unchanged while responses are owed means the client takes

@@ -84,6 +84,25 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
 }
 
+/// Remove every field whose name has an `_`; true when one was. CGI, WSGI and PHP map `_`
+/// and `-` to the same variable, so `X_Forwarded_For` from a client would pass for weir's own
+/// `X-Forwarded-For` (nginx drops them too, unless `underscores_in_headers`). One scan of the
+/// names; the removal list is built only when one is found.
+pub fn drop_underscored(headers: &mut HeaderMap) -> bool {
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return false;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+    true
+}
+
 /// True when `headers` ask to switch protocols (WebSocket and other `Upgrade` requests):
 /// `Connection` lists "upgrade" and `Upgrade` is present.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {

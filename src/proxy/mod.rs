@@ -40,6 +40,7 @@ use hyper::body::Body;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::config::ServerConfig;
 use crate::error::{ProxyError, Report, RetryVerdict};
 use crate::pool::{InFlightGuard, Pool, Rejection, RetrySettings, RouteQueue, WaitReason, Worker};
 use crate::routing::Route;
@@ -217,7 +218,7 @@ fn prepare(
         })
     };
     let snapshot = cx.shared.snapshot();
-    let routed = rewrite_request_head(&mut head, cx, upgrade)
+    let routed = rewrite_request_head(&mut head, cx, upgrade, &snapshot.config.server)
         .and_then(|()| lookup(&snapshot, &head.headers, &head.uri));
     let route = match routed {
         Ok(route) => route,
@@ -622,9 +623,17 @@ fn rewrite_request_head(
     head: &mut Parts,
     cx: &ConnContext,
     upgrade: bool,
+    server: &ServerConfig,
 ) -> Result<(), ProxyError> {
     check_host(head)?;
     check_transfer_coding(&head.headers)?;
+    normalize_path(&mut head.uri)?;
+    if !server.underscores_in_headers
+        && headers::drop_underscored(&mut head.headers)
+        && cx.first_underscored_drop()
+    {
+        warn!(client = %cx.peer, "dropped request header fields whose names have '_' (server.underscores_in_headers = false); logged once per connection");
+    }
     if head.uri.authority().is_some() {
         // HTTP/2 and absolute-form requests carry the host in the URI; HTTP/1.1 workers want it
         // in Host.
@@ -663,6 +672,33 @@ fn rewrite_request_head(
     };
     let host = head.headers.get(header::HOST).cloned();
     headers::set_forwarded(&mut head.headers, &facts, host.as_ref());
+    Ok(())
+}
+
+/// Resolve dot-segments and merge repeated slashes in the target's path before it is routed,
+/// so routing and the worker see the same path; a path that climbs above the root is 400.
+fn normalize_path(uri: &mut Uri) -> Result<(), ProxyError> {
+    let normal = match crate::values::path::normalize(uri.path()) {
+        Ok(None) => return Ok(()),
+        Ok(Some(normal)) => normal,
+        Err(_) => {
+            return Err(ProxyError::bad_request(
+                "weir: the request path climbs above the root\n",
+            ))
+        }
+    };
+    let target = match uri.query() {
+        Some(query) => format!("{normal}?{query}"),
+        None => normal,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        target
+            .parse()
+            .map_err(|_| ProxyError::bad_request("weir: malformed request target\n"))?,
+    );
+    *uri = Uri::from_parts(parts)
+        .map_err(|_| ProxyError::bad_request("weir: malformed request target\n"))?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use crate::values::field_spans::{self, FieldSpan};
+use crate::values::lines::{find_line_end, split_field_line, LineError, SectionScan};
 
 /// Most header fields a worker response may carry (hyper's default, too).
 pub const MAX_HEADERS: usize = 100;
@@ -29,6 +30,9 @@ pub enum DecodeError {
     ContentLength,
     /// A malformed chunk size line, chunk end or trailer section.
     Chunked,
+    /// A transfer coding other than `chunked` alone: weir would pass on coded bytes the client
+    /// has no `Content-Encoding` for.
+    TransferCoding,
 }
 
 impl DecodeError {
@@ -39,6 +43,9 @@ impl DecodeError {
             DecodeError::HeadTooLarge => "weir: the worker's response head is too large\n",
             DecodeError::ContentLength => "weir: the worker sent an invalid Content-Length\n",
             DecodeError::Chunked => "weir: the worker sent a malformed chunked body\n",
+            DecodeError::TransferCoding => {
+                "weir: the worker sent a transfer coding other than chunked\n"
+            }
         }
     }
 }
@@ -92,23 +99,21 @@ fn parse_head_with<const N: usize>(
     method: &Method,
 ) -> Result<Option<ResponseHead>, DecodeError> {
     loop {
+        // The head's end is found by the one line rule (CRLF only), and httparse reads
+        // exactly that much: the two never disagree on where the body starts.
+        let head_len = match SectionScan::new().advance(buf, MAX_HEAD_BYTES) {
+            Ok(Some(len)) => len,
+            Ok(None) => return Ok(None),
+            Err(LineError::TooLong) => return Err(DecodeError::HeadTooLarge),
+            Err(_) => return Err(DecodeError::Head),
+        };
         let mut fields = [httparse::EMPTY_HEADER; N];
         let mut spans = [FieldSpan::default(); N];
         let mut parsed = httparse::Response::new(&mut fields);
-        let head_len = match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                return if buf.len() > MAX_HEAD_BYTES {
-                    Err(DecodeError::HeadTooLarge)
-                } else {
-                    Ok(None)
-                };
-            }
+        match parsed.parse(&buf[..head_len]) {
+            Ok(httparse::Status::Complete(len)) if len == head_len => {}
             Err(httparse::Error::TooManyHeaders) => return Err(DecodeError::HeadTooLarge),
-            Err(_) => return Err(DecodeError::Head),
-        };
-        if head_len > MAX_HEAD_BYTES {
-            return Err(DecodeError::HeadTooLarge);
+            _ => return Err(DecodeError::Head),
         }
         let code = parsed.code.unwrap_or(0);
         let status = StatusCode::from_u16(code).map_err(|_| DecodeError::Head)?;
@@ -157,21 +162,25 @@ fn framing(
         return Ok((Framing::Empty, true));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked_last = headers
+        // `chunked` alone: any other coding (gzip, deflate, identity) would reach the client
+        // as coded bytes with nothing saying so, once weir drops the hop-by-hop field.
+        let mut codings = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|c| c.trim_ascii())
+            .filter(|c| !c.is_empty());
+        let only_chunked = codings
+            .next()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if !only_chunked {
+            return Err(DecodeError::TransferCoding);
+        }
         // Transfer-Encoding overrides Content-Length; a response with both is suspect, so its
         // connection is not reused (RFC 9112 §6.3, point 3).
         let clean = !headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(if chunked_last {
-            (Framing::Chunked, clean)
-        } else {
-            (Framing::UntilClose, false)
-        });
+        return Ok((Framing::Chunked, clean));
     }
     match content_length(headers)? {
         Some(0) => Ok((Framing::Empty, true)),
@@ -325,7 +334,9 @@ fn step_chunked(
 ) -> Result<Option<Decoded>, DecodeError> {
     match *state {
         ChunkState::Size => {
-            let Some(line_end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+            let Some(line_end) =
+                find_line_end(buf, 0, MAX_CHUNK_LINE).map_err(|_| DecodeError::Chunked)?
+            else {
                 return Ok(Some(Decoded::NeedMore));
             };
             let size = chunk_size(&buf[..line_end])?;
@@ -361,35 +372,42 @@ fn step_chunked(
             Ok(None)
         }
         ChunkState::Trailers => {
-            if buf.len() >= 2 && &buf[..2] == b"\r\n" {
-                buf.advance(2);
-                return Ok(Some(Decoded::Done));
-            }
-            let Some(end) = find(buf, b"\r\n\r\n", MAX_TRAILER_BYTES)? else {
+            // Searched from the start each time: a trailer section is small and rare.
+            let Some(end) = SectionScan::new()
+                .advance(buf, MAX_TRAILER_BYTES)
+                .map_err(|_| DecodeError::Chunked)?
+            else {
                 return Ok(Some(Decoded::NeedMore));
             };
-            let section = buf.split_to(end + 4).freeze();
+            let section = buf.split_to(end).freeze();
+            if end == 2 {
+                return Ok(Some(Decoded::Done));
+            }
             Ok(Some(Decoded::Trailers(parse_trailers(&section)?)))
         }
     }
 }
 
+/// The fields of a trailer section whose end the line rule found (so every line in it ends
+/// with CRLF, the last one empty), read line by line by the same rule.
 fn parse_trailers(section: &Bytes) -> Result<HeaderMap, DecodeError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::parse_headers(section, &mut fields) {
-        Ok(httparse::Status::Complete((_, fields))) => {
-            let mut trailers = HeaderMap::with_capacity(fields.len());
-            for field in fields.iter() {
-                let name = HeaderName::from_bytes(field.name.as_bytes())
-                    .map_err(|_| DecodeError::Chunked)?;
-                let value = HeaderValue::from_maybe_shared(section.slice_ref(field.value))
-                    .map_err(|_| DecodeError::Chunked)?;
-                trailers.append(name, value);
-            }
-            Ok(trailers)
+    let mut trailers = HeaderMap::new();
+    let mut start = 0;
+    while let Ok(Some(end)) = find_line_end(section, start, MAX_TRAILER_BYTES) {
+        if end == start {
+            return Ok(trailers);
         }
-        _ => Err(DecodeError::Chunked),
+        if trailers.len() >= MAX_HEADERS {
+            return Err(DecodeError::Chunked);
+        }
+        let (name, value) = split_field_line(&section[start..end]).ok_or(DecodeError::Chunked)?;
+        let name = HeaderName::from_bytes(name).map_err(|_| DecodeError::Chunked)?;
+        let value = HeaderValue::from_maybe_shared(section.slice_ref(value))
+            .map_err(|_| DecodeError::Chunked)?;
+        trailers.append(name, value);
+        start = end + 2;
     }
+    Err(DecodeError::Chunked)
 }
 
 /// The size on a chunk-size line (hex digits, then optional `;extensions`).
@@ -408,21 +426,6 @@ fn chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
     }
     let text = std::str::from_utf8(digits).map_err(|_| DecodeError::Chunked)?;
     u64::from_str_radix(text, 16).map_err(|_| DecodeError::Chunked)
-}
-
-fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, DecodeError> {
-    find(buf, b"\r\n", limit)
-}
-
-/// The position of `needle` in `buf`, `Ok(None)` if not there yet, an error once `limit` bytes
-/// have gone by without it.
-fn find(buf: &[u8], needle: &[u8], limit: usize) -> Result<Option<usize>, DecodeError> {
-    match buf.windows(needle.len()).position(|w| w == needle) {
-        Some(at) if at <= limit => Ok(Some(at)),
-        Some(_) => Err(DecodeError::Chunked),
-        None if buf.len() > limit + needle.len() => Err(DecodeError::Chunked),
-        None => Ok(None),
-    }
 }
 
 #[cfg(test)]
@@ -532,9 +535,23 @@ mod tests {
             .unwrap(),
             Some((Framing::Empty, true))
         );
+        for coded in [
+            "gzip, chunked",
+            "gzip",
+            "chunked, chunked",
+            "identity",
+            "chunked, gzip",
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coded}\r\n\r\n");
+            assert_eq!(
+                f(&text, Method::GET).unwrap_err(),
+                DecodeError::TransferCoding,
+                "{coded}"
+            );
+        }
         assert_eq!(
             f(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n",
                 Method::GET
             )
             .unwrap(),
@@ -547,14 +564,6 @@ mod tests {
             )
             .unwrap(),
             Some((Framing::Chunked, false))
-        );
-        assert_eq!(
-            f(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                Method::GET
-            )
-            .unwrap(),
-            Some((Framing::UntilClose, false))
         );
         assert_eq!(
             f("HTTP/1.1 200 OK\r\n\r\n", Method::GET).unwrap(),
@@ -624,11 +633,38 @@ mod tests {
             b"ffffffffffffffffff\r\n",
             b"5 junk\r\nhello\r\n0\r\n\r\n",
             b"5\r\nhel",
+            // One rule for where a line ends: CRLF, in sizes, extensions and trailers alike.
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\rhello\r\n0\r\n\r\n",
+            b"5;a=\nb\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\rb\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\0b\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\n",
+            b"5\r\nhello\r\n0\r\nX: 1\n\n",
+            b"5\r\nhello\r\n0\r\nX: 1\r\n\n",
+            b"5\r\nhello\r\n0\r\nX: 1\n\r\n",
+            b"5\r\nhello\r\n0\r\nX : 1\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n X: 1\r\n\r\n",
         ] {
             assert!(body_of(Framing::Chunked, wire).is_err(), "{wire:?}");
         }
         let long_line = [b"1;".as_slice(), &[b'a'; MAX_CHUNK_LINE + 8]].concat();
         assert!(body_of(Framing::Chunked, &long_line).is_err());
+    }
+
+    #[test]
+    fn a_trailer_section_is_read_by_the_rule_that_ends_it_and_leaves_the_next_message() {
+        let wire = b"0\r\nX-A: 1\r\nX-B:2 \r\n\r\nGET /next HTTP/1.1\r\n\r\n";
+        let mut decoder = BodyDecoder::new(Framing::Chunked);
+        let mut buf = BytesMut::from(&wire[..]);
+        let Ok(Decoded::Trailers(trailers)) = decoder.decode(&mut buf) else {
+            panic!("trailers");
+        };
+        assert_eq!(trailers["x-a"], "1");
+        assert_eq!(trailers["x-b"], "2");
+        assert!(decoder.is_done());
+        assert_eq!(&buf[..], b"GET /next HTTP/1.1\r\n\r\n");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Small value types of the config file with their parsers and tests: durations, byte sizes,
 //! CIDR networks, host patterns (and the `host[:port]` check of a client's `Host`), status
-//! lists, cron schedules and the `Connection` field's options. They sit at the bottom of the crate and import nothing from it, so
+//! lists, cron schedules, the `Connection` field's options and where a framing line ends. They sit at the bottom of the crate and import nothing from it, so
 //! the config model, the request path and the scaler can all use them without depending on
 //! each other.
 
@@ -11,6 +11,8 @@ mod cron;
 mod duration;
 pub mod field_spans;
 mod host;
+pub mod lines;
+pub mod path;
 mod size;
 mod status;
 

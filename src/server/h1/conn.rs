@@ -27,6 +27,7 @@ use super::encode::{encode_response_head, put_chunk_size, Persistence, ResponseF
 use super::head::{parse_request_head, RequestFraming, RequestHead};
 use crate::upstream::{BodyDecoder, Decoded, Framing};
 use crate::values::connection;
+use crate::values::lines::SectionScan;
 
 /// Read more when less than this much room is left in the read buffer.
 const READ_RESERVE: usize = 4 * 1024;
@@ -216,6 +217,7 @@ where
             wbuf: &mut wbuf,
             limits: &limits,
             deadline: Instant::now() + limits.header_read_timeout,
+            scan: SectionScan::new(),
             shutdown: &mut shutdown,
             closing: &mut closing,
         };
@@ -454,6 +456,8 @@ struct HeadWait<'a, IO> {
     limits: &'a Limits,
     /// When the head must be complete.
     deadline: Instant,
+    /// How far the search for the head's end has gone.
+    scan: SectionScan,
     shutdown: &'a mut watch::Receiver<bool>,
     closing: &'a mut bool,
 }
@@ -463,7 +467,7 @@ impl<IO: Io> HeadWait<'_, IO> {
     /// while nothing of a head has arrived. `timer` fires at the deadline or before it.
     async fn read_head(&mut self, mut timer: Pin<&mut Sleep>) -> std::io::Result<HeadRead> {
         loop {
-            match parse_request_head(self.rbuf, self.limits.max_head) {
+            match parse_request_head(self.rbuf, self.limits.max_head, &mut self.scan) {
                 Ok(Some(head)) => return Ok(HeadRead::Head(head)),
                 Ok(None) => {}
                 Err(e) => return Ok(HeadRead::Refused(e.status(), e.client_message())),

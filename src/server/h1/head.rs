@@ -9,6 +9,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 
 use crate::values::field_spans::{self, FieldSpan};
+use crate::values::lines::{is_token_byte, LineError, SectionScan};
 
 /// Most header fields a request may carry.
 pub const MAX_FIELDS: usize = 100;
@@ -56,6 +57,16 @@ pub enum HeadError {
 }
 
 impl HeadError {
+    /// A head whose lines break [`crate::values::lines`]'s rule.
+    fn from_line(e: LineError) -> Self {
+        HeadError::Malformed(match e {
+            LineError::BareLf => "weir: malformed request head (a line ended with a bare LF)\n",
+            LineError::BareCr => "weir: malformed request head (a bare CR)\n",
+            LineError::Control => "weir: malformed request head (a control character)\n",
+            LineError::TooLong => "weir: request head too large\n",
+        })
+    }
+
     /// The status the client gets.
     pub fn status(self) -> StatusCode {
         match self {
@@ -78,44 +89,54 @@ impl HeadError {
 }
 
 /// Parse a request head from the front of `buf`, consuming it; `Ok(None)` means more bytes
-/// are needed. Empty lines before a request are skipped (RFC 9112 §2.2). `max_head` bounds
-/// the head, complete or not.
+/// are needed. `scan` carries the search for the head's end from one call to the next (a new
+/// one per head), so each byte is looked at once however the head arrives; httparse runs once,
+/// on the whole head. Empty lines before a request are skipped (RFC 9112 §2.2). `max_head`
+/// bounds the head, complete or not. Every line must end with CRLF (see
+/// [`crate::values::lines`]).
 pub fn parse_request_head(
     buf: &mut BytesMut,
     max_head: usize,
+    scan: &mut SectionScan,
 ) -> Result<Option<RequestHead>, HeadError> {
-    let leading = buf
-        .iter()
-        .position(|b| *b != b'\r' && *b != b'\n')
-        .unwrap_or(buf.len());
-    if leading > 0 {
-        let _ = buf.split_to(leading);
+    if scan.is_fresh() {
+        let leading = buf
+            .chunks_exact(2)
+            .take_while(|pair| *pair == b"\r\n")
+            .count()
+            * 2;
+        if leading > 0 {
+            let _ = buf.split_to(leading);
+        }
     }
-    match parse_with::<COMMON_FIELDS>(buf, max_head) {
-        Err(HeadError::TooLarge) => parse_with::<MAX_FIELDS>(buf, max_head),
+    let head_len = match scan.advance(buf, max_head) {
+        Ok(Some(len)) => len,
+        Ok(None) => return Ok(None),
+        Err(LineError::TooLong) => return Err(HeadError::TooLarge),
+        Err(e) => return Err(HeadError::from_line(e)),
+    };
+    match parse_with::<COMMON_FIELDS>(buf, head_len) {
+        Err(HeadError::TooLarge) => parse_with::<MAX_FIELDS>(buf, head_len),
         other => other,
     }
+    .map(Some)
 }
 
+/// Parse the whole head `buf[..head_len]` (its end already found) with room for `N` fields.
 fn parse_with<const N: usize>(
     buf: &mut BytesMut,
-    max_head: usize,
-) -> Result<Option<RequestHead>, HeadError> {
+    head_len: usize,
+) -> Result<RequestHead, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; N];
     let mut spans = [FieldSpan::default(); N];
     let mut parsed = httparse::Request::new(&mut fields);
-    let head_len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > max_head => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
+    match parsed.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(len)) if len == head_len => {}
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(httparse::Error::Version) => {
             return Err(HeadError::Malformed("weir: unsupported HTTP version\n"))
         }
-        Err(_) => return Err(HeadError::Malformed("weir: malformed request head\n")),
-    };
-    if head_len > max_head {
-        return Err(HeadError::TooLarge);
+        _ => return Err(HeadError::Malformed("weir: malformed request head\n")),
     }
     let version = match parsed.version {
         Some(0) => Version::HTTP_10,
@@ -134,7 +155,7 @@ fn parse_with<const N: usize>(
     let headers = field_spans::header_map(&head, &spans[..count])
         .ok_or(HeadError::Malformed("weir: malformed header field\n"))?;
     let (framing, framing_keeps_alive) = framing(version, &headers)?;
-    let expect_continue = expectation(&headers)?;
+    let expect_continue = version == Version::HTTP_11 && expectation(&headers)?;
     let keep_alive = framing_keeps_alive && crate::values::connection::persists(version, &headers);
     let mut request = http::Request::new(());
     *request.method_mut() = method;
@@ -142,12 +163,12 @@ fn parse_with<const N: usize>(
     *request.version_mut() = version;
     *request.headers_mut() = headers;
     let (parts, ()) = request.into_parts();
-    Ok(Some(RequestHead {
+    Ok(RequestHead {
         parts,
         framing,
         keep_alive,
         expect_continue,
-    }))
+    })
 }
 
 /// RFC 9112 §3.2: origin-form (`/path`) for most requests, absolute-form (`http://host/path`)
@@ -219,11 +240,6 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<(RequestFraming, boo
     }
 }
 
-/// RFC 9110 §5.6.2 token characters.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// The Content-Length, when present: digits only, every copy (and every list item) the same.
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
     let bad = HeadError::Malformed("weir: invalid Content-Length\n");
@@ -245,7 +261,8 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
 }
 
 /// `Expect: 100-continue` (case-insensitive) is met by a 100 before the body; anything else
-/// cannot be (RFC 9110 §10.1.1).
+/// cannot be (RFC 9110 §10.1.1). Only asked of HTTP/1.1 requests: an HTTP/1.0 client cannot
+/// know the expectation, so its Expect is ignored (RFC 9110 §10.1.1), never answered with a 100.
 fn expectation(headers: &HeaderMap) -> Result<bool, HeadError> {
     let mut expect = false;
     for value in headers.get_all(header::EXPECT) {
@@ -269,7 +286,7 @@ mod tests {
     const LIMIT: usize = 16 * 1024;
 
     fn parse(text: &str) -> Result<Option<RequestHead>, HeadError> {
-        parse_request_head(&mut BytesMut::from(text), LIMIT)
+        parse_request_head(&mut BytesMut::from(text), LIMIT, &mut SectionScan::new())
     }
 
     fn head(text: &str) -> RequestHead {
@@ -285,7 +302,9 @@ mod tests {
         let mut buf = BytesMut::from(
             "\r\nPOST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello",
         );
-        let head = parse_request_head(&mut buf, LIMIT).unwrap().unwrap();
+        let head = parse_request_head(&mut buf, LIMIT, &mut SectionScan::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(head.parts.method, Method::POST);
         assert_eq!(head.parts.uri, "/a?b=1");
         assert_eq!(head.parts.version, Version::HTTP_11);
@@ -422,10 +441,52 @@ mod tests {
     }
 
     #[test]
-    fn bare_lf_line_ends_are_read_as_line_ends() {
-        // RFC 9112 §2.2 lets a recipient take a bare LF as a line end; what weir forwards is
-        // encoded afresh with CRLF, so no one downstream reads it differently.
-        let head = head("GET / HTTP/1.1\nHost: x\nX-A: b\n\n");
-        assert_eq!(head.parts.headers["x-a"], "b");
+    fn a_line_ends_at_crlf_and_nowhere_else() {
+        for bad in [
+            "GET / HTTP/1.1\nHost: x\n\n",
+            "GET / HTTP/1.1\r\nHost: x\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n\n",
+            "GET / HTTP/1.1\rHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX-A: b\x0bc\r\n\r\n",
+            "\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert_eq!(refused(bad), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+        // Empty lines (CRLF) before a request are still skipped.
+        assert_eq!(
+            head("\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n").parts.uri,
+            "/a"
+        );
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_is_searched_once() {
+        let wire = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(8000)
+        );
+        let mut buf = BytesMut::new();
+        let mut scan = SectionScan::new();
+        let mut parsed = None;
+        for byte in wire.bytes() {
+            buf.extend_from_slice(&[byte]);
+            if let Some(head) = parse_request_head(&mut buf, LIMIT, &mut scan).unwrap() {
+                parsed = Some(head);
+            }
+        }
+        assert_eq!(parsed.unwrap().parts.headers["x-big"].len(), 8000);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn expect_in_an_http_1_0_request_is_ignored() {
+        let head = head("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(!head.expect_continue);
+        assert!(
+            !parse("POST / HTTP/1.0\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .expect_continue
+        );
     }
 }

@@ -11,6 +11,7 @@ use http::header;
 
 use super::head::{parse_request_head, HeadError, RequestFraming};
 use crate::fuzz::{field_value, mutate, run, token, Rng};
+use crate::values::lines::SectionScan;
 
 const LIMIT: usize = 8 * 1024;
 
@@ -118,8 +119,9 @@ enum Parsed {
 fn parse(wire: &[u8], mut piece: impl FnMut() -> usize) -> Parsed {
     let mut buf = BytesMut::new();
     let mut fed = 0;
+    let mut scan = SectionScan::new();
     loop {
-        match parse_request_head(&mut buf, LIMIT) {
+        match parse_request_head(&mut buf, LIMIT, &mut scan) {
             Ok(Some(head)) => {
                 let mut rest = buf.to_vec();
                 rest.extend_from_slice(&wire[fed..]);
@@ -249,5 +251,28 @@ fn every_split_of_any_head_parses_the_same_and_accepted_ones_frame_one_way() {
         let mut pieces = Rng(rng.next() | 1);
         let random = parse(&wire, || 1 + pieces.below(32));
         assert_eq!(whole, random, "whole vs random pieces: {wire:?}");
+        if let Parsed::Head { rest, .. } = &whole {
+            check_readings_agree(&wire, wire.len() - rest.len());
+        }
     });
+}
+
+/// An accepted head is one on which a reader that also ends lines at a bare LF (httparse,
+/// like many servers behind a proxy) agrees: the same end, and no bare LF or CR in it. Where
+/// the two readings would differ, weir must have refused.
+fn check_readings_agree(wire: &[u8], consumed: usize) {
+    let head = &wire[..consumed];
+    for (i, b) in head.iter().enumerate() {
+        match b {
+            b'\n' => assert!(i > 0 && head[i - 1] == b'\r', "bare LF accepted: {wire:?}"),
+            b'\r' => assert_eq!(head.get(i + 1), Some(&b'\n'), "bare CR accepted: {wire:?}"),
+            _ => {}
+        }
+    }
+    let mut fields = [httparse::EMPTY_HEADER; super::head::MAX_FIELDS];
+    let lenient = httparse::Request::new(&mut fields).parse(wire);
+    assert!(
+        matches!(lenient, Ok(httparse::Status::Complete(n)) if n == consumed),
+        "a lenient reader ends the head elsewhere ({lenient:?} vs {consumed}): {wire:?}"
+    );
 }
