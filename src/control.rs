@@ -201,6 +201,7 @@ impl Control {
                     pools: carried_pools,
                     routes: Some(&old.routes),
                     alerts: Arc::clone(&old.alerts),
+                    temp_files: Some(Arc::clone(&old.temp_files)),
                 };
                 Snapshot::build_carrying(new_config, &origin, carried).map_err(|e| e.to_string())
             })
@@ -226,7 +227,7 @@ impl Control {
         let old_proxy_max = self
             .shared
             .connections
-            .resize(new_config.server.max_connections);
+            .resize(crate::server::nofile::client_cap(&new_config));
         let old_admin_max = self
             .admin_connections
             .resize(new_config.admin.max_connections);

@@ -114,6 +114,8 @@ enum ErrorKind {
     ClientGone,
     /// The client sent no more of its request body within `server.request_body_timeout`.
     ClientStalled,
+    /// One HTTP/2 connection has too many streams whose bodies weir is still reading.
+    TooManyBodies,
     /// The route's queue was full; the client should come back after `retry_after` seconds.
     QueueFull {
         /// `Retry-After` seconds.
@@ -233,6 +235,12 @@ impl ProxyError {
             ClientBodyError::Own(BodyError::Malformed) => true,
             ClientBodyError::Own(BodyError::Stalled) => return ProxyError::client_stalled(sent),
             ClientBodyError::Own(BodyError::Incomplete) => false,
+            ClientBodyError::Spool(_) => {
+                let mut failure =
+                    ProxyError::internal("weir: reading the buffered request body back failed\n");
+                failure.sent = sent;
+                return failure;
+            }
         };
         let mut failure = if malformed {
             ProxyError::bad_request("weir: the request body is malformed\n")
@@ -256,6 +264,11 @@ impl ProxyError {
     /// cut (recorded by the response itself; this only tells hyper to reset the stream).
     pub fn client_not_reading() -> Self {
         ProxyError::new(ErrorKind::ClientGone, Stage::Client)
+    }
+
+    /// The connection already has as many request bodies being read as it may.
+    pub fn too_many_bodies() -> Self {
+        ProxyError::new(ErrorKind::TooManyBodies, Stage::Client)
     }
 
     /// The route's queue was full.
@@ -389,6 +402,11 @@ impl ProxyError {
                 None,
                 "weir: the request body did not arrive in time\n",
             ),
+            ErrorKind::TooManyBodies => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(1),
+                "weir: too many request bodies in progress on this connection\n",
+            ),
             ErrorKind::QueueFull { retry_after } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(*retry_after),
@@ -469,7 +487,12 @@ impl fmt::Display for ProxyError {
             ErrorKind::BadHost(why) => write!(f, "bad Host: {}", why.trim_end()),
             ErrorKind::UnsupportedCoding => write!(f, "transfer coding other than chunked"),
             ErrorKind::ClientGone => f.write_str("the client went away before its response"),
-            ErrorKind::ClientStalled => f.write_str("the request body stalled"),
+            ErrorKind::ClientStalled => {
+                f.write_str("the request body stalled (request_body_timeout or min_data_rate)")
+            }
+            ErrorKind::TooManyBodies => {
+                f.write_str("too many request bodies being read on one connection")
+            }
             ErrorKind::QueueFull { .. } => f.write_str("queue full"),
             ErrorKind::QueueTimeout { .. } => f.write_str("timed out waiting in the queue"),
             ErrorKind::NoCapacity { .. } => f.write_str("the worker launch it waited for failed"),

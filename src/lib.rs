@@ -20,6 +20,8 @@
 //! - [`admin`], [`telemetry`], [`access_log`]: the admin API, the dashboard and CLI views,
 //!   Prometheus metrics, the JSON access log.
 //! - [`history`]: each pool's last 15 minutes, sampled every second for the dashboard.
+//! - [`spool`]: bodies held between a fast side and a slow one, in memory and then in unlinked
+//!   temporary files within one shared budget.
 //! - [`heap`]: gives the allocator's free pages back to the kernel after a burst.
 //! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
 //! - [`values`]: the small value types at the bottom (durations, byte sizes, CIDRs, host
@@ -50,6 +52,7 @@ pub mod proxy;
 pub mod routing;
 pub mod scale;
 pub mod server;
+pub mod spool;
 pub mod state;
 mod sys;
 pub mod telemetry;

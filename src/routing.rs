@@ -29,6 +29,16 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether request bodies are read before the request takes a worker slot.
+    pub fn buffer_requests(&self) -> bool {
+        self.config.buffer_requests
+    }
+
+    /// Whether responses are held so the worker is released when it is done.
+    pub fn buffer_responses(&self) -> bool {
+        self.config.buffer_responses
+    }
+
     fn matches(&self, path: &str) -> bool {
         match path.strip_prefix(self.prefix.as_str()) {
             Some(rest) => rest.is_empty() || rest.starts_with('/'),

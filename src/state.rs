@@ -15,6 +15,7 @@ use crate::pool::Pool;
 use crate::routing::RouteTable;
 use crate::scale::{ActivityLog, PoolScaler};
 use crate::server::{tls, ConnectionLimit};
+use crate::spool::TempFiles;
 use crate::telemetry::RouteMetrics;
 use crate::upstream::UpstreamSettings;
 use crate::values::Cidr;
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<Cidr>,
     /// Worker-side timeouts and pool sizes.
     pub upstream: UpstreamSettings,
+    /// Where bodies beyond their memory buffers go, and the budget they share.
+    pub temp_files: Arc<TempFiles>,
     /// TLS settings per listener (same order as `config.listeners`); `None` for plain TCP.
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     /// The access log, when on.
@@ -62,6 +65,7 @@ impl Snapshot {
             pools: reuse,
             routes: previous_routes,
             alerts,
+            temp_files: previous_temp_files,
         } = carried;
         let fail = |key: String, message: String| ConfigError {
             origin: origin.to_string(),
@@ -131,6 +135,7 @@ impl Snapshot {
             access_log,
             admin_token,
             upstream: UpstreamSettings::new(&config.upstream, &config.server),
+            temp_files: temp_files(&config, previous_temp_files),
             config: Arc::new(config),
             routes,
             pools,
@@ -154,6 +159,26 @@ pub struct Carried<'a> {
     pub routes: Option<&'a RouteTable>,
     /// The counters alert rules read.
     pub alerts: Arc<AlertCounters>,
+    /// The temporary files of the running snapshot: their budget counts the bodies held now.
+    pub temp_files: Option<Arc<TempFiles>>,
+}
+
+/// The running snapshot's temporary files when they stay in the same directory (with the new
+/// budget), so bodies held across a reload still count; else a fresh set.
+fn temp_files(config: &Config, previous: Option<Arc<TempFiles>>) -> Arc<TempFiles> {
+    let dir = config
+        .upstream
+        .temp_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    let max = config.upstream.max_temp_bytes.get();
+    match previous {
+        Some(temp) if temp.dir() == dir => {
+            temp.set_max_bytes(max);
+            temp
+        }
+        _ => TempFiles::new(dir, max),
+    }
 }
 
 /// State shared by all serving threads and the control plane.
@@ -175,7 +200,7 @@ impl Shared {
     /// Shared state starting from `snapshot`.
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         Arc::new(Shared {
-            connections: ConnectionLimit::new(snapshot.config.server.max_connections),
+            connections: ConnectionLimit::new(crate::server::nofile::client_cap(&snapshot.config)),
             snapshot: ArcSwap::from_pointee(snapshot),
             activity: Arc::new(ActivityLog::default()),
             history: Arc::default(),

@@ -154,3 +154,30 @@ pub fn set_nofile_soft_limit(soft: u64, hard: u64) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Make the next close of socket `fd` a reset (SO_LINGER with a zero timeout): what the
+/// kernel still holds to send is dropped instead of trickled to a client that was cut for
+/// taking too little of it. `fd` must be an open socket of the caller's, kept open across
+/// the call (the connection that owns it is still alive).
+pub fn reset_on_close(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a live local; a descriptor
+    // that is not a socket makes it fail with ENOTSOCK, never undefined behaviour.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -76,6 +76,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         gauge!("weir_queue_depth", "route" => route.name.to_string())
             .set(route.queue.depth() as f64);
     }
+    gauge!("weir_temp_file_bytes").set(snapshot.temp_files.used() as f64);
     handle.run_upkeep();
     handle.render()
 }

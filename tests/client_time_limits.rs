@@ -19,11 +19,25 @@ use tokio::net::TcpStream;
 
 /// Short limits so the test sees them pass; a pool of `slots` worker slots in all.
 fn limited_weir(worker: SocketAddr, slots: u32) -> Weir {
-    start_simple(
-        "send_timeout = \"800ms\"\nrequest_body_timeout = \"800ms\"\ntunnel_idle_timeout = \"800ms\"\n",
+    limited_weir_with(worker, slots, "")
+}
+
+const LIMITS: &str =
+    "send_timeout = \"800ms\"\nrequest_body_timeout = \"800ms\"\ntunnel_idle_timeout = \"800ms\"\n";
+
+fn limited_weir_with(worker: SocketAddr, slots: u32, route_keys: &str) -> Weir {
+    start_routed(
+        LIMITS,
+        route_keys,
         &format!("worker_concurrency = {slots}\nretries = {{ max_tries = 1 }}"),
         &[worker],
     )
+}
+
+/// A route whose responses stream as they come (`buffer_responses = false`): what holds a
+/// worker while the client reads, and so what the client-side limits must bound.
+fn streaming_weir(worker: SocketAddr, slots: u32) -> Weir {
+    limited_weir_with(worker, slots, "buffer_responses = false")
 }
 
 async fn wait_ready(weir: &Weir) {
@@ -100,7 +114,7 @@ async fn closed_by_weir(stream: &mut TcpStream) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_let_go_of_their_slots_after_send_timeout() {
     let worker = demo("w").await;
-    let weir = limited_weir(worker, 4);
+    let weir = streaming_weir(worker, 4);
     wait_ready(&weir).await;
     // Eight readers that never read, against four slots.
     let mut readers = Vec::new();
@@ -154,8 +168,11 @@ async fn body_first_worker() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_sending_its_body_gets_408_and_frees_the_slot() {
     let worker = body_first_worker().await;
-    let weir = start_simple(
+    // A route that streams request bodies (`buffer_requests = false`): the one case where a
+    // body still coming holds a worker slot, so the case the body timeout must bound.
+    let weir = start_routed(
         "request_body_timeout = \"800ms\"\n",
+        "buffer_requests = false",
         "worker_concurrency = 2\nretries = { max_tries = 1 }\nhealth = { interval = \"200ms\" }",
         &[worker],
     );
@@ -195,9 +212,10 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_frees_the_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_that_stalls_after_its_response_began_is_cut() {
-    // The demo's /echo answers at once and streams the body back as it comes.
+    // The demo's /echo answers at once and streams the body back as it comes (on a route
+    // that streams request bodies to the worker).
     let worker = demo("w").await;
-    let weir = limited_weir(worker, 2);
+    let weir = limited_weir_with(worker, 2, "buffer_requests = false");
     wait_ready(&weir).await;
     let mut stream = TcpStream::connect(weir.addr()).await.unwrap();
     stream
@@ -265,7 +283,7 @@ async fn an_http2_client_holding_its_window_at_zero_does_not_keep_the_slots() {
 async fn one_stalled_http2_stream_is_cut_while_the_others_on_its_connection_flow() {
     use http_body_util::BodyExt;
     let worker = demo("w").await;
-    let weir = limited_weir(worker, 4);
+    let weir = streaming_weir(worker, 4);
     wait_ready(&weir).await;
     // Stream windows of 64 KiB, a connection window large enough that the stalled stream
     // cannot starve the other.
@@ -369,4 +387,59 @@ async fn an_idle_tunnel_is_closed_at_tunnel_idle_timeout() {
         "{took:?}"
     );
     wait_until("slot free", || weir.workers("app")[0].in_flight() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_taking_its_response_slower_than_min_data_rate_is_cut() {
+    use tokio::net::TcpSocket;
+    let worker = demo("w").await;
+    let weir = start_simple(
+        "min_data_rate = \"64KiB\"\nmin_data_rate_grace = \"500ms\"\n",
+        "",
+        &[worker],
+    );
+    wait_ready(&weir).await;
+    const SIZE: usize = 16 << 20;
+    let request = format!("GET /bytes/{SIZE} HTTP/1.1\r\nhost: x\r\n\r\n");
+    // A reader at about 10 KiB/s: it never gets the whole response.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let mut slow = socket.connect(weir.addr()).await.unwrap();
+    slow.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut taken = 0usize;
+    let mut buf = [0u8; 1024];
+    let cut = loop {
+        match tokio::time::timeout(DEADLINE, slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => taken += n,
+            Err(_) => break false,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "slow reader cut after {:?} with {taken} bytes",
+        started.elapsed()
+    );
+    assert!(cut && taken < SIZE, "cut: {cut}, {taken} bytes");
+    // A reader at full speed gets all of it.
+    let mut fast = TcpStream::connect(weir.addr()).await.unwrap();
+    fast.write_all(request.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    while all.len() < SIZE + 64 {
+        match tokio::time::timeout(DEADLINE, fast.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => all.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+        if all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|end| all.len() >= end + 4 + SIZE)
+        {
+            break;
+        }
+    }
+    let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(all.len() - head_end, SIZE, "the fast reader got it all");
 }

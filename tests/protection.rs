@@ -141,25 +141,68 @@ async fn idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test]
-async fn connection_cap_holds_extra_clients_until_a_slot_frees() {
+async fn connection_cap_holds_extra_clients_while_every_connection_is_busy() {
     let worker = demo("w1").await;
     let weir = start_simple("max_connections = 2\nthreads = 1", "", &[worker]);
-    let mut first = Client::connect(weir.addr()).await;
-    let mut second = Client::connect(weir.addr()).await;
-    assert_eq!(first.get("/").await.status, 200);
-    assert_eq!(second.get("/").await.status, 200);
     let addr = weir.addr();
+    // Two connections busy with slow requests hold both slots.
+    let busy: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/?delay=800ms").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let third = tokio::spawn(async move { get(addr, "/").await });
-    // While two connections are open, the third is not served.
+    // While both are busy, the third is not served.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!third.is_finished());
-    drop(first);
+    for request in busy {
+        assert_eq!(request.await.unwrap().status, 200);
+    }
     let reply = tokio::time::timeout(DEADLINE, third)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(reply.status, 200);
-    drop(second);
+}
+
+#[tokio::test]
+async fn at_the_cap_the_longest_idle_connection_gives_way() {
+    let worker = demo("w1").await;
+    let weir = start_simple("max_connections = 2\nthreads = 1", "", &[worker]);
+    let idle_after_one_request = |addr| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        stream
+    };
+    let mut oldest = idle_after_one_request(weir.addr()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut newer = idle_after_one_request(weir.addr()).await;
+    // A third client is served at once: the longest idle connection made room.
+    let reply = tokio::time::timeout(Duration::from_secs(2), get(weir.addr(), "/"))
+        .await
+        .expect("served without waiting for an idle timeout");
+    assert_eq!(reply.status, 200);
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(DEADLINE, oldest.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the oldest idle was closed"
+    );
+    // The newer one is still open and still serves.
+    newer
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(DEADLINE, newer.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
 
 #[tokio::test]

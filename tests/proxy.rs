@@ -275,7 +275,9 @@ async fn least_inflight_avoids_the_busy_worker() {
 #[tokio::test]
 async fn in_flight_counts_are_exact_even_when_clients_leave() {
     let worker = demo("w1").await;
-    let weir = start_simple("", "", &[worker]);
+    // Responses streamed as they come, so one is still in flight when its client leaves
+    // mid-body (a buffered one frees its worker as soon as the worker has sent it).
+    let weir = start_routed("", "buffer_responses = false", "", &[worker]);
     let workers = weir.workers("app");
     let mut client = Client::connect(weir.addr()).await;
     for _ in 0..10 {

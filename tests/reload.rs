@@ -9,6 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// A weir with a TLS listener and a launched pool whose policy a reload can change.
 fn config(max_workers: u32, cert: &str, extra: &str) -> String {
@@ -159,11 +161,31 @@ async fn a_waiting_request_survives_a_reload_of_its_unchanged_route() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// A connection that made one request and stays open: (its answer's status, the client).
-async fn served_and_kept(addr: std::net::SocketAddr) -> (http::StatusCode, Client) {
-    let mut client = Client::connect(addr).await;
-    let status = client.get("/").await.status;
-    (status, client)
+/// A connection that made one request and stays open and busy, with a slow second request in
+/// flight (an idle one would give way at the cap): (its first answer's status, the stream).
+async fn served_and_kept(addr: std::net::SocketAddr) -> (http::StatusCode, TcpStream) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before its answer");
+        pending.extend_from_slice(&buf[..n]);
+    }
+    let status = std::str::from_utf8(&pending[9..12])
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| http::StatusCode::from_u16(s).ok())
+        .unwrap();
+    stream
+        .write_all(b"GET /?delay=60s HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    (status, stream)
 }
 
 /// How long a client at the cap is watched to show it is not being served (a served request
@@ -177,7 +199,7 @@ async fn a_reload_of_max_connections_changes_how_many_connections_are_served() {
     let rest = format!(
         "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"{worker}\"] }}\n"
     );
-    // Open connections outlive the test: only the cap decides who is served.
+    // Open connections stay busy: only the cap decides who is served.
     let weir = start_weir_at(
         "threads = 1\nmax_connections = 2\nheader_read_timeout = \"1m\"\nidle_timeout = \"1m\"\n",
         &rest,

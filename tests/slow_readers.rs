@@ -103,10 +103,43 @@ async fn a_client_not_reading_a_small_response_does_not_hold_the_only_slot() {
 }
 
 #[tokio::test]
-async fn a_response_larger_than_the_buffer_streams_and_holds_the_worker_until_read() {
+async fn a_response_larger_than_the_buffer_frees_its_worker_before_the_client_reads_it() {
     const LARGE: usize = 1_000_000;
     let worker = demo("w").await;
     let weir = start_simple("", "worker_concurrency = 1", &[worker]);
+    let workers = weir.workers("app");
+    let mut slow = closed_window_h2(weir.addr()).await;
+    let request = Request::get(format!("http://x/bytes/{LARGE}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = slow.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The client has taken next to nothing, yet weir holds the rest (memory, then a
+    // temporary file) and the worker's only slot is free...
+    wait_until("slot released before the client read", || {
+        workers[0].in_flight() == 0
+    })
+    .await;
+    assert_eq!(get(weir.addr(), "/hello").await.status, 200);
+    // ...and the client still gets all of it.
+    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+        .await
+        .expect("the body within the deadline")
+        .unwrap()
+        .to_bytes();
+    assert!(is_pattern(&body, LARGE), "{} bytes", body.len());
+}
+
+#[tokio::test]
+async fn a_streaming_route_holds_the_worker_until_the_client_reads() {
+    const LARGE: usize = 1_000_000;
+    let worker = demo("w").await;
+    let weir = start_routed(
+        "",
+        "buffer_responses = false",
+        "worker_concurrency = 1",
+        &[worker],
+    );
     let workers = weir.workers("app");
     let mut slow = closed_window_h2(weir.addr()).await;
     let request = Request::get(format!("http://x/bytes/{LARGE}"))

@@ -104,6 +104,8 @@ fn server_changes(old: &ServerConfig, new: &ServerConfig, changes: &mut Vec<Stri
         send_timeout,
         tunnel_idle_timeout,
         trusted_proxies,
+        min_data_rate,
+        min_data_rate_grace,
         underscores_in_headers,
     } = new;
     push_value(
@@ -190,6 +192,20 @@ fn server_changes(old: &ServerConfig, new: &ServerConfig, changes: &mut Vec<Stri
     }
     push_value(
         changes,
+        "server.min_data_rate",
+        &old.min_data_rate,
+        min_data_rate,
+        NEW_PROXY_CONNECTIONS,
+    );
+    push_value(
+        changes,
+        "server.min_data_rate_grace",
+        &old.min_data_rate_grace,
+        min_data_rate_grace,
+        NEW_PROXY_CONNECTIONS,
+    );
+    push_value(
+        changes,
         "server.underscores_in_headers",
         &old.underscores_in_headers,
         underscores_in_headers,
@@ -205,7 +221,39 @@ fn upstream_changes(old: &UpstreamConfig, new: &UpstreamConfig, changes: &mut Ve
         max_idle_per_worker,
         read_timeout,
         response_buffer,
+        max_response_buffer,
+        request_buffer,
+        max_request_buffer,
+        max_temp_bytes,
+        temp_dir,
     } = new;
+    for (key, old, new) in [
+        (
+            "upstream.max_response_buffer",
+            &old.max_response_buffer,
+            max_response_buffer,
+        ),
+        (
+            "upstream.request_buffer",
+            &old.request_buffer,
+            request_buffer,
+        ),
+        (
+            "upstream.max_request_buffer",
+            &old.max_request_buffer,
+            max_request_buffer,
+        ),
+        (
+            "upstream.max_temp_bytes",
+            &old.max_temp_bytes,
+            max_temp_bytes,
+        ),
+    ] {
+        push_value(changes, key, old, new, NEXT_REQUEST);
+    }
+    if old.temp_dir != *temp_dir {
+        changes.push(format!("upstream.temp_dir: changed ({NEXT_REQUEST})"));
+    }
     push_value(
         changes,
         "upstream.read_timeout",

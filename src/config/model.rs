@@ -53,6 +53,29 @@ pub const DEFAULT_READ_TIMEOUT: Dur = Dur::from_secs(60);
 /// `proxy_buffering`). 64 KiB covers most API and page responses and matches the socket reads
 /// weir makes; a thousand slow readers then hold at most 64 MiB.
 pub const DEFAULT_RESPONSE_BUFFER: ByteSize = ByteSize::from_kib(64);
+/// Beyond `response_buffer`, a response goes on into a temporary file up to this size, so
+/// its worker is released as soon as the worker has sent it, whatever the client's speed
+/// (nginx's `proxy_max_temp_file_size` is 1 GiB too). A larger response streams on from there,
+/// holding its worker.
+pub const DEFAULT_MAX_RESPONSE_BUFFER: ByteSize = ByteSize::from_mib(1024);
+/// A request body is read into memory up to this size before the request takes a worker slot
+/// (nginx's `client_body_buffer_size` is 8-16 KiB; 64 KiB matches weir's socket reads and
+/// `response_buffer`).
+pub const DEFAULT_REQUEST_BUFFER: ByteSize = ByteSize::from_kib(64);
+/// Beyond `request_buffer`, a request body goes on into a temporary file up to this size
+/// before the request takes a worker slot; a larger body streams from there (an upload that
+/// large is rarely a slow client's trick, and holding it whole would delay it).
+pub const DEFAULT_MAX_REQUEST_BUFFER: ByteSize = ByteSize::from_mib(16);
+/// All temporary files together hold at most this much; past it bodies stream instead (a
+/// flood of slow readers fills a budget, never the disk).
+pub const DEFAULT_MAX_TEMP_BYTES: ByteSize = ByteSize::from_mib(4096);
+/// Slowest a client may send a body or take a response, averaged, once the grace below has
+/// passed (Kestrel's MinRequestBodyDataRate is 240 B/s; 1 KiB/s still serves a 2G phone).
+pub const DEFAULT_MIN_DATA_RATE: ByteSize = ByteSize::from_kib(1);
+/// How long a body or a response may move slower than `min_data_rate` before the rate is
+/// held against it (Kestrel's grace is 5 s): room for TCP slow start and a phone waking up.
+pub const DEFAULT_MIN_DATA_RATE_GRACE: Dur = Dur::from_secs(5);
+
 /// Largest `response_buffer` accepted: it is held per slow client, so a bigger one would let a
 /// few thousand clients that never read take gigabytes.
 pub const MAX_RESPONSE_BUFFER: ByteSize = ByteSize::from_mib(64);
@@ -293,6 +316,13 @@ pub struct ServerConfig {
     /// CIDRs (or bare addresses) of proxies in front of weir whose X-Forwarded-* headers are
     /// trusted. Default: none, so no client can spoof its address.
     pub trusted_proxies: Vec<String>,
+    /// Slowest a client may send a request body or take a response, in bytes per second,
+    /// averaged from the start of the body once `min_data_rate_grace` has passed; slower is
+    /// cut (408 for a body not yet forwarded), and the worker slot it held freed. 0 turns the
+    /// check off (the timeouts still apply).
+    pub min_data_rate: ByteSize,
+    /// How long a body or response may move slower than `min_data_rate` before it counts.
+    pub min_data_rate_grace: Dur,
     /// Forward request header fields whose names contain `_`. Off by default, as in nginx:
     /// CGI, WSGI and PHP map `_` and `-` to the same variable, so `X_Forwarded_For` would
     /// pass for weir's `X-Forwarded-For`; such fields are dropped (logged once per
@@ -315,6 +345,8 @@ impl Default for ServerConfig {
             send_timeout: DEFAULT_SEND_TIMEOUT,
             tunnel_idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
             trusted_proxies: Vec::new(),
+            min_data_rate: DEFAULT_MIN_DATA_RATE,
+            min_data_rate_grace: DEFAULT_MIN_DATA_RATE_GRACE,
             underscores_in_headers: false,
         }
     }
@@ -341,6 +373,21 @@ pub struct UpstreamConfig {
     /// bodiless responses), is sent to the client by weir alone: the worker's slot and
     /// connection are released at once. Larger or still-streaming responses stream through.
     pub response_buffer: ByteSize,
+    /// Beyond `response_buffer`, weir keeps reading a response into a temporary file up to
+    /// this size, so the worker is released as soon as it has sent it. Event streams, a
+    /// worker's `X-Accel-Buffering: no` and routes with `buffer_responses = false` stream.
+    pub max_response_buffer: ByteSize,
+    /// A request body is read up to this size into memory before the request takes a worker
+    /// slot (routes with `buffer_requests = false` stream instead).
+    pub request_buffer: ByteSize,
+    /// Beyond `request_buffer`, a request body is read into a temporary file up to this size
+    /// before the request takes a worker slot; the rest of a larger one streams.
+    pub max_request_buffer: ByteSize,
+    /// All temporary files together hold at most this much; past it, bodies stream.
+    pub max_temp_bytes: ByteSize,
+    /// Where temporary files go (created unlinked, so nothing is left behind, even after a
+    /// crash). Default: the system's temporary directory ($TMPDIR or /tmp).
+    pub temp_dir: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -352,6 +399,11 @@ impl Default for UpstreamConfig {
             max_idle_per_worker: DEFAULT_MAX_IDLE_PER_WORKER,
             read_timeout: DEFAULT_READ_TIMEOUT,
             response_buffer: DEFAULT_RESPONSE_BUFFER,
+            max_response_buffer: DEFAULT_MAX_RESPONSE_BUFFER,
+            request_buffer: DEFAULT_REQUEST_BUFFER,
+            max_request_buffer: DEFAULT_MAX_REQUEST_BUFFER,
+            max_temp_bytes: DEFAULT_MAX_TEMP_BYTES,
+            temp_dir: None,
         }
     }
 }
@@ -405,6 +457,18 @@ pub struct RouteConfig {
     /// Where requests wait when no worker of the pool has a free slot.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// Read a request's body (up to `upstream.max_request_buffer`) before it takes a worker
+    /// slot. Off for uploads that must stream to the worker as they come.
+    #[serde(default = "enabled")]
+    pub buffer_requests: bool,
+    /// Hold a response weir cannot pass on at once (up to `upstream.max_response_buffer`) so
+    /// its worker is released when the worker is done. Off for responses that must stream.
+    #[serde(default = "enabled")]
+    pub buffer_responses: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// Longest a route's queue gets by default: a flood costs at most this many waiting requests.

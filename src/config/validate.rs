@@ -171,15 +171,27 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             return Err(fail(key.into(), "must be longer than zero".into()));
         }
     }
-    if config.upstream.response_buffer > super::MAX_RESPONSE_BUFFER {
-        return Err(fail(
-            "upstream.response_buffer".into(),
-            format!(
-                "{} is more than the {} weir holds per response",
-                config.upstream.response_buffer,
-                super::MAX_RESPONSE_BUFFER
-            ),
-        ));
+    for (key, value) in [
+        ("upstream.response_buffer", config.upstream.response_buffer),
+        ("upstream.request_buffer", config.upstream.request_buffer),
+    ] {
+        if value > super::MAX_RESPONSE_BUFFER {
+            return Err(fail(
+                key.into(),
+                format!(
+                    "{value} is more than the {} weir holds in memory per body",
+                    super::MAX_RESPONSE_BUFFER
+                ),
+            ));
+        }
+    }
+    if let Some(dir) = &config.upstream.temp_dir {
+        if !dir.is_dir() {
+            return Err(fail(
+                "upstream.temp_dir".into(),
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
     }
     for (i, cidr) in config.server.trusted_proxies.iter().enumerate() {
         crate::values::Cidr::parse(cidr)

@@ -22,8 +22,9 @@ pub struct Exchange {
     /// Keeps the worker's in-flight count until the body is done; `None` when the worker was
     /// released early, its whole body held by weir.
     pub in_flight: Option<InFlightGuard>,
-    /// Keeps the client connection from counting as idle.
-    pub activity: ActivityGuard,
+    /// Keeps the client connection from counting as idle; `None` when the client side of a
+    /// relayed response holds it.
+    pub activity: Option<ActivityGuard>,
     /// The serving thread's pool the connection goes back to.
     pub upstreams: Arc<Upstreams>,
     /// Idle connections kept per worker.
@@ -62,10 +63,7 @@ impl Exchange {
             .map_or("", |slot| slot.worker().name.as_str());
         log_at!(report.level, %worker, stage = report.label, error = %error, bytes_out, "{}", report.message);
         if let Some(outcome) = self.outcome.as_mut() {
-            outcome.error = Some(error.stage());
-            if error.stage() != Stage::Client {
-                outcome.status = report.status.as_u16();
-            }
+            record_failure(outcome, error);
         }
         self.finish(bytes_out);
     }
@@ -76,6 +74,17 @@ impl Exchange {
             outcome.error = Some(Stage::Client);
         }
         self.finish(bytes_out);
+    }
+}
+
+/// Record a body that broke off with `error`: its stage, and for a worker's failure or a time
+/// limit the status it replaces the one already sent with (502, 504), so a response that never
+/// arrived whole is never counted as the 2xx its head announced. A client's own failure keeps
+/// the status.
+pub fn record_failure(outcome: &mut Outcome, error: &ProxyError) {
+    outcome.error = Some(error.stage());
+    if error.stage() != Stage::Client {
+        outcome.status = error.report().status.as_u16();
     }
 }
 
@@ -127,13 +136,18 @@ impl Body for ProxyBody {
                 bytes_out,
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                if let Some(exchange) = exchange.as_mut() {
-                    exchange.activity.body_polled(polled.is_ready());
+                if let Some(activity) = exchange.as_mut().and_then(|e| e.activity.as_mut()) {
+                    activity.body_polled(polled.is_ready());
                 }
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             *bytes_out += data.len() as u64;
+                            if let Some(activity) =
+                                exchange.as_ref().and_then(|e| e.activity.as_ref())
+                            {
+                                activity.took(data.len() as u64);
+                            }
                         }
                     }
                     Poll::Ready(None) => {

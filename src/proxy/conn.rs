@@ -33,6 +33,16 @@ pub struct ConnContext {
     body_polls: AtomicU64,
     /// HTTP/2 streams whose relay cut them for taking nothing within `send_timeout`.
     streams_cut: AtomicU64,
+    /// Requests of this connection whose bodies weir is reading before they take a slot.
+    bodies_waiting: AtomicU32,
+    /// When the connection last had no request in progress (ms on [`coarse_ms`]'s clock),
+    /// so the longest idle give way first at the connection cap.
+    idle_since: AtomicU64,
+    /// Asked to close if idle: the proxy is at its connection cap.
+    give_way: tokio::sync::Notify,
+    /// Response-body bytes handed to the client side; the watchdog measures the client's
+    /// reading rate by it.
+    bytes_taken: AtomicU64,
     /// Whether a header name with `_` was already dropped (and logged) on this connection.
     dropped_underscored: AtomicBool,
     /// Holds one slot of `server.max_connections` until the connection and anything it
@@ -65,6 +75,10 @@ impl ConnContext {
             owed: AtomicU32::new(0),
             body_polls: AtomicU64::new(0),
             streams_cut: AtomicU64::new(0),
+            bodies_waiting: AtomicU32::new(0),
+            idle_since: AtomicU64::new(coarse_ms()),
+            give_way: tokio::sync::Notify::new(),
+            bytes_taken: AtomicU64::new(0),
             dropped_underscored: AtomicBool::new(false),
             _permit: permit,
         })
@@ -77,7 +91,6 @@ impl ConnContext {
         ActivityGuard {
             cx: Arc::clone(self),
             owed: false,
-            relayed: false,
         }
     }
 
@@ -112,6 +125,44 @@ impl ConnContext {
         self.streams_cut.load(Ordering::Relaxed)
     }
 
+    /// A turn for one more request body to be read ahead, while fewer than
+    /// [`MAX_BODIES_WAITING`] of this connection's are; `None` past it. HTTP/1.1 has one at a
+    /// time; it is HTTP/2's hundreds of streams that this bounds.
+    pub fn body_turn(self: &Arc<Self>) -> Option<BodyTurn> {
+        self.bodies_waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_BODIES_WAITING).then_some(n + 1)
+            })
+            .ok()?;
+        Some(BodyTurn(Arc::clone(self)))
+    }
+
+    /// Since when the connection has had no request in progress (meaningful while
+    /// [`active`](ConnContext::active) is 0).
+    pub fn idle_since_ms(&self) -> u64 {
+        self.idle_since.load(Ordering::Relaxed)
+    }
+
+    /// Ask the connection to close if it is idle (the proxy is at its cap).
+    pub fn ask_to_give_way(&self) {
+        self.give_way.notify_one();
+    }
+
+    /// Ready once the connection was asked to give way.
+    pub async fn asked_to_give_way(&self) {
+        self.give_way.notified().await
+    }
+
+    /// The client side took `n` response-body bytes.
+    pub fn body_taken(&self, n: u64) {
+        self.bytes_taken.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Response-body bytes the client side took so far.
+    pub fn bytes_taken(&self) -> u64 {
+        self.bytes_taken.load(Ordering::Relaxed)
+    }
+
     /// A header name with `_` was dropped: true the first time on this connection, so it is
     /// logged once, not once per request.
     pub fn first_underscored_drop(&self) -> bool {
@@ -125,13 +176,25 @@ impl ConnContext {
     }
 }
 
+/// Most requests of one connection whose bodies are read ahead at once: each holds up to
+/// `upstream.request_buffer` of memory, so an HTTP/2 connection opening its 256 streams and
+/// sending no body holds 32 such buffers at most, and its other streams get 429.
+pub const MAX_BODIES_WAITING: u32 = 32;
+
+/// One of a connection's turns to have a body read ahead; given back when dropped.
+pub struct BodyTurn(Arc<ConnContext>);
+
+impl Drop for BodyTurn {
+    fn drop(&mut self) {
+        self.0.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Keeps a connection from counting as idle while a request on it is in progress, and tells
 /// the connection's send watchdog whether its response waits on the client.
 pub struct ActivityGuard {
     cx: Arc<ConnContext>,
     owed: bool,
-    /// The response has its own relay, which watches the client itself.
-    relayed: bool,
 }
 
 impl ActivityGuard {
@@ -145,23 +208,16 @@ impl ActivityGuard {
     /// is the client's; pending means it waits on the worker (the worker-side deadlines own
     /// that wait).
     pub fn body_polled(&mut self, ready: bool) {
-        // A relayed body is polled by its relay, not by the client: the relay counts what the
-        // client takes instead.
-        if !self.relayed {
-            self.cx.body_polled();
-        }
+        self.cx.body_polled();
         self.set_owed(ready);
     }
 
-    /// The response is relayed by its own task (HTTP/2), which cuts its stream alone when
-    /// the client takes nothing: the connection's watchdog leaves it out.
-    pub fn relayed(&mut self) {
-        self.set_owed(false);
-        self.relayed = true;
+    /// The client side took `n` bytes of the response body.
+    pub fn took(&self, n: u64) {
+        self.cx.body_taken(n);
     }
 
     fn set_owed(&mut self, owed: bool) {
-        let owed = owed && !self.relayed;
         if self.owed != owed {
             self.owed = owed;
             if owed {
@@ -176,6 +232,15 @@ impl ActivityGuard {
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
         self.set_owed(false);
-        self.cx.active.fetch_sub(1, Ordering::Relaxed);
+        if self.cx.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.cx.idle_since.store(coarse_ms(), Ordering::Relaxed);
+        }
     }
+}
+
+/// Milliseconds on a monotonic clock, for ordering connections by how long they idled.
+pub fn coarse_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }

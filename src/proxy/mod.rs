@@ -15,6 +15,7 @@ macro_rules! log_at {
 }
 
 mod body;
+mod buffer;
 mod conn;
 mod headers;
 mod outcome;
@@ -22,7 +23,7 @@ mod relay;
 mod tunnel;
 
 pub use body::ProxyBody;
-pub use conn::{ActivityGuard, ConnContext};
+pub use conn::{coarse_ms, ActivityGuard, ConnContext};
 pub use outcome::Outcome;
 
 use std::convert::Infallible;
@@ -45,6 +46,7 @@ use crate::error::{ProxyError, Report, RetryVerdict};
 use crate::pool::{InFlightGuard, Pool, Rejection, RetrySettings, RouteQueue, WaitReason, Worker};
 use crate::routing::Route;
 use crate::server::h1::conn::PendingUpgrade;
+use crate::spool::SpoolLimits;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;
 use crate::upstream::{
@@ -57,6 +59,8 @@ use headers::ClientFacts;
 
 /// Set on responses whose request waited for a worker to start, with how long it waited.
 pub static X_WEIR_COLD_START: http::HeaderName = http::HeaderName::from_static("x-weir-cold-start");
+/// A worker's `X-Accel-Buffering: no` asks weir to relay its response as it comes.
+static X_ACCEL_BUFFERING: http::HeaderName = http::HeaderName::from_static("x-accel-buffering");
 
 /// Serve one client request. Never fails: every error becomes a response with a short body and
 /// a log line.
@@ -84,26 +88,42 @@ pub fn handle(
         match result {
             Ok(Forwarded::Response(response, mut exchange)) => {
                 outcome.status = response.status().as_u16();
-                exchange.outcome = Some(outcome);
-                // An HTTP/2 stream that still holds a worker gets its own relay, so a stream
-                // the client gives no window can be cut alone.
-                let relayed = !h1 && exchange.in_flight.is_some();
-                if relayed {
-                    exchange.activity.relayed();
-                }
-                Ok(response.map(|body| {
-                    let body = ProxyBody::Upstream {
-                        body,
-                        exchange: Some(exchange),
-                        bytes_out: 0,
-                    };
-                    if relayed {
-                        let send_timeout = cx.shared.snapshot().config.server.send_timeout.get();
-                        ProxyBody::Relayed(relay::relay(body, Arc::clone(&cx), send_timeout))
-                    } else {
-                        body
+                // A response that still holds its worker is relayed by its own task, which
+                // reads the worker into a spool as fast as it sends, so the worker is released
+                // when it is done, not when the client is (and an HTTP/2 stream the client
+                // gives no window can be cut alone). Streams stay streams: one piece at a time.
+                let plan = exchange.in_flight.is_some().then(|| {
+                    let buffered = prepared.as_ref().is_ok_and(|p| p.buffer_responses)
+                        && bufferable(response.headers());
+                    relay_plan(&cx, buffered)
+                });
+                match plan {
+                    Some(plan) if !h1 || plan.temp.is_some() => {
+                        let activity = exchange.activity.take();
+                        Ok(response.map(|body| {
+                            let body = ProxyBody::Upstream {
+                                body,
+                                exchange: Some(exchange),
+                                bytes_out: 0,
+                            };
+                            ProxyBody::Relayed(relay::relay(
+                                body,
+                                activity,
+                                Some(outcome),
+                                Arc::clone(&cx),
+                                plan,
+                            ))
+                        }))
                     }
-                }))
+                    _ => {
+                        exchange.outcome = Some(outcome);
+                        Ok(response.map(|body| ProxyBody::Upstream {
+                            body,
+                            exchange: Some(exchange),
+                            bytes_out: 0,
+                        }))
+                    }
+                }
             }
             Ok(Forwarded::Upgraded(response)) => {
                 outcome.status = response.status().as_u16();
@@ -152,6 +172,41 @@ pub fn handle(
     }
 }
 
+/// Whether a response may be held by weir rather than relayed as it comes: not an event
+/// stream, and not one its worker asked to stream (`X-Accel-Buffering: no`, as behind nginx).
+fn bufferable(headers: &HeaderMap) -> bool {
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let asked_not_to = headers
+        .get(&X_ACCEL_BUFFERING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
+    !event_stream && !asked_not_to
+}
+
+/// How a relayed response is held: in a spool of `response_buffer` then a temporary file of
+/// `max_response_buffer` when it may be buffered, else one piece at a time.
+fn relay_plan(cx: &ConnContext, buffered: bool) -> relay::RelayPlan {
+    let snapshot = cx.shared.snapshot();
+    let send_timeout = snapshot.config.server.send_timeout.get();
+    if buffered {
+        relay::RelayPlan {
+            limits: crate::spool::SpoolLimits {
+                memory: snapshot.upstream.response_buffer,
+                file: snapshot.upstream.max_response_buffer,
+            },
+            temp: Some(Arc::clone(&snapshot.temp_files)),
+            send_timeout,
+        }
+    } else {
+        relay::RelayPlan {
+            limits: crate::spool::SpoolLimits { memory: 0, file: 0 },
+            temp: None,
+            send_timeout,
+        }
+    }
+}
+
 /// The short plain-text response for a failure.
 fn error_response(report: &Report) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(Bytes::from_static(report.body.as_bytes())));
@@ -184,6 +239,10 @@ struct Prepared {
     client_upgrade: Option<PendingUpgrade>,
     retry: RetrySettings,
     settings: UpstreamSettings,
+    /// The route's `buffer_requests`.
+    buffer_requests: bool,
+    /// The route's `buffer_responses`.
+    buffer_responses: bool,
 }
 
 /// A request refused before it was sent, with what its log line needs and its body (to be
@@ -241,6 +300,8 @@ fn prepare(
         client_upgrade,
         retry: route.pool.retry(),
         settings: snapshot.upstream,
+        buffer_requests: route.buffer_requests(),
+        buffer_responses: route.buffer_responses(),
     })
 }
 
@@ -255,6 +316,8 @@ async fn proxy(
         client_upgrade,
         retry,
         settings,
+        buffer_requests,
+        buffer_responses: _,
     } = prepared;
     let bytes_in = outcome.access.as_ref().map(|a| Arc::clone(&a.bytes_in));
     // `prepare` left the client's body in the slot; `proxy` runs once per request, so it is
@@ -267,8 +330,29 @@ async fn proxy(
             ))
         }
     };
-    let body = match body_plan(&outgoing.parts, body, retry, bytes_in) {
+    let body = match body_plan(&outgoing.parts, body, retry, bytes_in, *buffer_requests) {
         BodyPlan::Ready(body) => body,
+        // The body is read before the request takes a slot (boxed: the common future, a
+        // request without a body, stays small).
+        BodyPlan::ReadAhead(body, counter) => {
+            let Some(_turn) = cx.body_turn() else {
+                drain_in_background(Some(UpstreamBody::Stream(body)));
+                return Err(ProxyError::too_many_bodies());
+            };
+            let limits = SpoolLimits {
+                memory: settings.request_buffer,
+                file: settings.max_request_buffer,
+            };
+            let temp = Arc::clone(&cx.shared.snapshot().temp_files);
+            Box::pin(buffer::read_ahead(
+                body,
+                limits,
+                temp,
+                buffer::Pace::of(settings),
+                counter,
+            ))
+            .await?
+        }
         // Rare (an idempotent request with a small body): boxed, the common future stays small.
         BodyPlan::Buffer(body, counter) => {
             Box::pin(buffer_body(body, counter, settings.request_body_timeout)).await?
@@ -407,7 +491,7 @@ async fn proxy(
     activity.response_started();
     let exchange = Exchange {
         in_flight,
-        activity,
+        activity: Some(activity),
         upstreams: Arc::clone(&cx.upstreams),
         max_idle: settings.max_idle_per_worker,
         outcome: None,
@@ -569,19 +653,25 @@ enum BodyPlan {
     Ready(UpstreamBody),
     /// Read it into memory first, so the request can be replayed.
     Buffer(ClientBody, Option<Arc<AtomicU64>>),
+    /// Read it before the request takes a worker slot (memory, then a temporary file).
+    ReadAhead(ClientBody, Option<Arc<AtomicU64>>),
 }
 
-/// The body to send: nothing when the client sent none; buffered when the request is
-/// idempotent and its declared length fits the pool's retry buffer (so it can be replayed);
-/// otherwise streamed.
+/// The body to send: nothing when the client sent none; read ahead of the worker when the
+/// route buffers requests; otherwise buffered when the request is idempotent and its declared
+/// length fits the pool's retry buffer (so it can be replayed), else streamed.
 fn body_plan(
     head: &Parts,
     body: ClientBody,
     retry: &RetrySettings,
     counter: Option<Arc<AtomicU64>>,
+    read_ahead: bool,
 ) -> BodyPlan {
     if body.is_end_stream() {
         return BodyPlan::Ready(UpstreamBody::empty());
+    }
+    if read_ahead {
+        return BodyPlan::ReadAhead(body, counter);
     }
     let declared = body.size_hint().exact();
     let small = declared.is_some_and(|n| n <= retry.buffer_body_bytes as u64);
@@ -793,10 +883,7 @@ struct Outgoing {
 impl Outgoing {
     /// Set the body to send and encode the head with the framing that body needs.
     fn set_body(&mut self, body: UpstreamBody) {
-        let known = match &body {
-            UpstreamBody::Bytes(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            UpstreamBody::Stream(b) | UpstreamBody::Counted(b, _) => b.size_hint().exact(),
-        };
+        let known = body.size_hint().exact();
         let framing = BodyFraming::choose(
             &self.parts.method,
             known,

@@ -8,12 +8,14 @@ mod limit;
 mod listen;
 pub mod nofile;
 mod prefixed;
+mod reuse;
 pub mod tls;
 
 pub use limit::{ConnectionLimit, ConnectionPermit};
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,6 +52,10 @@ const UPSTREAM_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Shortest step of a connection's watchdog, however short its deadlines are set.
 const MIN_WATCHDOG_TICK: Duration = Duration::from_millis(10);
+/// Steps of a connection's watchdog per deadline it checks. A limit is noticed at most two
+/// steps after it passed (one to see the wait begin, one to see it end), so 25 steps keep
+/// every limit within 1.08 times its value.
+const WATCHDOG_STEPS: u32 = 25;
 /// How often shutdown checks whether all connections have finished.
 const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -85,6 +91,8 @@ pub struct Server {
 /// What every serving thread shares.
 struct Common {
     shared: Arc<Shared>,
+    /// Every open proxy connection, so idle ones can give way at the cap.
+    open: Arc<reuse::OpenConnections>,
 }
 
 impl Server {
@@ -133,6 +141,7 @@ impl Server {
         let control = Control::new(Arc::clone(&shared), config_path);
         let common = Arc::new(Common {
             shared: Arc::clone(&shared),
+            open: Arc::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = Vec::with_capacity(threads);
@@ -308,10 +317,19 @@ async fn accept_loop(
         let permit = match common.shared.connections.try_acquire() {
             Some(p) => p,
             None => {
-                debug!(client = %peer, "at server.max_connections; waiting for a free slot");
-                tokio::select! {
-                    permit = common.shared.connections.acquire() => permit,
-                    _ = shutdown.changed() => return,
+                // At the cap: the longest idle connections give way to new clients. Asked
+                // again while the wait lasts: a connection asked while busy stays open.
+                let batch = reuse::give_way_batch(common.shared.connections.max());
+                let asked = common.open.give_way(batch);
+                debug!(client = %peer, idle_asked_to_close = asked, "at the connection cap; waiting for a free slot");
+                loop {
+                    tokio::select! {
+                        permit = common.shared.connections.acquire() => break permit,
+                        () = tokio::time::sleep(reuse::GIVE_WAY_AGAIN) => {
+                            common.open.give_way(batch);
+                        }
+                        _ = shutdown.changed() => return,
+                    }
                 }
             }
         };
@@ -327,11 +345,19 @@ async fn accept_loop(
             permit,
         );
         drop(snapshot);
+        let listed = common.open.list(&cx);
         // Plain and TLS connections are separate task types: a task is as large as its
         // future, and a plain connection should not carry room for a TLS session.
         match tls {
-            None => tokio::spawn(serve_plain(stream, settings, cx, shutdown.clone())),
-            Some(config) => tokio::spawn(serve_tls(stream, config, settings, cx, shutdown.clone())),
+            None => tokio::spawn(serve_plain(stream, settings, cx, shutdown.clone(), listed)),
+            Some(config) => tokio::spawn(serve_tls(
+                stream,
+                config,
+                settings,
+                cx,
+                shutdown.clone(),
+                listed,
+            )),
         };
     }
 }
@@ -346,6 +372,9 @@ struct ConnSettings {
     request_body_timeout: Duration,
     max_header_bytes: usize,
     max_h2_streams: u32,
+    /// Slowest a client may take a response, bytes per second (0: unchecked).
+    min_data_rate: u64,
+    min_data_rate_grace: Duration,
 }
 
 impl From<&ServerConfig> for ConnSettings {
@@ -358,6 +387,8 @@ impl From<&ServerConfig> for ConnSettings {
             request_body_timeout: c.request_body_timeout.get(),
             max_header_bytes: c.max_header_bytes,
             max_h2_streams: c.max_h2_streams,
+            min_data_rate: c.min_data_rate.get(),
+            min_data_rate_grace: c.min_data_rate_grace.get(),
         }
     }
 }
@@ -373,9 +404,11 @@ async fn serve_plain(
     settings: ConnSettings,
     cx: Arc<ConnContext>,
     shutdown: watch::Receiver<bool>,
+    _listed: reuse::Listed,
 ) {
     set_nodelay(&stream);
-    serve_http(stream, false, &settings, cx, shutdown).await
+    let fd = stream.as_raw_fd();
+    serve_http(stream, fd, false, &settings, cx, shutdown).await
 }
 
 async fn serve_tls(
@@ -384,15 +417,17 @@ async fn serve_tls(
     settings: ConnSettings,
     cx: Arc<ConnContext>,
     shutdown: watch::Receiver<bool>,
+    _listed: reuse::Listed,
 ) {
     set_nodelay(&stream);
+    let fd = stream.as_raw_fd();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let handshake =
         tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(stream)).await;
     match handshake {
         Ok(Ok(tls_stream)) => {
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_http(tls_stream, h2, &settings, cx, shutdown).await
+            serve_http(tls_stream, fd, h2, &settings, cx, shutdown).await
         }
         Ok(Err(e)) => debug!(client = %cx.peer, error = %e, "TLS handshake failed"),
         Err(_) => debug!(client = %cx.peer, "TLS handshake timed out"),
@@ -449,6 +484,7 @@ async fn sniff<IO: Io>(
 /// runs until the client leaves, the connection idles out, or shutdown.
 async fn serve_http<IO: Io>(
     mut io: IO,
+    fd: RawFd,
     alpn_h2: bool,
     settings: &ConnSettings,
     cx: Arc<ConnContext>,
@@ -485,16 +521,17 @@ async fn serve_http<IO: Io>(
                 shutdown.clone(),
                 service
             ));
-            supervise(conn, None::<fn(Pin<&mut _>)>, settings, &cx, shutdown).await
+            supervise(conn, None::<fn(Pin<&mut _>)>, fd, settings, &cx, shutdown).await
         }
         // Boxed: an HTTP/1.1 connection's task should not carry room for an HTTP/2 server.
-        Spoken::Http2 => Box::pin(serve_h2(io, first, settings, cx, shutdown)).await,
+        Spoken::Http2 => Box::pin(serve_h2(io, fd, first, settings, cx, shutdown)).await,
     }
 }
 
 /// Serve HTTP/2 on hyper; `first` holds the bytes already read.
 async fn serve_h2<IO: Io>(
     io: IO,
+    fd: RawFd,
     first: BytesMut,
     settings: &ConnSettings,
     cx: Arc<ConnContext>,
@@ -513,7 +550,7 @@ async fn serve_h2<IO: Io>(
     let io = TokioIo::new(Prefixed::new(first.freeze(), io));
     let conn = std::pin::pin!(builder.serve_connection(io, service));
     let graceful = closer_for(&conn, |conn| conn.graceful_shutdown());
-    supervise(conn, Some(graceful), settings, &cx, shutdown).await
+    supervise(conn, Some(graceful), fd, settings, &cx, shutdown).await
 }
 
 /// `close` as the closer of `conn`'s type (it gives the closure its argument's type).
@@ -531,6 +568,7 @@ fn closer_for<F, G: FnMut(Pin<&mut F>)>(_conn: &Pin<&mut F>, close: G) -> G {
 async fn supervise<F, E, G>(
     mut conn: Pin<&mut F>,
     mut graceful: Option<G>,
+    fd: RawFd,
     settings: &ConnSettings,
     cx: &ConnContext,
     mut shutdown: watch::Receiver<bool>,
@@ -539,7 +577,16 @@ async fn supervise<F, E, G>(
     E: std::fmt::Display,
     G: FnMut(Pin<&mut F>),
 {
-    let tick = (settings.idle_timeout.min(settings.send_timeout) / 4).max(MIN_WATCHDOG_TICK);
+    let tick =
+        (settings.idle_timeout.min(settings.send_timeout) / WATCHDOG_STEPS).max(MIN_WATCHDOG_TICK);
+    // While a response waits on the client, its reading rate is checked too, in steps of the
+    // grace it has.
+    let owed_tick = if settings.min_data_rate > 0 {
+        tick.min(settings.min_data_rate_grace / WATCHDOG_STEPS)
+            .max(MIN_WATCHDOG_TICK)
+    } else {
+        tick
+    };
     let mut watch = Watchdog::new(cx, Instant::now());
     let mut closing = *shutdown.borrow();
     let mut idle_closing_since = None;
@@ -556,7 +603,7 @@ async fn supervise<F, E, G>(
                 }
                 return;
             }
-            _ = tokio::time::sleep(tick) => {
+            _ = tokio::time::sleep(if cx.owed() > 0 { owed_tick } else { tick }) => {
                 match watch.check(cx, Instant::now(), settings) {
                     Verdict::Fine => {}
                     Verdict::Idle if !closing => {
@@ -578,9 +625,21 @@ async fn supervise<F, E, G>(
                         }
                     }
                     Verdict::NotReading => {
-                        warn!(client = %cx.peer, owed = cx.owed(), timeout = ?settings.send_timeout, "client took no response bytes within send_timeout; closing the connection");
+                        warn!(client = %cx.peer, owed = cx.owed(), timeout = ?settings.send_timeout, "client took no response bytes within send_timeout; resetting the connection");
+                        reset_on_close(fd);
                         return;
                     }
+                    Verdict::TooSlow => {
+                        warn!(client = %cx.peer, owed = cx.owed(), min_data_rate = settings.min_data_rate, "client takes its response slower than server.min_data_rate; resetting the connection");
+                        reset_on_close(fd);
+                        return;
+                    }
+                }
+            }
+            () = cx.asked_to_give_way() => {
+                if cx.active() == 0 {
+                    debug!(client = %cx.peer, "idle connection closed to make room at the connection cap");
+                    return;
                 }
             }
             _ = shutdown.changed(), if !closing && graceful.is_some() => {
@@ -593,6 +652,14 @@ async fn supervise<F, E, G>(
     }
 }
 
+/// A connection cut for not reading is reset, not closed: the kernel would otherwise go on
+/// trickling what it holds (megabytes) to the client that was cut for taking too little.
+fn reset_on_close(fd: RawFd) {
+    if let Err(e) = crate::sys::reset_on_close(fd) {
+        debug!(error = %e, "cannot set SO_LINGER on a connection being cut");
+    }
+}
+
 /// What a connection's watchdog decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -602,6 +669,8 @@ enum Verdict {
     Idle,
     /// Responses wait on a client that took nothing for `send_timeout`: cut the connection.
     NotReading,
+    /// Responses wait on a client that takes them slower than `min_data_rate`: cut it.
+    TooSlow,
 }
 
 /// The facts a connection's watchdog compares between its ticks.
@@ -611,9 +680,13 @@ struct Watchdog {
     quiet_since: Instant,
     body_polls: u64,
     stalled_since: Option<Instant>,
-    /// Body polls and cut streams at the previous tick.
+    /// Body polls and cut streams at the previous tick, and when the polls last moved.
     last_polls: u64,
+    last_moved: Instant,
     streams_cut: u64,
+    /// Since when responses have waited on the client without a break, and how many body
+    /// bytes it had taken by then.
+    owed_since: Option<(Instant, u64)>,
 }
 
 impl Watchdog {
@@ -624,7 +697,9 @@ impl Watchdog {
             body_polls: cx.body_polls(),
             stalled_since: None,
             last_polls: cx.body_polls(),
+            last_moved: now,
             streams_cut: cx.streams_cut(),
+            owed_since: None,
         }
     }
 
@@ -636,11 +711,15 @@ impl Watchdog {
         }
         let polls = cx.body_polls();
         // An HTTP/2 stream was cut for not reading, and no other body on the connection moved
-        // since the last tick: the client takes nothing at all, so its queued streams would
-        // each hold a slot for send_timeout in turn. Cut the connection.
-        let moved = std::mem::replace(&mut self.last_polls, polls) != polls;
+        // for a quarter of send_timeout: the client takes nothing at all, so its queued
+        // streams would each hold a slot for send_timeout in turn. Cut the connection.
+        if std::mem::replace(&mut self.last_polls, polls) != polls {
+            self.last_moved = now;
+        }
         let cut = cx.streams_cut();
-        if std::mem::replace(&mut self.streams_cut, cut) != cut && !moved {
+        if std::mem::replace(&mut self.streams_cut, cut) != cut
+            && now.duration_since(self.last_moved) >= settings.send_timeout / 4
+        {
             return Verdict::NotReading;
         }
         if cx.owed() == 0 || polls != self.body_polls {
@@ -650,6 +729,19 @@ impl Watchdog {
             let since = *self.stalled_since.get_or_insert(now);
             if now.duration_since(since) >= settings.send_timeout {
                 return Verdict::NotReading;
+            }
+        }
+        if cx.owed() == 0 {
+            self.owed_since = None;
+        } else if settings.min_data_rate > 0 {
+            let (since, taken_then) = *self.owed_since.get_or_insert((now, cx.bytes_taken()));
+            let waited = now.duration_since(since);
+            if waited >= settings.min_data_rate_grace {
+                let taken = cx.bytes_taken().saturating_sub(taken_then);
+                let due = (settings.min_data_rate as f64 * waited.as_secs_f64()) as u64;
+                if taken < due {
+                    return Verdict::TooSlow;
+                }
             }
         }
         if now.duration_since(self.quiet_since) >= settings.idle_timeout {

@@ -44,6 +44,27 @@ pub fn raise_and_check(config: &Config) {
     warn_if_short(soft, limit.hard, config);
 }
 
+/// The proxy's cap on client connections: `server.max_connections`, lowered to what the
+/// descriptor limit in force can hold, so that accepts never fail with `EMFILE` and the
+/// descriptors a busy client needs besides its own (a worker connection, a temporary file)
+/// and the admin listener's and [`FD_RESERVE`] are always there. At the cap, idle
+/// connections give way to new ones (see `reuse`).
+pub fn client_cap(config: &Config) -> usize {
+    let max = config.server.max_connections;
+    match sys::nofile_limit() {
+        Ok(limit) => cap_within(limit.soft, max, config.admin.max_connections),
+        Err(_) => max,
+    }
+}
+
+/// Half of what `soft` leaves after the admin cap and the reserve (each busy client
+/// connection may hold a worker connection and a temporary file besides), at most `max`.
+fn cap_within(soft: u64, max: usize, admin_max: usize) -> usize {
+    let wide = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let room = soft.saturating_sub(wide(admin_max).saturating_add(FD_RESERVE)) / 2;
+    max.min(usize::try_from(room).unwrap_or(usize::MAX)).max(1)
+}
+
 /// Warn if the limit in force does not fit `config`'s caps (after a reload changed them).
 pub fn check(config: &Config) {
     if let Ok(limit) = sys::nofile_limit() {
@@ -94,6 +115,15 @@ mod tests {
         assert!(shortfall(1024, 4096, 1000, 256)
             .unwrap()
             .contains("RLIMIT_NOFILE is 1024 (hard limit 4096)"));
+    }
+
+    #[test]
+    fn the_client_cap_leaves_room_for_what_busy_clients_also_open() {
+        assert_eq!(cap_within(1_048_576, 20_000, 256), 20_000);
+        assert_eq!(cap_within(1024, 20_000, 256), (1024 - 256 - 64) / 2);
+        assert_eq!(cap_within(100, 20_000, 256), 1);
+        assert!(cap_within(u64::MAX, usize::MAX, usize::MAX) >= 1);
+        assert_eq!(cap_within(u64::MAX, 500, 0), 500);
     }
 
     #[test]

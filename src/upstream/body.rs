@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::spool::Spool;
 
 use crate::server::h1::conn::{BodyError, RequestBody};
 
@@ -27,6 +30,8 @@ pub enum ClientBodyError {
     Hyper(hyper::Error),
     /// weir's own HTTP/1.1 path.
     Own(BodyError),
+    /// Reading back what weir buffered in a temporary file.
+    Spool(std::io::Error),
 }
 
 impl std::fmt::Display for ClientBodyError {
@@ -34,6 +39,7 @@ impl std::fmt::Display for ClientBodyError {
         match self {
             ClientBodyError::Hyper(e) => e.fmt(f),
             ClientBodyError::Own(e) => e.fmt(f),
+            ClientBodyError::Spool(e) => write!(f, "reading the buffered body back failed: {e}"),
         }
     }
 }
@@ -80,6 +86,99 @@ pub enum UpstreamBody {
     Counted(ClientBody, Arc<AtomicU64>),
     /// Held in memory; `None` once sent (or for no body).
     Bytes(Option<Bytes>),
+    /// Read ahead of the worker into memory and a temporary file (boxed: it is the rarer,
+    /// larger case).
+    Buffered(Box<BufferedBody>),
+}
+
+/// A request body weir read before the request took a worker slot: what the spool holds, then
+/// the trailers, then (when the body outgrew the spool) the piece that did not fit and the
+/// rest of the client's body as it comes.
+pub struct BufferedBody {
+    spool: Spool,
+    overflow: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    rest: Option<ClientBody>,
+    /// Counts the rest's bytes as they stream (for the access log).
+    counter: Option<Arc<AtomicU64>>,
+    hint: SizeHint,
+}
+
+impl BufferedBody {
+    /// A body read whole: `len` bytes in `spool`, then `trailers`.
+    pub fn whole(spool: Spool, len: u64, trailers: Option<HeaderMap>) -> Self {
+        // With trailers the body must go chunked, so its length is not announced.
+        let hint = if trailers.is_some() {
+            SizeHint::default()
+        } else {
+            SizeHint::with_exact(len)
+        };
+        BufferedBody {
+            spool,
+            overflow: None,
+            trailers,
+            rest: None,
+            counter: None,
+            hint,
+        }
+    }
+
+    /// A body that outgrew `spool`: what it holds, then `overflow`, then `rest` (its bytes
+    /// added to `counter` as they stream), whose size hint still tells what is left (`read`
+    /// bytes were taken from it already).
+    pub fn partial(
+        spool: Spool,
+        overflow: Bytes,
+        rest: ClientBody,
+        counter: Option<Arc<AtomicU64>>,
+        read: u64,
+    ) -> Self {
+        let left = rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(left.lower().saturating_add(read));
+        if let Some(upper) = left.upper() {
+            hint.set_upper(upper.saturating_add(read));
+        }
+        BufferedBody {
+            spool,
+            overflow: Some(overflow),
+            trailers: None,
+            rest: Some(rest),
+            counter,
+            hint,
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.spool.pop() {
+            Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+            Ok(None) => {}
+            Err(e) => return Poll::Ready(Some(Err(ClientBodyError::Spool(e)))),
+        }
+        if let Some(data) = self.overflow.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(rest) = self.rest.as_mut() {
+            let polled = Pin::new(rest).poll_frame(cx);
+            if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, &self.counter) {
+                if let Some(data) = frame.data_ref() {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            return polled;
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.spool.is_empty()
+            && self.overflow.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|rest| rest.is_end_stream())
+    }
 }
 
 impl UpstreamBody {
@@ -91,7 +190,7 @@ impl UpstreamBody {
     /// A copy for a replay, when the body is held in memory.
     pub fn replay_copy(&self) -> Option<UpstreamBody> {
         match self {
-            UpstreamBody::Stream(_) | UpstreamBody::Counted(..) => None,
+            UpstreamBody::Stream(_) | UpstreamBody::Counted(..) | UpstreamBody::Buffered(_) => None,
             UpstreamBody::Bytes(bytes) => Some(UpstreamBody::Bytes(bytes.clone())),
         }
     }
@@ -117,6 +216,7 @@ impl Body for UpstreamBody {
                 polled
             }
             UpstreamBody::Bytes(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Buffered(body) => body.poll_frame(cx),
         }
     }
 
@@ -124,6 +224,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Stream(body) | UpstreamBody::Counted(body, _) => body.is_end_stream(),
             UpstreamBody::Bytes(bytes) => bytes.is_none(),
+            UpstreamBody::Buffered(body) => body.is_end_stream(),
         }
     }
 
@@ -132,6 +233,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Stream(body) | UpstreamBody::Counted(body, _) => body.size_hint(),
             UpstreamBody::Bytes(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpstreamBody::Bytes(None) => SizeHint::with_exact(0),
+            UpstreamBody::Buffered(body) => body.hint,
         }
     }
 }

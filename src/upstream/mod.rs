@@ -25,7 +25,7 @@ mod decode;
 mod decode_fuzz;
 mod encode;
 
-pub use body::{ClientBody, ClientBodyError, UpstreamBody};
+pub use body::{BufferedBody, ClientBody, ClientBodyError, UpstreamBody};
 pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;
 pub use decode::{BodyDecoder, Decoded, Framing};
@@ -46,8 +46,19 @@ pub struct UpstreamSettings {
     pub request_body_timeout: Duration,
     /// Longest wait for the next bytes of a response body.
     pub read_timeout: Duration,
-    /// Largest response held whole so the worker is released before the client has read it.
+    /// Largest response held whole so the worker is released before the client has read it;
+    /// also what a spooled response holds in memory.
     pub response_buffer: usize,
+    /// What a spooled response holds in its temporary file beyond `response_buffer`.
+    pub max_response_buffer: u64,
+    /// What a request body holds in memory before its request takes a slot.
+    pub request_buffer: usize,
+    /// What a request body holds in its temporary file beyond `request_buffer`.
+    pub max_request_buffer: u64,
+    /// Slowest a client may send a request body (bytes per second; 0: unchecked).
+    pub min_data_rate: u64,
+    /// How long a body may be slower than `min_data_rate` before it counts.
+    pub min_data_rate_grace: Duration,
 }
 
 impl UpstreamSettings {
@@ -63,6 +74,11 @@ impl UpstreamSettings {
             read_timeout: c.read_timeout.get(),
             // Validation caps it far below any usize.
             response_buffer: usize::try_from(c.response_buffer.get()).unwrap_or(usize::MAX),
+            max_response_buffer: c.max_response_buffer.get(),
+            request_buffer: usize::try_from(c.request_buffer.get()).unwrap_or(usize::MAX),
+            max_request_buffer: c.max_request_buffer.get(),
+            min_data_rate: server.min_data_rate.get(),
+            min_data_rate_grace: server.min_data_rate_grace.get(),
         }
     }
 }

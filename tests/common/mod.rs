@@ -120,10 +120,20 @@ pub fn start_weir_at(server_keys: &str, rest: &str, path: Option<&std::path::Pat
 
 /// One plain listener, one catch-all route to pool "app" with `workers`.
 pub fn start_simple(server_keys: &str, pool_keys: &str, workers: &[SocketAddr]) -> Weir {
+    start_routed(server_keys, "", pool_keys, workers)
+}
+
+/// Like [`start_simple`], with `route_keys` in the route's table.
+pub fn start_routed(
+    server_keys: &str,
+    route_keys: &str,
+    pool_keys: &str,
+    workers: &[SocketAddr],
+) -> Weir {
     start_weir(
         server_keys,
         &format!(
-            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\n{pool_keys}\nprovider = {{ kind = \"static\", addresses = {} }}\n",
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n{route_keys}\n[pools.app]\n{pool_keys}\nprovider = {{ kind = \"static\", addresses = {} }}\n",
             addr_list(workers)
         ),
     )
@@ -414,15 +424,26 @@ pub fn addr_in(line: &str) -> SocketAddr {
 
 /// Run the weir binary on `config` until its listeners are up.
 pub fn run_weir(config: &std::path::Path) -> Running {
-    let mut child = Reaped(
-        Command::new(WEIR)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut command = Command::new(WEIR);
+    command.arg("run").arg("--config").arg(config);
+    run_weir_command(command)
+}
+
+/// Like [`run_weir`], with the descriptor limit (soft and hard) set to `nofile`.
+pub fn run_weir_with_nofile(config: &std::path::Path, nofile: u64) -> Running {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n {nofile} && exec \"$0\" run --config \"$1\""
+        ))
+        .arg(WEIR)
+        .arg(config);
+    run_weir_command(command)
+}
+
+fn run_weir_command(mut command: Command) -> Running {
+    let mut child = Reaped(command.stderr(Stdio::piped()).spawn().unwrap());
     let stderr = lines(child.0.stderr.take().unwrap());
     let addr = addr_in(&wait_for_line(&stderr, "listening"));
     let admin = addr_in(&wait_for_line(&stderr, "admin API listening"));
