@@ -144,27 +144,6 @@ async fn slow_readers_let_go_of_their_slots_after_send_timeout() {
     .await;
 }
 
-/// A worker that reads a request's whole body before it answers (one request per connection).
-async fn body_first_worker() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                if read_request(&mut stream, &mut pending).await.is_some() {
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                        )
-                        .await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_sending_its_body_gets_408_and_frees_the_slot() {
     let worker = body_first_worker().await;
@@ -442,4 +421,50 @@ async fn a_client_taking_its_response_slower_than_min_data_rate_is_cut() {
     }
     let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(all.len() - head_end, SIZE, "the fast reader got it all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_upload_slower_than_min_data_rate_gets_408_and_frees_the_slot() {
+    let worker = body_first_worker().await;
+    // Streamed to the worker as it comes (`buffer_requests = false`), with a body timeout far
+    // away: only the rate can end it.
+    let weir = start_routed(
+        "request_body_timeout = \"1m\"\nmin_data_rate = \"1KiB\"\nmin_data_rate_grace = \"1s\"\n",
+        "buffer_requests = false",
+        "worker_concurrency = 2\nretries = { max_tries = 1 }",
+        &[worker],
+    );
+    wait_ready(&weir).await;
+    let mut stream = TcpStream::connect(weir.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    wait_until("the upload holds a slot", || {
+        weir.workers("app")[0].in_flight() == 1
+    })
+    .await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 256];
+    while started.elapsed() < DEADLINE {
+        // A byte every 100 ms: 10 B/s, far below the minimum.
+        let _ = stream.write_all(b"x").await;
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await
+        {
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    wait_until("slot free", || weir.workers("app")[0].in_flight() == 0).await;
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 /// Open `n` keep-alive connections that each make one request and then idle. Those weir
 /// cannot take yet wait in its backlog; none of them is waited for.
@@ -39,26 +38,6 @@ async fn idle_clients(addr: SocketAddr, n: usize) -> Vec<tokio::task::JoinHandle
     held
 }
 
-async fn good_client(addr: SocketAddr, for_: Duration) -> (usize, usize) {
-    let until = Instant::now() + for_;
-    let mut running = Vec::new();
-    while Instant::now() < until {
-        running.push(tokio::spawn(async move {
-            let reply = tokio::time::timeout(Duration::from_secs(2), get(addr, "/hello")).await;
-            matches!(reply, Ok(r) if r.status == 200)
-        }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let tried = running.len();
-    let mut ok = 0;
-    for r in running {
-        if r.await.unwrap_or(false) {
-            ok += 1;
-        }
-    }
-    (ok, tried)
-}
-
 fn config(worker: SocketAddr, server_keys: &str, name: &str) -> std::path::PathBuf {
     let path = temp_path(name);
     std::fs::write(
@@ -79,7 +58,7 @@ async fn idle_connections_give_way_at_the_descriptor_limit() {
     let running = run_weir_with_nofile(&config(worker, "", "give-way-nofile.toml"), 1024);
     assert_eq!(get(running.addr, "/hello").await.status, 200);
     let held = idle_clients(running.addr, 1100).await;
-    let (ok, tried) = good_client(running.addr, Duration::from_secs(3)).await;
+    let (ok, tried) = good_client_every_20ms(running.addr, Duration::from_secs(3)).await;
     eprintln!(
         "good client beside 1,100 idle keep-alive connections, 1,024 descriptors: {ok} of {tried}"
     );
@@ -98,7 +77,7 @@ async fn idle_connections_give_way_at_max_connections() {
     );
     assert_eq!(get(running.addr, "/hello").await.status, 200);
     let held = idle_clients(running.addr, 400).await;
-    let (ok, tried) = good_client(running.addr, Duration::from_secs(3)).await;
+    let (ok, tried) = good_client_every_20ms(running.addr, Duration::from_secs(3)).await;
     eprintln!(
         "good client beside 400 idle keep-alive connections, max_connections 300: {ok} of {tried}"
     );

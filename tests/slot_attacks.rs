@@ -43,28 +43,6 @@ async fn eight_slots(server_keys: &str, route_keys: &str) -> Weir {
     weir
 }
 
-/// The good client: a GET on a new connection every 20 ms for `for_`, each given 2 s;
-/// returns (answered with 200, tried).
-async fn good_client(addr: SocketAddr, for_: Duration) -> (usize, usize) {
-    let until = Instant::now() + for_;
-    let mut running = Vec::new();
-    while Instant::now() < until {
-        running.push(tokio::spawn(async move {
-            let reply = tokio::time::timeout(Duration::from_secs(2), get(addr, "/hello")).await;
-            matches!(reply, Ok(r) if r.status == 200)
-        }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let tried = running.len();
-    let mut ok = 0;
-    for r in running {
-        if r.await.unwrap_or(false) {
-            ok += 1;
-        }
-    }
-    (ok, tried)
-}
-
 fn assert_good(what: &str, (ok, tried): (usize, usize)) {
     eprintln!("good client beside {what}: {ok} of {tried} answered");
     assert!(
@@ -101,7 +79,7 @@ async fn slow_readers_of_large_responses_hold_no_slot() {
     }
     assert_good(
         "16 readers of 8 MiB that never read",
-        good_client(weir.addr(), Duration::from_secs(3)).await,
+        good_client_every_20ms(weir.addr(), Duration::from_secs(3)).await,
     );
     let pool = weir.workers("app");
     wait_until("no slot held by the readers", || {
@@ -120,7 +98,7 @@ async fn pipelines_of_large_responses_never_read_hold_no_slot() {
     }
     assert_good(
         "10 connections pipelining 1 MiB GETs, never reading",
-        good_client(weir.addr(), Duration::from_secs(3)).await,
+        good_client_every_20ms(weir.addr(), Duration::from_secs(3)).await,
     );
     drop(readers);
 }
@@ -151,31 +129,11 @@ async fn an_http2_connection_at_zero_window_holds_no_slot() {
     }
     assert_good(
         "one HTTP/2 connection at zero window with 60 GETs of 1 MiB",
-        good_client(weir.addr(), Duration::from_secs(3)).await,
+        good_client_every_20ms(weir.addr(), Duration::from_secs(3)).await,
     );
     for task in held {
         task.abort();
     }
-}
-
-/// A worker that reads each request's whole body before answering it (one per connection).
-async fn body_first_worker() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                while read_request(&mut stream, &mut pending).await.is_some() {
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +180,7 @@ async fn slow_uploads_hold_no_slot_and_are_cut_at_the_minimum_rate() {
     }
     assert_good(
         "16 uploads sending a byte every 200 ms",
-        good_client(weir.addr(), Duration::from_secs(3)).await,
+        good_client_every_20ms(weir.addr(), Duration::from_secs(3)).await,
     );
     assert!(
         weir.workers("app").iter().all(|w| w.in_flight() == 0),
@@ -269,7 +227,7 @@ async fn http2_streams_whose_bodies_never_come_hold_no_slot() {
     }
     assert_good(
         "one HTTP/2 connection with 100 POST streams whose bodies never come",
-        good_client(weir.addr(), Duration::from_secs(3)).await,
+        good_client_every_20ms(weir.addr(), Duration::from_secs(3)).await,
     );
     assert!(weir.workers("app").iter().all(|w| w.in_flight() == 0));
     // Beyond the connection's bound on bodies being read, streams are turned away at once.

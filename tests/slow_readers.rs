@@ -102,18 +102,26 @@ async fn a_client_not_reading_a_small_response_does_not_hold_the_only_slot() {
     assert!(is_pattern(&body, SMALL), "{} bytes", body.len());
 }
 
-#[tokio::test]
-async fn a_response_larger_than_the_buffer_frees_its_worker_before_the_client_reads_it() {
-    const LARGE: usize = 1_000_000;
+const LARGE: usize = 1_000_000;
+
+/// A weir with one slot (its route keyed by `route_keys`) and a `LARGE` response to an HTTP/2
+/// stream whose window stays closed, unread.
+async fn large_response_unread(route_keys: &str) -> (Weir, http::Response<Incoming>) {
     let worker = demo("w").await;
-    let weir = start_simple("", "worker_concurrency = 1", &[worker]);
-    let workers = weir.workers("app");
+    let weir = start_routed("", route_keys, "worker_concurrency = 1", &[worker]);
     let mut slow = closed_window_h2(weir.addr()).await;
     let request = Request::get(format!("http://x/bytes/{LARGE}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
     let response = slow.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
+    (weir, response)
+}
+
+#[tokio::test]
+async fn a_response_larger_than_the_buffer_frees_its_worker_before_the_client_reads_it() {
+    let (weir, response) = large_response_unread("").await;
+    let workers = weir.workers("app");
     // The client has taken next to nothing, yet weir holds the rest (memory, then a
     // temporary file) and the worker's only slot is free...
     wait_until("slot released before the client read", || {
@@ -132,21 +140,8 @@ async fn a_response_larger_than_the_buffer_frees_its_worker_before_the_client_re
 
 #[tokio::test]
 async fn a_streaming_route_holds_the_worker_until_the_client_reads() {
-    const LARGE: usize = 1_000_000;
-    let worker = demo("w").await;
-    let weir = start_routed(
-        "",
-        "buffer_responses = false",
-        "worker_concurrency = 1",
-        &[worker],
-    );
+    let (weir, response) = large_response_unread("buffer_responses = false").await;
     let workers = weir.workers("app");
-    let mut slow = closed_window_h2(weir.addr()).await;
-    let request = Request::get(format!("http://x/bytes/{LARGE}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = slow.send_request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
     // Its body cannot all be in hand yet: the worker stays busy with it...
     assert_eq!(workers[0].in_flight(), 1);
     // ...until the client reads it, all of it.

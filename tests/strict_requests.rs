@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The status of the first answer on `stream` after writing `raw`, and all that came.
 async fn exchange(weir: SocketAddr, raw: &str) -> (u16, String) {
@@ -121,22 +121,10 @@ async fn expect_in_an_http_1_0_request_gets_no_100() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_transfer_coding_other_than_chunked_is_502() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let worker = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                if read_request(&mut stream, &mut pending).await.is_some() {
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\n\x1f\x8b\x08\x00\x00\r\n0\r\n\r\n",
-                        )
-                        .await;
-                }
-            });
-        }
-    });
+    let worker = answering_worker(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\n\x1f\x8b\x08\x00\x00\r\n0\r\n\r\n",
+    )
+    .await;
     let weir = start_simple("", "", &[worker]);
     let (status, text) = exchange(
         weir.addr(),

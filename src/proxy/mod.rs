@@ -50,7 +50,7 @@ use crate::spool::SpoolLimits;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;
 use crate::upstream::{
-    call, drain_in_background, encode_head, BodyFraming, CallError, ClientBody, UpstreamBody,
+    call, drain_in_background, encode_head, BodyFraming, CallError, ClientBody, Pace, UpstreamBody,
     UpstreamSettings, Upstreams, WorkerBody,
 };
 use crate::values::HostPort;
@@ -348,7 +348,7 @@ async fn proxy(
                 body,
                 limits,
                 temp,
-                buffer::Pace::of(settings),
+                Pace::of(settings),
                 counter,
             ))
             .await?
@@ -924,7 +924,7 @@ async fn send(
         outgoing.chunked,
         &outgoing.parts.method,
         replayable,
-        settings.request_body_timeout,
+        Pace::of(settings),
     );
     match tokio::time::timeout_at(deadline, &mut called).await {
         Ok(Ok(mut response)) => {

@@ -23,6 +23,7 @@ use super::body::{ClientBodyError, UpstreamBody};
 use super::conn::WorkerConn;
 use super::decode::{parse_head, BodyDecoder, Decoded, Framing};
 use super::encode::chunk_header;
+use super::pace::Pace;
 use crate::error::{ProxyError, RetryVerdict};
 
 /// Bytes read per system call while reading a response head.
@@ -53,11 +54,11 @@ pub fn call(
     chunked: bool,
     method: &Method,
     replayable: bool,
-    body_timeout: Duration,
+    pace: Pace,
 ) -> Call<'_> {
     Call {
         conn: Some(conn),
-        upload: Upload::new(head, body, chunked, body_timeout),
+        upload: Upload::new(head, body, chunked, pace),
         method,
         replayable,
     }
@@ -488,7 +489,8 @@ enum PumpError {
     Worker(io::Error),
     /// The client's body failed.
     Client(ClientBodyError),
-    /// The client sent no more of its body within `server.request_body_timeout`.
+    /// The client sent no more of its body within `server.request_body_timeout`, or sent it
+    /// slower than `server.min_data_rate`.
     ClientStalled,
 }
 
@@ -504,27 +506,47 @@ impl PumpError {
     }
 }
 
-/// The deadline on a streamed request body's next bytes, armed only while the body is
+/// The deadline on a streamed request body (its [`Pace`]: the next bytes within the body
+/// timeout, and on average no slower than the minimum rate), armed only while the body is
 /// pending (a body that keeps arriving never touches the timer wheel).
 struct StallTimer {
-    after: Duration,
+    pace: Pace,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the body was first polled and when it last brought bytes (set on first use: a
+    /// request with no streamed body reads no clock), and how many bytes so far.
+    start: Option<Instant>,
+    last: Option<Instant>,
+    received: u64,
     /// Bytes arrived since the deadline was set: the next wait starts a fresh one.
     progressed: bool,
 }
 
 impl StallTimer {
-    fn new(after: Duration) -> Self {
+    fn new(pace: Pace) -> Self {
         StallTimer {
-            after,
+            pace,
             sleep: None,
+            start: None,
+            last: None,
+            received: 0,
             progressed: false,
         }
     }
 
-    /// The body is pending: `Ready` when it has been for `after`.
+    /// `n` bytes of the body came.
+    fn brought(&mut self, n: usize) {
+        let now = Instant::now();
+        self.start.get_or_insert(now);
+        self.last = Some(now);
+        self.received += n as u64;
+        self.progressed = true;
+    }
+
+    /// The body is pending: `Ready` once it is too slow.
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = tokio::time::Instant::now() + self.after;
+        let start = *self.start.get_or_insert_with(Instant::now);
+        let last = *self.last.get_or_insert(start);
+        let deadline = self.pace.deadline(start, last, self.received);
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -561,11 +583,11 @@ impl Upload {
             written: 0,
             write_error: None,
             abandoned: false,
-            stall: StallTimer::new(Duration::MAX),
+            stall: StallTimer::new(Pace::unchecked()),
         }
     }
 
-    fn new(head: Bytes, body: UpstreamBody, chunked: bool, body_timeout: Duration) -> Self {
+    fn new(head: Bytes, body: UpstreamBody, chunked: bool, pace: Pace) -> Self {
         let mut queue = Segments::default();
         queue.push(head);
         let body = match body {
@@ -584,7 +606,7 @@ impl Upload {
             written: 0,
             write_error: None,
             abandoned: false,
-            stall: StallTimer::new(body_timeout),
+            stall: StallTimer::new(pace),
         }
     }
 
@@ -633,8 +655,12 @@ impl Upload {
                 return Poll::Ready(Ok(()));
             };
             let polled = Pin::new(body).poll_frame(cx);
-            if polled.is_ready() {
-                self.stall.progressed = true;
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.stall.brought(frame.data_ref().map_or(0, Bytes::len))
+                }
+                Poll::Ready(_) => self.stall.progressed = true,
+                Poll::Pending => {}
             }
             match polled {
                 Poll::Pending => {

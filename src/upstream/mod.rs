@@ -24,12 +24,14 @@ mod decode;
 #[cfg(test)]
 mod decode_fuzz;
 mod encode;
+mod pace;
 
 pub use body::{BufferedBody, ClientBody, ClientBodyError, UpstreamBody};
 pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;
 pub use decode::{BodyDecoder, Decoded, Framing};
 pub use encode::{encode_head, BodyFraming};
+pub use pace::Pace;
 
 /// The upstream settings the request path needs after it lets go of the config snapshot.
 #[derive(Debug, Clone, Copy)]

@@ -713,3 +713,53 @@ pub async fn recording_worker() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>
     });
     (addr, seen)
 }
+
+/// A scripted worker: it reads each request on a connection whole (head and Content-Length
+/// body) before it writes `answer`, and closes once the answer says `connection: close`.
+pub async fn answering_worker(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closes = String::from_utf8_lossy(answer)
+        .to_ascii_lowercase()
+        .contains("connection: close");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                while read_request(&mut stream, &mut pending).await.is_some() {
+                    if stream.write_all(answer).await.is_err() || closes {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A worker that reads a request's whole body before it answers `ok`.
+pub async fn body_first_worker() -> SocketAddr {
+    answering_worker(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await
+}
+
+/// The good client of the attack tests: a GET on a new connection every 20 ms for `for_`,
+/// each given 2 s; returns (answered with 200, tried).
+pub async fn good_client_every_20ms(addr: SocketAddr, for_: Duration) -> (usize, usize) {
+    let until = tokio::time::Instant::now() + for_;
+    let mut running = Vec::new();
+    while tokio::time::Instant::now() < until {
+        running.push(tokio::spawn(async move {
+            let reply = tokio::time::timeout(Duration::from_secs(2), get(addr, "/hello")).await;
+            matches!(reply, Ok(r) if r.status == 200)
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tried = running.len();
+    let mut ok = 0;
+    for r in running {
+        if r.await.unwrap_or(false) {
+            ok += 1;
+        }
+    }
+    (ok, tried)
+}
