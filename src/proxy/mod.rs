@@ -191,7 +191,7 @@ fn relay_plan(cx: &ConnContext, buffered: bool) -> relay::RelayPlan {
     let send_timeout = snapshot.config.server.send_timeout.get();
     if buffered {
         relay::RelayPlan {
-            limits: crate::spool::SpoolLimits {
+            limits: SpoolLimits {
                 memory: snapshot.upstream.response_buffer,
                 file: snapshot.upstream.max_response_buffer,
             },
@@ -200,7 +200,7 @@ fn relay_plan(cx: &ConnContext, buffered: bool) -> relay::RelayPlan {
         }
     } else {
         relay::RelayPlan {
-            limits: crate::spool::SpoolLimits { memory: 0, file: 0 },
+            limits: SpoolLimits { memory: 0, file: 0 },
             temp: None,
             send_timeout,
         }
