@@ -197,3 +197,35 @@ async fn a_post_is_never_retried_on_status() {
     assert_eq!(busy.requests() + ok.requests(), 6, "no POST went twice");
     assert_eq!(retries(&weir, "posts").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_body_read_ahead_stays_replayable_up_to_the_retry_buffer() {
+    let (busy, ok) = (answering(BUSY).await, answering(OK).await);
+    // Bodies are read ahead into 1 KiB of memory, but the pool replays bodies up to 64 KiB:
+    // such a body is held in memory, not spilled to a file, so it can go again.
+    let weir = start_weir(
+        "threads = 1",
+        &format!(
+            "[upstream]\nrequest_buffer = 1024\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"replay\"\n[pools.replay]\nbalance = \"round_robin\"\nretries = {{ on_status = [503], buffer_body_bytes = 65536 }}\nprovider = {{ kind = \"static\", addresses = {} }}\n",
+            addr_list(&[busy.addr, ok.addr])
+        ),
+    );
+    let all = weir.workers("replay");
+    wait_until("workers ready", || {
+        all.iter().all(|w| w.state() == WorkerState::Ready)
+    })
+    .await;
+    let body: &'static str = Box::leak("x".repeat(20_000).into_boxed_str());
+    let mut client = Client::connect(weir.addr()).await;
+    for i in 0..2 {
+        let reply = client.send(put(body)).await;
+        assert_eq!(reply.status, 200, "PUT {i}");
+    }
+    assert!(busy.requests() >= 1, "the busy worker had a first try");
+    assert!(ok
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| r.ends_with(body)));
+}

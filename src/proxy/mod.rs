@@ -339,8 +339,15 @@ async fn proxy(
                 drain_in_background(Some(UpstreamBody::Stream(body)));
                 return Err(ProxyError::too_many_bodies());
             };
+            // A body the pool may replay (`retries.buffer_body_bytes`) is held in memory up to
+            // that size, so reading it ahead never costs it its replay.
+            let replay_room = if retry.max_tries >= 2 && is_idempotent(&outgoing.parts.method) {
+                retry.buffer_body_bytes
+            } else {
+                0
+            };
             let limits = SpoolLimits {
-                memory: settings.request_buffer,
+                memory: settings.request_buffer.max(replay_room),
                 file: settings.max_request_buffer,
             };
             let temp = Arc::clone(&cx.shared.snapshot().temp_files);
