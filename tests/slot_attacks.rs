@@ -239,3 +239,34 @@ async fn http2_streams_whose_bodies_never_come_hold_no_slot() {
     }
     assert!(turned_away >= 100 - 32, "{turned_away} streams got 429");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_its_worker_asks_to_stream_holds_its_worker_and_loses_the_header() {
+    use tokio::io::AsyncReadExt;
+    const SIZE: usize = 16 << 20;
+    let answer: &'static [u8] = Box::leak(
+        [
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\nx-accel-buffering: no\r\n\r\n")
+                .into_bytes(),
+            vec![b'x'; SIZE],
+        ]
+        .concat()
+        .into_boxed_slice(),
+    );
+    let worker = answering_worker(answer).await;
+    let weir = start_simple("", "worker_concurrency = 1", &[worker]);
+    let mut reader = unread_pipeline(weir.addr(), 1, SIZE).await;
+    let mut head = vec![0u8; 256];
+    let n = reader.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("x-accel-buffering"), "{head}");
+    // Streamed as it comes: with the client not reading, the worker stays busy with it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(weir.workers("app")[0].in_flight(), 1);
+    drop(reader);
+    wait_until("slot free once the client left", || {
+        weir.workers("app")[0].in_flight() == 0
+    })
+    .await;
+}

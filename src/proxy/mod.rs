@@ -86,15 +86,17 @@ pub fn handle(
             )),
         };
         match result {
-            Ok(Forwarded::Response(response, mut exchange)) => {
+            Ok(Forwarded::Response(mut response, mut exchange)) => {
                 outcome.status = response.status().as_u16();
+                // Meant for weir alone, as for nginx: the client never sees it.
+                let stream_asked = response.headers_mut().remove(&X_ACCEL_BUFFERING);
                 // A response that still holds its worker is relayed by its own task, which
                 // reads the worker into a spool as fast as it sends, so the worker is released
                 // when it is done, not when the client is (and an HTTP/2 stream the client
                 // gives no window can be cut alone). Streams stay streams: one piece at a time.
                 let plan = exchange.in_flight.is_some().then(|| {
                     let buffered = prepared.as_ref().is_ok_and(|p| p.buffer_responses)
-                        && bufferable(response.headers());
+                        && bufferable(response.headers(), stream_asked.as_ref());
                     relay_plan(&cx, buffered)
                 });
                 match plan {
@@ -173,14 +175,13 @@ pub fn handle(
 }
 
 /// Whether a response may be held by weir rather than relayed as it comes: not an event
-/// stream, and not one its worker asked to stream (`X-Accel-Buffering: no`, as behind nginx).
-fn bufferable(headers: &HeaderMap) -> bool {
+/// stream, and not one its worker asked to stream (`accel_buffering`, the worker's
+/// `X-Accel-Buffering`, is `no`, as behind nginx).
+fn bufferable(headers: &HeaderMap, accel_buffering: Option<&HeaderValue>) -> bool {
     let event_stream = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let asked_not_to = headers
-        .get(&X_ACCEL_BUFFERING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
+    let asked_not_to = accel_buffering.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
     !event_stream && !asked_not_to
 }
 
