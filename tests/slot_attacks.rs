@@ -24,10 +24,17 @@ use tokio::time::Instant;
 /// 1 MiB: far beyond `response_buffer`, so it used to stream and hold its worker.
 const LARGE: usize = 1 << 20;
 
+/// The attacks run one at a time: each is meant to load weir, not the other tests.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Two demo workers of four slots each, a queue wait short enough that a good request finding
-/// every slot taken fails within the good client's 2 s.
-async fn eight_slots(server_keys: &str, route_keys: &str) -> Weir {
-    let workers = [demo("w1").await, demo("w2").await];
+/// every slot taken fails within the good client's 2 s. The workers are processes of their
+/// own: generating megabytes of responses on the test's runtime would starve the good client
+/// of its turns and measure the test, not weir.
+async fn eight_slots(server_keys: &str, route_keys: &str) -> (Weir, [Reaped; 2]) {
+    let (first, first_addr) = demo_process("w1");
+    let (second, second_addr) = demo_process("w2");
+    let workers = [first_addr, second_addr];
     let weir = start_routed(
         server_keys,
         &format!("queue = {{ timeout = \"1500ms\" }}\n{route_keys}"),
@@ -40,7 +47,7 @@ async fn eight_slots(server_keys: &str, route_keys: &str) -> Weir {
             .all(|w| w.state() == weir::pool::WorkerState::Ready)
     })
     .await;
-    weir
+    (weir, [first, second])
 }
 
 fn assert_good(what: &str, (ok, tried): (usize, usize)) {
@@ -71,27 +78,31 @@ async fn unread_pipeline(weir: SocketAddr, count: usize, size: usize) -> TcpStre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_of_large_responses_hold_no_slot() {
-    let weir = eight_slots("", "").await;
-    // 16 readers of 8 MiB that never read (slowhttptest -X, smaller).
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (weir, _workers) = eight_slots("", "").await;
+    // 16 readers of 8 MiB that never read (slowhttptest -X, smaller). The workers take a
+    // moment to produce 128 MiB (slots busy with real work); once they have, no reader holds
+    // a slot, however long it goes on not reading.
     let mut readers = Vec::new();
     for _ in 0..16 {
         readers.push(unread_pipeline(weir.addr(), 1, HUGE).await);
     }
-    assert_good(
-        "16 readers of 8 MiB that never read",
-        good_client_every_20ms(weir.addr(), Duration::from_secs(3)).await,
-    );
     let pool = weir.workers("app");
     wait_until("no slot held by the readers", || {
         pool.iter().all(|w| w.in_flight() == 0)
     })
     .await;
+    assert_good(
+        "16 readers of 8 MiB that never read",
+        good_client_every_20ms(weir.addr(), Duration::from_secs(3)).await,
+    );
     drop(readers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_of_large_responses_never_read_hold_no_slot() {
-    let weir = eight_slots("", "").await;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (weir, _workers) = eight_slots("", "").await;
     let mut readers = Vec::new();
     for _ in 0..10 {
         readers.push(unread_pipeline(weir.addr(), 8, LARGE).await);
@@ -105,7 +116,8 @@ async fn pipelines_of_large_responses_never_read_hold_no_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_at_zero_window_holds_no_slot() {
-    let weir = eight_slots("", "").await;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (weir, _workers) = eight_slots("", "").await;
     let tcp = TcpStream::connect(weir.addr()).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(0)
@@ -138,6 +150,7 @@ async fn an_http2_connection_at_zero_window_holds_no_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_uploads_hold_no_slot_and_are_cut_at_the_minimum_rate() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let worker = body_first_worker().await;
     let weir = start_routed(
         "min_data_rate = \"1KiB\"\nmin_data_rate_grace = \"2s\"\n",
@@ -199,7 +212,8 @@ async fn slow_uploads_hold_no_slot_and_are_cut_at_the_minimum_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_whose_bodies_never_come_hold_no_slot() {
-    let weir = eight_slots("", "").await;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (weir, _workers) = eight_slots("", "").await;
     let tcp = TcpStream::connect(weir.addr()).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, http_body_util::StreamBody<
@@ -242,6 +256,7 @@ async fn http2_streams_whose_bodies_never_come_hold_no_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_its_worker_asks_to_stream_holds_its_worker_and_loses_the_header() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     use tokio::io::AsyncReadExt;
     const SIZE: usize = 16 << 20;
     let answer: &'static [u8] = Box::leak(

@@ -157,7 +157,7 @@ fn poll_head(
     }
     loop {
         if !conn.read_buf.is_empty() {
-            match parse_head(&mut conn.read_buf, method) {
+            match parse_head(&mut conn.read_buf, method, &mut conn.head_scan) {
                 Ok(Some(head)) => {
                     return Poll::Ready(Ok((head.parts, head.framing, head.keep_alive)))
                 }

@@ -7,6 +7,8 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
+
+use crate::values::lines::SectionScan;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -20,6 +22,9 @@ const IDLE_BUFFER_KEEP: usize = 16 * 1024;
 pub struct WorkerConn {
     pub(super) stream: TcpStream,
     pub(super) read_buf: BytesMut,
+    /// How far the search for the response head's end has gone, so a head that arrives in
+    /// many reads is looked at once.
+    pub(super) head_scan: SectionScan,
     /// True when it came from the idle pool (and so may have been closed by the worker).
     pub reused: bool,
 }
@@ -30,6 +35,7 @@ impl WorkerConn {
         WorkerConn {
             stream,
             read_buf: BytesMut::new(),
+            head_scan: SectionScan::new(),
             reused: false,
         }
     }

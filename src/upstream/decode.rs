@@ -78,15 +78,20 @@ pub struct ResponseHead {
 
 /// Parse a response head from the front of `buf`, consuming it. Informational responses (1xx
 /// other than 101) are consumed and skipped, as a client must. `Ok(None)` means more bytes are
-/// needed.
+/// needed; `scan` carries the search for the head's end to the next call (one per
+/// connection), so a head that arrives in many reads is looked at once.
 pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
+    scan: &mut SectionScan,
 ) -> Result<Option<ResponseHead>, DecodeError> {
     // Most responses have a handful of fields: try with room for 32 (two small arrays to set
     // up per response), and only a head with more pays for the full 100.
-    match parse_head_with::<COMMON_HEADERS>(buf, method) {
-        Err(DecodeError::HeadTooLarge) => parse_head_with::<MAX_HEADERS>(buf, method),
+    match parse_head_with::<COMMON_HEADERS>(buf, method, scan) {
+        Err(DecodeError::HeadTooLarge) => {
+            *scan = SectionScan::new();
+            parse_head_with::<MAX_HEADERS>(buf, method, scan)
+        }
         other => other,
     }
 }
@@ -97,11 +102,12 @@ const COMMON_HEADERS: usize = 32;
 fn parse_head_with<const N: usize>(
     buf: &mut BytesMut,
     method: &Method,
+    scan: &mut SectionScan,
 ) -> Result<Option<ResponseHead>, DecodeError> {
     loop {
         // The head's end is found by the one line rule (CRLF only), and httparse reads
         // exactly that much: the two never disagree on where the body starts.
-        let head_len = match SectionScan::new().advance(buf, MAX_HEAD_BYTES) {
+        let head_len = match scan.advance(buf, MAX_HEAD_BYTES) {
             Ok(Some(len)) => len,
             Ok(None) => return Ok(None),
             Err(LineError::TooLong) => return Err(DecodeError::HeadTooLarge),
@@ -434,7 +440,7 @@ mod tests {
 
     fn head(text: &str, method: Method) -> Result<Option<ResponseHead>, DecodeError> {
         let mut buf = BytesMut::from(text);
-        parse_head(&mut buf, &method)
+        parse_head(&mut buf, &method, &mut SectionScan::new())
     }
 
     fn body_of(framing: Framing, wire: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), DecodeError> {
@@ -466,7 +472,9 @@ mod tests {
     #[test]
     fn parses_a_head_and_leaves_the_body() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello");
-        let head = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+        let head = parse_head(&mut buf, &Method::GET, &mut SectionScan::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(head.parts.status, StatusCode::OK);
         assert_eq!(head.framing, Framing::Length(5));
         assert!(head.keep_alive);

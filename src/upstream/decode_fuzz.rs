@@ -146,8 +146,9 @@ fn decode(wire: &[u8], method: &Method, mut piece: impl FnMut() -> usize) -> Out
         fed.set(from + n);
         true
     };
+    let mut scan = crate::values::lines::SectionScan::new();
     let head = loop {
-        match parse_head(&mut buf, method) {
+        match parse_head(&mut buf, method, &mut scan) {
             Ok(Some(head)) => break head,
             Ok(None) => {
                 if !feed(&mut buf) {
