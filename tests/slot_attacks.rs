@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use http::Request;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// 1 MiB: far beyond `response_buffer`, so it used to stream and hold its worker.
@@ -62,25 +61,11 @@ fn assert_good(what: &str, (ok, tried): (usize, usize)) {
 /// 4 MiB each), so a reader that takes nothing leaves most of it with weir.
 const HUGE: usize = 8 << 20;
 
-/// A connection that asks for `count` responses of `size` in one write and never reads, with
-/// a receive buffer as small as the kernel allows.
-async fn unread_pipeline(weir: SocketAddr, count: usize, size: usize) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(1024).unwrap();
-    let mut stream = socket.connect(weir).await.unwrap();
-    let request = format!("GET /bytes/{size} HTTP/1.1\r\nhost: x\r\n\r\n");
-    stream
-        .write_all(request.repeat(count).as_bytes())
-        .await
-        .unwrap();
-    stream
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_of_large_responses_hold_no_slot() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (weir, _workers) = eight_slots("", "").await;
-    // 16 readers of 8 MiB that never read (slowhttptest -X, smaller). The workers take a
+    // 16 readers of 8 MiB that never read (the slow-read attack, smaller). The workers take a
     // moment to produce 128 MiB (slots busy with real work); once they have, no reader holds
     // a slot, however long it goes on not reading.
     let mut readers = Vec::new();

@@ -20,8 +20,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// A small response: under the default 64 KiB buffer, over one 8 KiB head read, so the worker
 /// sends it in more than one piece.
@@ -55,19 +54,11 @@ async fn unread(
         .unwrap()
 }
 
-/// An HTTP/1.1 connection with a receive buffer as small as the kernel allows that pipelines
-/// `count` requests for `SMALL` bytes and never reads: its socket buffers fill after a few
-/// dozen responses, and the next response has nowhere to go.
+/// An HTTP/1.1 connection that pipelines `count` requests for `SMALL` bytes and never reads:
+/// its socket buffers fill after a few dozen responses, and the next response has nowhere to
+/// go.
 async fn pipelining_reader(weir: SocketAddr, count: usize) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(1024).unwrap();
-    let mut stream = socket.connect(weir).await.unwrap();
-    let request = format!("GET /bytes/{SMALL} HTTP/1.1\r\nhost: x\r\n\r\n");
-    stream
-        .write_all(request.repeat(count).as_bytes())
-        .await
-        .unwrap();
-    stream
+    unread_pipeline(weir, count, SMALL).await
 }
 
 /// A body of `/bytes/N` is N bytes of the demo worker's pattern.

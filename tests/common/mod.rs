@@ -763,3 +763,17 @@ pub async fn good_client_every_20ms(addr: SocketAddr, for_: Duration) -> (usize,
     }
     (ok, tried)
 }
+
+/// A connection that asks for `count` responses of `size` in one write and never reads, with
+/// a receive buffer as small as the kernel allows.
+pub async fn unread_pipeline(weir: SocketAddr, count: usize, size: usize) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let mut stream = socket.connect(weir).await.unwrap();
+    let request = format!("GET /bytes/{size} HTTP/1.1\r\nhost: x\r\n\r\n");
+    stream
+        .write_all(request.repeat(count).as_bytes())
+        .await
+        .unwrap();
+    stream
+}
