@@ -89,7 +89,10 @@ impl Redis {
             if std::env::var("WEIR_REQUIRE_REDIS").as_deref() == Ok("1") {
                 panic!("{test}: redis-server is not installed (apt-get install redis-server)");
             }
-            eprintln!("{test}: skipped: redis-server is not installed");
+            skipped(
+                test,
+                "redis-server is not installed (apt-get install redis-server)",
+            );
             return None;
         }
         Some(Redis::start())

@@ -44,7 +44,7 @@ pub fn available(test: &str) -> bool {
     if std::env::var("WEIR_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
         panic!("{test}: no chromium installed (apt-get install chromium)");
     }
-    eprintln!("{test}: skipped: no chromium installed");
+    crate::common::skipped(test, "no chromium installed (apt-get install chromium)");
     false
 }
 

@@ -656,8 +656,28 @@ pub fn engine_ready(test: &str) -> bool {
     if std::env::var("WEIR_REQUIRE_DOCKER").as_deref() == Ok("1") {
         panic!("{test}: no Docker engine with the image {IMAGE} (run .ci/test-image)");
     }
-    eprintln!("{test}: skipped: no Docker engine with the image {IMAGE} (run .ci/test-image)");
+    skipped(
+        test,
+        &format!("no Docker engine with the image {IMAGE} (run .ci/test-image)"),
+    );
     false
+}
+
+/// Where tests that could not run say so; `.ci/test` lists them after the run, so a skipped
+/// test is never taken for a passed one.
+pub const SKIPPED_LIST: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
+
+/// Report `test` as skipped for `why`: on stderr, and in [`SKIPPED_LIST`].
+pub fn skipped(test: &str, why: &str) {
+    eprintln!("{test}: skipped: {why}");
+    use std::io::Write;
+    if let Ok(mut list) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIPPED_LIST)
+    {
+        let _ = writeln!(list, "{test}: {why}");
+    }
 }
 
 /// Containers carrying `label=value` (running or not), by name.
