@@ -224,7 +224,7 @@ impl ProxyError {
     /// bad chunk) is a bad request; one that stopped coming has stalled.
     pub fn client_body(error: &ClientBodyError, sent: bool) -> Self {
         let malformed = match error {
-            ClientBodyError::Hyper(error) => std::error::Error::source(error)
+            ClientBodyError::Http2(error) => std::error::Error::source(error)
                 .and_then(|source| source.downcast_ref::<io::Error>())
                 .is_some_and(|e| {
                     matches!(
@@ -232,9 +232,9 @@ impl ProxyError {
                         io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
                     )
                 }),
-            ClientBodyError::Own(BodyError::Malformed) => true,
-            ClientBodyError::Own(BodyError::Stalled) => return ProxyError::client_stalled(sent),
-            ClientBodyError::Own(BodyError::Incomplete) => false,
+            ClientBodyError::Http1(BodyError::Malformed) => true,
+            ClientBodyError::Http1(BodyError::Stalled) => return ProxyError::client_stalled(sent),
+            ClientBodyError::Http1(BodyError::Incomplete) => false,
             ClientBodyError::Spool(_) => {
                 let mut failure =
                     ProxyError::internal("weir: reading the buffered request body back failed\n");

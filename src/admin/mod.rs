@@ -295,7 +295,7 @@ async fn scale(req: Request<Incoming>, control: &Control, name: &str) -> AdminRe
     scaler.set_manual(request.workers);
     let min = scaler
         .policy()
-        .effective_min(crate::scale::unix_minutes_now());
+        .effective_min(crate::values::unix_minutes_now());
     json(
         StatusCode::OK,
         &serde_json::json!({"pool": name, "workers": request.workers.max(min), "requested": request.workers}),

@@ -164,7 +164,7 @@ pub fn pools(shared: &Shared) -> Vec<PoolView> {
                     scaler.desired(),
                     scaler
                         .policy()
-                        .effective_min(crate::scale::unix_minutes_now()),
+                        .effective_min(crate::values::unix_minutes_now()),
                     scaler.policy().max_workers,
                     scaler.describe(),
                 ),

@@ -506,7 +506,7 @@ async fn serve_http<IO: Io>(
             };
             let service_cx = Arc::clone(&cx);
             let service = move |req: Request<RequestBody>| {
-                let answer = proxy::handle(req.map(ClientBody::Own), Arc::clone(&service_cx));
+                let answer = proxy::handle(req.map(ClientBody::Http1), Arc::clone(&service_cx));
                 async move {
                     match answer.await {
                         Ok(response) => response,
@@ -545,7 +545,7 @@ async fn serve_h2<IO: Io>(
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL);
     let service_cx = Arc::clone(&cx);
     let service = service_fn(move |req: Request<Incoming>| {
-        proxy::handle(req.map(ClientBody::Hyper), Arc::clone(&service_cx))
+        proxy::handle(req.map(ClientBody::Http2), Arc::clone(&service_cx))
     });
     let io = TokioIo::new(Prefixed::new(first.freeze(), io));
     let conn = std::pin::pin!(builder.serve_connection(io, service));

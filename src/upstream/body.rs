@@ -18,18 +18,18 @@ use crate::server::h1::conn::{BodyError, RequestBody};
 /// HTTP/1.1 path. One type, so the request path is the same for both.
 pub enum ClientBody {
     /// An HTTP/2 stream's body, read by hyper.
-    Hyper(Incoming),
-    /// An HTTP/1.1 body, fed from the connection's read buffer.
-    Own(RequestBody),
+    Http2(Incoming),
+    /// An HTTP/1.x body, fed by weir's own driver from the connection's read buffer.
+    Http1(RequestBody),
 }
 
 /// Why a client's body broke off.
 #[derive(Debug)]
 pub enum ClientBodyError {
     /// hyper's reading of an HTTP/2 body.
-    Hyper(hyper::Error),
-    /// weir's own HTTP/1.1 path.
-    Own(BodyError),
+    Http2(hyper::Error),
+    /// weir's own HTTP/1.x driver.
+    Http1(BodyError),
     /// Reading back what weir buffered in a temporary file.
     Spool(std::io::Error),
 }
@@ -37,8 +37,8 @@ pub enum ClientBodyError {
 impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientBodyError::Hyper(e) => e.fmt(f),
-            ClientBodyError::Own(e) => e.fmt(f),
+            ClientBodyError::Http2(e) => e.fmt(f),
+            ClientBodyError::Http1(e) => e.fmt(f),
             ClientBodyError::Spool(e) => write!(f, "reading the buffered body back failed: {e}"),
         }
     }
@@ -55,24 +55,26 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            ClientBody::Hyper(body) => Pin::new(body)
+            ClientBody::Http2(body) => Pin::new(body)
                 .poll_frame(cx)
-                .map_err(ClientBodyError::Hyper),
-            ClientBody::Own(body) => Pin::new(body).poll_frame(cx).map_err(ClientBodyError::Own),
+                .map_err(ClientBodyError::Http2),
+            ClientBody::Http1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(ClientBodyError::Http1),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(body) => body.is_end_stream(),
-            ClientBody::Own(body) => body.is_end_stream(),
+            ClientBody::Http2(body) => body.is_end_stream(),
+            ClientBody::Http1(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(body) => body.size_hint(),
-            ClientBody::Own(body) => body.size_hint(),
+            ClientBody::Http2(body) => body.size_hint(),
+            ClientBody::Http1(body) => body.size_hint(),
         }
     }
 }
