@@ -12,7 +12,7 @@ use std::io;
 use http::StatusCode;
 use tracing::Level;
 
-use crate::server::h1::conn::BodyError;
+use crate::http1::BodyError;
 use crate::upstream::ClientBodyError;
 
 /// Where on the request path a request failed.

@@ -7,6 +7,8 @@
 //! - [`routing`]: host + longest path prefix lookup.
 //! - [`pool`]: workers, their live atomic counters and states, the balancers, the bounded
 //!   per-route queue and the retry budget.
+//! - [`http1`]: the HTTP/1.1 framing both sides share: the message and body decoder, a
+//!   client's request body, the hand-off of an upgraded connection.
 //! - [`upstream`]: weir's HTTP/1.1 client for workers and its per-thread keep-alive pool.
 //! - [`membership`]: the one way workers enter and leave a pool (a source's full set, then
 //!   changes), with health probing attached to every member.
@@ -45,6 +47,7 @@ mod fuzz;
 pub mod health;
 pub mod heap;
 pub mod history;
+pub mod http1;
 pub mod membership;
 pub mod pool;
 pub mod provider;

@@ -43,9 +43,9 @@ use tracing::{debug, warn};
 
 use crate::config::ServerConfig;
 use crate::error::{ProxyError, Report, RetryVerdict};
+use crate::http1::PendingUpgrade;
 use crate::pool::{InFlightGuard, Pool, Rejection, RetrySettings, RouteQueue, WaitReason, Worker};
 use crate::routing::Route;
-use crate::server::h1::conn::PendingUpgrade;
 use crate::spool::SpoolLimits;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;

@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::conn::ActivityGuard;
+use crate::http1::{PendingUpgrade, Upgraded};
 use crate::pool::InFlightGuard;
-use crate::server::h1::conn::{PendingUpgrade, Upgraded};
 
 /// Once the client side has switched protocols, pass on any bytes the worker sent right after
 /// its 101 (`early`) and any the client sent right after its request (read with its head),

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use crate::spool::Spool;
 
-use crate::server::h1::conn::{BodyError, RequestBody};
+use crate::http1::{BodyError, RequestBody};
 
 /// A client's request body, from whichever server read it: hyper (HTTP/2) or weir's own
 /// HTTP/1.1 path. One type, so the request path is the same for both.

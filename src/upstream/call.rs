@@ -21,10 +21,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::{ClientBodyError, UpstreamBody};
 use super::conn::WorkerConn;
-use super::decode::{parse_head, BodyDecoder, Decoded, Framing};
 use super::encode::chunk_header;
 use super::pace::Pace;
 use crate::error::{ProxyError, RetryVerdict};
+use crate::http1::{parse_head, BodyDecoder, Decoded, Framing};
 
 /// Bytes read per system call while reading a response head.
 const HEAD_READ: usize = 8 * 1024;

@@ -20,16 +20,13 @@ use crate::pool::Worker;
 mod body;
 mod call;
 mod conn;
-mod decode;
-#[cfg(test)]
-mod decode_fuzz;
 mod encode;
 mod pace;
 
+pub use crate::http1::{BodyDecoder, Decoded, Framing};
 pub use body::{BufferedBody, ClientBody, ClientBodyError, UpstreamBody};
 pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;
-pub use decode::{BodyDecoder, Decoded, Framing};
 pub use encode::{encode_head, BodyFraming};
 pub use pace::Pace;
 

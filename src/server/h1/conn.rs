@@ -9,7 +9,6 @@
 use std::fmt::Display;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +24,8 @@ use tokio::time::{Instant, Sleep};
 use super::date::with_date;
 use super::encode::{encode_response_head, put_chunk_size, Persistence, ResponseFraming};
 use super::head::{parse_request_head, RequestFraming, RequestHead};
-use crate::upstream::{BodyDecoder, Decoded, Framing};
+use crate::http1::{BodyDecoder, Decoded, Framing};
+pub use crate::http1::{BodyError, Io, PendingUpgrade, RequestBody, Upgraded};
 use crate::values::connection;
 use crate::values::lines::SectionScan;
 
@@ -35,51 +35,6 @@ const READ_RESERVE: usize = 4 * 1024;
 const WRITE_HIGH_WATER: usize = 16 * 1024;
 /// Longest a request body is read on after its response was sent (nginx lingers 30 s too).
 const BODY_FINISH_LIMIT: Duration = Duration::from_secs(30);
-
-/// A client connection as the driver needs it: bytes both ways, and movable to a tunnel task
-/// after a 101.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {
-    /// Ready once a read would find bytes (or the end). A connection waiting for its next
-    /// request asks this before it takes a read buffer, so an idle one holds none; a stream
-    /// that cannot tell says ready at once and the buffer is taken and given back around the
-    /// read instead.
-    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Io for tokio::net::TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        tokio::net::TcpStream::poll_read_ready(self, cx)
-    }
-}
-
-impl Io for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
-
-impl Io for tokio::io::DuplexStream {}
-
-/// A connection that switched protocols: the stream, and the bytes the client sent after its
-/// request head that weir had already read (the first frames of the new protocol).
-pub struct Upgraded {
-    /// The client's stream.
-    pub io: Box<dyn Io>,
-    /// Read past the request head; they go to the worker first.
-    pub read_ahead: Bytes,
-}
-
-/// In an upgrade request's extensions: the connection once its 101 has been written. Shared
-/// (extensions must be `Clone`); the first to wait takes it.
-#[derive(Clone)]
-pub struct PendingUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
-
-impl PendingUpgrade {
-    /// The upgraded connection, or `None` if the response was no 101 or the connection ended
-    /// first.
-    pub async fn wait(self) -> Option<Upgraded> {
-        let receiver = self.0.lock().ok()?.take()?;
-        receiver.await.ok()
-    }
-}
 
 /// The time and size limits of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -91,79 +46,6 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time allowed between two reads of a request body.
     pub body_read_timeout: Duration,
-}
-
-/// Why a request body ended early, as the service sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyError {
-    /// The client closed the connection mid-body.
-    Incomplete,
-    /// The body's framing was broken (a bad chunk).
-    Malformed,
-    /// No more of it within the body read timeout.
-    Stalled,
-}
-
-impl Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BodyError::Incomplete => "the client closed the connection mid-body",
-            BodyError::Malformed => "malformed chunked body",
-            BodyError::Stalled => "request body stalled",
-        })
-    }
-}
-
-impl std::error::Error for BodyError {}
-
-/// A request's body, fed by the connection as the service reads it.
-#[derive(Debug)]
-pub struct RequestBody {
-    chunks: Option<mpsc::Receiver<Result<Frame<Bytes>, BodyError>>>,
-    hint: SizeHint,
-}
-
-impl RequestBody {
-    fn empty() -> Self {
-        RequestBody {
-            chunks: None,
-            hint: SizeHint::with_exact(0),
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Some(chunks) = self.chunks.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match chunks.poll_recv(cx) {
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(Some(Err(e))) => {
-                self.chunks = None;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                self.chunks = None;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.hint
-    }
 }
 
 /// Feeds one request's body from the read buffer to its [`RequestBody`].
@@ -298,9 +180,7 @@ where
     // Only a request that names a protocol to switch to can be switched.
     let upgrade = parts.headers.contains_key(header::UPGRADE).then(|| {
         let (tx, rx) = oneshot::channel();
-        parts
-            .extensions
-            .insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
+        parts.extensions.insert(PendingUpgrade::new(rx));
         tx
     });
     let (body, feeder) = match framing {
@@ -428,10 +308,7 @@ where
 
 fn body_channel(framing: Framing, hint: SizeHint) -> (RequestBody, Option<Feeder>) {
     let (tx, rx) = mpsc::channel(2);
-    let body = RequestBody {
-        chunks: Some(rx),
-        hint,
-    };
+    let body = RequestBody::new(rx, hint);
     let feeder = Feeder {
         decoder: BodyDecoder::new(framing),
         chunks: tx,
