@@ -371,14 +371,18 @@ async fn an_idle_tunnel_is_closed_at_tunnel_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_taking_its_response_slower_than_min_data_rate_is_cut() {
     use tokio::net::TcpSocket;
-    let worker = demo("w").await;
+    // A worker process of its own: producing megabytes on the test's runtime would slow the
+    // other tests of this file, whose limits are short.
+    let (_worker, worker) = demo_process("w");
     let weir = start_simple(
         "min_data_rate = \"64KiB\"\nmin_data_rate_grace = \"500ms\"\n",
         "",
         &[worker],
     );
     wait_ready(&weir).await;
-    const SIZE: usize = 16 << 20;
+    // Larger than the kernel's socket buffers (4 MiB each way), so the slow reader is slow
+    // to weir too.
+    const SIZE: usize = 12 << 20;
     let request = format!("GET /bytes/{SIZE} HTTP/1.1\r\nhost: x\r\n\r\n");
     // A reader at about 10 KiB/s: it never gets the whole response.
     let socket = TcpSocket::new_v4().unwrap();
