@@ -11,11 +11,11 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::{self, PoolConfig};
+use crate::limit::ConnectionLimit;
 use crate::membership::Membership;
 use crate::pool::{Pool, PoolSettings};
 use crate::provider;
 use crate::scale::{PoolScaler, ScalePolicy};
-use crate::server::ConnectionLimit;
 use crate::state::{Carried, Shared, Snapshot};
 
 /// A running scaler and how to stop it.

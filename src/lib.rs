@@ -22,6 +22,8 @@
 //! - [`admin`], [`telemetry`], [`access_log`]: the admin API, the dashboard and CLI views,
 //!   Prometheus metrics, the JSON access log.
 //! - [`history`]: each pool's last 15 minutes, sampled every second for the dashboard.
+//! - [`tls`] and [`limit`]: rustls set-up (certificates by SNI, the one crypto provider) and
+//!   the resizable cap on open connections, below the serving code that uses them.
 //! - [`spool`]: bodies held between a fast side and a slow one, in memory and then in unlinked
 //!   temporary files within one shared budget.
 //! - [`heap`]: gives the allocator's free pages back to the kernel after a burst.
@@ -48,6 +50,7 @@ pub mod health;
 pub mod heap;
 pub mod history;
 pub mod http1;
+pub mod limit;
 pub mod membership;
 pub mod pool;
 pub mod provider;
@@ -59,5 +62,6 @@ pub mod spool;
 pub mod state;
 mod sys;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod values;

@@ -11,12 +11,13 @@ use dashmap::DashMap;
 use crate::access_log::AccessLog;
 use crate::alerts::AlertCounters;
 use crate::config::{Config, ConfigError};
+use crate::limit::ConnectionLimit;
 use crate::pool::Pool;
 use crate::routing::RouteTable;
 use crate::scale::{ActivityLog, PoolScaler};
-use crate::server::{tls, ConnectionLimit};
 use crate::spool::TempFiles;
 use crate::telemetry::RouteMetrics;
+use crate::tls;
 use crate::upstream::UpstreamSettings;
 use crate::values::Cidr;
 

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::control::Control;
-use crate::server::ConnectionPermit;
+use crate::limit::ConnectionPermit;
 
 /// What an admin connection takes from the config when it is accepted.
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::server::ConnectionPermit;
+use crate::limit::ConnectionPermit;
 use crate::state::Shared;
 use crate::upstream::Upstreams;
 

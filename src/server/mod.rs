@@ -4,14 +4,13 @@
 //! threads share (config snapshot, worker counters) is read through atomics and `ArcSwap`.
 
 pub mod h1;
-mod limit;
 mod listen;
 pub mod nofile;
 mod prefixed;
 mod reuse;
-pub mod tls;
 
-pub use limit::{ConnectionLimit, ConnectionPermit};
+pub use crate::limit::{ConnectionLimit, ConnectionPermit};
+pub use crate::tls;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
