@@ -10,8 +10,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::alerts::AlertCounters;
 use crate::error::Stage;
-use crate::pool::{LatencyHistogram, Pool, WorkerState};
-use crate::state::Snapshot;
+use crate::pool::{LatencyHistogram, Pool};
 
 /// Histogram buckets in seconds: 0.5 ms to 60 s, dense where proxied requests usually are.
 const BUCKETS: [f64; 16] = [
@@ -52,33 +51,6 @@ pub async fn fold_samples_periodically() {
         tick.tick().await;
         handle.run_upkeep();
     }
-}
-
-/// The Prometheus text exposition, with gauges refreshed from `snapshot` first.
-pub fn render(snapshot: &Snapshot) -> String {
-    let Some(handle) = prometheus() else {
-        return String::new();
-    };
-    for (name, pool) in &snapshot.pools {
-        gauge!("weir_inflight_requests", "pool" => name.clone()).set(pool.in_flight() as f64);
-        let workers = pool.workers();
-        for state in [
-            WorkerState::Starting,
-            WorkerState::Ready,
-            WorkerState::Draining,
-            WorkerState::Unhealthy,
-        ] {
-            let n = crate::pool::count_in(&workers, state);
-            gauge!("weir_workers", "pool" => name.clone(), "state" => state.as_str()).set(n as f64);
-        }
-    }
-    for route in snapshot.routes.all() {
-        gauge!("weir_queue_depth", "route" => route.name.to_string())
-            .set(route.queue.depth() as f64);
-    }
-    gauge!("weir_temp_file_bytes").set(snapshot.temp_files.used() as f64);
-    handle.run_upkeep();
-    handle.render()
 }
 
 /// Route and pool label of requests that matched no route.

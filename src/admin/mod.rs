@@ -8,6 +8,7 @@
 pub mod cli;
 mod conn;
 mod dashboard;
+mod exposition;
 mod query;
 pub mod views;
 
@@ -110,7 +111,7 @@ async fn route(req: Request<Incoming>, control: &Control, peer: SocketAddr) -> A
     let shared = control.shared();
     match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {
-            let text = crate::telemetry::render(&shared.snapshot());
+            let text = exposition::render(&shared.snapshot());
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
