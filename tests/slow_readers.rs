@@ -61,6 +61,17 @@ async fn pipelining_reader(weir: SocketAddr, count: usize) -> TcpStream {
     unread_pipeline(weir, count, SMALL).await
 }
 
+/// Read `response`'s body to its end (within the deadline) and check it is `n` bytes of the
+/// demo worker's pattern.
+async fn read_whole_pattern(response: http::Response<Incoming>, n: usize) {
+    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+        .await
+        .expect("the body within the deadline")
+        .unwrap()
+        .to_bytes();
+    assert!(is_pattern(&body, n), "{} bytes", body.len());
+}
+
 /// A body of `/bytes/N` is N bytes of the demo worker's pattern.
 fn is_pattern(body: &[u8], n: usize) -> bool {
     body.len() == n
@@ -85,12 +96,7 @@ async fn a_client_not_reading_a_small_response_does_not_hold_the_only_slot() {
     assert_eq!(reply.status, 200);
     assert!(is_pattern(&reply.body, SMALL));
     // Whenever the first client reads, its response is all there, byte for byte.
-    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
-        .await
-        .expect("the held body within the deadline")
-        .unwrap()
-        .to_bytes();
-    assert!(is_pattern(&body, SMALL), "{} bytes", body.len());
+    read_whole_pattern(response, SMALL).await;
 }
 
 const LARGE: usize = 1_000_000;
@@ -121,12 +127,7 @@ async fn a_response_larger_than_the_buffer_frees_its_worker_before_the_client_re
     .await;
     assert_eq!(get(weir.addr(), "/hello").await.status, 200);
     // ...and the client still gets all of it.
-    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
-        .await
-        .expect("the body within the deadline")
-        .unwrap()
-        .to_bytes();
-    assert!(is_pattern(&body, LARGE), "{} bytes", body.len());
+    read_whole_pattern(response, LARGE).await;
 }
 
 #[tokio::test]
@@ -136,12 +137,7 @@ async fn a_streaming_route_holds_the_worker_until_the_client_reads() {
     // Its body cannot all be in hand yet: the worker stays busy with it...
     assert_eq!(workers[0].in_flight(), 1);
     // ...until the client reads it, all of it.
-    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
-        .await
-        .expect("the body within the deadline")
-        .unwrap()
-        .to_bytes();
-    assert!(is_pattern(&body, LARGE), "{} bytes", body.len());
+    read_whole_pattern(response, LARGE).await;
     wait_until("slot released", || workers[0].in_flight() == 0).await;
 }
 

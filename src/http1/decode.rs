@@ -170,17 +170,7 @@ fn framing(
     if headers.contains_key(header::TRANSFER_ENCODING) {
         // `chunked` alone: any other coding (gzip, deflate, identity) would reach the client
         // as coded bytes with nothing saying so, once weir drops the hop-by-hop field.
-        let mut codings = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(|c| c.trim_ascii())
-            .filter(|c| !c.is_empty());
-        let only_chunked = codings
-            .next()
-            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
-            && codings.next().is_none();
-        if !only_chunked {
+        if chunked_alone(headers) != Some(true) {
             return Err(DecodeError::TransferCoding);
         }
         // Transfer-Encoding overrides Content-Length; a response with both is suspect, so its
@@ -193,6 +183,21 @@ fn framing(
         Some(n) => Ok((Framing::Length(n), true)),
         None => Ok((Framing::UntilClose, false)),
     }
+}
+
+/// Whether a message's transfer codings (every `Transfer-Encoding` field and list item
+/// together) are `chunked` alone; `None` when it names no coding at all. weir decodes chunks
+/// and frames a body afresh on the other side, so any other coding would be dropped on the
+/// way.
+pub fn chunked_alone(headers: &HeaderMap) -> Option<bool> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| c.trim_ascii())
+        .filter(|c| !c.is_empty());
+    let first = codings.next()?;
+    Some(first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none())
 }
 
 /// The Content-Length, when present: every copy (and every item of a list) must agree.

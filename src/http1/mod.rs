@@ -12,5 +12,7 @@ mod decode_fuzz;
 mod upgrade;
 
 pub use body::{BodyError, RequestBody};
-pub use decode::{parse_head, BodyDecoder, DecodeError, Decoded, Framing, ResponseHead};
+pub use decode::{
+    chunked_alone, parse_head, BodyDecoder, DecodeError, Decoded, Framing, ResponseHead,
+};
 pub use upgrade::{Io, PendingUpgrade, Upgraded};

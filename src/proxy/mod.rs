@@ -849,16 +849,9 @@ fn check_host(head: &Parts) -> Result<(), ProxyError> {
 /// dropped on the way and the worker would read the bytes as something they are not. hyper
 /// has already refused codings that do not end in `chunked` (400).
 fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|c| c.trim_ascii())
-        .filter(|c| !c.is_empty());
-    match (codings.next(), codings.next()) {
-        (None, _) => Ok(()),
-        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => Ok(()),
-        _ => Err(ProxyError::unsupported_coding()),
+    match crate::http1::chunked_alone(headers) {
+        Some(false) => Err(ProxyError::unsupported_coding()),
+        None | Some(true) => Ok(()),
     }
 }
 
