@@ -4,7 +4,6 @@
 //! path nothing. Deliveries are rate-limited per rule and retried a few times.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +16,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{AlertConfig, AlertKind};
-use crate::pool::{LatencyCounts, LatencyHistogram, WorkerState};
+use crate::pool::{LatencyCounts, WorkerState};
 use crate::state::Shared;
+pub use crate::telemetry::AlertCounters;
 
 /// How often rules are evaluated.
 pub const EVALUATE_EVERY: Duration = Duration::from_secs(1);
@@ -27,54 +27,13 @@ const DELIVERY_TRIES: u32 = 3;
 /// Deadline of one delivery try.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The counters alert rules read, owned by one weir's shared state (not process-wide), so two
-/// weirs in one process never see each other's responses. The request path feeds them through
-/// its route metrics: a few relaxed atomic adds per request.
-#[derive(Debug)]
-pub struct AlertCounters {
-    /// 5xx responses sent since start (all routes).
-    responses_5xx: AtomicU64,
-    /// Requests turned away by a queue since start.
-    queue_rejections: AtomicU64,
-    /// Whether any latency rule exists (the histogram is only fed then).
-    track_latency: AtomicBool,
-    latency: LatencyHistogram,
-}
-
-impl Default for AlertCounters {
-    fn default() -> Self {
-        AlertCounters {
-            responses_5xx: AtomicU64::new(0),
-            queue_rejections: AtomicU64::new(0),
-            track_latency: AtomicBool::new(false),
-            latency: LatencyHistogram::default(),
-        }
-    }
-}
-
-impl AlertCounters {
-    /// Count a response (called once per request when it ends).
-    pub fn record_response(&self, status: u16, duration: Duration) {
-        if status >= 500 {
-            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.track_latency.load(Ordering::Relaxed) {
-            self.latency.record(duration);
-        }
-    }
-
-    /// Count a queue rejection.
-    pub fn record_rejection(&self) {
-        self.queue_rejections.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn sample(&self, at: Instant) -> Sample {
-        Sample {
-            at,
-            errors: self.responses_5xx.load(Ordering::Relaxed),
-            rejections: self.queue_rejections.load(Ordering::Relaxed),
-            latency: self.latency.counts(),
-        }
+/// The counters at `at`.
+fn sample(counters: &AlertCounters, at: Instant) -> Sample {
+    Sample {
+        at,
+        errors: counters.responses_5xx(),
+        rejections: counters.queue_rejections(),
+        latency: counters.latency(),
     }
 }
 
@@ -134,14 +93,13 @@ pub async fn run(shared: Arc<Shared>) {
                     }
                 })
                 .collect();
-            snapshot.alerts.track_latency.store(
-                rules.iter().any(|r| r.config.kind == AlertKind::LatencyP99),
-                Ordering::Relaxed,
-            );
+            snapshot
+                .alerts
+                .track_latency(rules.iter().any(|r| r.config.kind == AlertKind::LatencyP99));
             rules_from = Some(Arc::clone(&snapshot.config));
         }
         let now = Instant::now();
-        samples.push_back(snapshot.alerts.sample(now));
+        samples.push_back(sample(&snapshot.alerts, now));
         let longest = rules
             .iter()
             .map(|r| r.config.window.get())
@@ -349,15 +307,15 @@ mod tests {
     #[test]
     fn p99_from_bucket_deltas() {
         let counters = AlertCounters::default();
-        counters.track_latency.store(true, Ordering::Relaxed);
-        let old = counters.sample(Instant::now());
+        counters.track_latency(true);
+        let old = sample(&counters, Instant::now());
         for _ in 0..98 {
             counters.record_response(200, Duration::from_micros(150));
         }
         for _ in 0..2 {
             counters.record_response(200, Duration::from_millis(100));
         }
-        let new = counters.sample(Instant::now());
+        let new = sample(&counters, Instant::now());
         let p = p99(&old, &new).unwrap_or_default();
         assert!(
             p > Duration::from_millis(100) && p < Duration::from_millis(120),

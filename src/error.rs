@@ -13,7 +13,6 @@ use http::StatusCode;
 use tracing::Level;
 
 use crate::http1::BodyError;
-use crate::upstream::ClientBodyError;
 
 /// Where on the request path a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -519,6 +518,29 @@ impl std::error::Error for ProxyError {
         }
     }
 }
+
+/// Why a client's body broke off.
+#[derive(Debug)]
+pub enum ClientBodyError {
+    /// hyper's reading of an HTTP/2 body.
+    Http2(hyper::Error),
+    /// weir's own HTTP/1.x driver.
+    Http1(BodyError),
+    /// Reading back what weir buffered in a temporary file.
+    Spool(std::io::Error),
+}
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientBodyError::Http2(e) => e.fmt(f),
+            ClientBodyError::Http1(e) => e.fmt(f),
+            ClientBodyError::Spool(e) => write!(f, "reading the buffered body back failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientBodyError {}
 
 #[cfg(test)]
 mod tests {

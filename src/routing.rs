@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::alerts::AlertCounters;
+use crate::telemetry::AlertCounters;
 use crate::config::{Config, RouteConfig};
 use crate::pool::{Pool, RouteQueue};
 use crate::telemetry::RouteMetrics;

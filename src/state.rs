@@ -9,7 +9,7 @@ use arc_swap::{ArcSwap, Guard};
 use dashmap::DashMap;
 
 use crate::access_log::AccessLog;
-use crate::alerts::AlertCounters;
+use crate::telemetry::AlertCounters;
 use crate::config::{Config, ConfigError};
 use crate::limit::ConnectionLimit;
 use crate::pool::Pool;

@@ -5,16 +5,14 @@
 
 mod probe;
 
-pub use probe::{probe, ProbeKind};
-
-use crate::values::StatusRanges;
+pub use crate::pool::{HealthSettings, ProbeKind};
+pub use probe::probe;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::config::HealthConfig;
 use crate::pool::{Pool, Worker, WorkerState};
 
 /// Probe period of a starting worker: fast, so a new worker serves within tens of ms.
@@ -22,58 +20,6 @@ pub const STARTING_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 /// How long a worker that never passed keeps being probed fast; after it, it is probed every
 /// `interval` (a static address that is down should not be hammered 40 times a second).
 pub const FAST_PROBE_WINDOW: Duration = Duration::from_secs(30);
-
-/// A pool's probe settings, parsed and checked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthSettings {
-    /// HTTP GET or TCP connect.
-    pub kind: ProbeKind,
-    /// Period for ready and unhealthy workers.
-    pub interval: Duration,
-    /// Probe deadline.
-    pub timeout: Duration,
-    /// Passes in a row that make a worker ready.
-    pub healthy_threshold: u32,
-    /// Failures in a row that make it unhealthy.
-    pub unhealthy_threshold: u32,
-}
-
-impl HealthSettings {
-    /// From the pool's `health` table; absent, TCP probes with the default timings.
-    pub fn from_config(config: Option<&HealthConfig>) -> Result<Self, String> {
-        let defaults = HealthConfig::default();
-        let config = config.unwrap_or(&defaults);
-        let kind = match &config.path {
-            Some(path) => {
-                if !path.starts_with('/') {
-                    return Err(format!("health.path {path:?} must start with '/'"));
-                }
-                let path = path
-                    .parse::<http::uri::PathAndQuery>()
-                    .map_err(|e| format!("health.path {path:?}: {e}"))?;
-                ProbeKind::Http {
-                    path,
-                    expect: StatusRanges::parse(&config.expect_status)
-                        .map_err(|e| format!("health.expect_status: {e}"))?,
-                }
-            }
-            None => ProbeKind::Tcp,
-        };
-        if config.interval.get().is_zero() || config.timeout.get().is_zero() {
-            return Err("health.interval and health.timeout must be longer than zero".into());
-        }
-        if config.healthy_threshold == 0 || config.unhealthy_threshold == 0 {
-            return Err("health thresholds must be at least 1".into());
-        }
-        Ok(HealthSettings {
-            kind,
-            interval: config.interval.get(),
-            timeout: config.timeout.get(),
-            healthy_threshold: config.healthy_threshold,
-            unhealthy_threshold: config.unhealthy_threshold,
-        })
-    }
-}
 
 /// Start probing one worker until it leaves its pool.
 pub fn watch_worker(pool: &Arc<Pool>, worker: &Arc<Worker>) {
@@ -201,19 +147,5 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(t.record(false, WorkerState::Starting, &s), None);
         }
-    }
-
-    #[test]
-    fn bad_settings_are_refused() {
-        let relative = HealthConfig {
-            path: Some("hello".into()),
-            ..HealthConfig::default()
-        };
-        assert!(HealthSettings::from_config(Some(&relative)).is_err());
-        let zero = HealthConfig {
-            unhealthy_threshold: 0,
-            ..HealthConfig::default()
-        };
-        assert!(HealthSettings::from_config(Some(&zero)).is_err());
     }
 }

@@ -4,27 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
 use http::{header, Request};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::values::StatusRanges;
-
-/// What a probe does.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProbeKind {
-    /// Pass when a TCP connection opens.
-    Tcp,
-    /// Pass when `GET path` answers with an expected status.
-    Http {
-        /// Request target.
-        path: PathAndQuery,
-        /// Statuses that pass.
-        expect: StatusRanges,
-    },
-}
+use crate::pool::ProbeKind;
 
 /// Probe `addr` once within `timeout`; the error says why it failed, for the log.
 pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Result<(), String> {

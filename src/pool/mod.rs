@@ -6,6 +6,7 @@
 //! response ends, a worker becomes ready) the oldest waiting request of the pool gets it.
 
 mod balance;
+mod health;
 mod latency;
 mod queue;
 mod retry_budget;
@@ -13,6 +14,7 @@ mod share;
 mod worker;
 
 pub use balance::Balancer;
+pub use health::{HealthSettings, ProbeKind};
 pub use latency::{LatencyCounts, LatencyHistogram};
 pub use queue::{RouteQueue, WaitReason, WaitingRequest};
 pub use retry_budget::RetryBudget;
@@ -26,7 +28,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::{Balance, PoolConfig};
-use crate::health::HealthSettings;
 use queue::WaitQueue;
 
 /// Why a request was turned away without reaching a worker.

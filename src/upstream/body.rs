@@ -12,7 +12,8 @@ use hyper::body::Incoming;
 
 use crate::spool::Spool;
 
-use crate::http1::{BodyError, RequestBody};
+use crate::error::ClientBodyError;
+use crate::http1::RequestBody;
 
 /// A client's request body, from whichever server read it: hyper (HTTP/2) or weir's own
 /// HTTP/1.1 path. One type, so the request path is the same for both.
@@ -22,29 +23,6 @@ pub enum ClientBody {
     /// An HTTP/1.x body, fed by weir's own driver from the connection's read buffer.
     Http1(RequestBody),
 }
-
-/// Why a client's body broke off.
-#[derive(Debug)]
-pub enum ClientBodyError {
-    /// hyper's reading of an HTTP/2 body.
-    Http2(hyper::Error),
-    /// weir's own HTTP/1.x driver.
-    Http1(BodyError),
-    /// Reading back what weir buffered in a temporary file.
-    Spool(std::io::Error),
-}
-
-impl std::fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientBodyError::Http2(e) => e.fmt(f),
-            ClientBodyError::Http1(e) => e.fmt(f),
-            ClientBodyError::Spool(e) => write!(f, "reading the buffered body back failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientBodyError {}
 
 impl Body for ClientBody {
     type Data = Bytes;

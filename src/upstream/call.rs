@@ -19,7 +19,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::body::{ClientBodyError, UpstreamBody};
+use super::body::UpstreamBody;
+use crate::error::ClientBodyError;
 use super::conn::WorkerConn;
 use super::encode::chunk_header;
 use super::pace::Pace;

@@ -24,7 +24,8 @@ mod encode;
 mod pace;
 
 pub use crate::http1::{BodyDecoder, Decoded, Framing};
-pub use body::{BufferedBody, ClientBody, ClientBodyError, UpstreamBody};
+pub use crate::error::ClientBodyError;
+pub use body::{BufferedBody, ClientBody, UpstreamBody};
 pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;
 pub use encode::{encode_head, BodyFraming};

@@ -2,13 +2,16 @@
 //! once per route and pool (an atomic add per request, no registry lookup); gauges are set from
 //! the live atomics at scrape time, so they cost the request path nothing.
 
+mod alert_counters;
+
+pub use alert_counters::AlertCounters;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::alerts::AlertCounters;
 use crate::error::Stage;
 use crate::pool::{LatencyHistogram, Pool};
 
