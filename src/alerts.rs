@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{AlertConfig, AlertKind};
 use crate::pool::{LatencyCounts, WorkerState};
+use crate::scale::ActivityLog;
 use crate::state::Shared;
 pub use crate::telemetry::AlertCounters;
 
@@ -59,7 +60,7 @@ struct RuleState {
 }
 
 /// Evaluate the snapshot's alert rules every second until the task is dropped.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Arc<Shared>, activity: Arc<ActivityLog>) {
     let mut samples: VecDeque<Sample> = VecDeque::new();
     let mut rules: Vec<RuleState> = Vec::new();
     let mut rules_from: Option<Arc<crate::config::Config>> = None;
@@ -76,7 +77,7 @@ pub async fn run(shared: Arc<Shared>) {
             let events = if rules_from.is_none() {
                 0
             } else {
-                shared.activity.events().len()
+                activity.events().len()
             };
             let old = std::mem::take(&mut rules);
             rules = snapshot
@@ -118,12 +119,19 @@ pub async fn run(shared: Arc<Shared>) {
             let (Some(base), Some(latest)) = (base, latest.as_ref()) else {
                 continue;
             };
-            evaluate(rule, &shared, base, latest, now);
+            evaluate(rule, &shared, &activity, base, latest, now);
         }
     }
 }
 
-fn evaluate(rule: &mut RuleState, shared: &Shared, base: &Sample, latest: &Sample, now: Instant) {
+fn evaluate(
+    rule: &mut RuleState,
+    shared: &Shared,
+    activity: &ActivityLog,
+    base: &Sample,
+    latest: &Sample,
+    now: Instant,
+) {
     let c = &rule.config;
     let name = c
         .name
@@ -176,7 +184,7 @@ fn evaluate(rule: &mut RuleState, shared: &Shared, base: &Sample, latest: &Sampl
             )
         }
         AlertKind::ScaleEvents => {
-            let events = shared.activity.events();
+            let events = activity.events();
             let new: Vec<_> = events
                 .iter()
                 .skip(rule.events_seen.min(events.len()))

@@ -1,21 +1,27 @@
-//! The control plane, on its own thread: health checks, the scalers, the admin API, and live
-//! config reload. Serving threads only read what it publishes.
+//! The control plane, on its own thread: health checks, the scalers, alerts, history, the
+//! fleet, and live config reload. It owns what only it changes (the scalers, the scaling
+//! activity, the history, this instance's fleet membership); serving threads only read the
+//! snapshots it publishes into the data plane's [`Shared`]. The admin API (above) reads it and
+//! asks it to reload or scale.
 
 use std::collections::HashMap;
-use std::net::TcpListener as StdTcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use dashmap::DashMap;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::cluster::Cluster;
 use crate::config::{self, PoolConfig};
+use crate::history::History;
 use crate::limit::ConnectionLimit;
 use crate::membership::Membership;
 use crate::pool::{Pool, PoolSettings};
 use crate::provider;
-use crate::scale::{PoolScaler, ScalePolicy};
+use crate::scale::{ActivityLog, PoolScaler, ScalePolicy};
 use crate::state::{Carried, Shared, Snapshot};
 
 /// A running scaler and how to stop it.
@@ -27,28 +33,54 @@ struct ScalerTask {
 /// The control plane of one weir.
 pub struct Control {
     shared: Arc<Shared>,
+    /// The scaling history of every pool.
+    pub activity: Arc<ActivityLog>,
+    /// Every pool's last 15 minutes, a sample a second (the dashboard's charts).
+    pub history: Arc<History>,
+    /// The scaler of each launchable pool, by pool name.
+    pub scalers: DashMap<String, Arc<PoolScaler>>,
+    /// This instance's fleet, with `[cluster]`.
+    cluster: Option<Arc<Cluster>>,
     config_path: Option<PathBuf>,
-    scalers: Mutex<HashMap<String, ScalerTask>>,
+    scaler_tasks: Mutex<HashMap<String, ScalerTask>>,
     reload_lock: tokio::sync::Mutex<()>,
     admin_connections: Arc<ConnectionLimit>,
+    /// The control thread's runtime, set when it starts: what a reload starts (scalers, probe
+    /// loops) runs there whoever asked for it.
+    runtime: OnceLock<tokio::runtime::Handle>,
 }
 
 impl Control {
-    /// A control plane over `shared`; `config_path` is what reloads read.
-    pub fn new(shared: Arc<Shared>, config_path: Option<PathBuf>) -> Arc<Self> {
+    /// A control plane over `shared`; `config_path` is what reloads read; `cluster` is this
+    /// instance's fleet membership, with `[cluster]`.
+    pub fn new(
+        shared: Arc<Shared>,
+        config_path: Option<PathBuf>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Arc<Self> {
         let admin_max = shared.snapshot().config.admin.max_connections;
         Arc::new(Control {
             admin_connections: ConnectionLimit::new(admin_max),
             shared,
+            activity: Arc::new(ActivityLog::default()),
+            history: Arc::default(),
+            scalers: DashMap::new(),
+            cluster,
             config_path,
-            scalers: Mutex::new(HashMap::new()),
+            scaler_tasks: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
+            runtime: OnceLock::new(),
         })
     }
 
-    /// The shared state.
+    /// The data plane's shared state.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// This instance's fleet, with `[cluster]`.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// `admin.max_connections`: the admin listener's cap, resized by a reload.
@@ -87,32 +119,25 @@ impl Control {
                 return;
             }
         };
-        let scaler = PoolScaler::new(
-            membership,
-            provider,
-            policy,
-            Arc::clone(&self.shared.activity),
-        );
-        if let Some(cluster) = self.shared.cluster.get() {
+        let scaler = PoolScaler::new(membership, provider, policy, Arc::clone(&self.activity));
+        if let Some(cluster) = &self.cluster {
             scaler.join_fleet(Arc::clone(cluster));
         }
-        self.shared
-            .scalers
-            .insert(name.to_string(), Arc::clone(&scaler));
+        self.scalers.insert(name.to_string(), Arc::clone(&scaler));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(scaler.run(stop_rx));
-        self.lock_scalers()
+        self.lock_scaler_tasks()
             .insert(name.to_string(), ScalerTask { stop, task });
     }
 
-    fn lock_scalers(&self) -> std::sync::MutexGuard<'_, HashMap<String, ScalerTask>> {
-        self.scalers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_scaler_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, ScalerTask>> {
+        self.scaler_tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stop a pool's scaler; it drains and releases its workers in the background.
     fn stop_pool(&self, name: &str) {
-        self.shared.scalers.remove(name);
-        if let Some(task) = self.lock_scalers().remove(name) {
+        self.scalers.remove(name);
+        if let Some(task) = self.lock_scaler_tasks().remove(name) {
             let _ = task.stop.send(true);
             tokio::spawn(async move {
                 let _ = task.task.await;
@@ -122,7 +147,7 @@ impl Control {
 
     /// Stop every scaler and wait until their workers are released.
     pub async fn stop_all(&self) {
-        let tasks: Vec<ScalerTask> = self.lock_scalers().drain().map(|(_, t)| t).collect();
+        let tasks: Vec<ScalerTask> = self.lock_scaler_tasks().drain().map(|(_, t)| t).collect();
         for task in &tasks {
             let _ = task.stop.send(true);
         }
@@ -136,8 +161,20 @@ impl Control {
     /// request. All or nothing: everything is parsed, validated and built first (file and
     /// certificate work on a blocking thread, so probes and scalers carry on meanwhile); if any
     /// step fails, nothing live has changed and the error is returned. Returns what changed,
-    /// one entry per change.
-    pub async fn reload(&self) -> Result<Vec<String>, String> {
+    /// one entry per change. It runs on the control thread whichever thread asks.
+    pub async fn reload(self: &Arc<Self>) -> Result<Vec<String>, String> {
+        let runtime = self
+            .runtime
+            .get()
+            .ok_or("the control plane is not running; nothing to reload")?;
+        let me = Arc::clone(self);
+        runtime
+            .spawn(async move { me.reload_on_control_thread().await })
+            .await
+            .map_err(|e| format!("reload task failed: {e}"))?
+    }
+
+    async fn reload_on_control_thread(&self) -> Result<Vec<String>, String> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let path = self
             .config_path
@@ -158,7 +195,7 @@ impl Control {
                 (Some(pool), Some(old_pc)) if old_pc.provider == pc.provider => {
                     let settings =
                         PoolSettings::from_config(pc).map_err(|e| format!("pools.{name}: {e}"))?;
-                    let policy = match self.shared.scalers.get(name) {
+                    let policy = match self.scalers.get(name) {
                         Some(scaler) => {
                             let autoscale = pc.autoscale.clone().unwrap_or_default();
                             let policy =
@@ -227,14 +264,14 @@ impl Control {
         let old_proxy_max = self
             .shared
             .connections
-            .resize(crate::server::nofile::client_cap(&new_config));
+            .resize(crate::limit::nofile::client_cap(&new_config));
         let old_admin_max = self
             .admin_connections
             .resize(new_config.admin.max_connections);
         if old_proxy_max != new_config.server.max_connections
             || old_admin_max != new_config.admin.max_connections
         {
-            crate::server::nofile::check(&new_config);
+            crate::limit::nofile::check(&new_config);
         }
 
         for name in &removed {
@@ -260,21 +297,22 @@ async fn off_thread<T: Send + 'static>(
         .map_err(|e| format!("reload task failed: {e}"))?
 }
 
-/// Run the control plane until `shutdown` flips: start every pool, serve the admin API, reload
-/// on SIGHUP. Then stop the scalers, which release their workers.
+/// Run the control plane on the calling thread until `shutdown` flips: start every pool (then
+/// tell `pools_started`), evaluate alerts, sample history, take part in the fleet, reload on
+/// SIGHUP. Then stop the scalers, which release their workers, and leave the fleet.
 pub fn run(
     control: Arc<Control>,
-    admin: Option<StdTcpListener>,
     mut shutdown: watch::Receiver<bool>,
     pools_started: std::sync::mpsc::Sender<()>,
 ) {
     let runtime = match crate::server::current_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            error!(error = %e, "cannot build the control runtime; no health checks, scaling or admin API");
+            error!(error = %e, "cannot build the control runtime; no health checks, scaling or reload");
             return;
         }
     };
+    let _ = control.runtime.set(runtime.handle().clone());
     runtime.block_on(async move {
         let snapshot = control.shared.snapshot_full();
         for (name, pool) in &snapshot.pools {
@@ -284,21 +322,15 @@ pub fn run(
         }
         drop(snapshot);
         let _ = pools_started.send(());
-        tokio::spawn(crate::alerts::run(Arc::clone(&control.shared)));
-        tokio::spawn(crate::history::run(Arc::clone(&control.shared)));
-        let cluster_task = control.shared.cluster.get().map(|cluster| {
-            tokio::spawn(Arc::clone(cluster).run(Arc::clone(&control.shared), shutdown.clone()))
-        });
+        let shared = &control.shared;
+        tokio::spawn(crate::alerts::run(Arc::clone(shared), Arc::clone(&control.activity)));
+        tokio::spawn(crate::history::run(Arc::clone(shared), Arc::clone(&control.history)));
+        let cluster_task = control
+            .cluster
+            .as_ref()
+            .map(|cluster| tokio::spawn(Arc::clone(cluster).run(Arc::clone(shared), shutdown.clone())));
         tokio::spawn(crate::heap::give_back_after_bursts());
         tokio::spawn(crate::telemetry::fold_samples_periodically());
-        if let Some(listener) = admin {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => {
-                    tokio::spawn(crate::admin::serve(listener, Arc::clone(&control), shutdown.clone()));
-                }
-                Err(e) => error!(error = %e, "cannot serve the admin API"),
-            }
-        }
         let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let mut sighup = match sighup {
             Ok(s) => Some(s),
@@ -311,7 +343,7 @@ pub fn run(
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
-                    match control.reload().await {
+                    match control.reload_on_control_thread().await {
                         Ok(changes) => info!(?changes, "SIGHUP: config reloaded"),
                         Err(e) => error!(error = %e, "SIGHUP: reload failed; the running config stays"),
                     }

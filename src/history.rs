@@ -140,7 +140,7 @@ fn round_tenth(x: f64) -> f64 {
 }
 
 /// Sample every pool of the live snapshot each second until the task is dropped.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Arc<Shared>, history: Arc<History>) {
     let mut previous: HashMap<String, Previous> = HashMap::new();
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -151,13 +151,11 @@ pub async fn run(shared: Arc<Shared>) {
         let wall = SystemTime::now();
         for (name, pool) in &snapshot.pools {
             let (sample, state) = sample_pool(pool, previous.get(name), now, wall);
-            shared.history.record(name, sample);
+            history.record(name, sample);
             previous.insert(name.clone(), state);
         }
         previous.retain(|name, _| snapshot.pools.contains_key(name));
-        shared
-            .history
-            .retain(|name| snapshot.pools.contains_key(name));
+        history.retain(|name| snapshot.pools.contains_key(name));
     }
 }
 

@@ -39,6 +39,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod alerts;
+pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod control;
@@ -50,6 +51,8 @@ pub mod health;
 pub mod heap;
 pub mod history;
 pub mod http1;
+#[cfg(test)]
+mod layers;
 pub mod limit;
 pub mod membership;
 pub mod pool;

@@ -9,8 +9,8 @@ use tracing::{error, info};
 
 use http::Method;
 use weir::admin::{cli, cli::AdminTarget, views};
+use weir::app::App;
 use weir::config;
-use weir::server::Server;
 use weir::state::Snapshot;
 
 /// Where `weir run` and `weir check` look for their config unless told otherwise.
@@ -286,13 +286,13 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    weir::server::nofile::raise_and_check(&snapshot.config);
+    weir::limit::nofile::raise_and_check(&snapshot.config);
     weir::heap::keep_heap_top();
     if let Err(e) = preflight(&snapshot.config) {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
-    let server = match Server::start(snapshot, Some(path.to_path_buf())) {
+    let server = match App::start(snapshot, Some(path.to_path_buf())) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::telemetry::AlertCounters;
 use crate::config::{Config, RouteConfig};
 use crate::pool::{Pool, RouteQueue};
+use crate::telemetry::AlertCounters;
 use crate::telemetry::RouteMetrics;
 use crate::values::HostPattern;
 

@@ -6,16 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
-use dashmap::DashMap;
 
 use crate::access_log::AccessLog;
-use crate::telemetry::AlertCounters;
 use crate::config::{Config, ConfigError};
 use crate::limit::ConnectionLimit;
 use crate::pool::Pool;
 use crate::routing::RouteTable;
-use crate::scale::{ActivityLog, PoolScaler};
 use crate::spool::TempFiles;
+use crate::telemetry::AlertCounters;
 use crate::telemetry::RouteMetrics;
 use crate::tls;
 use crate::upstream::UpstreamSettings;
@@ -182,31 +180,21 @@ fn temp_files(config: &Config, previous: Option<Arc<TempFiles>>) -> Arc<TempFile
     }
 }
 
-/// State shared by all serving threads and the control plane.
+/// The data plane's state, shared by all serving threads and read by the control plane: the
+/// live snapshot and the open connections. What only the control plane keeps (scalers,
+/// activity, history, the fleet) lives in `control::Control`.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    /// The scaling history of every pool.
-    pub activity: Arc<ActivityLog>,
-    /// Every pool's last 15 minutes, a sample a second (the dashboard's charts).
-    pub history: Arc<crate::history::History>,
-    /// The scaler of each launchable pool, by pool name.
-    pub scalers: DashMap<String, Arc<PoolScaler>>,
     /// `server.max_connections` across all listeners and serving threads; a reload resizes it.
     pub connections: Arc<ConnectionLimit>,
-    /// This instance's fleet, with `[cluster]` (set once at start).
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
     /// Shared state starting from `snapshot`.
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         Arc::new(Shared {
-            connections: ConnectionLimit::new(crate::server::nofile::client_cap(&snapshot.config)),
+            connections: ConnectionLimit::new(crate::limit::nofile::client_cap(&snapshot.config)),
             snapshot: ArcSwap::from_pointee(snapshot),
-            activity: Arc::new(ActivityLog::default()),
-            history: Arc::default(),
-            scalers: DashMap::new(),
-            cluster: std::sync::OnceLock::new(),
         })
     }
 

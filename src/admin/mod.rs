@@ -75,7 +75,7 @@ fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
         .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
 }
 
-async fn route(req: Request<Incoming>, control: &Control, peer: SocketAddr) -> AdminResponse {
+async fn route(req: Request<Incoming>, control: &Arc<Control>, peer: SocketAddr) -> AdminResponse {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let method = req.method().clone();
     match (&method, path.as_str()) {
@@ -119,12 +119,12 @@ async fn route(req: Request<Incoming>, control: &Control, peer: SocketAddr) -> A
             );
             response
         }
-        (&Method::GET, "/api/v1/workers") => json(StatusCode::OK, &views::workers(shared)),
-        (&Method::GET, "/api/v1/queue") => json(StatusCode::OK, &views::queue(shared)),
-        (&Method::GET, "/api/v1/pools") => json(StatusCode::OK, &views::pools(shared)),
-        (&Method::GET, "/api/v1/activity") => json(StatusCode::OK, &views::activity(shared)),
-        (&Method::GET, "/api/v1/history") => history(&req, shared),
-        (&Method::GET, "/api/v1/cluster") => match shared.cluster.get() {
+        (&Method::GET, "/api/v1/workers") => json(StatusCode::OK, &views::workers(control)),
+        (&Method::GET, "/api/v1/queue") => json(StatusCode::OK, &views::queue(control)),
+        (&Method::GET, "/api/v1/pools") => json(StatusCode::OK, &views::pools(control)),
+        (&Method::GET, "/api/v1/activity") => json(StatusCode::OK, &views::activity(control)),
+        (&Method::GET, "/api/v1/history") => history(&req, control),
+        (&Method::GET, "/api/v1/cluster") => match control.cluster() {
             Some(cluster) => json(StatusCode::OK, &cluster.view()),
             None => error(
                 StatusCode::NOT_FOUND,
@@ -173,7 +173,7 @@ fn from_another_site(req: &Request<Incoming>) -> bool {
 
 /// `GET /api/v1/history?pool=NAME&seconds=N`: the pool's last N samples (default and most:
 /// 900, 15 minutes).
-fn history(req: &Request<Incoming>, shared: &crate::state::Shared) -> AdminResponse {
+fn history(req: &Request<Incoming>, control: &Control) -> AdminResponse {
     let query = req.uri().query();
     let Some(pool) = query::param(query, "pool") else {
         return error(
@@ -181,7 +181,7 @@ fn history(req: &Request<Incoming>, shared: &crate::state::Shared) -> AdminRespo
             "which pool? GET /api/v1/history?pool=NAME[&seconds=N]",
         );
     };
-    if !shared.snapshot().pools.contains_key(&pool) {
+    if !control.shared().snapshot().pools.contains_key(&pool) {
         return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
     }
     let seconds = match query::param(query, "seconds") {
@@ -199,7 +199,7 @@ fn history(req: &Request<Incoming>, shared: &crate::state::Shared) -> AdminRespo
             }
         },
     };
-    json(StatusCode::OK, &views::history(shared, &pool, seconds))
+    json(StatusCode::OK, &views::history(control, &pool, seconds))
 }
 
 fn readiness(control: &Control) -> AdminResponse {
@@ -212,7 +212,7 @@ fn readiness(control: &Control) -> AdminResponse {
             .workers()
             .iter()
             .any(|w| w.state() == WorkerState::Ready);
-        let can_launch = shared.scalers.contains_key(&pool.name);
+        let can_launch = control.scalers.contains_key(&pool.name);
         if !has_ready && !can_launch {
             not_ready.push(format!(
                 "route {} (pool {}) has no ready worker",
@@ -220,16 +220,15 @@ fn readiness(control: &Control) -> AdminResponse {
             ));
         }
     }
-    for scaler in shared.scalers.iter() {
+    for scaler in control.scalers.iter() {
         if let Some(problem) = scaler.provider_problem() {
             not_ready.push(format!("pool {}: {problem}", scaler.key()));
         }
     }
     // A fleet whose Redis is down keeps serving with the workers it knows: that is degraded,
     // not unready (pulling every instance out of its balancer would be the outage).
-    let degraded: Vec<String> = shared
-        .cluster
-        .get()
+    let degraded: Vec<String> = control
+        .cluster()
         .and_then(|c| c.problem())
         .into_iter()
         .collect();
@@ -255,7 +254,7 @@ async fn scale(req: Request<Incoming>, control: &Control, name: &str) -> AdminRe
     if !shared.snapshot().pools.contains_key(name) {
         return error(StatusCode::NOT_FOUND, format!("no pool named {name:?}"));
     }
-    let Some(scaler) = shared.scalers.get(name).map(|s| Arc::clone(&s)) else {
+    let Some(scaler) = control.scalers.get(name).map(|s| Arc::clone(&s)) else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("pool {name:?} is static: its workers are exactly its addresses"),

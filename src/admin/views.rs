@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::Control;
 use crate::pool::WorkerState;
-use crate::state::Shared;
 use crate::values::clock::{rfc3339, wall_time_of};
 
 /// One worker (GET /api/v1/workers).
@@ -110,8 +110,8 @@ pub struct ScaleRequest {
 }
 
 /// Every worker of every pool.
-pub fn workers(shared: &Shared) -> Vec<WorkerView> {
-    let snapshot = shared.snapshot();
+pub fn workers(control: &Control) -> Vec<WorkerView> {
+    let snapshot = control.shared().snapshot();
     let mut out = Vec::new();
     for (name, pool) in &snapshot.pools {
         for w in pool.workers().iter() {
@@ -133,8 +133,8 @@ pub fn workers(shared: &Shared) -> Vec<WorkerView> {
 }
 
 /// Every waiting request, oldest first per pool.
-pub fn queue(shared: &Shared) -> Vec<QueueView> {
-    let snapshot = shared.snapshot();
+pub fn queue(control: &Control) -> Vec<QueueView> {
+    let snapshot = control.shared().snapshot();
     let mut out = Vec::new();
     for (name, pool) in &snapshot.pools {
         for waiting in pool.waiting_requests() {
@@ -151,15 +151,15 @@ pub fn queue(shared: &Shared) -> Vec<QueueView> {
 }
 
 /// Every pool's size and load.
-pub fn pools(shared: &Shared) -> Vec<PoolView> {
-    let snapshot = shared.snapshot();
+pub fn pools(control: &Control) -> Vec<PoolView> {
+    let snapshot = control.shared().snapshot();
     snapshot
         .pools
         .iter()
         .map(|(name, pool)| {
             let workers = pool.workers();
             let count = |s: WorkerState| crate::pool::count_in(&workers, s);
-            let (desired, min, max, provider) = match shared.scalers.get(name) {
+            let (desired, min, max, provider) = match control.scalers.get(name) {
                 Some(scaler) => (
                     scaler.desired(),
                     scaler
@@ -191,8 +191,8 @@ pub fn pools(shared: &Shared) -> Vec<PoolView> {
 }
 
 /// The scaling history, oldest first.
-pub fn activity(shared: &Shared) -> Vec<ActivityView> {
-    shared
+pub fn activity(control: &Control) -> Vec<ActivityView> {
+    control
         .activity
         .events()
         .into_iter()
@@ -208,6 +208,6 @@ pub fn activity(shared: &Shared) -> Vec<ActivityView> {
 }
 
 /// A pool's samples of the last `seconds`, oldest first.
-pub fn history(shared: &Shared, pool: &str, seconds: usize) -> Vec<HistoryView> {
-    shared.history.recent(pool, seconds)
+pub fn history(control: &Control, pool: &str, seconds: usize) -> Vec<HistoryView> {
+    control.history.recent(pool, seconds)
 }

@@ -1,21 +1,19 @@
-//! Serving threads. weir runs thread-per-core: each thread has its own current-thread tokio
+//! Serving threads, and nothing else: they accept, serve and drain connections. weir runs thread-per-core: each thread has its own current-thread tokio
 //! runtime, its own SO_REUSEPORT listening sockets and its own worker connection pool, so a
 //! request is accepted, proxied and answered on one thread with no cross-thread hand-off. What
 //! threads share (config snapshot, worker counters) is read through atomics and `ArcSwap`.
 
 pub mod h1;
 mod listen;
-pub mod nofile;
 mod prefixed;
 mod reuse;
 
-pub use crate::limit::{ConnectionLimit, ConnectionPermit};
+pub use crate::limit::{nofile, ConnectionLimit, ConnectionPermit};
 pub use crate::tls;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,16 +29,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{parse_socket_addr, ServerConfig};
-use crate::control::{self, Control};
+use crate::config::{parse_socket_addr, Config, ServerConfig};
 use crate::proxy::{self, ConnContext};
-use crate::state::{Shared, Snapshot};
+use crate::state::Shared;
 use crate::upstream::{ClientBody, Upstreams};
 use h1::conn::{Io, RequestBody};
 use prefixed::Prefixed;
-
-/// Longest `start` waits for the control plane to give every pool its first members.
-const POOLS_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again, so the loop
 /// does not spin while the condition lasts.
@@ -55,8 +49,6 @@ const MIN_WATCHDOG_TICK: Duration = Duration::from_millis(10);
 /// steps after it passed (one to see the wait begin, one to see it end), so 25 steps keep
 /// every limit within 1.08 times its value.
 const WATCHDOG_STEPS: u32 = 25;
-/// How often shutdown checks whether all connections have finished.
-const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Why weir could not start serving.
 #[derive(Debug)]
@@ -70,40 +62,24 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// A running weir. [`Server::shutdown`] stops it gracefully; dropping it stops accepting and
-/// closes connections without waiting.
-pub struct Server {
+/// The proxy's listeners, bound before anything starts (so a port in use fails start-up at
+/// once): one SO_REUSEPORT socket per listener for each serving thread.
+pub struct Listeners {
+    /// `sockets[listener][thread]`.
+    sockets: Vec<Vec<StdTcpListener>>,
     /// The bound address of each listener, in config order (resolves port 0).
     pub local_addrs: Vec<SocketAddr>,
-    /// The live state; reloads publish into it.
-    pub shared: Arc<Shared>,
-    /// The admin listener's bound address.
-    pub admin_addr: SocketAddr,
-    /// The control plane (reload, scalers).
-    pub control: Arc<Control>,
-    shutdown: watch::Sender<bool>,
-    threads: Vec<JoinHandle<()>>,
-    control_shutdown: watch::Sender<bool>,
-    control_thread: Option<JoinHandle<()>>,
+    threads: usize,
 }
 
-/// What every serving thread shares.
-struct Common {
-    shared: Arc<Shared>,
-    /// Every open proxy connection, so idle ones can give way at the cap.
-    open: Arc<reuse::OpenConnections>,
-}
-
-impl Server {
-    /// Bind every listener and start the serving threads; `config_path` is what reloads read.
-    pub fn start(snapshot: Snapshot, config_path: Option<PathBuf>) -> Result<Server, StartError> {
-        let config = Arc::clone(&snapshot.config);
+impl Listeners {
+    /// Bind every listener of `config`, once per serving thread.
+    pub fn bind(config: &Config) -> Result<Listeners, StartError> {
         let threads = match config.server.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        // sockets[listener][thread]
-        let mut sockets: Vec<Vec<StdTcpListener>> = Vec::new();
+        let mut sockets = Vec::new();
         let mut local_addrs = Vec::new();
         for (i, listener) in config.listeners.iter().enumerate() {
             let addr = parse_socket_addr(&listener.listen)
@@ -119,100 +95,75 @@ impl Server {
             local_addrs.push(local);
             sockets.push(bound);
         }
-        let admin_listen = parse_socket_addr(&config.admin.listen)
-            .map_err(|m| StartError(format!("admin.listen: {m}")))?;
-        let admin = StdTcpListener::bind(admin_listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| {
-                StartError(format!(
-                    "admin.listen: cannot listen on {admin_listen}: {e}"
-                ))
-            })?;
-        let admin_addr = admin
-            .local_addr()
-            .map_err(|e| StartError(format!("admin.listen: {e}")))?;
-        let shared = Shared::new(snapshot);
-        if let Some(cluster) = &config.cluster {
-            let _ = shared
-                .cluster
-                .set(crate::cluster::Cluster::new(cluster, admin_addr));
-        }
-        let control = Control::new(Arc::clone(&shared), config_path);
-        let common = Arc::new(Common {
-            shared: Arc::clone(&shared),
-            open: Arc::default(),
-        });
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut handles = Vec::with_capacity(threads);
-        let (control_shutdown, control_shutdown_rx) = watch::channel(false);
-        let control_plane = Arc::clone(&control);
-        let (pools_started, pools_started_rx) = std::sync::mpsc::channel();
-        let control_thread = std::thread::Builder::new()
-            .name("weir-control".into())
-            .spawn(move || {
-                control::run(
-                    control_plane,
-                    Some(admin),
-                    control_shutdown_rx,
-                    pools_started,
-                )
-            })
-            .map_err(|e| StartError(format!("cannot start the control thread: {e}")))?;
-        // Serve once every pool has its first members (a static list's are there at once); a
-        // control thread that cannot start drops the sender, which ends the wait too.
-        let _ = pools_started_rx.recv_timeout(POOLS_START_WAIT);
-        for t in 0..threads {
-            let mine: Vec<(usize, StdTcpListener)> = sockets
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, per_thread)| per_thread.pop().map(|s| (i, s)))
-                .collect();
-            let common = Arc::clone(&common);
-            let shutdown_rx = shutdown_rx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("weir-{t}"))
-                .spawn(move || serve_thread(mine, common, shutdown_rx))
-                .map_err(|e| StartError(format!("cannot start serving thread: {e}")))?;
-            handles.push(handle);
-        }
-        for (listener, addr) in config.listeners.iter().zip(&local_addrs) {
-            let kind = if listener.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            info!(%addr, kind, threads, "listening");
-        }
-        info!(addr = %admin_addr, "admin API listening");
-        Ok(Server {
+        Ok(Listeners {
+            sockets,
             local_addrs,
-            shared,
-            admin_addr,
-            control,
-            shutdown,
-            threads: handles,
-            control_shutdown,
-            control_thread: Some(control_thread),
+            threads,
         })
     }
+}
 
-    /// Stop accepting, let in-flight requests finish up to `server.shutdown_grace`, then
-    /// release every launched worker. Blocks the calling thread until all is done.
-    pub fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        for handle in std::mem::take(&mut self.threads) {
+/// The serving threads. They stop accepting when their shutdown signal flips, then drain.
+pub struct Serving {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Wait until every serving thread has finished: its connections closed, or
+    /// `server.shutdown_grace` passed.
+    pub fn join(self) {
+        for handle in self.threads {
             if handle.join().is_err() {
                 error!("a serving thread panicked during shutdown");
             }
         }
-        // Only now that no request is in flight: stop the scalers, which release the workers.
-        let _ = self.control_shutdown.send(true);
-        if let Some(control) = self.control_thread.take() {
-            if control.join().is_err() {
-                error!("the control thread panicked during shutdown");
-            }
-        }
     }
+}
+
+/// What every serving thread shares.
+struct Common {
+    shared: Arc<Shared>,
+    /// Every open proxy connection, so idle ones can give way at the cap.
+    open: Arc<reuse::OpenConnections>,
+}
+
+/// Start the serving threads on `listeners`, serving what `shared` holds until `shutdown`
+/// flips (or its sender is dropped).
+pub fn serve(
+    mut listeners: Listeners,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Serving, StartError> {
+    let config = Arc::clone(&shared.snapshot().config);
+    let common = Arc::new(Common {
+        shared,
+        open: Arc::default(),
+    });
+    let mut threads = Vec::with_capacity(listeners.threads);
+    for t in 0..listeners.threads {
+        let mine: Vec<(usize, StdTcpListener)> = listeners
+            .sockets
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, per_thread)| per_thread.pop().map(|s| (i, s)))
+            .collect();
+        let common = Arc::clone(&common);
+        let shutdown = shutdown.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("weir-{t}"))
+            .spawn(move || serve_thread(mine, common, shutdown))
+            .map_err(|e| StartError(format!("cannot start serving thread: {e}")))?;
+        threads.push(handle);
+    }
+    for (listener, addr) in config.listeners.iter().zip(&listeners.local_addrs) {
+        let kind = if listener.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        info!(%addr, kind, threads = listeners.threads, "listening");
+    }
+    Ok(Serving { threads })
 }
 
 /// Tasks a serving runtime polls between two looks at the socket events. tokio's default (61)
@@ -284,10 +235,7 @@ fn serve_thread(
         }
         // Accepting has stopped; connections were told to finish. Wait for them, up to grace.
         let grace = common.shared.snapshot().config.server.shutdown_grace.get();
-        let deadline = Instant::now() + grace;
-        while common.shared.connections.open() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
-        }
+        let _ = tokio::time::timeout(grace, common.shared.connections.none_open()).await;
         sweeper.abort();
     });
 }

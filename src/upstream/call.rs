@@ -20,10 +20,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::body::UpstreamBody;
-use crate::error::ClientBodyError;
 use super::conn::WorkerConn;
 use super::encode::chunk_header;
 use super::pace::Pace;
+use crate::error::ClientBodyError;
 use crate::error::{ProxyError, RetryVerdict};
 use crate::http1::{parse_head, BodyDecoder, Decoded, Framing};
 

@@ -23,8 +23,8 @@ mod conn;
 mod encode;
 mod pace;
 
-pub use crate::http1::{BodyDecoder, Decoded, Framing};
 pub use crate::error::ClientBodyError;
+pub use crate::http1::{BodyDecoder, Decoded, Framing};
 pub use body::{BufferedBody, ClientBody, UpstreamBody};
 pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;

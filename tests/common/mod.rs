@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use weir::server::Server;
+use weir::app::App;
 use weir::state::Snapshot;
 
 /// Upper bound for anything a test waits on; a hang fails instead of stalling CI.
@@ -24,7 +24,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A running weir that shuts down when dropped.
 pub struct Weir {
-    server: Option<Server>,
+    server: Option<App>,
     /// Bound listener addresses, in config order.
     pub addrs: Vec<SocketAddr>,
 }
@@ -59,7 +59,7 @@ impl Weir {
 
     /// The scaling history.
     pub fn activity(&self) -> Vec<weir::scale::ActivityEvent> {
-        self.server.as_ref().unwrap().shared.activity.events()
+        self.server.as_ref().unwrap().control.activity.events()
     }
 
     /// Requests waiting in `pool`'s queue.
@@ -111,7 +111,7 @@ pub fn start_weir_at(server_keys: &str, rest: &str, path: Option<&std::path::Pat
     }
     let config = weir::config::parse(&text, "test.toml").expect("test config is valid");
     let snapshot = Snapshot::build(config, "test.toml").expect("snapshot builds");
-    let server = Server::start(snapshot, path.map(|p| p.to_path_buf())).expect("weir starts");
+    let server = App::start(snapshot, path.map(|p| p.to_path_buf())).expect("weir starts");
     Weir {
         addrs: server.local_addrs.clone(),
         server: Some(server),

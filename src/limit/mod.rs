@@ -6,10 +6,12 @@
 //! that ends while a debt is owed forgets its permit instead of returning it, so the cap comes
 //! down as connections above it finish, and no open connection is cut.
 
+pub mod nofile;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// A resizable cap on open connections.
 pub struct ConnectionLimit {
@@ -20,6 +22,8 @@ pub struct ConnectionLimit {
     open: AtomicUsize,
     /// The cap; the lock also makes resizes one at a time.
     max: Mutex<usize>,
+    /// Woken when the last open connection closes (shutdown's drain waits on it).
+    none_open: Notify,
 }
 
 impl ConnectionLimit {
@@ -32,6 +36,7 @@ impl ConnectionLimit {
             debt: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
             max: Mutex::new(max),
+            none_open: Notify::new(),
         })
     }
 
@@ -62,6 +67,21 @@ impl ConnectionLimit {
     /// Connections open now (holding a slot).
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Returns once no connection is open: at once if none is, else when the last one
+    /// closes. Shutdown waits on it (with its grace as the deadline) instead of polling.
+    pub async fn none_open(&self) {
+        loop {
+            let closed = self.none_open.notified();
+            let mut closed = std::pin::pin!(closed);
+            // Registered before the count is read, so a close in between is not missed.
+            closed.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            closed.await;
+        }
     }
 
     /// The cap now.
@@ -107,7 +127,9 @@ pub struct ConnectionPermit {
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        self.limit.open.fetch_sub(1, Ordering::AcqRel);
+        if self.limit.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.limit.none_open.notify_waiters();
+        }
         let Some(permit) = self.permit.take() else {
             return;
         };
