@@ -35,7 +35,7 @@ fn hundred_routes() -> (RouteTable, Vec<(String, String)>) {
     let pools = config
         .pools
         .iter()
-        .map(|(n, c)| (n.clone(), Pool::from_config(n, c).unwrap()))
+        .map(|(n, c)| (n.clone(), Pool::from_config(n, c)))
         .collect();
     (
         RouteTable::build(&config, &pools, &Default::default(), None).unwrap(),
@@ -83,7 +83,7 @@ fn queue_admit_release(c: &mut Criterion) {
         "worker_concurrency = 1\nprovider = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }",
     )
     .unwrap();
-    let pool = Pool::from_config("p", &config).unwrap();
+    let pool = Pool::from_config("p", &config);
     pool.add_worker(
         "p-1".into(),
         "127.0.0.1:1".parse().unwrap(),
@@ -116,7 +116,7 @@ fn queue_admit_release(c: &mut Criterion) {
 fn metrics_recording(c: &mut Criterion) {
     let config: weir::config::PoolConfig =
         toml::from_str("provider = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }").unwrap();
-    let pool = Pool::from_config("p", &config).unwrap();
+    let pool = Pool::from_config("p", &config);
     let metrics = RouteMetrics::new("bench", &pool, &Default::default());
     c.bench_function("metrics record (counters + histograms)", |b| {
         b.iter(|| metrics.record(black_box(200), black_box(Duration::from_micros(850))))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request, Uri};
+use http::{header, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -20,6 +20,7 @@ use crate::pool::{LatencyCounts, WorkerState};
 use crate::scale::ActivityLog;
 use crate::state::Shared;
 pub use crate::telemetry::AlertCounters;
+use crate::values::WebUrl;
 
 /// How often rules are evaluated.
 pub const EVALUATE_EVERY: Duration = Duration::from_secs(1);
@@ -229,7 +230,7 @@ fn evaluate(
 }
 
 /// Post `{"text": text}` to `url` in the background, with retries.
-fn deliver(url: String, text: String) {
+fn deliver(url: WebUrl, text: String) {
     tokio::spawn(async move {
         let body = serde_json::json!({ "text": text }).to_string();
         for attempt in 1..=DELIVERY_TRIES {
@@ -244,29 +245,18 @@ fn deliver(url: String, text: String) {
     });
 }
 
-async fn post(url: &str, body: String) -> Result<(), String> {
-    let uri: Uri = url.parse().map_err(|e| format!("bad webhook URL: {e}"))?;
-    let host = uri.host().ok_or("webhook URL has no host")?.to_string();
-    let https = uri.scheme_str() == Some("https");
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    let tcp = TcpStream::connect((host.as_str(), port))
+async fn post(url: &WebUrl, body: String) -> Result<(), String> {
+    let host = url.host().to_string();
+    let tcp = TcpStream::connect((host.as_str(), url.port()))
         .await
         .map_err(|e| e.to_string())?;
-    let request = Request::post(path)
-        .header(
-            header::HOST,
-            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
-        )
+    let request = Request::post(url.target())
+        .header(header::HOST, url.authority())
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::USER_AGENT, "weir-alerts")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let status = if https {
+    let status = if url.is_https() {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::cluster::Cluster;
-use crate::config::{parse_socket_addr, Config};
+use crate::config::Config;
 use crate::control::{self, Control};
 use crate::server::{self, Listeners, Serving};
 use crate::state::{Shared, Snapshot};
@@ -155,8 +155,7 @@ fn spawn_thread(
 
 /// Bind `admin.listen`.
 fn bind_admin(config: &Config) -> Result<(StdTcpListener, SocketAddr), StartError> {
-    let listen = parse_socket_addr(&config.admin.listen)
-        .map_err(|m| StartError(format!("admin.listen: {m}")))?;
+    let listen = config.admin.listen.get();
     let admin = StdTcpListener::bind(listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| StartError(format!("admin.listen: cannot listen on {listen}: {e}")))?;

@@ -112,13 +112,7 @@ impl Control {
             return;
         }
         let autoscale = config.autoscale.clone().unwrap_or_default();
-        let policy = match ScalePolicy::from_config(&autoscale, config.worker_concurrency) {
-            Ok(p) => p,
-            Err(e) => {
-                error!(pool = %name, error = %e, "bad autoscale policy; the pool will not scale");
-                return;
-            }
-        };
+        let policy = ScalePolicy::from_config(&autoscale, config.worker_concurrency);
         let scaler = PoolScaler::new(membership, provider, policy, Arc::clone(&self.activity));
         if let Some(cluster) = &self.cluster {
             scaler.join_fleet(Arc::clone(cluster));
@@ -193,14 +187,12 @@ impl Control {
         for (name, pc) in &new_config.pools {
             match (old.pools.get(name), old.config.pools.get(name)) {
                 (Some(pool), Some(old_pc)) if old_pc.provider == pc.provider => {
-                    let settings =
-                        PoolSettings::from_config(pc).map_err(|e| format!("pools.{name}: {e}"))?;
+                    let settings = PoolSettings::from_config(pc);
                     let policy = match self.scalers.get(name) {
                         Some(scaler) => {
                             let autoscale = pc.autoscale.clone().unwrap_or_default();
                             let policy =
-                                ScalePolicy::from_config(&autoscale, pc.worker_concurrency)
-                                    .map_err(|e| format!("pools.{name}.autoscale: {e}"))?;
+                                ScalePolicy::from_config(&autoscale, pc.worker_concurrency);
                             Some((Arc::clone(scaler.value()), policy))
                         }
                         None => None,

@@ -105,6 +105,7 @@ impl AdminArgs {
                 let listen = c
                     .admin
                     .listen
+                    .to_string()
                     .replace("0.0.0.0", "127.0.0.1")
                     .replace("[::]", "[::1]");
                 format!("http://{listen}")

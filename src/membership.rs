@@ -179,7 +179,7 @@ mod tests {
         let config: PoolConfig =
             toml::from_str("provider = { kind = \"exec\", launch = \"x\", release = \"x\" }")
                 .unwrap();
-        let m = Membership::new(Pool::from_config("p", &config).unwrap());
+        let m = Membership::new(Pool::from_config("p", &config));
         m.set_probing(false);
         m
     }

@@ -85,9 +85,10 @@ impl RouteTable {
     ) -> Result<Self, String> {
         let mut table = RouteTable::default();
         for (i, rc) in config.routes.iter().enumerate() {
-            let host_text = rc.host.as_deref().unwrap_or("*");
-            let pattern =
-                HostPattern::parse(host_text).map_err(|e| format!("routes[{i}].host: {e}"))?;
+            let (host_text, pattern) = match &rc.host {
+                Some(rule) => (rule.text(), rule.pattern().clone()),
+                None => ("*", HostPattern::Any),
+            };
             let pool = pools
                 .get(&rc.pool)
                 .cloned()
@@ -203,7 +204,7 @@ mod tests {
         let pools = config
             .pools
             .iter()
-            .map(|(n, c)| (n.clone(), Pool::from_config(n, c).unwrap()))
+            .map(|(n, c)| (n.clone(), Pool::from_config(n, c)))
             .collect();
         RouteTable::build(&config, &pools, &Arc::default(), None).unwrap()
     }

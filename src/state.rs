@@ -77,29 +77,20 @@ impl Snapshot {
             .iter()
             .map(|(name, pc)| {
                 if let Some(pool) = reuse.get(name) {
-                    return Ok((name.clone(), Arc::clone(pool)));
+                    return (name.clone(), Arc::clone(pool));
                 }
-                let pool =
-                    Pool::from_config(name, pc).map_err(|m| fail(format!("pools.{name}"), m))?;
+                let pool = Pool::from_config(name, pc);
                 if config.cluster.is_some() {
                     // No share of any worker's cap until the fleet has made room for this
                     // instance (its first heartbeats).
                     pool.set_fleet_place(crate::pool::FleetPlace::Joining);
                 }
-                Ok((name.clone(), pool))
+                (name.clone(), pool)
             })
-            .collect::<Result<_, _>>()?;
+            .collect();
         let routes = RouteTable::build(&config, &pools, &alerts, previous_routes)
             .map_err(|m| fail(String::new(), m))?;
-        let trusted_proxies = config
-            .server
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                Cidr::parse(c).map_err(|m| fail(format!("server.trusted_proxies[{i}]"), m))
-            })
-            .collect::<Result<_, _>>()?;
+        let trusted_proxies = config.server.trusted_proxies.clone();
         let tls = config
             .listeners
             .iter()

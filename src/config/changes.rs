@@ -11,6 +11,7 @@
 use std::fmt::Display;
 
 use super::{AdminConfig, Config, ServerConfig, UpstreamConfig};
+use crate::values::Address;
 
 /// Read when a connection is accepted (proxy and admin listeners alike).
 const NEW_CONNECTIONS: &str = "applies to connections accepted from now on";
@@ -23,10 +24,10 @@ const APPLIED: &str = "applied now; connections open above a lower cap finish no
 
 /// Refuse a reload that changes what only a restart can change: listening sockets.
 pub fn check_restart_only(old: &Config, new: &Config) -> Result<(), String> {
-    let listens = |c: &Config| -> Vec<(String, bool)> {
+    let listens = |c: &Config| -> Vec<(Address, bool)> {
         c.listeners
             .iter()
-            .map(|l| (l.listen.clone(), l.tls.is_some()))
+            .map(|l| (l.listen, l.tls.is_some()))
             .collect()
     };
     if listens(old) != listens(new) {

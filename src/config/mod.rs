@@ -7,9 +7,9 @@ pub mod changes;
 mod model;
 mod validate;
 
-pub use crate::values::{parse_duration, Dur};
+pub use crate::values::{parse_duration, parse_socket_addr, Dur};
 pub use model::*;
-pub use validate::{parse_socket_addr, ConfigError};
+pub use validate::ConfigError;
 
 use std::path::Path;
 

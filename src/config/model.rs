@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::values::{ByteSize, Dur};
+use crate::values::{
+    Address, ByteSize, Cidr, Cron, Dur, HostRule, RequestPath, StatusRanges, WebUrl,
+};
 
 /// Time allowed for a client to send a complete request head. Short enough that a slowloris
 /// client holds a connection slot for seconds, long enough for a slow mobile link.
@@ -193,7 +195,7 @@ pub struct AlertConfig {
     #[serde(default = "default_alert_window")]
     pub window: Dur,
     /// Where to POST `{"text": ...}` (http:// or https://).
-    pub webhook: String,
+    pub webhook: WebUrl,
     /// Least time between firing notifications.
     #[serde(default = "default_alert_min_interval")]
     pub min_interval: Dur,
@@ -215,6 +217,10 @@ fn default_alert_min_interval() -> Dur {
 
 /// Where the admin API listens by default: loopback only.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// [`DEFAULT_ADMIN_LISTEN`] as an address.
+const DEFAULT_ADMIN_ADDR: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9901),
+);
 /// Admin connections open at once. The admin API serves a few operators, scrapers and probes,
 /// far fewer than 256; and 256 is far below any descriptor limit, so connections that never
 /// authenticate cannot take the descriptors the proxy listeners need.
@@ -225,7 +231,7 @@ pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// "IP:port"; a non-loopback address needs a token.
-    pub listen: String,
+    pub listen: Address,
     /// Bearer token required by /api/ and /metrics.
     pub token: Option<String>,
     /// Name of an environment variable holding the token (keeps it out of the file).
@@ -239,7 +245,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: DEFAULT_ADMIN_LISTEN.to_string(),
+            listen: Address::from(DEFAULT_ADMIN_ADDR),
             token: None,
             token_env: None,
             max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
@@ -315,7 +321,7 @@ pub struct ServerConfig {
     pub tunnel_idle_timeout: Dur,
     /// CIDRs (or bare addresses) of proxies in front of weir whose X-Forwarded-* headers are
     /// trusted. Default: none, so no client can spoof its address.
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<Cidr>,
     /// Slowest a client may send a request body or take a response, in bytes per second,
     /// averaged from the start of the body once `min_data_rate_grace` has passed; slower is
     /// cut (408 for a body not yet forwarded), and the worker slot it held freed. 0 turns the
@@ -413,7 +419,7 @@ impl Default for UpstreamConfig {
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// "IP:port"; port 0 picks a free port (tests).
-    pub listen: String,
+    pub listen: Address,
     /// Present: terminate TLS on this listener.
     pub tls: Option<TlsConfig>,
 }
@@ -448,7 +454,7 @@ pub struct RouteConfig {
     /// Label for logs, metrics and the admin API; default `host + path_prefix` (e.g. "*/api").
     pub name: Option<String>,
     /// Exact host ("api.example.com"), one-label wildcard ("*.example.com") or "*" (default).
-    pub host: Option<String>,
+    pub host: Option<HostRule>,
     /// Path prefix matched on whole segments ("/api" matches "/api" and "/api/x", not "/apix");
     /// the longest matching prefix wins. Default "/".
     pub path_prefix: Option<String>,
@@ -605,7 +611,7 @@ impl Default for AutoscaleConfig {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// Five-field cron (minute hour day-of-month month day-of-week), in UTC, for the start.
-    pub cron: String,
+    pub cron: Cron,
     /// How long the window lasts from each start.
     pub duration: Dur,
     /// The minimum while the window is open.
@@ -626,7 +632,7 @@ pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Path of an HTTP GET probe; absent: a TCP connect is the probe.
-    pub path: Option<String>,
+    pub path: Option<RequestPath>,
     /// Time between probes of ready and unhealthy workers (starting ones are probed every
     /// 25 ms).
     pub interval: Dur,
@@ -638,7 +644,7 @@ pub struct HealthConfig {
     /// a worker unhealthy.
     pub unhealthy_threshold: u32,
     /// Statuses that pass: "200", "200-399", or a comma list of both ("200,204,300-399").
-    pub expect_status: String,
+    pub expect_status: StatusRanges,
 }
 
 impl Default for HealthConfig {
@@ -649,7 +655,7 @@ impl Default for HealthConfig {
             timeout: DEFAULT_HEALTH_TIMEOUT,
             healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
             unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
-            expect_status: "200-399".to_string(),
+            expect_status: StatusRanges::between(200, 399),
         }
     }
 }
@@ -703,6 +709,20 @@ pub enum Balance {
 /// Time a released process gets between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Dur = Dur::from_secs(10);
 
+/// A list of addresses whose errors name the entry: inside a provider table (an internally
+/// tagged enum) the key path stops at `provider`, so the index goes into the message.
+fn addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Address>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| {
+            Address::try_from(text)
+                .map_err(|m| serde::de::Error::custom(format!("addresses[{i}]: {m}")))
+        })
+        .collect()
+}
+
 /// Source of a pool's workers.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -710,7 +730,8 @@ pub enum ProviderConfig {
     /// A fixed list of worker addresses.
     Static {
         /// "IP:port" of each worker.
-        addresses: Vec<String>,
+        #[serde(deserialize_with = "addresses")]
+        addresses: Vec<Address>,
     },
     /// Local processes that weir starts and stops.
     Process {

@@ -108,7 +108,7 @@ mod tests {
     use super::*;
 
     fn settings(healthy: u32, unhealthy: u32) -> HealthSettings {
-        let mut s = HealthSettings::from_config(None).unwrap();
+        let mut s = HealthSettings::from_config(None);
         s.healthy_threshold = healthy;
         s.unhealthy_threshold = unhealthy;
         s

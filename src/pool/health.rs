@@ -38,57 +38,65 @@ pub struct HealthSettings {
 }
 
 impl HealthSettings {
-    /// From the pool's `health` table; absent, TCP probes with the default timings.
-    pub fn from_config(config: Option<&HealthConfig>) -> Result<Self, String> {
+    /// From the pool's `health` table (checked when the config was read); absent, TCP probes
+    /// with the default timings.
+    pub fn from_config(config: Option<&HealthConfig>) -> Self {
         let defaults = HealthConfig::default();
         let config = config.unwrap_or(&defaults);
         let kind = match &config.path {
-            Some(path) => {
-                if !path.starts_with('/') {
-                    return Err(format!("health.path {path:?} must start with '/'"));
-                }
-                let path = path
-                    .parse::<http::uri::PathAndQuery>()
-                    .map_err(|e| format!("health.path {path:?}: {e}"))?;
-                ProbeKind::Http {
-                    path,
-                    expect: StatusRanges::parse(&config.expect_status)
-                        .map_err(|e| format!("health.expect_status: {e}"))?,
-                }
-            }
+            Some(path) => ProbeKind::Http {
+                path: path.get().clone(),
+                expect: config.expect_status.clone(),
+            },
             None => ProbeKind::Tcp,
         };
-        if config.interval.get().is_zero() || config.timeout.get().is_zero() {
-            return Err("health.interval and health.timeout must be longer than zero".into());
-        }
-        if config.healthy_threshold == 0 || config.unhealthy_threshold == 0 {
-            return Err("health thresholds must be at least 1".into());
-        }
-        Ok(HealthSettings {
+        HealthSettings {
             kind,
             interval: config.interval.get(),
             timeout: config.timeout.get(),
             healthy_threshold: config.healthy_threshold,
             unhealthy_threshold: config.unhealthy_threshold,
-        })
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse;
+
+    fn pool_with_health(health: &str) -> Result<crate::config::Config, String> {
+        parse(
+            &format!(
+                "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nprovider = {{ kind = \"static\", addresses = [\"127.0.0.1:3001\"] }}\nhealth = {{ {health} }}\n"
+            ),
+            "weir.toml",
+        )
+        .map_err(|e| e.to_string())
+    }
 
     #[test]
     fn bad_settings_are_refused() {
-        let relative = HealthConfig {
-            path: Some("hello".into()),
-            ..HealthConfig::default()
+        // Refused where the file is read, naming the key; settings are only built from a
+        // config that passed.
+        let relative = pool_with_health("path = \"hello\"").unwrap_err();
+        assert!(relative.contains("pools.app.health.path"), "{relative}");
+        let zero = pool_with_health("unhealthy_threshold = 0").unwrap_err();
+        assert!(
+            zero.contains("pools.app.health.unhealthy_threshold"),
+            "{zero}"
+        );
+    }
+
+    #[test]
+    fn a_path_makes_an_http_probe_with_its_statuses() {
+        let config = pool_with_health("path = \"/up?deep=1\", expect_status = \"204\"").unwrap();
+        let settings = HealthSettings::from_config(config.pools["app"].health.as_ref());
+        let ProbeKind::Http { path, expect } = settings.kind else {
+            panic!("an HTTP probe");
         };
-        assert!(HealthSettings::from_config(Some(&relative)).is_err());
-        let zero = HealthConfig {
-            unhealthy_threshold: 0,
-            ..HealthConfig::default()
-        };
-        assert!(HealthSettings::from_config(Some(&zero)).is_err());
+        assert_eq!(path.as_str(), "/up?deep=1");
+        assert!(expect.contains(204) && !expect.contains(200));
+        assert_eq!(HealthSettings::from_config(None).kind, ProbeKind::Tcp);
     }
 }

@@ -84,17 +84,17 @@ pub struct PoolSettings {
 }
 
 impl PoolSettings {
-    /// Parse and check a pool's policies.
-    pub fn from_config(config: &PoolConfig) -> Result<Self, String> {
-        Ok(PoolSettings {
+    /// A pool's policies, from its config (checked when it was read).
+    pub fn from_config(config: &PoolConfig) -> Self {
+        PoolSettings {
             balance: config.balance,
             worker_concurrency: config.worker_concurrency.unwrap_or(UNLIMITED),
-            health: HealthSettings::from_config(config.health.as_ref())?,
+            health: HealthSettings::from_config(config.health.as_ref()),
             retry_max_tries: config.retries.max_tries.max(1),
             retry_buffer_bytes: config.retries.buffer_body_bytes,
             retry_budget: config.retries.budget,
             retry_statuses: statuses(&config.retries.on_status),
-        })
+        }
     }
 }
 
@@ -127,10 +127,10 @@ pub struct Pool {
 impl Pool {
     /// Build a pool from its config, with no workers yet: they join through
     /// [`crate::membership::Membership`], from whatever source the pool's provider is.
-    pub fn from_config(name: &str, config: &PoolConfig) -> Result<Arc<Self>, String> {
-        let settings = PoolSettings::from_config(config)?;
+    pub fn from_config(name: &str, config: &PoolConfig) -> Arc<Self> {
+        let settings = PoolSettings::from_config(config);
         let waiting = Arc::new(AtomicUsize::new(0));
-        let pool = Arc::new_cyclic(|me: &Weak<Pool>| Pool {
+        Arc::new_cyclic(|me: &Weak<Pool>| Pool {
             name: name.to_string(),
             retry_max_tries: AtomicU32::new(settings.retry_max_tries),
             retry_buffer_bytes: AtomicUsize::new(settings.retry_buffer_bytes),
@@ -147,8 +147,7 @@ impl Pool {
             waiting,
             latency: Arc::default(),
             me: me.clone(),
-        });
-        Ok(pool)
+        })
     }
 
     /// The latencies of this pool's responses: the request path adds to it, the history
@@ -487,7 +486,7 @@ mod tests {
             addresses.join(",")
         );
         let config: PoolConfig = toml::from_str(&text).unwrap();
-        let pool = Pool::from_config("p", &config).unwrap();
+        let pool = Pool::from_config("p", &config);
         for i in 0..workers {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4000 + i as u16));
             pool.add_worker(format!("p-{}", i + 1), addr, WorkerState::Ready);
@@ -511,11 +510,11 @@ mod tests {
             ))
             .unwrap()
         };
-        let pool = Pool::from_config("p", &config("503, 429, 503")).unwrap();
+        let pool = Pool::from_config("p", &config("503, 429, 503"));
         assert!(pool.retry().on_status);
         assert!(pool.retries_on_status(503) && pool.retries_on_status(429));
         assert!(!pool.retries_on_status(500));
-        let settings = |statuses| PoolSettings::from_config(&config(statuses)).unwrap();
+        let settings = |statuses| PoolSettings::from_config(&config(statuses));
         assert!(!pool.apply(&settings("429, 503")), "same set");
         assert!(pool.apply(&settings("")));
         assert!(!pool.retry().on_status);

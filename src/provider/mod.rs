@@ -182,10 +182,7 @@ pub async fn preflight(config: &crate::config::Config) -> Result<(), String> {
 pub fn from_config(pool: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, String> {
     Ok(match config {
         ProviderConfig::Static { addresses } => {
-            let addresses = addresses
-                .iter()
-                .map(|a| crate::config::parse_socket_addr(a))
-                .collect::<Result<Vec<_>, String>>()?;
+            let addresses = addresses.iter().map(|a| a.get()).collect();
             Arc::new(StaticProvider::new(pool, addresses))
         }
         ProviderConfig::Process {

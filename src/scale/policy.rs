@@ -54,11 +54,9 @@ pub struct ScalePolicy {
 }
 
 impl ScalePolicy {
-    /// Build from config; `worker_concurrency` supplies the default target.
-    pub fn from_config(
-        c: &AutoscaleConfig,
-        worker_concurrency: Option<u32>,
-    ) -> Result<Self, String> {
+    /// Build from config (checked when it was read); `worker_concurrency` supplies the
+    /// default target.
+    pub fn from_config(c: &AutoscaleConfig, worker_concurrency: Option<u32>) -> Self {
         let target_inflight = c
             .target_inflight
             .unwrap_or_else(|| match worker_concurrency {
@@ -68,15 +66,13 @@ impl ScalePolicy {
         let schedule = c
             .schedule
             .iter()
-            .map(|w| {
-                Ok(ScheduledMin {
-                    cron: Cron::parse(&w.cron)?,
-                    duration: w.duration.get(),
-                    min_workers: w.min_workers,
-                })
+            .map(|w| ScheduledMin {
+                cron: w.cron.clone(),
+                duration: w.duration.get(),
+                min_workers: w.min_workers,
             })
-            .collect::<Result<_, String>>()?;
-        Ok(ScalePolicy {
+            .collect();
+        ScalePolicy {
             min_workers: c.min_workers,
             max_workers: c.max_workers,
             initial_workers: c.initial_workers.unwrap_or(c.min_workers),
@@ -90,7 +86,7 @@ impl ScalePolicy {
             replace_unhealthy_after: c.replace_unhealthy_after.get(),
             panic_window: c.panic_window.get(),
             schedule,
-        })
+        }
     }
 
     /// The minimum now: `min_workers` raised by any open schedule window.
@@ -368,7 +364,7 @@ mod tests {
             max_idle_time: Dur::from_secs(60),
             ..AutoscaleConfig::default()
         };
-        ScalePolicy::from_config(&config, None).unwrap()
+        ScalePolicy::from_config(&config, None)
     }
 
     fn worker(id: u64, state: WorkerState, in_flight: u32, idle_secs: u64) -> WorkerSignal {
@@ -540,7 +536,7 @@ mod tests {
             target_inflight: Some(4.0),
             ..AutoscaleConfig::default()
         };
-        let p = ScalePolicy::from_config(&config, None).unwrap();
+        let p = ScalePolicy::from_config(&config, None);
         let d = decide(&p, &with(vec![ready(1, 4, 0)], 4.0));
         assert_eq!((d.desired, d.launch), (3, 2));
         let s = with(
@@ -562,11 +558,11 @@ mod tests {
             ..AutoscaleConfig::default()
         };
         config.schedule.push(crate::config::ScheduleConfig {
-            cron: "0 11 * * *".into(),
+            cron: Cron::parse("0 11 * * *").unwrap(),
             duration: Dur::from_secs(7200),
             min_workers: 3,
         });
-        let p = ScalePolicy::from_config(&config, None).unwrap();
+        let p = ScalePolicy::from_config(&config, None);
         let day = 20416 * 1440;
         let at = |h: u64, m: u64| Signals {
             now_minutes: day + h * 60 + m,
@@ -581,9 +577,9 @@ mod tests {
 
     #[test]
     fn default_target_comes_from_worker_concurrency() {
-        let p = ScalePolicy::from_config(&AutoscaleConfig::default(), Some(10)).unwrap();
+        let p = ScalePolicy::from_config(&AutoscaleConfig::default(), Some(10));
         assert!((p.target_inflight - 7.0).abs() < 1e-9);
-        let p = ScalePolicy::from_config(&AutoscaleConfig::default(), None).unwrap();
+        let p = ScalePolicy::from_config(&AutoscaleConfig::default(), None);
         assert!((p.target_inflight - DEFAULT_TARGET_INFLIGHT).abs() < 1e-9);
     }
 
@@ -733,7 +729,7 @@ mod tests {
                 max_idle_time: Dur(max_idle),
                 ..AutoscaleConfig::default()
             };
-            let policy = ScalePolicy::from_config(&config, Some(concurrency)).unwrap();
+            let policy = ScalePolicy::from_config(&config, Some(concurrency));
             Trace {
                 policy,
                 concurrency,

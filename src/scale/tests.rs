@@ -130,9 +130,9 @@ fn rig_with(autoscale: AutoscaleConfig, concurrency: u32, provider: Arc<FakeProv
         "worker_concurrency = {concurrency}\nprovider = {{ kind = \"exec\", launch = \"x\", release = \"x\" }}"
     ))
     .unwrap();
-    let pool = Pool::from_config("p", &config).unwrap();
+    let pool = Pool::from_config("p", &config);
     let _ = provider.pool.set(Arc::downgrade(&pool));
-    let policy = ScalePolicy::from_config(&autoscale, Some(concurrency)).unwrap();
+    let policy = ScalePolicy::from_config(&autoscale, Some(concurrency));
     let membership = Membership::new(Arc::clone(&pool));
     membership.set_probing(false);
     let scaler = PoolScaler::new(

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{parse_socket_addr, Config, ServerConfig};
+use crate::config::{Config, ServerConfig};
 use crate::proxy::{self, ConnContext};
 use crate::state::Shared;
 use crate::upstream::{ClientBody, Upstreams};
@@ -82,8 +82,7 @@ impl Listeners {
         let mut sockets = Vec::new();
         let mut local_addrs = Vec::new();
         for (i, listener) in config.listeners.iter().enumerate() {
-            let addr = parse_socket_addr(&listener.listen)
-                .map_err(|m| StartError(format!("listeners[{i}].listen: {m}")))?;
+            let addr = listener.listen.get();
             let bound = listen::bind_reuseport(addr, threads).map_err(|e| {
                 StartError(format!(
                     "listeners[{i}].listen: cannot listen on {addr}: {e}"

@@ -2,11 +2,19 @@
 
 use std::net::IpAddr;
 
-/// An IP network in CIDR form, for `server.trusted_proxies`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An IP network in CIDR form, for `server.trusted_proxies`; read from the config as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Cidr {
     network: IpAddr,
     prefix_len: u8,
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Cidr::parse(&text)
+    }
 }
 
 impl Cidr {

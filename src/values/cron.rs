@@ -4,7 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A parsed cron expression.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Cron {
     minutes: u64,  // bits 0..59
     hours: u32,    // bits 0..23
@@ -89,6 +90,13 @@ fn parse_field(text: &str, low: u32, high: u32) -> Result<u64, String> {
         }
     }
     Ok(bits)
+}
+
+impl TryFrom<String> for Cron {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Cron::parse(&text)
+    }
 }
 
 impl Cron {

@@ -18,6 +18,42 @@ pub enum HostPattern {
     Wildcard(String),
 }
 
+/// A route's host pattern as the config wrote it (route names are made from the text) and as
+/// parsed; read from the config as text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct HostRule {
+    text: String,
+    pattern: HostPattern,
+}
+
+impl HostRule {
+    /// The rule for `text`: "*", "api.example.com" or "*.example.com".
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Ok(HostRule {
+            pattern: HostPattern::parse(text)?,
+            text: text.to_string(),
+        })
+    }
+
+    /// As written in the config.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// As parsed.
+    pub fn pattern(&self) -> &HostPattern {
+        &self.pattern
+    }
+}
+
+impl TryFrom<String> for HostRule {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        HostRule::parse(&text)
+    }
+}
+
 impl HostPattern {
     /// Parse "*", "api.example.com" or "*.example.com".
     pub fn parse(text: &str) -> Result<Self, String> {

@@ -3,6 +3,34 @@
 //! `/public/../admin` is routed by the `/public` prefix and reaches a worker that resolves it
 //! to `/admin`. A path that climbs above the root is refused.
 
+/// A request path (and query) weir sends itself, such as a health probe's: it starts with '/'
+/// and is a valid request target. Read from the config as text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct RequestPath(http::uri::PathAndQuery);
+
+impl RequestPath {
+    /// `text` if it is a path starting with '/'.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.parse::<http::uri::PathAndQuery>() {
+            Ok(path) if text.starts_with('/') => Ok(RequestPath(path)),
+            _ => Err(format!("{text:?} must be a path starting with '/'")),
+        }
+    }
+
+    /// The path as a request target.
+    pub fn get(&self) -> &http::uri::PathAndQuery {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RequestPath {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        RequestPath::parse(&text)
+    }
+}
+
 /// Why a path cannot be normalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClimbsAboveRoot;

@@ -1,10 +1,23 @@
 //! Lists of HTTP statuses, for `health.expect_status`.
 
-/// Inclusive status ranges, e.g. "200-399" or "200,204,300-399".
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Inclusive status ranges, e.g. "200-399" or "200,204,300-399"; read from the config as text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct StatusRanges(Vec<(u16, u16)>);
 
+impl TryFrom<String> for StatusRanges {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        StatusRanges::parse(&text)
+    }
+}
+
 impl StatusRanges {
+    /// The statuses from `low` to `high`, both included.
+    pub fn between(low: u16, high: u16) -> Self {
+        StatusRanges(vec![(low, high)])
+    }
+
     /// Parse a comma list of statuses and `low-high` ranges.
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || format!("{text:?} is not a status list like \"200-399\" or \"200,204\"");

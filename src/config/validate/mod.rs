@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
+mod pools;
+
 use super::{Config, ProviderConfig};
 
 /// A config problem, shown as `origin:line: key: message` on one line.
@@ -73,14 +75,6 @@ pub(super) fn deserialize(text: &str, origin: &str) -> Result<Config, ConfigErro
     })
 }
 
-/// Parse "IP:port" (IPv6 as `"[::1]:8080"`); host names are refused so weir never resolves DNS
-/// at the wrong moment.
-pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse::<SocketAddr>().map_err(|_| {
-        format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")")
-    })
-}
-
 /// Whether the admin listener at `admin` would claim the socket of the proxy listener at
 /// `listener`, so one of them could not bind: the same port (never port 0, which picks a free
 /// one each time) on the same IP, or where either IP is the wildcard of the other's family,
@@ -97,29 +91,33 @@ fn overlaps(admin: SocketAddr, listener: SocketAddr) -> bool {
         || (admin.ip() == std::net::Ipv6Addr::UNSPECIFIED && listener.is_ipv4())
 }
 
-/// Semantic checks the type system cannot express.
+/// Semantic checks the type system cannot express, one config table at a time. Values were
+/// parsed when the file was read (see [`crate::values`]); what is left is how they relate.
 pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
+    check_server(config, origin)?;
+    check_upstream(config, origin)?;
+    let admin = check_admin(config, origin)?;
+    check_listeners(config, admin, origin)?;
+    check_routes(config, origin)?;
+    check_alerts(config, origin)?;
+    check_cluster(config, origin)?;
+    for (name, pool) in &config.pools {
+        pools::check_pool(name, pool, origin)?;
+    }
+    Ok(())
+}
+
+/// `[server]`.
+fn check_server(config: &Config, origin: &str) -> Result<(), ConfigError> {
     let fail = |key: String, message: String| ConfigError {
         origin: origin.to_string(),
         line: None,
         key,
         message,
     };
-    if config.listeners.is_empty() {
-        return Err(fail(
-            "listeners".into(),
-            "at least one [[listeners]] entry is required".into(),
-        ));
-    }
     if config.server.max_connections == 0 {
         return Err(fail(
             "server.max_connections".into(),
-            "must be at least 1".into(),
-        ));
-    }
-    if config.admin.max_connections == 0 {
-        return Err(fail(
-            "admin.max_connections".into(),
             "must be at least 1".into(),
         ));
     }
@@ -160,6 +158,23 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             "server.tls_handshake_timeout",
             config.server.tls_handshake_timeout,
         ),
+    ] {
+        if value.get().is_zero() {
+            return Err(fail(key.into(), "must be longer than zero".into()));
+        }
+    }
+    Ok(())
+}
+
+/// `[upstream]`.
+fn check_upstream(config: &Config, origin: &str) -> Result<(), ConfigError> {
+    let fail = |key: String, message: String| ConfigError {
+        origin: origin.to_string(),
+        line: None,
+        key,
+        message,
+    };
+    for (key, value) in [
         ("upstream.connect_timeout", config.upstream.connect_timeout),
         (
             "upstream.response_timeout",
@@ -193,12 +208,24 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             ));
         }
     }
-    for (i, cidr) in config.server.trusted_proxies.iter().enumerate() {
-        crate::values::Cidr::parse(cidr)
-            .map_err(|m| fail(format!("server.trusted_proxies[{i}]"), m))?;
+    Ok(())
+}
+
+/// `[admin]`: its address, which the listeners must not overlap.
+fn check_admin(config: &Config, origin: &str) -> Result<SocketAddr, ConfigError> {
+    let fail = |key: String, message: String| ConfigError {
+        origin: origin.to_string(),
+        line: None,
+        key,
+        message,
+    };
+    if config.admin.max_connections == 0 {
+        return Err(fail(
+            "admin.max_connections".into(),
+            "must be at least 1".into(),
+        ));
     }
-    let admin =
-        parse_socket_addr(&config.admin.listen).map_err(|m| fail("admin.listen".into(), m))?;
+    let admin = config.admin.listen.get();
     let token = config
         .admin
         .resolved_token()
@@ -209,45 +236,26 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             format!("{admin} is not a loopback address: set admin.token (or admin.token_env) to expose the admin API"),
         ));
     }
-    for (i, alert) in config.alerts.iter().enumerate() {
-        let key = format!("alerts[{i}]");
-        let uri: http::Uri = alert.webhook.parse().map_err(|_| {
-            fail(
-                format!("{key}.webhook"),
-                format!("{:?} is not a URL", alert.webhook),
-            )
-        })?;
-        if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
-            return Err(fail(
-                format!("{key}.webhook"),
-                "needs an http:// or https:// URL with a host".into(),
-            ));
-        }
-        if alert.kind == super::AlertKind::LatencyP99 && alert.latency.is_none() {
-            return Err(fail(
-                format!("{key}.latency"),
-                "latency_p99 needs a latency, e.g. \"500ms\"".into(),
-            ));
-        }
-        if alert.window.get().is_zero() {
-            return Err(fail(
-                format!("{key}.window"),
-                "must be longer than zero".into(),
-            ));
-        }
-        if let Some(pool) = &alert.pool {
-            if !config.pools.contains_key(pool) {
-                return Err(fail(
-                    format!("{key}.pool"),
-                    format!("unknown pool {pool:?}"),
-                ));
-            }
-        }
+    Ok(admin)
+}
+
+/// `[[listeners]]`.
+fn check_listeners(config: &Config, admin: SocketAddr, origin: &str) -> Result<(), ConfigError> {
+    let fail = |key: String, message: String| ConfigError {
+        origin: origin.to_string(),
+        line: None,
+        key,
+        message,
+    };
+    if config.listeners.is_empty() {
+        return Err(fail(
+            "listeners".into(),
+            "at least one [[listeners]] entry is required".into(),
+        ));
     }
     let mut seen_listen = HashSet::new();
     for (i, listener) in config.listeners.iter().enumerate() {
-        let addr = parse_socket_addr(&listener.listen)
-            .map_err(|m| fail(format!("listeners[{i}].listen"), m))?;
+        let addr = listener.listen.get();
         if addr.port() != 0 && !seen_listen.insert(addr) {
             return Err(fail(
                 format!("listeners[{i}].listen"),
@@ -277,6 +285,17 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             }
         }
     }
+    Ok(())
+}
+
+/// `[[routes]]`.
+fn check_routes(config: &Config, origin: &str) -> Result<(), ConfigError> {
+    let fail = |key: String, message: String| ConfigError {
+        origin: origin.to_string(),
+        line: None,
+        key,
+        message,
+    };
     if config.routes.is_empty() {
         return Err(fail(
             "routes".into(),
@@ -294,9 +313,7 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
                 ),
             ));
         }
-        let host = route.host.as_deref().unwrap_or("*");
-        crate::values::HostPattern::parse(host)
-            .map_err(|m| fail(format!("routes[{i}].host"), m))?;
+        let host = route.host.as_ref().map_or("*", |h| h.text());
         let prefix = route.path_prefix.as_deref().unwrap_or("/");
         if !prefix.starts_with('/') {
             return Err(fail(
@@ -318,6 +335,51 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// `[[alerts]]`.
+fn check_alerts(config: &Config, origin: &str) -> Result<(), ConfigError> {
+    let fail = |key: String, message: String| ConfigError {
+        origin: origin.to_string(),
+        line: None,
+        key,
+        message,
+    };
+    for (i, alert) in config.alerts.iter().enumerate() {
+        let key = format!("alerts[{i}]");
+        if alert.kind == super::AlertKind::LatencyP99 && alert.latency.is_none() {
+            return Err(fail(
+                format!("{key}.latency"),
+                "latency_p99 needs a latency, e.g. \"500ms\"".into(),
+            ));
+        }
+        if alert.window.get().is_zero() {
+            return Err(fail(
+                format!("{key}.window"),
+                "must be longer than zero".into(),
+            ));
+        }
+        if let Some(pool) = &alert.pool {
+            if !config.pools.contains_key(pool) {
+                return Err(fail(
+                    format!("{key}.pool"),
+                    format!("unknown pool {pool:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[cluster]`, and what it asks of every pool.
+fn check_cluster(config: &Config, origin: &str) -> Result<(), ConfigError> {
+    let fail = |key: String, message: String| ConfigError {
+        origin: origin.to_string(),
+        line: None,
+        key,
+        message,
+    };
     if let Some(cluster) = &config.cluster {
         if !cluster.redis.starts_with("redis://") {
             return Err(fail(
@@ -364,288 +426,6 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             }
         }
     }
-    for (name, pool) in &config.pools {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(fail(
-                format!("pools.{name}"),
-                "pool names use letters, digits, '-' and '_'".into(),
-            ));
-        }
-        if let Some(health) = &pool.health {
-            check_health(health)
-                .map_err(|(key, m)| fail(format!("pools.{name}.health{key}"), m))?;
-        }
-        if pool.worker_concurrency == Some(0) {
-            return Err(fail(
-                format!("pools.{name}.worker_concurrency"),
-                "must be at least 1 (leave it out for no cap)".into(),
-            ));
-        }
-        if pool.retries.max_tries == 0 {
-            return Err(fail(
-                format!("pools.{name}.retries.max_tries"),
-                "must be at least 1 (1 = no retries)".into(),
-            ));
-        }
-        if !(0.0..=1.0).contains(&pool.retries.budget) {
-            return Err(fail(
-                format!("pools.{name}.retries.budget"),
-                "must be between 0.0 and 1.0".into(),
-            ));
-        }
-        if let Some(bad) = pool
-            .retries
-            .on_status
-            .iter()
-            .find(|s| !(100..=599).contains(*s))
-        {
-            return Err(fail(
-                format!("pools.{name}.retries.on_status"),
-                format!("{bad} is not an HTTP status (100-599)"),
-            ));
-        }
-        match &pool.provider {
-            ProviderConfig::Static { addresses } => {
-                if addresses.is_empty() {
-                    return Err(fail(
-                        format!("pools.{name}.provider.addresses"),
-                        "a static pool needs at least one address".into(),
-                    ));
-                }
-                let mut seen = HashSet::new();
-                for (j, address) in addresses.iter().enumerate() {
-                    let key = format!("pools.{name}.provider.addresses[{j}]");
-                    let addr = parse_socket_addr(address).map_err(|m| fail(key.clone(), m))?;
-                    if !seen.insert(addr) {
-                        return Err(fail(key, format!("{addr} is listed twice")));
-                    }
-                }
-                if pool.autoscale.is_some() {
-                    return Err(fail(
-                        format!("pools.{name}.autoscale"),
-                        "a static pool does not scale (its workers are exactly its addresses)"
-                            .into(),
-                    ));
-                }
-            }
-            ProviderConfig::Process { command, .. } => {
-                if command.first().is_none_or(|c| c.trim().is_empty()) {
-                    return Err(fail(
-                        format!("pools.{name}.provider.command"),
-                        "needs at least a program, e.g. [\"{weir}\", \"demo-worker\", \"--listen\", \"127.0.0.1:{port}\"]".into(),
-                    ));
-                }
-            }
-            ProviderConfig::Docker {
-                image,
-                port,
-                cpus,
-                memory,
-                endpoint,
-                network,
-                ..
-            } => {
-                let key = |k: &str| format!("pools.{name}.provider.{k}");
-                if image.trim().is_empty() {
-                    return Err(fail(
-                        key("image"),
-                        "needs an image, e.g. \"weir-demo:dev\"".into(),
-                    ));
-                }
-                if *port == 0 {
-                    return Err(fail(key("port"), "must be a port from 1 to 65535".into()));
-                }
-                if let Some(cpus) = cpus {
-                    if !(*cpus > 0.0 && cpus.is_finite()) {
-                        return Err(fail(
-                            key("cpus"),
-                            "must be a number of cores above zero, e.g. 1.5".into(),
-                        ));
-                    }
-                }
-                if memory.is_some_and(|m| m.get() < 1024 * 1024) {
-                    return Err(fail(
-                        key("memory"),
-                        "must be at least 1MiB, e.g. \"512MiB\"".into(),
-                    ));
-                }
-                if let Some(endpoint) = endpoint {
-                    if !endpoint.starts_with("unix://") {
-                        return Err(fail(key("endpoint"), format!("{endpoint:?}: only unix:// sockets are supported, e.g. \"unix:///var/run/docker.sock\"")));
-                    }
-                }
-                if let Some(network) = network {
-                    // The engine takes nearly any name, but one with spaces or slashes cannot be
-                    // inspected through its API afterwards.
-                    let mut chars = network.chars();
-                    let sane = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-                        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-                    if !sane {
-                        return Err(fail(
-                            key("network"),
-                            format!("{network:?}: a network name is letters, digits, '_', '.' and '-', starting with a letter or digit, e.g. \"weir\""),
-                        ));
-                    }
-                }
-            }
-            ProviderConfig::Kubernetes {
-                namespace,
-                deployment,
-                port,
-                service,
-                kubeconfig,
-                context,
-            } => {
-                let key = |k: &str| format!("pools.{name}.provider.{k}");
-                for (k, value) in [
-                    ("namespace", Some(namespace)),
-                    ("deployment", Some(deployment)),
-                    ("service", service.as_ref()),
-                ] {
-                    if let Some(value) = value {
-                        if !is_dns_name(value) {
-                            return Err(fail(key(k), format!("{value:?}: a Kubernetes name is lowercase letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit")));
-                        }
-                    }
-                }
-                if *port == 0 {
-                    return Err(fail(key("port"), "must be a port from 1 to 65535".into()));
-                }
-                if let Some(path) = kubeconfig {
-                    if !path.is_file() {
-                        return Err(fail(
-                            key("kubeconfig"),
-                            format!("{}: no such file", path.display()),
-                        ));
-                    }
-                }
-                if context.as_ref().is_some_and(|c| c.trim().is_empty()) {
-                    return Err(fail(
-                        key("context"),
-                        "must name a kubeconfig context".into(),
-                    ));
-                }
-            }
-            ProviderConfig::Exec {
-                launch,
-                release,
-                list,
-            } => {
-                let list = list.as_ref();
-                let scripts = [
-                    ("launch", Some(launch)),
-                    ("release", Some(release)),
-                    ("list", list),
-                ];
-                for (key, script) in scripts.into_iter().filter_map(|(k, s)| s.map(|s| (k, s))) {
-                    if script.trim().is_empty() {
-                        return Err(fail(
-                            format!("pools.{name}.provider.{key}"),
-                            "needs a shell command".into(),
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(scale) = &pool.autoscale {
-            check_autoscale(scale, pool.worker_concurrency)
-                .map_err(|(key, m)| fail(format!("pools.{name}.autoscale{key}"), m))?;
-        }
-    }
-    Ok(())
-}
-
-fn check_health(health: &super::HealthConfig) -> Result<(), (String, String)> {
-    let err = |key: &str, m: String| Err((key.to_string(), m));
-    if let Some(path) = &health.path {
-        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
-            return err(
-                ".path",
-                format!("{path:?} must be a path starting with '/'"),
-            );
-        }
-    }
-    if let Err(m) = crate::values::StatusRanges::parse(&health.expect_status) {
-        return err(".expect_status", m);
-    }
-    for (key, value) in [(".interval", health.interval), (".timeout", health.timeout)] {
-        if value.get().is_zero() {
-            return err(key, "must be longer than zero".into());
-        }
-    }
-    for (key, value) in [
-        (".healthy_threshold", health.healthy_threshold),
-        (".unhealthy_threshold", health.unhealthy_threshold),
-    ] {
-        if value == 0 {
-            return err(key, "must be at least 1".into());
-        }
-    }
-    Ok(())
-}
-
-fn check_autoscale(
-    scale: &super::AutoscaleConfig,
-    _concurrency: Option<u32>,
-) -> Result<(), (String, String)> {
-    let err = |key: &str, m: &str| Err((key.to_string(), m.to_string()));
-    if scale.max_workers == 0 {
-        return err(".max_workers", "must be at least 1");
-    }
-    if scale.min_workers > scale.max_workers {
-        return err(".min_workers", "must not exceed max_workers");
-    }
-    if let Some(initial) = scale.initial_workers {
-        if initial < scale.min_workers || initial > scale.max_workers {
-            return err(
-                ".initial_workers",
-                "must lie between min_workers and max_workers",
-            );
-        }
-    }
-    if let Some(target) = scale.target_inflight {
-        if !(target > 0.0 && target.is_finite()) {
-            return err(".target_inflight", "must be a number above zero");
-        }
-    }
-    if scale.scale_up_step == 0 {
-        return err(".scale_up_step", "must be at least 1");
-    }
-    if scale.max_concurrent_starts == 0 {
-        return err(".max_concurrent_starts", "must be at least 1");
-    }
-    for (key, value) in [
-        (".max_idle_time", scale.max_idle_time),
-        (".startup_timeout", scale.startup_timeout),
-        (".drain_timeout", scale.drain_timeout),
-        (".replace_unhealthy_after", scale.replace_unhealthy_after),
-        (".panic_window", scale.panic_window),
-        (".stable_window", scale.stable_window),
-    ] {
-        if value.get().is_zero() {
-            return err(key, "must be longer than zero");
-        }
-    }
-    for (i, window) in scale.schedule.iter().enumerate() {
-        crate::values::Cron::parse(&window.cron)
-            .map_err(|m| (format!(".schedule[{i}].cron"), m))?;
-        if window.duration.get().is_zero() {
-            return err(
-                &format!(".schedule[{i}].duration"),
-                "must be longer than zero",
-            );
-        }
-        if window.min_workers > scale.max_workers {
-            return err(
-                &format!(".schedule[{i}].min_workers"),
-                "must not exceed max_workers",
-            );
-        }
-    }
     Ok(())
 }
 
@@ -665,18 +445,6 @@ fn check_file(path: &Path, key: &str, origin: &str) -> Result<(), ConfigError> {
             message: format!("cannot read {}: {e}", path.display()),
         }),
     }
-}
-
-/// A Kubernetes object name (RFC 1123 subdomain): what namespaces, Deployments and Services
-/// may be called.
-fn is_dns_name(name: &str) -> bool {
-    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    name.len() <= 253
-        && edge_ok(name.chars().next())
-        && edge_ok(name.chars().last())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 #[cfg(test)]
