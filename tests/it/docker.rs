@@ -1,7 +1,7 @@
 //! The Docker provider against the real engine at /var/run/docker.sock, with the test image
-//! `.ci/test-image` builds from this repo (`weir-demo:dev`, no registry involved). Without an
-//! engine the tests say they were skipped, unless `WEIR_REQUIRE_DOCKER=1` (set by `.ci/run`),
-//! which makes a missing engine or image a failure.
+//! `.ci/test-image` builds from this repo (`weir-demo:dev`, no registry involved; built by the
+//! first test that needs it when it is missing). Without an engine a test fails, or with
+//! `WEIR_ALLOW_SKIP=1` (set by `.ci/test`) is listed as skipped.
 
 use crate::common;
 

@@ -643,32 +643,73 @@ impl Drop for ExecWorkers {
 /// The Docker tests' image, built from this repo by `.ci/test-image`.
 pub const IMAGE: &str = "weir-demo:dev";
 
-/// Whether the engine and the test image are there; panics when they are required.
+/// Whether the engine and the test image are there. An engine without the image gets it
+/// built from this build's binary (`.ci/test-image`, once per run), so plain `cargo test` runs
+/// the Docker tests for real too. Panics when the engine is required and missing.
 pub fn engine_ready(test: &str) -> bool {
-    let image = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
+    static BUILT: std::sync::Mutex<Option<Result<(), String>>> = std::sync::Mutex::new(None);
+    let has_image = || {
+        Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let engine = Command::new("docker")
+        .arg("info")
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if image {
-        return true;
-    }
+        .is_ok_and(|o| o.status.success());
+    let problem = if !engine {
+        "no Docker engine reachable".to_string()
+    } else {
+        let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        if built.is_none() && !has_image() {
+            *built = Some(build_test_image());
+        }
+        match built.as_ref() {
+            Some(Err(e)) => e.clone(),
+            _ if has_image() => return true,
+            _ => format!("the image {IMAGE} is missing"),
+        }
+    };
     if std::env::var("WEIR_REQUIRE_DOCKER").as_deref() == Ok("1") {
-        panic!("{test}: no Docker engine with the image {IMAGE} (run .ci/test-image)");
+        panic!("{test}: {problem}");
     }
-    skipped(
-        test,
-        &format!("no Docker engine with the image {IMAGE} (run .ci/test-image)"),
-    );
+    skipped(test, &problem);
     false
+}
+
+/// `.ci/test-image` on the weir binary under test.
+fn build_test_image() -> Result<(), String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/test-image");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(WEIR)
+        .output()
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "building {IMAGE} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// Where tests that could not run say so; `.ci/test` lists them after the run, so a skipped
 /// test is never taken for a passed one.
 pub const SKIPPED_LIST: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
 
-/// Report `test` as skipped for `why`: on stderr, and in [`SKIPPED_LIST`].
+/// Report `test` as not run for `why`. Unless `WEIR_ALLOW_SKIP=1` (which `.ci/test` sets, and
+/// then lists what was skipped after the run), that is a failure: a test that could not run
+/// must never be counted as passed. Allowed, it goes on stderr and into [`SKIPPED_LIST`].
 pub fn skipped(test: &str, why: &str) {
+    if std::env::var("WEIR_ALLOW_SKIP").as_deref() != Ok("1") {
+        panic!(
+            "{test} could not run: {why}. Run .ci/test, which installs and builds what the tests \
+             need, or set WEIR_ALLOW_SKIP=1 to have it listed as skipped instead"
+        );
+    }
     eprintln!("{test}: skipped: {why}");
     use std::io::Write;
     if let Ok(mut list) = std::fs::OpenOptions::new()
