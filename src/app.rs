@@ -19,9 +19,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::control::{self, Control};
+use crate::fleet::Fleet;
 use crate::server::{self, Listeners, Serving};
 use crate::state::{Shared, Snapshot};
 
@@ -76,11 +76,11 @@ impl App {
         let listeners = Listeners::bind(&config)?;
         let (admin, admin_addr) = bind_admin(&config)?;
         let shared = Shared::new(snapshot);
-        let cluster = config
+        let fleet = config
             .cluster
             .as_ref()
-            .map(|cluster| Cluster::new(cluster, admin_addr));
-        let control = Control::new(Arc::clone(&shared), config_path, cluster);
+            .map(|cluster| Fleet::new(cluster, admin_addr));
+        let control = Control::new(Arc::clone(&shared), config_path, fleet);
 
         let (stop, stopped) = watch::channel(false);
         let (pools_started, pools_started_rx) = mpsc::channel();

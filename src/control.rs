@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::cluster::Cluster;
 use crate::config::{self, PoolConfig};
+use crate::fleet::Fleet;
 use crate::history::History;
 use crate::limit::ConnectionLimit;
 use crate::membership::Membership;
@@ -40,7 +40,7 @@ pub struct Control {
     /// The scaler of each launchable pool, by pool name.
     pub scalers: DashMap<String, Arc<PoolScaler>>,
     /// This instance's fleet, with `[cluster]`.
-    cluster: Option<Arc<Cluster>>,
+    fleet: Option<Arc<Fleet>>,
     config_path: Option<PathBuf>,
     scaler_tasks: Mutex<HashMap<String, ScalerTask>>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -51,12 +51,12 @@ pub struct Control {
 }
 
 impl Control {
-    /// A control plane over `shared`; `config_path` is what reloads read; `cluster` is this
+    /// A control plane over `shared`; `config_path` is what reloads read; `fleet` is this
     /// instance's fleet membership, with `[cluster]`.
     pub fn new(
         shared: Arc<Shared>,
         config_path: Option<PathBuf>,
-        cluster: Option<Arc<Cluster>>,
+        fleet: Option<Arc<Fleet>>,
     ) -> Arc<Self> {
         let admin_max = shared.snapshot().config.admin.max_connections;
         Arc::new(Control {
@@ -65,7 +65,7 @@ impl Control {
             activity: Arc::new(ActivityLog::default()),
             history: Arc::default(),
             scalers: DashMap::new(),
-            cluster,
+            fleet,
             config_path,
             scaler_tasks: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -79,8 +79,8 @@ impl Control {
     }
 
     /// This instance's fleet, with `[cluster]`.
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.as_ref()
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// `admin.max_connections`: the admin listener's cap, resized by a reload.
@@ -114,8 +114,8 @@ impl Control {
         let autoscale = config.autoscale.clone().unwrap_or_default();
         let policy = ScalePolicy::from_config(&autoscale, config.worker_concurrency);
         let scaler = PoolScaler::new(membership, provider, policy, Arc::clone(&self.activity));
-        if let Some(cluster) = &self.cluster {
-            scaler.join_fleet(Arc::clone(cluster));
+        if let Some(fleet) = &self.fleet {
+            scaler.join_fleet(Arc::clone(fleet));
         }
         self.scalers.insert(name.to_string(), Arc::clone(&scaler));
         let (stop, stop_rx) = watch::channel(false);
@@ -317,10 +317,10 @@ pub fn run(
         let shared = &control.shared;
         tokio::spawn(crate::alerts::run(Arc::clone(shared), Arc::clone(&control.activity)));
         tokio::spawn(crate::history::run(Arc::clone(shared), Arc::clone(&control.history)));
-        let cluster_task = control
-            .cluster
+        let fleet_task = control
+            .fleet
             .as_ref()
-            .map(|cluster| tokio::spawn(Arc::clone(cluster).run(Arc::clone(shared), shutdown.clone())));
+            .map(|fleet| tokio::spawn(Arc::clone(fleet).run(Arc::clone(shared), shutdown.clone())));
         tokio::spawn(crate::heap::give_back_after_bursts());
         tokio::spawn(crate::telemetry::fold_samples_periodically());
         let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -343,7 +343,7 @@ pub fn run(
             }
         }
         control.stop_all().await;
-        if let Some(task) = cluster_task {
+        if let Some(task) = fleet_task {
             let _ = task.await;
         }
     });

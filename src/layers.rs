@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     // How workers join and leave pools; the data plane's shared state.
     &["membership", "state"],
     // The fleet, per-pool history, where workers come from, the request path.
-    &["cluster", "history", "provider", "proxy"],
+    &["fleet", "history", "provider", "proxy"],
     // The autoscaler; the serving threads.
     &["scale", "server"],
     // Alert rules and their webhook; the demo worker.

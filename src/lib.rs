@@ -1,38 +1,36 @@
 //! weir: a load-aware HTTPS reverse proxy with built-in worker autoscaling.
 //!
-//! A map of the crate, in the order a request meets it:
-//! - [`server`]: thread-per-core serving threads, SO_REUSEPORT listeners, TLS, the per-connection
-//!   HTTP/1.1 + HTTP/2 driver with its timeouts and connection cap.
-//! - [`proxy`]: the request path, top to bottom: route, pick, rewrite, send, stream back, tunnel.
-//! - [`routing`]: host + longest path prefix lookup.
-//! - [`pool`]: workers, their live atomic counters and states, the balancers, the bounded
-//!   per-route queue and the retry budget.
-//! - [`http1`]: the HTTP/1.1 framing both sides share: the message and body decoder, a
-//!   client's request body, the hand-off of an upgraded connection.
-//! - [`upstream`]: weir's HTTP/1.1 client for workers and its per-thread keep-alive pool.
-//! - [`membership`]: the one way workers enter and leave a pool (a source's full set, then
-//!   changes), with health probing attached to every member.
-//! - [`health`]: active probes that move workers between starting, ready and unhealthy.
-//! - [`scale`]: the autoscaler: a pure decision function and the per-pool loop around it.
-//! - [`provider`]: where workers come from (static lists, local processes, shell commands).
-//! - [`error`]: the one failure type of the request path (stage, whether the worker saw the
-//!   request, retry verdict) and its one mapping to status, log line and metric stage.
-//! - [`config`] and [`state`]: the TOML model, validation, and the live `ArcSwap` snapshot.
-//! - [`control`]: the control-plane thread: health, scalers, admin API, reload.
-//! - [`admin`], [`telemetry`], [`access_log`]: the admin API, the dashboard and CLI views,
-//!   Prometheus metrics, the JSON access log.
-//! - [`history`]: each pool's last 15 minutes, sampled every second for the dashboard.
-//! - [`tls`] and [`limit`]: rustls set-up (certificates by SNI, the one crypto provider) and
-//!   the resizable cap on open connections, below the serving code that uses them.
-//! - [`spool`]: bodies held between a fast side and a slow one, in memory and then in unlinked
-//!   temporary files within one shared budget.
-//! - [`heap`]: gives the allocator's free pages back to the kernel after a burst.
-//! - [`demo`]: the demo worker used by the shipped config, tests and benchmarks.
-//! - [`values`]: the small value types at the bottom (durations, byte sizes, CIDRs, host
-//!   patterns and the `Host` check, status lists, cron schedules, wall-clock formatting), each
-//!   with its parser and tests.
-//! - `sys`: the one module allowed unsafe code: the few libc calls std does not offer (worker
-//!   process groups, the parent-death signal, the descriptor limit, heap statistics and trim).
+//! A map of the crate, in layers from the top; a module imports only from its own layer or
+//! those below (`layers.rs` checks it):
+//! - [`app`]: start-up and shutdown. Binds the listeners, builds the data plane and the
+//!   control plane, starts the control, admin and serving threads, stops them in order.
+//! - [`admin`]: the admin API on its own thread, `/metrics`, the dashboard, the CLI views.
+//! - [`control`]: the control plane. Owns the scalers, activity, history and fleet
+//!   membership; starts pools, runs alerts, history and the fleet; reloads.
+//! - [`alerts`], [`demo`]: alert rules and their webhooks; the demo worker.
+//! - [`scale`], [`server`]: the autoscaler (a pure decision and the per-pool loop around it);
+//!   the serving threads (SO_REUSEPORT listeners, TLS, weir's HTTP/1.1 server, HTTP/2 on
+//!   hyper, the per-connection watchdog, draining), and nothing else.
+//! - [`fleet`], [`history`], [`provider`], [`proxy`]: several weirs as one fleet through Redis
+//!   (`[cluster]`); each pool's last 15 minutes; where workers come from (static lists,
+//!   processes, shell commands, Docker, Kubernetes); the request path (route, pick, rewrite,
+//!   send, stream back, tunnel).
+//! - [`membership`], [`state`]: the one way workers enter and leave a pool; the data plane's
+//!   state (the live `ArcSwap` snapshot, the open connections).
+//! - [`health`], [`routing`]: active probes; the host + longest path prefix table.
+//! - [`telemetry`], [`upstream`]: Prometheus metrics and the alert counters; weir's HTTP/1.1
+//!   client for workers and its per-thread keep-alive pool.
+//! - [`error`], [`pool`], [`tls`], [`limit`], [`heap`]: the request path's one failure type
+//!   and its one mapping to status, log line and metric stage; workers, their counters and
+//!   states, balancers, queues, retry budgets and settings; rustls set-up; the resizable
+//!   connection cap and the descriptor limit; giving freed heap back.
+//! - [`http1`], [`config`]: HTTP/1.1 framing both sides share (the decoder, a client's body,
+//!   the upgrade hand-off); the TOML model, read straight into checked values, validated by
+//!   table.
+//! - [`values`], `sys`, [`spool`], [`access_log`]: the value types the config reads into,
+//!   each with its parser and tests; the one module allowed unsafe code (the few libc calls
+//!   std does not offer); bodies held in memory then in unlinked temporary files within one
+//!   budget; the JSON access log.
 
 #![deny(unsafe_code)]
 
@@ -40,11 +38,11 @@ pub mod access_log;
 pub mod admin;
 pub mod alerts;
 pub mod app;
-pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 #[cfg(test)]
 mod fuzz;
 pub mod health;

@@ -50,7 +50,7 @@ enum Command {
     /// Show the scaling history.
     Activity(AdminArgs),
     /// Show the fleet (`[cluster]`): its instances and which one leads.
-    Cluster(AdminArgs),
+    Fleet(AdminArgs),
     /// Set a pool's worker count now; the scaler carries on from there.
     Scale {
         /// The pool.
@@ -147,8 +147,8 @@ fn main() -> ExitCode {
         Command::Activity(args) => admin_view(&args, "/api/v1/activity", |b| {
             serde_json::from_slice::<Vec<views::ActivityView>>(b).map(|v| cli::activity_table(&v))
         }),
-        Command::Cluster(args) => admin_view(&args, "/api/v1/cluster", |b| {
-            serde_json::from_slice::<weir::cluster::ClusterView>(b).map(|v| cli::cluster_table(&v))
+        Command::Fleet(args) => admin_view(&args, "/api/v1/cluster", |b| {
+            serde_json::from_slice::<weir::fleet::FleetView>(b).map(|v| cli::cluster_table(&v))
         }),
         Command::Scale {
             pool,

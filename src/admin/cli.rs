@@ -252,7 +252,7 @@ pub fn activity_table(events: &[ActivityView]) -> String {
 }
 
 /// `weir cluster`: the fleet's instances, the leader marked.
-pub fn cluster_table(view: &crate::cluster::ClusterView) -> String {
+pub fn cluster_table(view: &crate::fleet::FleetView) -> String {
     let rows: Vec<Vec<String>> = view
         .instances
         .iter()

@@ -124,8 +124,8 @@ async fn route(req: Request<Incoming>, control: &Arc<Control>, peer: SocketAddr)
         (&Method::GET, "/api/v1/pools") => json(StatusCode::OK, &views::pools(control)),
         (&Method::GET, "/api/v1/activity") => json(StatusCode::OK, &views::activity(control)),
         (&Method::GET, "/api/v1/history") => history(&req, control),
-        (&Method::GET, "/api/v1/cluster") => match control.cluster() {
-            Some(cluster) => json(StatusCode::OK, &cluster.view()),
+        (&Method::GET, "/api/v1/cluster") => match control.fleet() {
+            Some(fleet) => json(StatusCode::OK, &fleet.view()),
             None => error(
                 StatusCode::NOT_FOUND,
                 "this weir is not in a fleet (no [cluster] section)",
@@ -228,7 +228,7 @@ fn readiness(control: &Control) -> AdminResponse {
     // A fleet whose Redis is down keeps serving with the workers it knows: that is degraded,
     // not unready (pulling every instance out of its balancer would be the outage).
     let degraded: Vec<String> = control
-        .cluster()
+        .fleet()
         .and_then(|c| c.problem())
         .into_iter()
         .collect();

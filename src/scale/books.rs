@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::policy::WorkerSignal;
-use crate::cluster::WorkerLoad;
+use crate::fleet::WorkerLoad;
 use crate::pool::{Worker, WorkerState};
 
 /// First pause after a failed launch; doubles per failure in a row.

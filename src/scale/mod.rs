@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, FleetMember};
+use crate::fleet::{Fleet, FleetMember};
 use crate::membership::{Member, MemberUpdate, Membership};
 use crate::pool::{Pool, Worker, WorkerState};
 use crate::provider::Provider;
@@ -52,7 +52,7 @@ pub struct PoolScaler {
     desired: AtomicU32,
     next_name: AtomicU64,
     /// The fleet this pool is scaled in, with `[cluster]`: only its leader decides and acts.
-    fleet: std::sync::OnceLock<Arc<Cluster>>,
+    fleet: std::sync::OnceLock<Arc<Fleet>>,
 }
 
 impl PoolScaler {
@@ -125,13 +125,13 @@ impl PoolScaler {
         self.pool.demand().notify_one();
     }
 
-    /// Scale in fleet `cluster`: only while this instance leads does the scaler decide and
+    /// Scale in `fleet`: only while this instance leads does the scaler decide and
     /// call the provider; otherwise it follows the provider's list of workers.
-    pub fn join_fleet(&self, cluster: Arc<Cluster>) {
-        let _ = self.fleet.set(cluster);
+    pub fn join_fleet(&self, fleet: Arc<Fleet>) {
+        let _ = self.fleet.set(fleet);
     }
 
-    fn fleet(&self) -> Option<&Arc<Cluster>> {
+    fn fleet(&self) -> Option<&Arc<Fleet>> {
         self.fleet.get()
     }
 
@@ -225,7 +225,7 @@ impl PoolScaler {
     /// leader) comes back. Workers it marks draining get no new requests from here (the
     /// leader waits for this instance to report them idle before it releases them), and
     /// those it marks surplus are spared as at the leader.
-    fn follow_record(&self, fleet: &Cluster) {
+    fn follow_record(&self, fleet: &Fleet) {
         let Some(record) = fleet.record(&self.pool.name) else {
             return; // none yet, or an empty Redis: keep the workers known
         };

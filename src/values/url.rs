@@ -39,7 +39,7 @@ impl WebUrl {
             .unwrap_or(if self.is_https() { 443 } else { 80 })
     }
 
-    /// host[:port] as written, for the `Host` field.
+    /// `host[:port]` as written, for the `Host` field.
     pub fn authority(&self) -> &str {
         self.0.authority().map_or("", |a| a.as_str())
     }

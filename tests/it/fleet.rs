@@ -494,7 +494,7 @@ async fn each_workers_concurrency_is_divided_among_the_live_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_is_fenced_off() {
-    use weir::cluster::Lease;
+    use weir::fleet::Lease;
     let Some(redis) = Redis::start_for("a_leader_paused_past_its_lease_is_fenced_off") else {
         return;
     };
@@ -535,7 +535,7 @@ async fn a_leader_paused_past_its_lease_is_fenced_off() {
         .await
         .unwrap());
     // Membership writes are fenced too: a's is refused and leaves b's record as it was.
-    use weir::cluster::{FleetMember, MemberBook, PoolMembers};
+    use weir::fleet::{FleetMember, MemberBook, PoolMembers};
     let book = MemberBook::new(&prefix, Duration::from_secs(30));
     let record = |token, id: &str| {
         let members = PoolMembers {
@@ -972,7 +972,7 @@ async fn a_kubernetes_pool_in_a_fleet_is_scaled_once_by_whoever_leads() {
     else {
         return;
     };
-    let sim = k8s_sim::Cluster::start(k8s_sim::SimOptions::default());
+    let sim = k8s_sim::Fleet::start(k8s_sim::SimOptions::default());
     let prefix = format!("kube{}", std::process::id());
     let mut fleet: Vec<(String, Running)> = ["weir-k1", "weir-k2"]
         .iter()

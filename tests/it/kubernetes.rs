@@ -18,7 +18,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
 
 use common::wait_until;
-use k8s_sim::{Cluster, PodInfo, SimOptions, DELETION_COST};
+use k8s_sim::{Fleet, PodInfo, SimOptions, DELETION_COST};
 
 /// The watcher's selector for the default options' Service.
 const SELECTOR: &str = "kubernetes.io/service-name=app";
@@ -118,7 +118,7 @@ fn endpoints(slice: &EndpointSlice) -> Vec<Seen> {
 }
 
 /// Wait until exactly `n` pods exist and all are ready.
-async fn ready_pods(cluster: &Cluster, n: usize) -> Vec<PodInfo> {
+async fn ready_pods(cluster: &Fleet, n: usize) -> Vec<PodInfo> {
     let what = format!("{n} ready pods");
     wait_until(&what, || {
         let pods = cluster.pods();
@@ -142,7 +142,7 @@ fn api_status(e: kube::Error) -> kube::core::Status {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scale_subresource_starts_and_stops_real_pods() {
-    let cluster = Cluster::start(SimOptions::default());
+    let cluster = Fleet::start(SimOptions::default());
     let client = cluster.client().await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let scale = deployments.get_scale("app").await.unwrap();
@@ -206,7 +206,7 @@ async fn the_watcher_sees_pods_turn_ready_and_a_deleted_one_leave() {
         readiness_delay: Duration::from_millis(300),
         ..Default::default()
     };
-    let cluster = Cluster::start(options);
+    let cluster = Fleet::start(options);
     let watched = Watch::start(cluster.client().await);
     wait_until("one ready endpoint", || watched.get().ready() == 1).await;
 
@@ -247,7 +247,7 @@ async fn the_watcher_sees_pods_turn_ready_and_a_deleted_one_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_410_makes_the_watcher_relist_and_its_stream_carries_on() {
-    let cluster = Cluster::start(SimOptions::default());
+    let cluster = Fleet::start(SimOptions::default());
     let client = cluster.client().await;
     let watched = Watch::start(client.clone());
     wait_until("the watch open, one ready endpoint", || {
@@ -293,7 +293,7 @@ async fn a_410_makes_the_watcher_relist_and_its_stream_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denials_and_missing_objects_answer_as_an_apiserver_does() {
-    let cluster = Cluster::start(SimOptions::default());
+    let cluster = Fleet::start(SimOptions::default());
     let client = cluster.client().await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let params = PatchParams::default();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use k8s_sim::{Cluster, SimOptions};
+use k8s_sim::{Fleet, SimOptions};
 
 //
 // Everything below is weir talking to the simulated API server above: a real kube client in
@@ -22,7 +22,7 @@ use std::time::Instant;
 use weir::pool::WorkerState;
 
 /// A weir with one pool `app` on the simulated Deployment `app`.
-fn k8s_weir(sim: &Cluster, concurrency: u32, autoscale: &str) -> Weir {
+fn k8s_weir(sim: &Fleet, concurrency: u32, autoscale: &str) -> Weir {
     start_weir(
         "shutdown_grace = \"5s\"\n",
         &format!(
@@ -136,7 +136,7 @@ fn shipped_role() -> BTreeSet<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_scales_pods_1_to_3_to_1_and_the_drained_pods_are_the_deleted_ones() {
-    let sim = Cluster::start(SimOptions::default());
+    let sim = Fleet::start(SimOptions::default());
     let mut weir = k8s_weir(
         &sim,
         2,
@@ -195,7 +195,7 @@ async fn load_scales_pods_1_to_3_to_1_and_the_drained_pods_are_the_deleted_ones(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicas_change_made_outside_weir_is_a_manual_count() {
-    let sim = Cluster::start(SimOptions::default());
+    let sim = Fleet::start(SimOptions::default());
     let weir = k8s_weir(
         &sim,
         4,
@@ -227,7 +227,7 @@ async fn a_replicas_change_made_outside_weir_is_a_manual_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_watch_and_a_410_are_relisted_without_losing_the_pool() {
-    let sim = Cluster::start(SimOptions {
+    let sim = Fleet::start(SimOptions {
         replicas: 2,
         ..SimOptions::default()
     });
@@ -246,9 +246,9 @@ async fn a_closed_watch_and_a_410_are_relisted_without_losing_the_pool() {
     for (what, break_it) in [
         (
             "closed",
-            &(|sim: &Cluster| sim.close_watches()) as &dyn Fn(&Cluster),
+            &(|sim: &Fleet| sim.close_watches()) as &dyn Fn(&Fleet),
         ),
-        ("expired (410 Gone)", &|sim: &Cluster| sim.expire_watches()),
+        ("expired (410 Gone)", &|sim: &Fleet| sim.expire_watches()),
     ] {
         let watches = sim.watch_requests();
         break_it(&sim);
@@ -274,7 +274,7 @@ async fn a_closed_watch_and_a_410_are_relisted_without_losing_the_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_scale_is_a_clear_error_a_503_and_a_readyz_reason() {
-    let sim = Cluster::start(SimOptions {
+    let sim = Fleet::start(SimOptions {
         replicas: 0,
         ..SimOptions::default()
     });
@@ -301,7 +301,7 @@ async fn a_denied_scale_is_a_clear_error_a_503_and_a_readyz_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_that_refuses_leaves_serving_on_the_known_pods() {
-    let sim = Cluster::start(SimOptions {
+    let sim = Fleet::start(SimOptions {
         replicas: 2,
         ..SimOptions::default()
     });
@@ -366,7 +366,7 @@ async fn an_api_that_refuses_leaves_serving_on_the_known_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_api_server_is_a_clear_failure_not_a_hang() {
-    let sim = Cluster::start(SimOptions::default());
+    let sim = Fleet::start(SimOptions::default());
     // A kubeconfig like the simulation's, pointing at a port nothing listens on.
     let dead = dead_addr();
     let text = std::fs::read_to_string(sim.kubeconfig())
@@ -398,7 +398,7 @@ async fn an_unreachable_api_server_is_a_clear_failure_not_a_hang() {
 
 #[test]
 fn a_deployment_that_an_hpa_scales_is_refused_at_start() {
-    let sim = Cluster::start(SimOptions::default());
+    let sim = Fleet::start(SimOptions::default());
     sim.add_hpa("app-hpa", "app");
     let config = temp_path("k8s-hpa.toml");
     std::fs::write(
@@ -426,7 +426,7 @@ fn a_deployment_that_an_hpa_scales_is_refused_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_deployment_is_a_clear_reason_and_a_failed_launch() {
-    let sim = Cluster::start(SimOptions {
+    let sim = Fleet::start(SimOptions {
         replicas: 0,
         ..SimOptions::default()
     });

@@ -11,7 +11,7 @@
 //! - `server`: the HTTP API: routing, denials, patches, lists and watches.
 //!
 //! The simulation runs on a thread and runtime of its own, so its handles are plain functions
-//! usable from any test, and dropping the [`Cluster`] stops everything however the test ends.
+//! usable from any test, and dropping the [`Fleet`] stops everything however the test ends.
 #![allow(dead_code)]
 
 mod objects;
@@ -78,7 +78,7 @@ pub struct PodInfo {
 }
 
 /// A running simulated cluster; dropping it kills its pods and stops its server.
-pub struct Cluster {
+pub struct Fleet {
     sim: Arc<Sim>,
     url: String,
     kubeconfig: PathBuf,
@@ -86,9 +86,9 @@ pub struct Cluster {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Cluster {
+impl Fleet {
     /// Start the API server and the Deployment's initial pods (not waiting for them).
-    pub fn start(options: SimOptions) -> Cluster {
+    pub fn start(options: SimOptions) -> Fleet {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -105,7 +105,7 @@ impl Cluster {
             sim.lock().seq
         ));
         sim.reconcile();
-        Cluster {
+        Fleet {
             sim,
             url,
             kubeconfig,
@@ -164,7 +164,7 @@ impl Cluster {
         st.pods.iter().map(|p| p.info(st.opts.port)).collect()
     }
 
-    /// The pods the ReplicaSet (or [`Cluster::delete_pod`]) deleted so far, in order.
+    /// The pods the ReplicaSet (or [`Fleet::delete_pod`]) deleted so far, in order.
     pub fn deleted_pods(&self) -> Vec<String> {
         self.sim.lock().deleted.clone()
     }
@@ -187,7 +187,7 @@ impl Cluster {
         self.sim.lock().denied.insert(rule);
     }
 
-    /// Undo [`Cluster::deny`].
+    /// Undo [`Fleet::deny`].
     pub fn allow(&self, verb: &str, resource: &str) {
         let rule = (verb.to_string(), resource.to_string());
         self.sim.lock().denied.remove(&rule);
@@ -235,7 +235,7 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for Fleet {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

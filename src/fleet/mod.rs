@@ -5,6 +5,9 @@
 //! each worker's cap (shares.rs). While Redis does not answer, instances keep serving with what
 //! they know, nobody leads (so nobody launches or releases), and `/readyz` says why; when it is
 //! back, even empty, the next heartbeat rebuilds the shared state.
+//!
+//! The code says fleet throughout; `cluster` stays only where operators already type it: the
+//! `[cluster]` table, `GET /api/v1/cluster`, `weir cluster` and the `weir_cluster_*` metrics.
 
 mod lease;
 mod members;
@@ -39,7 +42,7 @@ const NUDGE_GAP: Duration = Duration::from_millis(20);
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// This instance's membership in the fleet.
-pub struct Cluster {
+pub struct Fleet {
     name: String,
     admin: String,
     url: String,
@@ -102,7 +105,7 @@ pub struct OthersLoad {
 
 /// `GET /api/v1/cluster`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterView {
+pub struct FleetView {
     /// This instance.
     pub name: String,
     /// The leader's name, if there is one.
@@ -111,7 +114,7 @@ pub struct ClusterView {
     pub instances: Vec<InstanceView>,
 }
 
-/// One instance in [`ClusterView`].
+/// One instance in [`FleetView`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceView {
     /// Its name.
@@ -128,12 +131,12 @@ pub struct InstanceView {
     pub queued: u64,
 }
 
-impl Cluster {
+impl Fleet {
     /// This instance's membership per `config`; `admin` is what the others see of it.
     pub fn new(config: &ClusterConfig, admin: std::net::SocketAddr) -> Arc<Self> {
         let name = config.name.clone().unwrap_or_else(default_name);
         let ttl = config.lease_ttl.get();
-        Arc::new(Cluster {
+        Arc::new(Fleet {
             lease: Lease::new(&config.prefix, &name, ttl),
             registry: Registry::new(&config.prefix, ttl),
             members: MemberBook::new(&config.prefix, (ttl * 10).max(Duration::from_secs(30))),
@@ -171,10 +174,10 @@ impl Cluster {
     }
 
     /// The fleet as last read.
-    pub fn view(&self) -> ClusterView {
+    pub fn view(&self) -> FleetView {
         let state = self.state();
         let now = unix_ms();
-        ClusterView {
+        FleetView {
             name: self.name.clone(),
             leader: state.leader.clone(),
             instances: state
