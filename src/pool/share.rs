@@ -2,7 +2,7 @@
 //! shares add up to the cap and no worker ever sees more than it from all instances together.
 //! Shares move safely when the fleet changes: an instance shrinks at once, takes a larger
 //! share only once every other instance has shrunk to the same fleet, and a newcomer takes
-//! nothing until the others count it (the cluster decides the place, see `cluster::shares`).
+//! nothing until the others count it (the fleet decides the place, see `fleet::shares`).
 
 use super::UNLIMITED;
 
