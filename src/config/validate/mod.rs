@@ -91,6 +91,16 @@ fn overlaps(admin: SocketAddr, listener: SocketAddr) -> bool {
         || (admin.ip() == std::net::Ipv6Addr::UNSPECIFIED && listener.is_ipv4())
 }
 
+/// How a table's check reports a problem: the key at fault and why, from `origin`.
+fn failing(origin: &str) -> impl Fn(String, String) -> ConfigError + '_ {
+    move |key, message| ConfigError {
+        origin: origin.to_string(),
+        line: None,
+        key,
+        message,
+    }
+}
+
 /// Semantic checks the type system cannot express, one config table at a time. Values were
 /// parsed when the file was read (see [`crate::values`]); what is left is how they relate.
 pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
@@ -109,12 +119,7 @@ pub(super) fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
 
 /// `[server]`.
 fn check_server(config: &Config, origin: &str) -> Result<(), ConfigError> {
-    let fail = |key: String, message: String| ConfigError {
-        origin: origin.to_string(),
-        line: None,
-        key,
-        message,
-    };
+    let fail = failing(origin);
     if config.server.max_connections == 0 {
         return Err(fail(
             "server.max_connections".into(),
@@ -168,12 +173,7 @@ fn check_server(config: &Config, origin: &str) -> Result<(), ConfigError> {
 
 /// `[upstream]`.
 fn check_upstream(config: &Config, origin: &str) -> Result<(), ConfigError> {
-    let fail = |key: String, message: String| ConfigError {
-        origin: origin.to_string(),
-        line: None,
-        key,
-        message,
-    };
+    let fail = failing(origin);
     for (key, value) in [
         ("upstream.connect_timeout", config.upstream.connect_timeout),
         (
@@ -213,12 +213,7 @@ fn check_upstream(config: &Config, origin: &str) -> Result<(), ConfigError> {
 
 /// `[admin]`: its address, which the listeners must not overlap.
 fn check_admin(config: &Config, origin: &str) -> Result<SocketAddr, ConfigError> {
-    let fail = |key: String, message: String| ConfigError {
-        origin: origin.to_string(),
-        line: None,
-        key,
-        message,
-    };
+    let fail = failing(origin);
     if config.admin.max_connections == 0 {
         return Err(fail(
             "admin.max_connections".into(),
@@ -241,12 +236,7 @@ fn check_admin(config: &Config, origin: &str) -> Result<SocketAddr, ConfigError>
 
 /// `[[listeners]]`.
 fn check_listeners(config: &Config, admin: SocketAddr, origin: &str) -> Result<(), ConfigError> {
-    let fail = |key: String, message: String| ConfigError {
-        origin: origin.to_string(),
-        line: None,
-        key,
-        message,
-    };
+    let fail = failing(origin);
     if config.listeners.is_empty() {
         return Err(fail(
             "listeners".into(),
@@ -290,12 +280,7 @@ fn check_listeners(config: &Config, admin: SocketAddr, origin: &str) -> Result<(
 
 /// `[[routes]]`.
 fn check_routes(config: &Config, origin: &str) -> Result<(), ConfigError> {
-    let fail = |key: String, message: String| ConfigError {
-        origin: origin.to_string(),
-        line: None,
-        key,
-        message,
-    };
+    let fail = failing(origin);
     if config.routes.is_empty() {
         return Err(fail(
             "routes".into(),
@@ -340,12 +325,7 @@ fn check_routes(config: &Config, origin: &str) -> Result<(), ConfigError> {
 
 /// `[[alerts]]`.
 fn check_alerts(config: &Config, origin: &str) -> Result<(), ConfigError> {
-    let fail = |key: String, message: String| ConfigError {
-        origin: origin.to_string(),
-        line: None,
-        key,
-        message,
-    };
+    let fail = failing(origin);
     for (i, alert) in config.alerts.iter().enumerate() {
         let key = format!("alerts[{i}]");
         if alert.kind == super::AlertKind::LatencyP99 && alert.latency.is_none() {
@@ -374,12 +354,7 @@ fn check_alerts(config: &Config, origin: &str) -> Result<(), ConfigError> {
 
 /// `[cluster]`, and what it asks of every pool.
 fn check_cluster(config: &Config, origin: &str) -> Result<(), ConfigError> {
-    let fail = |key: String, message: String| ConfigError {
-        origin: origin.to_string(),
-        line: None,
-        key,
-        message,
-    };
+    let fail = failing(origin);
     if let Some(cluster) = &config.cluster {
         if !cluster.redis.starts_with("redis://") {
             return Err(fail(

@@ -3,17 +3,12 @@
 
 use std::collections::HashSet;
 
-use super::ConfigError;
+use super::{failing, ConfigError};
 use crate::config::{AutoscaleConfig, HealthConfig, PoolConfig, ProviderConfig};
 
 /// `[pools.NAME]`.
 pub(super) fn check_pool(name: &str, pool: &PoolConfig, origin: &str) -> Result<(), ConfigError> {
-    let fail = |key: String, message: String| ConfigError {
-        origin: origin.to_string(),
-        line: None,
-        key,
-        message,
-    };
+    let fail = failing(origin);
     if name.is_empty()
         || !name
             .chars()
