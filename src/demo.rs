@@ -62,6 +62,15 @@ impl DemoOptions {
 
 type DemoBody = BoxBody<Bytes, hyper::Error>;
 
+/// One answer in progress, counted in `busy` until dropped.
+struct Answering<'a>(&'a AtomicUsize, usize);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::SeqCst);
+    }
+}
+
 /// Serve on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, options: DemoOptions) {
     let options = Arc::new(options);
@@ -88,8 +97,10 @@ pub async fn serve(listener: TcpListener, options: DemoOptions) {
                     let probe = req.uri().path() == "/hello";
                     let step = usize::from(!probe);
                     let concurrent = options.busy.fetch_add(step, Ordering::SeqCst) + step;
+                    // Counted off when the answer is done or dropped: a client that goes away
+                    // mid-answer (a proxy killed) must not stay counted for ever.
+                    let _answering = Answering(&options.busy, step);
                     let mut response = respond(req, &options).await;
-                    options.busy.fetch_sub(step, Ordering::SeqCst);
                     let headers = response.headers_mut();
                     headers.insert("x-served-by", name);
                     headers.insert("x-concurrent", HeaderValue::from(concurrent));

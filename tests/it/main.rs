@@ -3,13 +3,15 @@
 //! Docker Engine, redis-server, chromium; the Kubernetes API server alone is simulated, in
 //! `k8s_sim`). Helpers: `common` (starting weir in-process or as a process, clients, demo
 //! workers, conditions with deadlines), `browser` (headless Chromium over the DevTools
-//! protocol), `k8s_sim` (the simulated API server).
+//! protocol), `hosts` (weir instances and Redis as containers on networks the test makes),
+//! `k8s_sim` (the simulated API server).
 //!
 //! One process runs them all, so what is process-wide is shared: metrics are labelled by
 //! route and pool, and tests that read a series use names no other test uses.
 
 mod browser;
 mod common;
+mod hosts;
 mod k8s_sim;
 
 mod admin;
@@ -23,6 +25,7 @@ mod dashboard;
 mod docker;
 mod failure_records;
 mod fleet;
+mod fleet_hosts;
 mod forwarded;
 mod give_way;
 mod health_queue;

@@ -1,0 +1,298 @@
+//! The fleet as hosts of their own (see `hosts`): three weir containers on two networks,
+//! `ctl` (Redis and the weirs) and `data` (the weirs and the worker containers the leader
+//! launches), load from this test at every instance, and faults made with the engine.
+
+use crate::hosts::{self, Answer, Container, Net};
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Each worker's cap.
+const WORKER_CAP: u32 = 2;
+/// How long a lease lasts.
+const LEASE_TTL: Duration = Duration::from_secs(2);
+/// How long the fleet may take to form: containers starting, an election, workers launched.
+const FORMING: Duration = Duration::from_secs(60);
+
+/// A fleet of `count` weirs over one pool of two Docker workers.
+/// Fields drop in order: the containers before the networks they are on.
+struct Fleet {
+    tag: String,
+    weirs: Vec<Container>,
+    /// Held for its lifetime (removed on drop).
+    #[allow(dead_code)]
+    redis: Container,
+    /// The network of Redis and the weirs.
+    #[allow(dead_code)]
+    ctl: Net,
+    data: Net,
+}
+
+impl Fleet {
+    fn start(test: &str, count: usize) -> Fleet {
+        let tag = hosts::tag(test);
+        let ctl = Net::create(format!("{tag}-ctl"));
+        let data = Net::create(format!("{tag}-data"));
+        let redis = hosts::redis(format!("{tag}-redis"), &ctl);
+        let redis_ip = redis.ip_on(&ctl);
+        let weirs = (1..=count)
+            .map(|n| {
+                let config = format!(
+                    r#"[server]
+shutdown_grace = "2s"
+[admin]
+listen = "0.0.0.0:{admin}"
+token = "{token}"
+[[listeners]]
+listen = "0.0.0.0:{proxy}"
+[cluster]
+redis = "redis://{redis_ip}:6379/0"
+name = "w{n}"
+prefix = "{tag}"
+lease_ttl = "{ttl}s"
+[[routes]]
+pool = "{tag}"
+[pools.{tag}]
+worker_concurrency = {WORKER_CAP}
+provider = {{ kind = "docker", image = "{image}", port = 8080, network = "{data}", pull = "never", stop_grace = "2s" }}
+health = {{ path = "/hello", interval = "200ms" }}
+[pools.{tag}.autoscale]
+min_workers = 2
+max_workers = 2
+"#,
+                    admin = hosts::ADMIN_PORT,
+                    token = hosts::TOKEN,
+                    proxy = hosts::PROXY_PORT,
+                    ttl = LEASE_TTL.as_secs(),
+                    image = crate::common::IMAGE,
+                    data = data.name,
+                );
+                hosts::weir(format!("{tag}-w{n}"), &config, &[&ctl, &data])
+            })
+            .collect();
+        Fleet {
+            tag,
+            weirs,
+            redis,
+            ctl,
+            data,
+        }
+    }
+
+    /// Where the test reaches weir `i`: its address on `data`, which partitions of `ctl`
+    /// leave alone.
+    fn proxy(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.weirs[i].ip_on(&self.data), hosts::PROXY_PORT)
+    }
+
+    fn admin(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.weirs[i].ip_on(&self.data), hosts::ADMIN_PORT)
+    }
+
+    /// The leader every instance in `alive` names, once they agree, see `alive.len()`
+    /// instances and list the leader among them.
+    async fn agreed_leader(&self, alive: &[usize], within: Duration) -> String {
+        let admins: Vec<SocketAddr> = alive.iter().map(|&i| self.admin(i)).collect();
+        let want = alive.len();
+        hosts::eventually("one leader all instances agree on", within, || {
+            let admins = admins.clone();
+            async move {
+                let mut leaders = Vec::new();
+                for admin in admins {
+                    let view = hosts::admin_json(admin, "/api/v1/cluster").await?;
+                    let instances = view["instances"].as_array()?;
+                    let leader = view["leader"].as_str()?.to_string();
+                    // A crashed leader's lease can outlive its report by a beat.
+                    let listed = instances.iter().any(|i| i["name"] == leader.as_str());
+                    if instances.len() != want || !listed {
+                        return None;
+                    }
+                    leaders.push(leader);
+                }
+                leaders.dedup();
+                (leaders.len() == 1).then(|| leaders.remove(0))
+            }
+        })
+        .await
+    }
+
+    /// The ids of the ready workers instance `i` routes to, once there are `n`.
+    async fn ready_workers(&self, i: usize, n: usize) -> Vec<String> {
+        let admin = self.admin(i);
+        hosts::eventually("the pool's workers ready", FORMING, || async move {
+            let workers = hosts::admin_json(admin, "/api/v1/workers").await?;
+            let mut ready: Vec<String> = workers
+                .as_array()?
+                .iter()
+                .filter(|w| w["state"] == "ready")
+                .filter_map(|w| w["id"].as_str().map(str::to_string))
+                .collect();
+            ready.sort();
+            (ready.len() == n).then_some(ready)
+        })
+        .await
+    }
+
+    fn logs(&self) -> String {
+        self.weirs
+            .iter()
+            .map(|w| format!("--- {}\n{}", w.name, w.logs()))
+            .collect()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // The weirs first (a killed one leaves its workers), then the workers; the fields
+        // then drop in order (Redis, then the networks).
+        self.weirs.clear();
+        hosts::remove_workers(&self.tag);
+    }
+}
+
+/// What the clients at one instance saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Answers from a worker that was answering more than its cap at once.
+    over_cap: AtomicU64,
+    /// The first failure, for the message.
+    first_failure: std::sync::Mutex<Option<String>>,
+    /// When answers came over the cap, first and last.
+    over_cap_between: std::sync::Mutex<Option<(Instant, Instant)>>,
+}
+
+impl Tally {
+    fn count(&self, answer: Result<Answer, String>) {
+        match answer {
+            Ok(a) if a.status == 200 => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                if a.concurrent.is_some_and(|c| c > WORKER_CAP) {
+                    self.over_cap.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    let mut between = self.over_cap_between.lock().unwrap();
+                    let first = between.map_or(now, |(first, _)| first);
+                    *between = Some((first, now));
+                }
+            }
+            other => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_failure.lock().unwrap();
+                if first.is_none() {
+                    *first = Some(format!("{other:?}"));
+                }
+            }
+        }
+    }
+
+    /// What it saw; times are relative to `mark` (a fault), negative before it.
+    fn summary(&self, mark: Instant) -> String {
+        let relative = |t: Instant| {
+            if t >= mark {
+                format!("+{:?}", t - mark)
+            } else {
+                format!("-{:?}", mark - t)
+            }
+        };
+        let over = self
+            .over_cap_between
+            .lock()
+            .unwrap()
+            .map(|(a, b)| format!(" from {} to {}", relative(a), relative(b)))
+            .unwrap_or_default();
+        format!(
+            "ok {} failed {} over cap {}{over} (first failure: {:?})",
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.over_cap.load(Ordering::Relaxed),
+            self.first_failure.lock().unwrap()
+        )
+    }
+}
+
+/// `clients` loops at `proxy` asking for a 50 ms answer until `running` flips.
+fn load(proxy: SocketAddr, clients: usize, running: &Arc<AtomicBool>) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    for _ in 0..clients {
+        let tally = Arc::clone(&tally);
+        let running = Arc::clone(running);
+        tokio::spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                let answer =
+                    hosts::fetch(proxy, "/?delay=50ms", None, Duration::from_secs(10)).await;
+                tally.count(answer);
+            }
+        });
+    }
+    tally
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill() {
+    let test = "three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill";
+    if !hosts::ready(test) {
+        return;
+    }
+    let fleet = Fleet::start(test, 3);
+    let leader = fleet.agreed_leader(&[0, 1, 2], FORMING).await;
+    let workers = fleet.ready_workers(0, 2).await;
+    for i in 1..3 {
+        assert_eq!(
+            fleet.ready_workers(i, 2).await,
+            workers,
+            "one set of workers"
+        );
+    }
+    let leader_index = (0..3)
+        .find(|&i| fleet.weirs[i].name.ends_with(&format!("-{leader}")))
+        .unwrap_or_else(|| panic!("leader {leader} is one of the weirs"));
+
+    // 4 clients at each instance: 12 clients over 2 workers of cap 2, so requests queue and
+    // each instance keeps to its share.
+    let running = Arc::new(AtomicBool::new(true));
+    let tallies: Vec<Arc<Tally>> = (0..3).map(|i| load(fleet.proxy(i), 4, &running)).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The leader crashes; the others elect a new one and go on serving.
+    fleet.weirs[leader_index].kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader_index).collect();
+    let new_leader = fleet.agreed_leader(&survivors, LEASE_TTL * 5).await;
+    let failover = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    running.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let report: Vec<String> = (0..3)
+        .map(|i| format!("{}: {}", fleet.weirs[i].name, tallies[i].summary(killed_at)))
+        .collect();
+    eprintln!("failover to {new_leader} after {failover:?}; {report:?}");
+    assert_ne!(new_leader, leader);
+    assert!(
+        failover <= LEASE_TTL * 3,
+        "a new leader {failover:?} after the kill (lease {LEASE_TTL:?}); {report:?}"
+    );
+    for (i, tally) in tallies.iter().enumerate() {
+        assert_eq!(
+            tally.over_cap.load(Ordering::Relaxed),
+            0,
+            "a worker answered more than {WORKER_CAP} at once: {report:?}"
+        );
+        if i != leader_index {
+            assert_eq!(
+                tally.failed.load(Ordering::Relaxed),
+                0,
+                "failed requests at a surviving instance: {report:?}\n{}",
+                fleet.logs()
+            );
+            assert!(tally.ok.load(Ordering::Relaxed) > 20, "{report:?}");
+        }
+    }
+    // No relaunch: the survivors still route to the same two workers.
+    for &i in &survivors {
+        assert_eq!(fleet.ready_workers(i, 2).await, workers, "the same workers");
+    }
+}
