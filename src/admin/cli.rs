@@ -251,7 +251,8 @@ pub fn activity_table(events: &[ActivityView]) -> String {
     table(&["AT", "POOL", "ACTION", "SIZE", "REASON"], &rows, 80)
 }
 
-/// `weir cluster`: the fleet's instances, the leader marked.
+/// `weir cluster`: the fleet's instances, the leader marked, with each one's share of every
+/// pool (requests it may have in flight over the pool's workers).
 pub fn cluster_table(view: &crate::fleet::FleetView) -> String {
     let rows: Vec<Vec<String>> = view
         .instances
@@ -264,6 +265,11 @@ pub fn cluster_table(view: &crate::fleet::FleetView) -> String {
                 format!("{}ms", i.last_seen_ms),
                 i.in_flight.to_string(),
                 i.queued.to_string(),
+                i.shares
+                    .iter()
+                    .map(|(pool, share)| format!("{pool}={share}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]
         })
         .collect();
@@ -272,7 +278,15 @@ pub fn cluster_table(view: &crate::fleet::FleetView) -> String {
         "this instance: {}; leader: {leader}\n{}",
         view.name,
         table(
-            &["NAME", "ROLE", "ADMIN", "LAST SEEN", "IN-FLIGHT", "QUEUED"],
+            &[
+                "NAME",
+                "ROLE",
+                "ADMIN",
+                "LAST SEEN",
+                "IN-FLIGHT",
+                "QUEUED",
+                "SHARES"
+            ],
             &rows,
             80
         )

@@ -133,6 +133,10 @@ pub struct ClusterConfig {
     /// leader after the old one died.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: Dur,
+    /// The admin address the other instances (and operators) reach this one at, "IP:PORT";
+    /// default: `admin.listen` when it names an IP, else the local address of this host
+    /// toward Redis with `admin.listen`'s port.
+    pub advertise: Option<Address>,
 }
 
 fn default_cluster_prefix() -> String {

@@ -44,7 +44,10 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// This instance's membership in the fleet.
 pub struct Fleet {
     name: String,
-    admin: String,
+    /// The admin address the others see of this instance (`[cluster] advertise`, or learned).
+    admin: arc_swap::ArcSwap<String>,
+    /// The port to advertise with a learned IP; `None` once the address is fixed.
+    learn_admin_ip: Option<u16>,
     url: String,
     lease: Lease,
     registry: Registry,
@@ -129,11 +132,25 @@ pub struct InstanceView {
     pub in_flight: u64,
     /// Requests waiting in its queues, all pools.
     pub queued: u64,
+    /// The fleet (sorted names) whose division of every worker's cap it keeps to.
+    #[serde(default)]
+    pub fleet: Vec<String>,
+    /// Per pool, how many requests it may have in flight over all the pool's workers: the
+    /// sum of its shares of their caps (absent for a pool without a cap).
+    #[serde(default)]
+    pub shares: BTreeMap<String, u64>,
 }
 
 impl Fleet {
-    /// This instance's membership per `config`; `admin` is what the others see of it.
+    /// This instance's membership per `config`; `admin` is the admin listener's address.
+    /// The others see `[cluster] advertise`, else `admin` when it names an IP, else this
+    /// host's address toward Redis (learned at each new connection) with `admin`'s port.
     pub fn new(config: &ClusterConfig, admin: std::net::SocketAddr) -> Arc<Self> {
+        let (advertised, learn_admin_ip) = match config.advertise {
+            Some(fixed) => (fixed.get(), None),
+            None if !admin.ip().is_unspecified() => (admin, None),
+            None => (admin, Some(admin.port())),
+        };
         let name = config.name.clone().unwrap_or_else(default_name);
         let ttl = config.lease_ttl.get();
         Arc::new(Fleet {
@@ -149,9 +166,35 @@ impl Fleet {
             }),
             redis: tokio::sync::Mutex::new(None),
             nudge: tokio::sync::Notify::new(),
-            admin: admin.to_string(),
+            admin: arc_swap::ArcSwap::from_pointee(advertised.to_string()),
+            learn_admin_ip,
             name,
         })
+    }
+
+    /// The admin address the others see of this instance.
+    pub fn advertised(&self) -> String {
+        self.admin.load().as_ref().clone()
+    }
+
+    /// With no address to advertise configured: this host's address on the way to Redis
+    /// (what the others, who reach Redis too, most likely reach it at), with the admin port.
+    async fn learn_advertised(&self) {
+        let Some(port) = self.learn_admin_ip else {
+            return;
+        };
+        match local_ip_toward(&self.url).await {
+            Ok(ip) => {
+                let addr = std::net::SocketAddr::new(ip, port).to_string();
+                if **self.admin.load() != addr {
+                    info!(admin = %addr, "advertising this instance's admin API at the address it reaches redis from");
+                    self.admin.store(Arc::new(addr));
+                }
+            }
+            Err(e) => {
+                warn!(redis = %self.url, error = %e, "cannot tell this host's address toward redis; set [cluster] advertise")
+            }
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -190,6 +233,12 @@ impl Fleet {
                     last_seen_ms: now.saturating_sub(r.at_ms),
                     in_flight: r.pools.values().map(|p| p.in_flight).sum(),
                     queued: r.pools.values().map(|p| p.queued).sum(),
+                    fleet: r.fleet.clone(),
+                    shares: r
+                        .pools
+                        .iter()
+                        .filter_map(|(name, p)| p.share.map(|s| (name.clone(), s)))
+                        .collect(),
                 })
                 .collect(),
         }
@@ -412,6 +461,8 @@ impl Fleet {
             .await
             .map_err(|e| e.to_string())?;
         *guard = Some(manager.clone());
+        drop(guard);
+        self.learn_advertised().await;
         Ok(manager)
     }
 
@@ -536,6 +587,7 @@ impl Fleet {
                     queued: pool.waiting() as u64,
                     ..PoolReport::default()
                 };
+                let mut share = Some(0u64);
                 for w in pool.workers().iter() {
                     let in_flight = w.in_flight();
                     let load = WorkerLoad {
@@ -543,10 +595,15 @@ impl Fleet {
                         served: w.served(),
                     };
                     report.workers.insert(w.name.clone(), load);
+                    share = match w.max_in_flight() {
+                        crate::pool::UNLIMITED => None,
+                        cap => share.map(|s| s + u64::from(cap)),
+                    };
                     if w.state() == WorkerState::Draining {
                         report.draining.insert(w.name.clone(), in_flight);
                     }
                 }
+                report.share = share;
                 (name.clone(), report)
             })
             .collect();
@@ -562,7 +619,7 @@ impl Fleet {
         };
         Report {
             name: self.name.clone(),
-            admin: self.admin.clone(),
+            admin: self.advertised(),
             leader,
             at_ms: unix_ms(),
             pools,
@@ -598,6 +655,34 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The local IP this host sends from toward the Redis of `url` (a connected UDP socket: no
+/// packet is sent; the kernel picks the route and its source address).
+async fn local_ip_toward(url: &str) -> Result<std::net::IpAddr, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let (host, port) = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        _ => return Err("redis is reached over a unix socket".into()),
+    };
+    let target = tokio::time::timeout(
+        REDIS_TIMEOUT,
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| format!("resolving {host} took over {REDIS_TIMEOUT:?}"))?
+    .map_err(|e| e.to_string())?
+    .next()
+    .ok_or_else(|| format!("{host} resolves to no address"))?;
+    let unspecified: std::net::SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(unspecified).map_err(|e| e.to_string())?;
+    socket.connect(target).map_err(|e| e.to_string())?;
+    Ok(socket.local_addr().map_err(|e| e.to_string())?.ip())
 }
 
 /// hostname:pid, the name an instance has unless the config gives one.

@@ -28,6 +28,10 @@ pub struct PoolReport {
     /// in flight on each: the leader releases a victim once every instance lists it with 0.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub draining: BTreeMap<String, u32>,
+    /// How many requests this instance may have in flight over all the pool's workers (the
+    /// sum of its shares of their caps); `None` for a pool without a cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<u64>,
 }
 
 /// One worker's load from one instance.

@@ -25,7 +25,6 @@ struct Fleet {
     #[allow(dead_code)]
     redis: Container,
     /// The network of Redis and the weirs.
-    #[allow(dead_code)]
     ctl: Net,
     data: Net,
 }
@@ -244,6 +243,33 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
             fleet.ready_workers(i, 2).await,
             workers,
             "one set of workers"
+        );
+    }
+    // Each instance is shown at the address it reaches Redis from (its address on ctl,
+    // learned: admin.listen is 0.0.0.0), and the shares of the pool add up to its workers'
+    // caps.
+    let view = hosts::eventually("every instance's share reported", FORMING, || async {
+        let view = hosts::admin_json(fleet.admin(0), "/api/v1/cluster").await?;
+        let total: u64 = view["instances"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["shares"][&fleet.tag].as_u64())
+            .sum();
+        (total == 2 * u64::from(WORKER_CAP)).then_some(view)
+    })
+    .await;
+    for i in 0..3 {
+        let name = format!("w{}", i + 1);
+        let shown = view["instances"]
+            .as_array()
+            .and_then(|all| all.iter().find(|v| v["name"] == name.as_str()))
+            .unwrap_or_else(|| panic!("{name} in {view}"));
+        let expected = format!("{}:{}", fleet.weirs[i].ip_on(&fleet.ctl), hosts::ADMIN_PORT);
+        assert_eq!(shown["admin"], expected.as_str(), "{view}");
+        assert_eq!(
+            shown["fleet"],
+            serde_json::json!(["w1", "w2", "w3"]),
+            "{view}"
         );
     }
     let leader_index = (0..3)

@@ -324,15 +324,21 @@ function renderFleet(cluster) {
     $("instances").tBodies[0],
     cluster.instances,
     (i) => i.name,
-    () => el("tr", {}, el("td"), el("td"), el("td"), el("td"), el("td", { class: "num" }), el("td", { class: "num" })),
+    () => el("tr", {}, el("td"), el("td"), el("td"), el("td"), el("td", { class: "num" }), el("td", { class: "num" }), el("td")),
     (row, i) => {
-      const [name, role, admin, seen, inFlight, queued] = cells(row);
+      const [name, role, admin, seen, inFlight, queued, shares] = cells(row);
       setText(name, i.name === cluster.name ? `${i.name} (this one)` : i.name);
       setText(role, i.leader ? "leader" : "follower");
       setText(admin, i.admin);
       setText(seen, `${(i.last_seen_ms / 1000).toFixed(1)} s ago`);
       setText(inFlight, i.in_flight);
       setText(queued, i.queued);
+      setText(
+        shares,
+        Object.entries(i.shares || {})
+          .map(([pool, share]) => `${pool} ${share}`)
+          .join(", "),
+      );
     },
   );
 }

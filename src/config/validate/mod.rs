@@ -381,6 +381,15 @@ fn check_cluster(config: &Config, origin: &str) -> Result<(), ConfigError> {
                 "must be a non-empty name without '|'".into(),
             ));
         }
+        if let Some(advertise) = cluster.advertise {
+            let addr = advertise.get();
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(fail(
+                    "cluster.advertise".into(),
+                    format!("{addr}: needs the IP and port the other instances reach this one's admin API at, e.g. \"10.0.0.5:9901\""),
+                ));
+            }
+        }
         if cluster.lease_ttl.get() < std::time::Duration::from_secs(1) {
             return Err(fail(
                 "cluster.lease_ttl".into(),
@@ -728,6 +737,21 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
         assert!(err(&with("redis = \"redis://x\"\nlease_ttl = \"100ms\""))
             .contains("cluster.lease_ttl"));
         assert!(err(&with("redis = \"redis://x\"\nprefix = \"\"")).contains("cluster.prefix"));
+        for bad in ["0.0.0.0:9901", "10.0.0.5:0", "host:9901"] {
+            let e = err(&with(&format!(
+                "redis = \"redis://x\"\nadvertise = \"{bad}\""
+            )));
+            assert!(e.contains("cluster.advertise"), "{bad}: {e}");
+        }
+        let advertised = parse(
+            &with("redis = \"redis://x\"\nadvertise = \"10.0.0.5:9901\""),
+            "weir.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            advertised.cluster.unwrap().advertise.map(|a| a.to_string()),
+            Some("10.0.0.5:9901".into())
+        );
         let process = BASE.replace(
             "provider = { kind = \"static\", addresses = [\"127.0.0.1:3001\"] }",
             "provider = { kind = \"process\", command = [\"w\"] }",
