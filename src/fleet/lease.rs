@@ -12,23 +12,34 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 /// Take the lease if nobody holds it: returns the new fencing token, or 0 when taken.
-const ACQUIRE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
-return token
-";
-
-/// Extend the lease if it is still ours: 1, else 0.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+/// Lua: `hold(key, fence, name, held, ttl)` renews the lease when `held` is still its value,
+/// else takes it when nobody holds it (with the next fencing token), and returns the value
+/// now held by this instance, or '' when another holds it. One text for the lease's own
+/// script and the heartbeat's ([`super::beat`]), so the rule lives once.
+macro_rules! hold_lua {
+    () => {
+        r"
+local function hold(key, fence, name, held, ttl)
+  if held ~= '' and redis.call('GET', key) == held then
+    redis.call('PEXPIRE', key, ttl)
+    return held
+  end
+  if redis.call('EXISTS', key) == 1 then return '' end
+  local token = redis.call('INCR', fence)
+  local value = name .. '|' .. token
+  redis.call('SET', key, value, 'PX', ttl)
+  return value
 end
-return 0
-";
+"
+    };
+}
+pub(super) use hold_lua;
 
-/// Whether the lease is ours with at least ARGV[2] ms left: 1, else 0.
+const HOLD: &str = concat!(
+    hold_lua!(),
+    "return hold(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
+);
+
 const FENCE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then return 0 end
@@ -47,8 +58,7 @@ pub struct Lease {
     fence_key: String,
     name: String,
     ttl: Duration,
-    acquire: Script,
-    renew: Script,
+    hold: Script,
     fence: Script,
     resign: Script,
 }
@@ -62,6 +72,14 @@ pub struct Held {
     pub token: u64,
 }
 
+impl Held {
+    /// The lease value `name|token` this instance holds; `None` for '' (held by another).
+    pub(super) fn from_value(value: String) -> Option<Held> {
+        let token = value.rsplit_once('|')?.1.parse().ok()?;
+        Some(Held { value, token })
+    }
+}
+
 impl Lease {
     /// The lease of fleet `prefix` as instance `name` sees it.
     pub fn new(prefix: &str, name: &str, ttl: Duration) -> Self {
@@ -70,8 +88,7 @@ impl Lease {
             fence_key: format!("{prefix}:fence"),
             name: name.to_string(),
             ttl,
-            acquire: Script::new(ACQUIRE),
-            renew: Script::new(RENEW),
+            hold: Script::new(HOLD),
             fence: Script::new(FENCE),
             resign: Script::new(RESIGN),
         }
@@ -87,33 +104,18 @@ impl Lease {
         redis: &mut ConnectionManager,
         held: Option<&Held>,
     ) -> redis::RedisResult<Option<Held>> {
-        if let Some(held) = held {
-            let renewed: i64 = self
-                .renew
-                .key(&self.key)
-                .arg(&held.value)
-                .arg(self.ttl_ms())
-                .invoke_async(redis)
-                .await?;
-            if renewed == 1 {
-                return Ok(Some(held.clone()));
-            }
-        }
-        let token: u64 = self
-            .acquire
+        let value: String = self
+            .hold
             .key(&self.key)
             .key(&self.fence_key)
             .arg(&self.name)
+            .arg(held.map_or("", |h| h.value.as_str()))
             .arg(self.ttl_ms())
             .invoke_async(redis)
             .await?;
-        Ok((token > 0).then(|| Held {
-            value: format!("{}|{token}", self.name),
-            token,
-        }))
+        Ok(Held::from_value(value))
     }
 
-    /// Whether `held` is still the lease with at least `need` of it left.
     pub async fn still_held(
         &self,
         redis: &mut ConnectionManager,

@@ -1,9 +1,10 @@
 //! The fleet's shared membership: per pool, the workers the leader launched or adopted and
 //! which of them it drains, under `PREFIX:pool:POOL:members`. Only the leader writes, and only
-//! through a script that first checks its lease value is still the lease's: a leader whose
-//! token went stale (paused, cut off) has every write refused. Every instance reads the
-//! records each heartbeat and routes to what they list. The leader writes them every
-//! heartbeat, so a Redis that comes back empty has them again within one.
+//! under a lease value that is still the lease's: a leader whose token went stale (paused,
+//! cut off) has every write refused. Every instance reads the records each heartbeat and
+//! routes to what they list. The leader writes them every heartbeat, so a Redis that comes
+//! back empty has them again within one. The heartbeat does both in its one script
+//! (`beat.rs`); [`MemberBook`] writes and reads them on their own.
 
 use std::net::SocketAddr;
 use std::time::Duration;

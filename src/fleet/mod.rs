@@ -9,6 +9,7 @@
 //! The code says fleet throughout; `cluster` stays only where operators already type it: the
 //! `[cluster]` table, `GET /api/v1/cluster`, `weir cluster` and the `weir_cluster_*` metrics.
 
+mod beat;
 mod lease;
 mod members;
 mod registry;
@@ -51,7 +52,7 @@ pub struct Fleet {
     url: String,
     lease: Lease,
     registry: Registry,
-    members: MemberBook,
+    beat: beat::Beat,
     lease_ttl: Duration,
     leader: AtomicBool,
     state: Mutex<State>,
@@ -156,7 +157,13 @@ impl Fleet {
         Arc::new(Fleet {
             lease: Lease::new(&config.prefix, &name, ttl),
             registry: Registry::new(&config.prefix, ttl),
-            members: MemberBook::new(&config.prefix, (ttl * 10).max(Duration::from_secs(30))),
+            beat: beat::Beat::new(
+                &config.prefix,
+                &name,
+                ttl,
+                ttl,
+                (ttl * 10).max(Duration::from_secs(30)),
+            ),
             url: config.redis.clone(),
             lease_ttl: ttl,
             leader: AtomicBool::new(false),
@@ -470,49 +477,22 @@ impl Fleet {
         let mut redis = self.connection().await?;
         let started = Instant::now();
         let held = self.state().held.clone();
-        let mut now_held = self
-            .lease
-            .hold(&mut redis, held.as_ref())
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(h) = &now_held {
-            let records = self.published_records(h.token);
-            let written = records.is_empty()
-                || self
-                    .members
-                    .write(&mut redis, h, &records)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            if !written {
-                warn!(
-                    token = h.token,
-                    "the lease went elsewhere; membership write refused"
-                );
-                now_held = None;
-            }
-        }
         let snapshot = shared.snapshot_full();
         let pools: Vec<String> = snapshot.pools.keys().cloned().collect();
-        let records = self
-            .members
-            .read(&mut redis, &pools)
+        let report = self.report(&snapshot, held.is_some());
+        let records = held
+            .as_ref()
+            .map(|h| self.published_records(h.token))
+            .unwrap_or_default();
+        let beaten = self
+            .beat
+            .run(&mut redis, held.as_ref(), &report, &pools, &records)
             .await
             .map_err(|e| e.to_string())?;
-        let report = self.report(&snapshot, now_held.is_some());
-        self.registry
-            .write(&mut redis, &report)
-            .await
-            .map_err(|e| e.to_string())?;
-        let instances = self
-            .registry
-            .read(&mut redis)
-            .await
-            .map_err(|e| e.to_string())?;
-        let leader = self
-            .lease
-            .leader(&mut redis)
-            .await
-            .map_err(|e| e.to_string())?;
+        let now_held = beaten.held;
+        let instances = beaten.reports;
+        let leader = beaten.leader;
+        let records = beaten.records;
         let was = self.is_leader();
         {
             let mut state = self.state();
@@ -560,8 +540,8 @@ impl Fleet {
         Ok(())
     }
 
-    /// The records this instance's scalers published, as JSON under `token`.
-    fn published_records(&self, token: u64) -> Vec<(String, String)> {
+    /// The records this instance's scalers published, as JSON under `token`, by pool.
+    fn published_records(&self, token: u64) -> BTreeMap<String, String> {
         let state = self.state();
         state
             .published
