@@ -63,7 +63,9 @@ impl ShareBook {
         if others.is_empty() {
             let since = *self.alone_since.get_or_insert(now);
             if reported.len() > 1 && now.duration_since(since) < self.ttl {
-                return (moving((0, 1)), fleet);
+                // Keep reporting the fleet reported so far: were the bound [me], the next
+                // beat would find nothing to keep to and take the whole cap after one beat.
+                return (moving((0, 1)), reported.to_vec());
             }
             return (FleetPlace::Alone, fleet);
         }
@@ -229,5 +231,36 @@ mod tests {
         );
         let fresh = ShareBook::new(TTL).place("a", &[], &[], now).0;
         assert_eq!(fresh, FleetPlace::Alone, "a fleet starting");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_redis_restarted_empty_keeps_the_share_for_a_whole_ttl_beat_after_beat() {
+        // What the instance reports feeds its next placement, as in the heartbeat.
+        let mut book = book();
+        let start = Instant::now();
+        let abc = names(&["a", "b", "c"]);
+        let reports: Vec<Report> = ["a", "b", "c"]
+            .iter()
+            .map(|n| report(n, &["a", "b", "c"]))
+            .collect();
+        let (settled, mut reported) = book.place("a", &reports, &abc, start);
+        // Redis comes back empty: a sees nobody, beat after beat (100 ms apart).
+        let beat = Duration::from_millis(100);
+        let mut now = start;
+        while now < start + TTL - beat {
+            now += beat;
+            let (place, bound) = book.place("a", &[], &reported, now);
+            for worker in ["w", "x", "app-1"] {
+                assert!(
+                    place.share(4, worker) <= settled.share(4, worker),
+                    "{:?} after the restart: {place:?} over {settled:?}",
+                    now - start
+                );
+            }
+            reported = bound;
+        }
+        // Nobody came back within a report's lifetime: the whole cap.
+        let (place, _) = book.place("a", &[], &reported, start + TTL * 2);
+        assert_eq!(place, FleetPlace::Alone);
     }
 }

@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Each worker's cap.
-const WORKER_CAP: u32 = 2;
+/// Each worker's cap: one slot per instance of three, so every instance has a share of every
+/// worker (with fewer slots than instances, an instance may have none, by design, and its
+/// requests wait).
+const WORKER_CAP: u32 = 3;
 /// How long a lease lasts.
 const LEASE_TTL: Duration = Duration::from_secs(2);
 /// How long the fleet may take to form: containers starting, an election, workers launched.
@@ -21,8 +23,6 @@ const FORMING: Duration = Duration::from_secs(60);
 struct Fleet {
     tag: String,
     weirs: Vec<Container>,
-    /// Held for its lifetime (removed on drop).
-    #[allow(dead_code)]
     redis: Container,
     /// The network of Redis and the weirs.
     ctl: Net,
@@ -35,7 +35,6 @@ impl Fleet {
         let ctl = Net::create(format!("{tag}-ctl"));
         let data = Net::create(format!("{tag}-data"));
         let redis = hosts::redis(format!("{tag}-redis"), &ctl);
-        let redis_ip = redis.ip_on(&ctl);
         let weirs = (1..=count)
             .map(|n| {
                 let config = format!(
@@ -47,7 +46,7 @@ token = "{token}"
 [[listeners]]
 listen = "0.0.0.0:{proxy}"
 [cluster]
-redis = "redis://{redis_ip}:6379/0"
+redis = "redis://{redis}:6379/0"
 name = "w{n}"
 prefix = "{tag}"
 lease_ttl = "{ttl}s"
@@ -67,6 +66,8 @@ max_workers = 2
                     ttl = LEASE_TTL.as_secs(),
                     image = crate::common::IMAGE,
                     data = data.name,
+                    // By name (the network's DNS): a restarted Redis may get another address.
+                    redis = redis.name,
                 );
                 hosts::weir(format!("{tag}-w{n}"), &config, &[&ctl, &data])
             })
@@ -229,6 +230,32 @@ fn load(proxy: SocketAddr, clients: usize, running: &Arc<AtomicBool>) -> Arc<Tal
     tally
 }
 
+/// Load at every instance of `fleet`: 4 clients each, 12 over two workers of cap 3, so
+/// requests queue and each instance keeps to its share.
+struct Load {
+    running: Arc<AtomicBool>,
+    tallies: Vec<Arc<Tally>>,
+}
+
+impl Load {
+    fn start(fleet: &Fleet) -> Load {
+        let running = Arc::new(AtomicBool::new(true));
+        let tallies = (0..fleet.weirs.len())
+            .map(|i| load(fleet.proxy(i), 4, &running))
+            .collect();
+        Load { running, tallies }
+    }
+
+    /// Stop, let the last answers land, and say what each instance's clients saw.
+    async fn stop(&self, fleet: &Fleet, mark: Instant) -> Vec<String> {
+        self.running.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (0..fleet.weirs.len())
+            .map(|i| format!("{}: {}", fleet.weirs[i].name, self.tallies[i].summary(mark)))
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill() {
     let test = "three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill";
@@ -276,10 +303,7 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
         .find(|&i| fleet.weirs[i].name.ends_with(&format!("-{leader}")))
         .unwrap_or_else(|| panic!("leader {leader} is one of the weirs"));
 
-    // 4 clients at each instance: 12 clients over 2 workers of cap 2, so requests queue and
-    // each instance keeps to its share.
-    let running = Arc::new(AtomicBool::new(true));
-    let tallies: Vec<Arc<Tally>> = (0..3).map(|i| load(fleet.proxy(i), 4, &running)).collect();
+    let load = Load::start(&fleet);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // The leader crashes; the others elect a new one and go on serving.
@@ -289,12 +313,8 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
     let new_leader = fleet.agreed_leader(&survivors, LEASE_TTL * 5).await;
     let failover = killed_at.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    running.store(false, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let report: Vec<String> = (0..3)
-        .map(|i| format!("{}: {}", fleet.weirs[i].name, tallies[i].summary(killed_at)))
-        .collect();
+    let report = load.stop(&fleet, killed_at).await;
+    let tallies = &load.tallies;
     eprintln!("failover to {new_leader} after {failover:?}; {report:?}");
     assert_ne!(new_leader, leader);
     assert!(
@@ -319,6 +339,60 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
     }
     // No relaunch: the survivors still route to the same two workers.
     for &i in &survivors {
+        assert_eq!(fleet.ready_workers(i, 2).await, workers, "the same workers");
+    }
+}
+
+// Not yet true: in about one run of three, a few answers (1 to 11) come over the cap in the
+// ~70 ms when Redis answers again and a new leader takes the lead (with fencing token 1 again,
+// the counter being gone too). The shares' own rule holds (fleet::shares's unit test of a
+// Redis restarted empty); what else lets an instance exceed its share there is what
+// issue 26 (item 4) still has to find. Run it with `-- --ignored`.
+#[ignore = "issue 26 item 4: over-cap answers while the fleet re-forms after Redis restarts empty"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap() {
+    let test = "a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap";
+    if !hosts::ready(test) {
+        return;
+    }
+    let fleet = Fleet::start(test, 3);
+    let leader = fleet.agreed_leader(&[0, 1, 2], FORMING).await;
+    let workers = fleet.ready_workers(0, 2).await;
+    for i in 1..3 {
+        assert_eq!(
+            fleet.ready_workers(i, 2).await,
+            workers,
+            "one set of workers"
+        );
+    }
+    let load = Load::start(&fleet);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Redis restarts empty: for a moment every instance sees nobody else. Seeing nobody may
+    // take the whole cap only once that has lasted lease_ttl; the others are back in a beat.
+    let restarted_at = Instant::now();
+    fleet.redis.restart();
+    let back_leader = fleet.agreed_leader(&[0, 1, 2], LEASE_TTL * 10).await;
+    let rejoined = restarted_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = load.stop(&fleet, restarted_at).await;
+    eprintln!("leader {leader}, then {back_leader}; fleet re-formed {rejoined:?} after the restart; {report:?}");
+    for tally in &load.tallies {
+        assert_eq!(
+            tally.over_cap.load(Ordering::Relaxed),
+            0,
+            "a worker answered more than {WORKER_CAP} at once: {report:?}\n{}",
+            fleet.logs()
+        );
+        assert_eq!(
+            tally.failed.load(Ordering::Relaxed),
+            0,
+            "failed requests: {report:?}\n{}",
+            fleet.logs()
+        );
+        assert!(tally.ok.load(Ordering::Relaxed) > 20, "{report:?}");
+    }
+    for i in 0..3 {
         assert_eq!(fleet.ready_workers(i, 2).await, workers, "the same workers");
     }
 }
