@@ -28,7 +28,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
 use crate::pool::{FleetPlace, WorkerState};
@@ -517,6 +517,9 @@ impl Fleet {
                 &state.reported,
                 Instant::now(),
             );
+            if state.place != place {
+                debug!(name = %self.name, ?place, fleet = ?bound, "place in the fleet changed");
+            }
             state.bound = bound;
             state.place = place;
             for pool in snapshot.pools.values() {

@@ -3,10 +3,14 @@
 //! instance takes the share of the fleet it sees only once every other instance reports that
 //! same fleet, shrinks to the smaller of old and new at once while they catch up, and takes
 //! nothing while another instance does not count it yet. So the shares in use at any moment
-//! never add up to more than the cap. Seeing no other instance at all takes the whole cap only
-//! once that has lasted `ttl` (their reports would have expired): a Redis restarted empty
-//! shows every instance alone for a heartbeat.
+//! never add up to more than the cap. An instance whose report is missing is not known to be
+//! gone: it stays in the fleet (and, having no report, agrees with no larger share) until
+//! `ttl` has passed since its report last changed, which is when its report would have
+//! expired had Redis kept it. So a Redis restarted empty, where reports vanish at once and come
+//! back one by one, moves nobody's share up; an instance that crashed is let go about one
+//! heartbeat after its report expires.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,12 +18,19 @@ use tokio::time::Instant;
 use super::Report;
 use crate::pool::FleetPlace;
 
-/// When this instance began to see no other instance, so that seeing nobody takes the whole
-/// cap only once it has lasted a report's lifetime.
+/// When each other instance's report last changed, by this instance's clock: an instance is
+/// let go only once that is a report's lifetime ago.
 #[derive(Debug)]
 pub struct ShareBook {
     ttl: Duration,
-    alone_since: Option<Instant>,
+    heard: HashMap<String, Heard>,
+}
+
+/// The last report seen of one instance: its own write time, and when it was first seen here.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    at_ms: u64,
+    seen: Instant,
 }
 
 impl ShareBook {
@@ -27,8 +38,33 @@ impl ShareBook {
     pub fn new(ttl: Duration) -> Self {
         ShareBook {
             ttl,
-            alone_since: None,
+            heard: HashMap::new(),
         }
+    }
+
+    /// Note the reports read now; the names of the instances whose report is missing but
+    /// which were heard from within `ttl` (not known to be gone).
+    fn hear(&mut self, me: &str, instances: &[Report], now: Instant) -> Vec<String> {
+        for report in instances.iter().filter(|r| r.name != me) {
+            let heard = self.heard.entry(report.name.clone()).or_insert(Heard {
+                at_ms: report.at_ms,
+                seen: now,
+            });
+            if heard.at_ms != report.at_ms {
+                *heard = Heard {
+                    at_ms: report.at_ms,
+                    seen: now,
+                };
+            }
+        }
+        let ttl = self.ttl;
+        self.heard
+            .retain(|_, heard| now.saturating_duration_since(heard.seen) < ttl);
+        self.heard
+            .keys()
+            .filter(|name| !instances.iter().any(|r| &r.name == *name))
+            .cloned()
+            .collect()
     }
 
     /// This instance's place among the live `instances` (its own report may be among them),
@@ -42,7 +78,9 @@ impl ShareBook {
         reported: &[String],
         now: Instant,
     ) -> (FleetPlace, Vec<String>) {
+        let missing = self.hear(me, instances, now);
         let mut fleet: Vec<String> = instances.iter().map(|r| r.name.clone()).collect();
+        fleet.extend(missing.iter().cloned());
         fleet.push(me.to_string());
         fleet.sort_unstable();
         fleet.dedup();
@@ -60,20 +98,16 @@ impl ShareBook {
             }
         };
         let others: Vec<&Report> = instances.iter().filter(|r| r.name != me).collect();
-        if others.is_empty() {
-            let since = *self.alone_since.get_or_insert(now);
-            if reported.len() > 1 && now.duration_since(since) < self.ttl {
-                // Keep reporting the fleet reported so far: were the bound [me], the next
-                // beat would find nothing to keep to and take the whole cap after one beat.
-                return (moving((0, 1)), reported.to_vec());
-            }
+        if others.is_empty() && missing.is_empty() {
+            // Nobody heard from within a report's lifetime: the others are gone.
             return (FleetPlace::Alone, fleet);
         }
-        self.alone_since = None;
-        // An instance that reports no fleet yet takes no share, so it agrees with any.
-        let agree = others
-            .iter()
-            .all(|r| r.fleet.is_empty() || r.fleet == fleet);
+        // An instance that reports no fleet yet takes no share, so it agrees with any; one
+        // whose report is missing may keep to any fleet, so it agrees with none.
+        let agree = missing.is_empty()
+            && others
+                .iter()
+                .all(|r| r.fleet.is_empty() || r.fleet == fleet);
         if agree {
             let place = FleetPlace::Settled {
                 rank: rank(&fleet, me),
@@ -136,8 +170,8 @@ mod tests {
         shares
     }
 
-    #[test]
-    fn a_joiner_waits_for_room_and_shares_never_add_up_past_the_cap() {
+    #[tokio::test(start_paused = true)]
+    async fn a_joiner_waits_for_room_and_shares_never_add_up_past_the_cap() {
         let mut books: Vec<(String, ShareBook, Vec<String>)> = ["a", "b"]
             .iter()
             .map(|n| (n.to_string(), book(), Vec::new()))
@@ -162,8 +196,12 @@ mod tests {
             4,
             "then the cap is shared out: {seen:?}"
         );
-        // c leaves: the survivors grow back only together.
+        // c leaves: while its report could still be alive it keeps its place (not hearing
+        // from it is not knowing it is gone); then the survivors grow back only together.
         books.pop();
+        let while_unheard = round(&mut books);
+        assert!(while_unheard.iter().sum::<u32>() <= 3, "{while_unheard:?}");
+        tokio::time::advance(TTL).await;
         let mut last = Vec::new();
         for _ in 0..3 {
             last = round(&mut books);
@@ -262,5 +300,36 @@ mod tests {
         // Nobody came back within a report's lifetime: the whole cap.
         let (place, _) = book.place("a", &[], &reported, start + TTL * 2);
         assert_eq!(place, FleetPlace::Alone);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_whose_report_is_missing_is_not_counted_gone_until_it_would_have_expired() {
+        // a, b and c keep to {a,b,c}; Redis restarts empty and c reports again before b: a
+        // must not move to the shares of {a,c}, which b (still serving) does not know of.
+        let mut book = book();
+        let abc = names(&["a", "b", "c"]);
+        let all: Vec<Report> = ["a", "b", "c"]
+            .iter()
+            .map(|n| report(n, &["a", "b", "c"]))
+            .collect();
+        let (settled, mut reported) = book.place("a", &all, &abc, Instant::now());
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            let only_c = vec![report("c", &["a", "b", "c"])];
+            let (place, bound) = book.place("a", &only_c, &reported, Instant::now());
+            for worker in ["w", "x", "y", "app-1", "app-2"] {
+                assert!(
+                    place.share(3, worker) <= settled.share(3, worker),
+                    "{worker}: {place:?} over {settled:?}"
+                );
+            }
+            assert_eq!(bound, abc, "b stays in the fleet a keeps to");
+            reported = bound;
+        }
+        // b has not been heard from for a report's lifetime: it is gone.
+        tokio::time::advance(TTL).await;
+        let c_only = vec![report("c", &["a", "c"])];
+        let (_, bound) = book.place("a", &c_only, &reported, Instant::now());
+        assert_eq!(bound, names(&["a", "c"]));
     }
 }

@@ -343,12 +343,6 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
     }
 }
 
-// Not yet true: in about one run of three, a few answers (1 to 11) come over the cap in the
-// ~70 ms when Redis answers again and a new leader takes the lead (with fencing token 1 again,
-// the counter being gone too). The shares' own rule holds (fleet::shares's unit test of a
-// Redis restarted empty); what else lets an instance exceed its share there is what
-// issue 26 (item 4) still has to find. Run it with `-- --ignored`.
-#[ignore = "issue 26 item 4: over-cap answers while the fleet re-forms after Redis restarts empty"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap() {
     let test = "a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap";

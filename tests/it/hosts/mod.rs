@@ -235,7 +235,7 @@ pub fn weir(name: String, config: &str, nets: &[&Net]) -> Container {
         "--network",
         &nets[0].name,
         "-e",
-        "WEIR_LOG=info",
+        "WEIR_LOG=info,weir::fleet=debug",
         "-v",
         &mount,
         "-v",
