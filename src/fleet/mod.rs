@@ -218,6 +218,14 @@ impl Fleet {
         self.leader.load(Ordering::Relaxed)
     }
 
+    /// Whether this instance leads with its lease still valid by its own clock (renewed less
+    /// than `lease_ttl` ago). A leader resumed after a pause past its lease is not sure until
+    /// a heartbeat has asked Redis, and then it no longer leads.
+    pub fn leads_surely(&self) -> bool {
+        let state = self.state();
+        state.held.is_some() && state.valid_until.is_some_and(|t| Instant::now() < t)
+    }
+
     /// Why the fleet's coordination does not work now, for `/readyz`.
     pub fn problem(&self) -> Option<String> {
         self.state().problem.clone()

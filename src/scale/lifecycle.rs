@@ -237,16 +237,17 @@ impl PoolScaler {
     }
 
     async fn launch_one(self: &Arc<Self>) {
+        // The fence first: a refused launch spends no name.
+        if !self.may_act().await {
+            warn!(pool = %self.pool.name, "no longer the fleet's leader; not launching");
+            return;
+        }
         let name = self.next_name();
         let spec = LaunchSpec {
             pool: self.pool.name.clone(),
             name: name.clone(),
         };
         let timeout = self.policy().startup_timeout;
-        if !self.may_act().await {
-            warn!(pool = %self.pool.name, "no longer the fleet's leader; not launching");
-            return;
-        }
         let called = Instant::now();
         let failure = match tokio::time::timeout(timeout, self.provider.launch(spec)).await {
             Ok(Ok(launched)) => {

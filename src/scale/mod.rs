@@ -379,8 +379,15 @@ impl PoolScaler {
         }
     }
 
-    /// Carry a decision out.
+    /// Carry a decision out. In a fleet, only while surely leading: a leader resumed after a
+    /// pause past its lease decides on a stale view, and what it would do is neither done
+    /// nor recorded.
     fn act(self: &Arc<Self>, d: Decision, workers: &[Arc<Worker>], policy: &ScalePolicy) {
+        let acts = d.launch > 0 || !d.release.is_empty() || !d.give_up.is_empty();
+        if acts && self.fleet().is_some_and(|f| !f.leads_surely()) {
+            warn!(pool = %self.pool.name, launch = d.launch, release = d.release.len(), "not sure to lead the fleet (lease not renewed within its TTL); the decision is dropped");
+            return;
+        }
         let find = |id: u64| workers.iter().find(|w| w.id == id).cloned();
         let count =
             |state: WorkerState| workers.iter().filter(|w| w.state() == state).count() as u32;

@@ -184,6 +184,19 @@ async fn cluster(admin: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_default()
 }
 
+/// The scale-ups and scale-downs an instance has recorded, oldest first.
+async fn scaling_recorded(admin: SocketAddr) -> Vec<String> {
+    let (_, body) = admin_call(admin, "GET", "/api/v1/activity", None, "").await;
+    let events: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["action"] == "scale_up" || e["action"] == "scale_down")
+        .map(|e| e.to_string())
+        .collect()
+}
+
 /// The leader every one of `admins` names once they agree on one and see `instances`.
 async fn agreed_leader(admins: &[SocketAddr], instances: usize) -> String {
     let deadline = Instant::now() + DEADLINE;
@@ -788,6 +801,7 @@ async fn a_leader_sigstopped_past_its_lease_neither_launches_nor_releases_when_r
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let launched_before = file_lines(&dir.join("launches")).len();
+    let scaling_before = scaling_recorded(admins[l]).await;
 
     // The leader pauses with two surplus workers it would release after max_idle_time.
     signal(&fleet[l].1, "STOP");
@@ -836,6 +850,18 @@ async fn a_leader_sigstopped_past_its_lease_neither_launches_nor_releases_when_r
         "only the new leader released: {releases:?}"
     );
     assert_eq!(ready.len(), 1);
+    // What it did not do, it does not record as done.
+    let scaling_after = scaling_recorded(admins[l]).await;
+    assert_eq!(
+        scaling_after[..scaling_before.len().min(scaling_after.len())],
+        scaling_before[..],
+        "its activity before the pause is kept"
+    );
+    assert_eq!(
+        scaling_after.len(),
+        scaling_before.len(),
+        "no scaling recorded after the resume: {scaling_after:?}"
+    );
     assert_eq!(get(fleet[l].1.addr, "/").await.status, 200, "it serves");
     fleet.clear();
 }
