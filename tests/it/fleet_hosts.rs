@@ -81,6 +81,25 @@ max_workers = 2
         }
     }
 
+    /// Three weirs once formed: one leader they all name, and the two workers every one of
+    /// them routes to; `None` when the test cannot run here (said so by [`hosts::ready`]).
+    async fn formed(test: &str) -> Option<(Fleet, String, Vec<String>)> {
+        if !hosts::ready(test) {
+            return None;
+        }
+        let fleet = Fleet::start(test, 3);
+        let leader = fleet.agreed_leader(&[0, 1, 2], FORMING).await;
+        let workers = fleet.ready_workers(0, 2).await;
+        for i in 1..3 {
+            assert_eq!(
+                fleet.ready_workers(i, 2).await,
+                workers,
+                "one set of workers"
+            );
+        }
+        Some((fleet, leader, workers))
+    }
+
     /// Where the test reaches weir `i`: its address on `data`, which partitions of `ctl`
     /// leave alone.
     fn proxy(&self, i: usize) -> SocketAddr {
@@ -258,20 +277,12 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill() {
-    let test = "three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill";
-    if !hosts::ready(test) {
+    let Some((fleet, leader, workers)) =
+        Fleet::formed("three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill")
+            .await
+    else {
         return;
-    }
-    let fleet = Fleet::start(test, 3);
-    let leader = fleet.agreed_leader(&[0, 1, 2], FORMING).await;
-    let workers = fleet.ready_workers(0, 2).await;
-    for i in 1..3 {
-        assert_eq!(
-            fleet.ready_workers(i, 2).await,
-            workers,
-            "one set of workers"
-        );
-    }
+    };
     // Each instance is shown at the address it reaches Redis from (its address on ctl,
     // learned: admin.listen is 0.0.0.0), and the shares of the pool add up to its workers'
     // caps.
@@ -345,20 +356,11 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap() {
-    let test = "a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap";
-    if !hosts::ready(test) {
+    let Some((fleet, leader, workers)) =
+        Fleet::formed("a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap").await
+    else {
         return;
-    }
-    let fleet = Fleet::start(test, 3);
-    let leader = fleet.agreed_leader(&[0, 1, 2], FORMING).await;
-    let workers = fleet.ready_workers(0, 2).await;
-    for i in 1..3 {
-        assert_eq!(
-            fleet.ready_workers(i, 2).await,
-            workers,
-            "one set of workers"
-        );
-    }
+    };
     let load = Load::start(&fleet);
     tokio::time::sleep(Duration::from_secs(2)).await;
 

@@ -680,17 +680,22 @@ pub fn engine_ready(test: &str) -> bool {
 
 /// `.ci/test-image` on the weir binary under test.
 fn build_test_image() -> Result<(), String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/test-image");
+    build_image("test-image", &[WEIR], IMAGE)
+}
+
+/// Run `.ci/SCRIPT ARGS`, which builds `image`; its stderr is the error.
+pub fn build_image(script: &str, args: &[&str], image: &str) -> Result<(), String> {
+    let script = format!("{}/.ci/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
-        .arg(script)
-        .arg(WEIR)
+        .arg(&script)
+        .args(args)
         .output()
         .map_err(|e| format!("cannot run {script}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "building {IMAGE} failed: {}",
+            "building {image} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }

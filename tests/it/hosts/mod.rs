@@ -78,19 +78,11 @@ fn build_redis_image() -> Result<(), String> {
     if redis.is_empty() {
         return Err("redis-server is not installed (apt-get install redis-server)".into());
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/rootfs-image");
-    let out = Command::new("bash")
-        .args([script, REDIS_IMAGE, &redis, "[\"/bin/redis-server\"]"])
-        .output()
-        .map_err(|e| format!("cannot run {script}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "building {REDIS_IMAGE} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    common::build_image(
+        "rootfs-image",
+        &[REDIS_IMAGE, &redis, "[\"/bin/redis-server\"]"],
+        REDIS_IMAGE,
+    )
 }
 
 /// A short tag unique to this test run and test, for names.
