@@ -156,7 +156,7 @@ impl Fleet {
         let ttl = config.lease_ttl.get();
         Arc::new(Fleet {
             lease: Lease::new(&config.prefix, &name, ttl),
-            registry: Registry::new(&config.prefix, ttl),
+            registry: Registry::new(&config.prefix),
             beat: beat::Beat::new(
                 &config.prefix,
                 &name,

@@ -3,10 +3,10 @@
 //! the fleet its shares are bounded by) under `PREFIX:instance:NAME` with a TTL a
 //! few heartbeats long, and its name into the sorted set `PREFIX:instances` scored by when it
 //! last wrote; reading the fleet is one ZRANGE and one MGET. An instance that stops writing
-//! drops out when its key expires.
+//! drops out when its key expires. The heartbeat writes and reads them in its one script
+//! (`beat.rs`); leaving the fleet is here.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -67,70 +67,19 @@ pub struct Report {
 pub struct Registry {
     prefix: String,
     set: String,
-    ttl: Duration,
 }
 
 impl Registry {
-    /// Reports live `ttl` past their last write.
-    pub fn new(prefix: &str, ttl: Duration) -> Self {
+    /// The registry of fleet `prefix`.
+    pub fn new(prefix: &str) -> Self {
         Registry {
             prefix: prefix.to_string(),
             set: format!("{prefix}:instances"),
-            ttl,
         }
     }
 
     fn key(&self, name: &str) -> String {
         format!("{}:instance:{name}", self.prefix)
-    }
-
-    /// Write this instance's report.
-    pub async fn write(
-        &self,
-        redis: &mut ConnectionManager,
-        report: &Report,
-    ) -> redis::RedisResult<()> {
-        let json = serde_json::to_string(report).unwrap_or_default();
-        let oldest = report.at_ms.saturating_sub(self.ttl.as_millis() as u64 * 4);
-        redis::pipe()
-            .cmd("SET")
-            .arg(self.key(&report.name))
-            .arg(json)
-            .arg("PX")
-            .arg(self.ttl.as_millis() as u64)
-            .ignore()
-            .cmd("ZADD")
-            .arg(&self.set)
-            .arg(report.at_ms)
-            .arg(&report.name)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&self.set)
-            .arg("-inf")
-            .arg(oldest)
-            .ignore()
-            .query_async::<()>(redis)
-            .await
-    }
-
-    /// Every live instance's report, by name.
-    pub async fn read(&self, redis: &mut ConnectionManager) -> redis::RedisResult<Vec<Report>> {
-        let names: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&self.set)
-            .arg(0)
-            .arg(-1)
-            .query_async(redis)
-            .await?;
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = names.iter().map(|n| self.key(n)).collect();
-        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(redis).await?;
-        Ok(values
-            .into_iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_str(&v).ok())
-            .collect())
     }
 
     /// Leave the fleet at once (a clean shutdown).
