@@ -317,10 +317,13 @@ pub fn run(
         let shared = &control.shared;
         tokio::spawn(crate::alerts::run(Arc::clone(shared), Arc::clone(&control.activity)));
         tokio::spawn(crate::history::run(Arc::clone(shared), Arc::clone(&control.history)));
+        // The fleet stops after the scalers: the last instance to stop needs its lease to
+        // release the workers.
+        let (fleet_stop, fleet_stopped) = watch::channel(false);
         let fleet_task = control
             .fleet
             .as_ref()
-            .map(|fleet| tokio::spawn(Arc::clone(fleet).run(Arc::clone(shared), shutdown.clone())));
+            .map(|fleet| tokio::spawn(Arc::clone(fleet).run(Arc::clone(shared), fleet_stopped)));
         tokio::spawn(crate::heap::give_back_after_bursts());
         tokio::spawn(crate::telemetry::fold_samples_periodically());
         let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -342,7 +345,11 @@ pub fn run(
                 }
             }
         }
+        if let Some(fleet) = &control.fleet {
+            fleet.leave().await;
+        }
         control.stop_all().await;
+        let _ = fleet_stop.send(true);
         if let Some(task) = fleet_task {
             let _ = task.await;
         }

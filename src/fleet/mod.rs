@@ -55,6 +55,8 @@ pub struct Fleet {
     beat: beat::Beat,
     lease_ttl: Duration,
     leader: AtomicBool,
+    /// This instance is stopping (reported, so the last to stop can tell it is last).
+    leaving: AtomicBool,
     state: Mutex<State>,
     redis: tokio::sync::Mutex<Option<ConnectionManager>>,
     nudge: tokio::sync::Notify,
@@ -167,6 +169,7 @@ impl Fleet {
             url: config.redis.clone(),
             lease_ttl: ttl,
             leader: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             state: Mutex::new(State {
                 shares: ShareBook::new(ttl),
                 ..State::default()
@@ -216,6 +219,28 @@ impl Fleet {
     /// Whether this instance leads now (it alone scales).
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Tell the fleet this instance is stopping, and wait until that has been reported and
+    /// the others' reports read back (two heartbeats, bounded), so [`Fleet::last_to_leave`]
+    /// answers on news. Serving has stopped by now; the lease and the reports go on until
+    /// [`Fleet::run`] stops.
+    pub async fn leave(&self) {
+        self.leaving.store(true, Ordering::Relaxed);
+        self.nudge();
+        tokio::time::sleep(HEARTBEAT * 2 + NUDGE_GAP).await;
+    }
+
+    /// Whether every other live instance is stopping too (or there is none): the fleet ends
+    /// with this instance, and nobody is left to hand its workers to.
+    pub fn last_to_leave(&self) -> bool {
+        let state = self.state();
+        state.problem.is_none()
+            && state
+                .instances
+                .iter()
+                .filter(|r| r.name != self.name)
+                .all(|r| r.leaving)
     }
 
     /// Whether this instance leads with its lease still valid by its own clock (renewed less
@@ -615,6 +640,7 @@ impl Fleet {
             at_ms: unix_ms(),
             pools,
             fleet,
+            leaving: self.leaving.load(Ordering::Relaxed),
         }
     }
 }

@@ -61,6 +61,10 @@ pub struct Report {
     /// to: a larger share is taken only once every other instance reports the same fleet.
     #[serde(default)]
     pub fleet: Vec<String>,
+    /// It is stopping: when every other instance is too, the leader, last to hand the
+    /// workers over to anyone, releases them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// The registry of fleet `prefix`.

@@ -143,6 +143,7 @@ mod tests {
             at_ms: 0,
             pools: Default::default(),
             fleet: fleet.iter().map(|n| n.to_string()).collect(),
+            leaving: false,
         }
     }
 

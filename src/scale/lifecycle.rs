@@ -393,9 +393,13 @@ impl PoolScaler {
     /// tasks may not outlive the control runtime, and a release must not fail on one gone)
     /// and those whose launch was still under way.
     pub async fn release_all(&self) {
-        if self.fleet().is_some() {
-            info!(pool = %self.pool.name, "leaving the workers to the fleet");
-            return;
+        if let Some(fleet) = self.fleet() {
+            // Handed over, unless the fleet ends here: then its leader releases them.
+            if !(fleet.is_leader() && fleet.last_to_leave()) {
+                info!(pool = %self.pool.name, "leaving the workers to the fleet");
+                return;
+            }
+            info!(pool = %self.pool.name, "the whole fleet is stopping; its leader releases the workers");
         }
         if self.provider.keeps_workers_on_stop() {
             info!(pool = %self.pool.name, provider = %self.provider.describe(), "leaving the workers to their owner");

@@ -392,3 +392,63 @@ async fn a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap() {
         assert_eq!(fleet.ready_workers(i, 2).await, workers, "the same workers");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_hands_the_workers_over_and_stopping_the_whole_fleet_releases_them() {
+    let Some((fleet, leader, workers)) = Fleet::formed(
+        "a_rolling_restart_hands_the_workers_over_and_stopping_the_whole_fleet_releases_them",
+    )
+    .await
+    else {
+        return;
+    };
+    let containers = || {
+        let mut names = crate::common::containers_labelled("weir.pool", &fleet.tag);
+        names.sort();
+        names
+    };
+    let before = containers();
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // A rolling restart: each instance stops (SIGTERM) and starts again in turn, the leader
+    // last; the workers are handed over each time, never released.
+    let leader_index = (0..3)
+        .find(|&i| fleet.weirs[i].name.ends_with(&format!("-{leader}")))
+        .unwrap_or_else(|| panic!("leader {leader} is one of the weirs"));
+    let order: Vec<usize> = (0..3)
+        .filter(|&i| i != leader_index)
+        .chain([leader_index])
+        .collect();
+    for i in order {
+        fleet.weirs[i].stop(Duration::from_secs(30));
+        assert_eq!(
+            containers(),
+            before,
+            "stopping {} released workers",
+            fleet.weirs[i].name
+        );
+        fleet.weirs[i].start();
+        fleet.agreed_leader(&[0, 1, 2], FORMING).await;
+        assert_eq!(fleet.ready_workers(i, 2).await, workers, "the same workers");
+    }
+    assert_eq!(containers(), before, "a rolling restart keeps the workers");
+
+    // The whole fleet stops at once: the last leader releases the workers.
+    let stops: Vec<_> = fleet
+        .weirs
+        .iter()
+        .map(|w| {
+            let name = w.name.clone();
+            std::thread::spawn(move || hosts::docker(&["stop", "--time", "30", &name]))
+        })
+        .collect();
+    for stop in stops {
+        stop.join().expect("docker stop");
+    }
+    let left = hosts::eventually("the workers released", Duration::from_secs(30), || async {
+        let left = containers();
+        left.is_empty().then_some(left)
+    })
+    .await;
+    assert!(left.is_empty());
+}
