@@ -452,3 +452,60 @@ async fn a_rolling_restart_hands_the_workers_over_and_stopping_the_whole_fleet_r
     .await;
     assert!(left.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_redis_follows_the_workers_the_provider_lists() {
+    let Some((fleet, leader, workers)) =
+        Fleet::formed("an_instance_cut_off_from_redis_follows_the_workers_the_provider_lists")
+            .await
+    else {
+        return;
+    };
+    let leader_index = (0..3)
+        .find(|&i| fleet.weirs[i].name.ends_with(&format!("-{leader}")))
+        .unwrap_or_else(|| panic!("leader {leader} is one of the weirs"));
+    let cut = (0..3).find(|&i| i != leader_index).expect("a follower");
+
+    // The follower loses Redis and its peers (ctl); it still reaches the workers (data) and
+    // the engine.
+    fleet.weirs[cut].disconnect(&fleet.ctl);
+    let admin = fleet.admin(cut);
+    hosts::eventually("the cut-off instance notices", FORMING, || async move {
+        let ready = hosts::admin_json(admin, "/readyz").await?;
+        ready
+            .to_string()
+            .contains("redis unreachable")
+            .then_some(())
+    })
+    .await;
+
+    // A worker dies; the leader replaces it (its address may well go to the new one). The
+    // cut-off instance cannot read the leader's record: it must route to what the provider
+    // lists, not keep the dead worker's name at an address another container may now hold.
+    hosts::docker(&["kill", &workers[0]]);
+    let listed = hosts::eventually("a replacement running", FORMING, || async {
+        let running = hosts::running_workers(&fleet.tag);
+        (running.len() == 2 && !running.contains(&workers[0])).then_some(running)
+    })
+    .await;
+    let followed = hosts::eventually(
+        "the cut-off instance routes to the listed workers",
+        FORMING,
+        || {
+            let listed = listed.clone();
+            async move {
+                let view = hosts::admin_json(admin, "/api/v1/workers").await?;
+                let mut ids: Vec<String> = view
+                    .as_array()?
+                    .iter()
+                    .filter_map(|w| w["id"].as_str().map(str::to_string))
+                    .collect();
+                ids.sort();
+                (ids == listed).then_some(ids)
+            }
+        },
+    )
+    .await;
+    assert!(!followed.contains(&workers[0]), "{followed:?}");
+    fleet.weirs[cut].connect(&fleet.ctl);
+}

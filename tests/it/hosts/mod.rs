@@ -246,6 +246,23 @@ pub fn weir(name: String, config: &str, nets: &[&Net]) -> Container {
     container
 }
 
+/// The running worker containers of pool `pool`, sorted.
+pub fn running_workers(pool: &str) -> Vec<String> {
+    let label = format!("label=weir.pool={pool}");
+    let out = docker(&[
+        "ps",
+        "--filter",
+        &label,
+        "--filter",
+        "status=running",
+        "--format",
+        "{{.Names}}",
+    ]);
+    let mut names: Vec<String> = out.lines().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
 /// Remove the worker containers of pool `pool` (a crashed weir leaves its workers).
 pub fn remove_workers(pool: &str) {
     for name in containers_labelled("weir.pool", pool) {
