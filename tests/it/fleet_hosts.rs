@@ -100,6 +100,15 @@ max_workers = 2
         Some((fleet, leader, workers))
     }
 
+    /// Which of the weirs is instance `name` (w1, w2, ...).
+    fn index_of(&self, name: &str) -> usize {
+        let suffix = format!("-{name}");
+        self.weirs
+            .iter()
+            .position(|w| w.name.ends_with(&suffix))
+            .unwrap_or_else(|| panic!("{name} is one of the weirs"))
+    }
+
     /// Where the test reaches weir `i`: its address on `data`, which partitions of `ctl`
     /// leave alone.
     fn proxy(&self, i: usize) -> SocketAddr {
@@ -310,9 +319,7 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
             "{view}"
         );
     }
-    let leader_index = (0..3)
-        .find(|&i| fleet.weirs[i].name.ends_with(&format!("-{leader}")))
-        .unwrap_or_else(|| panic!("leader {leader} is one of the weirs"));
+    let leader_index = fleet.index_of(&leader);
 
     let load = Load::start(&fleet);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -412,9 +419,7 @@ async fn a_rolling_restart_hands_the_workers_over_and_stopping_the_whole_fleet_r
 
     // A rolling restart: each instance stops (SIGTERM) and starts again in turn, the leader
     // last; the workers are handed over each time, never released.
-    let leader_index = (0..3)
-        .find(|&i| fleet.weirs[i].name.ends_with(&format!("-{leader}")))
-        .unwrap_or_else(|| panic!("leader {leader} is one of the weirs"));
+    let leader_index = fleet.index_of(&leader);
     let order: Vec<usize> = (0..3)
         .filter(|&i| i != leader_index)
         .chain([leader_index])
@@ -461,9 +466,7 @@ async fn an_instance_cut_off_from_redis_follows_the_workers_the_provider_lists()
     else {
         return;
     };
-    let leader_index = (0..3)
-        .find(|&i| fleet.weirs[i].name.ends_with(&format!("-{leader}")))
-        .unwrap_or_else(|| panic!("leader {leader} is one of the weirs"));
+    let leader_index = fleet.index_of(&leader);
     let cut = (0..3).find(|&i| i != leader_index).expect("a follower");
 
     // The follower loses Redis and its peers (ctl); it still reaches the workers (data) and
