@@ -18,16 +18,16 @@ use super::{Held, Report};
 /// 5.. the records of this instance's pools. ARGV: 1 this instance's name, 2 the lease value
 /// it holds or '', 3 the lease's TTL (ms), 4 its report (JSON), 5 now (Unix ms), 6 the score
 /// below which registry entries are dropped, 7 the report's TTL (ms), 8 the prefix of report
-/// keys, 9 the records' TTL (ms), 10.. per pool of KEYS 5.., the record to write while
-/// leading or ''. Returns {held value or '', lease value or nil, reports, records}.
+/// keys, 9 the records' TTL (ms), 10 the highest fencing token this instance has seen, 11..
+/// per pool of KEYS 5.., the record to write while leading or ''. Returns {held value or '', lease value or nil, reports, records}.
 const BEAT: &str = concat!(
     hold_lua!(),
     r"
-local held = hold(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+local held = hold(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[10])
 -- Records are written only under the lease this beat renewed: one just taken has none yet.
 if held ~= '' and held == ARGV[2] then
   for i = 5, #KEYS do
-    local record = ARGV[i + 5]
+    local record = ARGV[i + 6]
     if record ~= nil and record ~= '' then
       redis.call('SET', KEYS[i], record, 'PX', ARGV[9])
     end
@@ -99,8 +99,9 @@ impl Beat {
         }
     }
 
-    /// Beat once: hold `held` (or seek the lease), write `report`, and while leading the
-    /// `records` (pool: JSON); read back the fleet, the records of `pools` and the leader.
+    /// Beat once: hold `held` (or seek the lease, with a token above `floor`), write
+    /// `report`, and while leading the `records` (pool: JSON); read back the fleet, the
+    /// records of `pools` and the leader.
     pub async fn run(
         &self,
         redis: &mut ConnectionManager,
@@ -108,6 +109,7 @@ impl Beat {
         report: &Report,
         pools: &[String],
         records: &BTreeMap<String, String>,
+        floor: u64,
     ) -> redis::RedisResult<Beaten> {
         let json = serde_json::to_string(report).unwrap_or_default();
         let oldest = report
@@ -126,7 +128,8 @@ impl Beat {
             .arg(oldest)
             .arg(self.report_ttl.as_millis() as u64)
             .arg(&self.report_prefix)
-            .arg(self.records_ttl.as_millis() as u64);
+            .arg(self.records_ttl.as_millis() as u64)
+            .arg(floor);
         for pool in pools {
             invocation
                 .key(format!("{}{pool}:members", self.pool_prefix))

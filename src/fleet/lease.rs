@@ -6,26 +6,32 @@
 //! cover the call; a leader that was paused or cut off past its lease fails the check and does
 //! nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-/// Take the lease if nobody holds it: returns the new fencing token, or 0 when taken.
-/// Lua: `hold(key, fence, name, held, ttl)` renews the lease when `held` is still its value,
-/// else takes it when nobody holds it (with the next fencing token), and returns the value
-/// now held by this instance, or '' when another holds it. One text for the lease's own
-/// script and the heartbeat's ([`super::beat`]), so the rule lives once.
+/// Lua: `hold(key, fence, name, held, ttl, floor)` renews the lease when `held` is still its
+/// value, else takes it when nobody holds it (with the next fencing token, above `floor`, the
+/// highest token this instance has seen, so tokens never go back when Redis restarts empty),
+/// and returns the value now held by this instance, or '' when another holds it. One text for
+/// the lease's own script and the heartbeat's ([`super::beat`]), so the rule lives once.
 macro_rules! hold_lua {
     () => {
         r"
-local function hold(key, fence, name, held, ttl)
+local function hold(key, fence, name, held, ttl, floor)
   if held ~= '' and redis.call('GET', key) == held then
     redis.call('PEXPIRE', key, ttl)
     return held
   end
   if redis.call('EXISTS', key) == 1 then return '' end
   local token = redis.call('INCR', fence)
+  local least = tonumber(floor) or 0
+  if token <= least then
+    token = least + 1
+    redis.call('SET', fence, token)
+  end
   local value = name .. '|' .. token
   redis.call('SET', key, value, 'PX', ttl)
   return value
@@ -37,7 +43,7 @@ pub(super) use hold_lua;
 
 const HOLD: &str = concat!(
     hold_lua!(),
-    "return hold(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
+    "return hold(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
 );
 
 const FENCE: &str = r"
@@ -60,6 +66,8 @@ pub struct Lease {
     ttl: Duration,
     hold: Script,
     fence: Script,
+    /// The highest fencing token this instance has seen: a token it takes is above it.
+    floor: AtomicU64,
     resign: Script,
 }
 
@@ -89,9 +97,21 @@ impl Lease {
             name: name.to_string(),
             ttl,
             hold: Script::new(HOLD),
+            floor: AtomicU64::new(0),
             fence: Script::new(FENCE),
             resign: Script::new(RESIGN),
         }
+    }
+
+    /// Note a fencing token seen (held, or on a record read): a token taken later is above
+    /// it, even from a Redis restarted empty, whose counter starts again at 1.
+    pub fn raise_floor(&self, token: u64) {
+        self.floor.fetch_max(token, Ordering::Relaxed);
+    }
+
+    /// The highest fencing token seen.
+    pub fn floor(&self) -> u64 {
+        self.floor.load(Ordering::Relaxed)
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -111,9 +131,14 @@ impl Lease {
             .arg(&self.name)
             .arg(held.map_or("", |h| h.value.as_str()))
             .arg(self.ttl_ms())
+            .arg(self.floor())
             .invoke_async(redis)
             .await?;
-        Ok(Held::from_value(value))
+        let held = Held::from_value(value);
+        if let Some(h) = &held {
+            self.raise_floor(h.token);
+        }
+        Ok(held)
     }
 
     pub async fn still_held(

@@ -519,7 +519,14 @@ impl Fleet {
             .unwrap_or_default();
         let beaten = self
             .beat
-            .run(&mut redis, held.as_ref(), &report, &pools, &records)
+            .run(
+                &mut redis,
+                held.as_ref(),
+                &report,
+                &pools,
+                &records,
+                self.lease.floor(),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let now_held = beaten.held;
@@ -543,6 +550,14 @@ impl Fleet {
             state.instances = instances;
             crate::telemetry::set_cluster_instances(state.instances.len());
             let changed = take_records(&mut state, pools.into_iter().zip(records));
+            // Tokens seen, so a lease taken later gets a larger one even from an empty Redis.
+            for token in now_held
+                .iter()
+                .map(|h| h.token)
+                .chain(state.records.values().map(|r| r.token))
+            {
+                self.lease.raise_floor(token);
+            }
             let state = &mut *state;
             let (place, bound) = state.shares.place(
                 &self.name,

@@ -404,6 +404,51 @@ async fn caps(admins: &[SocketAddr]) -> Vec<u64> {
     caps
 }
 
+#[tokio::test]
+async fn fencing_tokens_never_go_back_when_redis_restarts_empty() {
+    use weir::fleet::Lease;
+    let Some(redis) = Redis::start_for("fencing_tokens_never_go_back_when_redis_restarts_empty")
+    else {
+        return;
+    };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let prefix = format!("floor{}", std::process::id());
+    let ttl = Duration::from_millis(300);
+    let (a, b) = (Lease::new(&prefix, "a", ttl), Lease::new(&prefix, "b", ttl));
+    let first = a.hold(&mut conn, None).await.unwrap().expect("a leads");
+    let second = a
+        .hold(&mut conn, Some(&first))
+        .await
+        .unwrap()
+        .expect("a renews");
+    assert_eq!(first.token, second.token);
+    // b read a's records (token 1); then Redis restarts empty: its counter starts again.
+    b.raise_floor(first.token);
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let next = b.hold(&mut conn, None).await.unwrap().expect("b leads");
+    assert!(
+        next.token > first.token,
+        "a new leader's token {} after {}: a deposed leader's writes must stay refusable",
+        next.token,
+        first.token
+    );
+    // And the counter itself moved on, for an instance that saw nothing.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:leader"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fresh = Lease::new(&prefix, "c", ttl);
+    let later = fresh.hold(&mut conn, None).await.unwrap().expect("c leads");
+    assert!(
+        later.token > next.token,
+        "{} after {}",
+        later.token,
+        next.token
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_workers_concurrency_is_divided_among_the_live_instances() {
     let Some(redis) =
