@@ -11,6 +11,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
+use super::keys;
 use super::lease::hold_lua;
 use super::{Held, Report};
 
@@ -68,8 +69,9 @@ pub struct Beat {
     lease_key: String,
     fence_key: String,
     set: String,
+    report_key: String,
     report_prefix: String,
-    pool_prefix: String,
+    prefix: String,
     lease_ttl: Duration,
     report_ttl: Duration,
     records_ttl: Duration,
@@ -88,11 +90,12 @@ impl Beat {
         Beat {
             script: Script::new(BEAT),
             name: name.to_string(),
-            lease_key: format!("{prefix}:leader"),
-            fence_key: format!("{prefix}:fence"),
-            set: format!("{prefix}:instances"),
-            report_prefix: format!("{prefix}:instance:"),
-            pool_prefix: format!("{prefix}:pool:"),
+            lease_key: keys::leader(prefix),
+            fence_key: keys::fence(prefix),
+            set: keys::instances(prefix),
+            report_key: keys::report(prefix, name),
+            report_prefix: keys::report_prefix(prefix),
+            prefix: prefix.to_string(),
             lease_ttl,
             report_ttl,
             records_ttl,
@@ -119,7 +122,7 @@ impl Beat {
         invocation
             .key(&self.fence_key)
             .key(&self.set)
-            .key(format!("{}{}", self.report_prefix, self.name))
+            .key(&self.report_key)
             .arg(&self.name)
             .arg(held.map_or("", |h| h.value.as_str()))
             .arg(self.lease_ttl.as_millis() as u64)
@@ -132,7 +135,7 @@ impl Beat {
             .arg(floor);
         for pool in pools {
             invocation
-                .key(format!("{}{pool}:members", self.pool_prefix))
+                .key(keys::members(&self.prefix, pool))
                 .arg(records.get(pool).map_or("", String::as_str));
         }
         type Reply = (

@@ -92,8 +92,8 @@ impl Lease {
     /// The lease of fleet `prefix` as instance `name` sees it.
     pub fn new(prefix: &str, name: &str, ttl: Duration) -> Self {
         Lease {
-            key: format!("{prefix}:leader"),
-            fence_key: format!("{prefix}:fence"),
+            key: super::keys::leader(prefix),
+            fence_key: super::keys::fence(prefix),
             name: name.to_string(),
             ttl,
             hold: Script::new(HOLD),

@@ -61,14 +61,14 @@ impl MemberBook {
     pub fn new(prefix: &str, ttl: Duration) -> Self {
         MemberBook {
             prefix: prefix.to_string(),
-            lease_key: format!("{prefix}:leader"),
+            lease_key: super::keys::leader(prefix),
             ttl,
             write: Script::new(WRITE),
         }
     }
 
     fn key(&self, pool: &str) -> String {
-        format!("{}:pool:{pool}:members", self.prefix)
+        super::keys::members(&self.prefix, pool)
     }
 
     /// Write `records` (pool, JSON of [`PoolMembers`]) as the holder of `held`; false when the

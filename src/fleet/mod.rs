@@ -10,6 +10,7 @@
 //! `[cluster]` table, `GET /api/v1/cluster`, `weir cluster` and the `weir_cluster_*` metrics.
 
 mod beat;
+mod keys;
 mod lease;
 mod members;
 mod registry;

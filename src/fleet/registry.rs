@@ -78,12 +78,12 @@ impl Registry {
     pub fn new(prefix: &str) -> Self {
         Registry {
             prefix: prefix.to_string(),
-            set: format!("{prefix}:instances"),
+            set: super::keys::instances(prefix),
         }
     }
 
     fn key(&self, name: &str) -> String {
-        format!("{}:instance:{name}", self.prefix)
+        super::keys::report(&self.prefix, name)
     }
 
     /// Leave the fleet at once (a clean shutdown).
