@@ -381,10 +381,17 @@ impl DockerProvider {
             else {
                 continue;
             };
-            if c.state != Some(ContainerSummaryStateEnum::RUNNING) {
-                info!(pool = %self.pool, container = %name, "removing a stopped container of this pool");
-                self.remove(docker, &name).await;
-                continue;
+            match c.state {
+                Some(ContainerSummaryStateEnum::RUNNING) => {}
+                Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD) => {
+                    info!(pool = %self.pool, container = %name, "removing a stopped container of this pool");
+                    self.remove(docker, &name).await;
+                    continue;
+                }
+                // Created and not yet started (a launch under way, perhaps another
+                // instance's), restarting, paused: not a worker now, and not this listing's
+                // to remove.
+                _ => continue,
             }
             match docker
                 .inspect_container(&name, None::<InspectContainerOptions>)
