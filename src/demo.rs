@@ -11,8 +11,9 @@
 //! - anything else: "hello from NAME".
 //!
 //! `?delay=250ms` on any path (or `--delay`) waits before answering; every response carries
-//! `x-served-by: NAME` and `x-concurrent` (requests this worker was answering, itself included,
-//! health probes of `/hello` aside). Any `Upgrade` request is accepted and its bytes echoed back raw.
+//! `x-served-by: NAME`, `x-concurrent` (requests this worker was answering, itself included,
+//! health probes of `/hello` aside) and `x-hostname` (the host it runs on: in a container the
+//! Docker provider launched, the container's name, so a test can tell which worker answered). Any `Upgrade` request is accepted and its bytes echoed back raw.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -75,6 +76,10 @@ impl Drop for Answering<'_> {
 pub async fn serve(listener: TcpListener, options: DemoOptions) {
     let options = Arc::new(options);
     let name = HeaderValue::from_str(&options.name).unwrap_or(HeaderValue::from_static("demo"));
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .and_then(|h| HeaderValue::from_str(h.trim()).ok())
+        .unwrap_or(HeaderValue::from_static("unknown"));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(pair) => pair,
@@ -87,10 +92,12 @@ pub async fn serve(listener: TcpListener, options: DemoOptions) {
         let _ = stream.set_nodelay(true);
         let options = Arc::clone(&options);
         let name = name.clone();
+        let hostname = hostname.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let options = Arc::clone(&options);
                 let name = name.clone();
+                let hostname = hostname.clone();
                 async move {
                     // Requests this worker is answering right now, this one included; health
                     // probes of `/hello` are not counted (they are not under any cap).
@@ -103,6 +110,7 @@ pub async fn serve(listener: TcpListener, options: DemoOptions) {
                     let mut response = respond(req, &options).await;
                     let headers = response.headers_mut();
                     headers.insert("x-served-by", name);
+                    headers.insert("x-hostname", hostname);
                     headers.insert("x-concurrent", HeaderValue::from(concurrent));
                     Ok::<_, Infallible>(response)
                 }

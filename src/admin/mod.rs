@@ -131,6 +131,9 @@ async fn route(req: Request<Incoming>, control: &Arc<Control>, peer: SocketAddr)
                 "this weir is not in a fleet (no [cluster] section)",
             ),
         },
+        (&Method::POST, weir_peer) if weir_peer == crate::fleet::PEER_PATH => {
+            peer_news(req, control).await
+        }
         (&Method::POST, "/api/v1/reload") => match control.reload().await {
             Ok(changed) => json(StatusCode::OK, &serde_json::json!({ "changed": changed })),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
@@ -202,6 +205,38 @@ fn history(req: &Request<Incoming>, control: &Control) -> AdminResponse {
     json(StatusCode::OK, &views::history(control, &pool, seconds))
 }
 
+/// `POST /api/v1/cluster/peer`: another instance of the fleet sends its news (the second
+/// channel, `fleet::peers`) and gets this instance's.
+async fn peer_news(req: Request<Incoming>, control: &Control) -> AdminResponse {
+    let Some(fleet) = control.fleet() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this weir is not in a fleet (no [cluster] section)",
+        );
+    };
+    let deadline = control
+        .shared()
+        .snapshot()
+        .config
+        .server
+        .header_read_timeout
+        .get();
+    let collect = Limited::new(req.into_body(), crate::fleet::MAX_NEWS).collect();
+    let body = match tokio::time::timeout(deadline, collect).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) | Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "request body too large, incomplete or too slow",
+            )
+        }
+    };
+    match serde_json::from_slice::<crate::fleet::PeerNews>(&body) {
+        Ok(news) => json(StatusCode::OK, &fleet.exchange(control.shared(), news)),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("unreadable news: {e}")),
+    }
+}
+
 fn readiness(control: &Control) -> AdminResponse {
     let shared = control.shared();
     let snapshot = shared.snapshot();
@@ -224,6 +259,11 @@ fn readiness(control: &Control) -> AdminResponse {
         if let Some(problem) = scaler.provider_problem() {
             not_ready.push(format!("pool {}: {problem}", scaler.key()));
         }
+    }
+    // An instance that hears too little of its fleet uses no shared capacity: its clients
+    // are better served elsewhere.
+    if let Some(isolated) = control.fleet().and_then(|f| f.isolation()) {
+        not_ready.push(isolated);
     }
     // A fleet whose Redis is down keeps serving with the workers it knows: that is degraded,
     // not unready (pulling every instance out of its balancer would be the outage).

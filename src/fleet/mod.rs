@@ -2,9 +2,14 @@
 //! elected by a lease with a fencing token (lease.rs), runs the scalers on the whole fleet's
 //! load; every instance reports its load and admin address every heartbeat (registry.rs) and
 //! serves through every worker the leader's records list (members.rs), keeping to its share of
-//! each worker's cap (shares.rs). While Redis does not answer, instances keep serving with what
-//! they know, nobody leads (so nobody launches or releases), and `/readyz` says why; when it is
-//! back, even empty, the next heartbeat rebuilds the shared state.
+//! each worker's cap (shares.rs). Instances also talk directly (peers.rs), so one cut off from
+//! Redis is still heard, and relayed into Redis, rather than taken for gone. While Redis does
+//! not answer, instances keep serving with what they know, nobody leads (so nobody launches or
+//! releases), and `/readyz` says why; when it is back, even empty, the next heartbeat rebuilds
+//! the shared state. An instance that hears less than a quorum of its fleet (more than half,
+//! or half with Redis on its side) for half a lease stops using shared capacity and is not
+//! ready ("isolated from the fleet"); only an instance that holds a quorum lets an unheard one
+//! go, a whole lease after it was last heard, so the cap holds across a split.
 //!
 //! The code says fleet throughout; `cluster` stays only where operators already type it: the
 //! `[cluster]` table, `GET /api/v1/cluster`, `weir cluster` and the `weir_cluster_*` metrics.
@@ -13,11 +18,13 @@ mod beat;
 mod keys;
 mod lease;
 mod members;
+mod peers;
 mod registry;
 mod shares;
 
 pub use lease::{Held, Lease};
 pub use members::{FleetMember, MemberBook, PoolMembers};
+pub use peers::{PeerNews, MAX_NEWS, PEER_PATH};
 pub use registry::{PoolReport, Registry, Report, WorkerLoad};
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,7 +41,7 @@ use tracing::{debug, info, warn};
 use crate::config::ClusterConfig;
 use crate::pool::{FleetPlace, WorkerState};
 use crate::state::Shared;
-use shares::ShareBook;
+use shares::{Quorum, ShareBook};
 
 /// How often an instance reports, and a follower tries for the lease.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -42,6 +49,11 @@ pub const HEARTBEAT: Duration = Duration::from_millis(100);
 const NUDGE_GAP: Duration = Duration::from_millis(20);
 /// Longest one Redis round trip may take before the store counts as unreachable.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an instance exchanges news with the peers it does not hear through Redis.
+const PEER_EVERY: Duration = Duration::from_millis(200);
+/// A report unchanged this long did not come through Redis at the last few heartbeats: its
+/// writer is asked directly.
+const STALE: Duration = Duration::from_millis(350);
 
 /// This instance's membership in the fleet.
 pub struct Fleet {
@@ -55,6 +67,9 @@ pub struct Fleet {
     registry: Registry,
     beat: beat::Beat,
     lease_ttl: Duration,
+    /// News older than this does not count toward a quorum (half a lease: an instance that
+    /// loses its quorum stops using its share half a lease before the others let it go).
+    fresh: Duration,
     leader: AtomicBool,
     /// This instance is stopping (reported, so the last to stop can tell it is last).
     leaving: AtomicBool,
@@ -68,7 +83,21 @@ struct State {
     /// Until when, by this instance's clock, the lease is surely still ours.
     valid_until: Option<Instant>,
     leader: Option<String>,
+    /// Every instance heard lately (through Redis, or from peers), this one included.
     instances: Vec<Report>,
+    /// The reports as Redis last gave them, and when that heartbeat started.
+    redis_read: Vec<Report>,
+    redis_at: Option<Instant>,
+    /// The latest report of each instance heard from peers, and when it first came.
+    peer_reports: HashMap<String, (Report, Instant)>,
+    /// When the leader's records were last read, from Redis or from a peer that had.
+    records_at: Option<Instant>,
+    /// This instance's last report, and the `at_ms` it carried (kept increasing).
+    own: Option<Report>,
+    quorum: Quorum,
+    /// It has heard the fleet at least once (through Redis or a peer): before that it cannot
+    /// tell whom it would take capacity from, so it takes none.
+    heard_fleet: bool,
     problem: Option<String>,
     /// What this instance's scalers, while leading, want the fleet to route to, per pool.
     published: BTreeMap<String, Vec<FleetMember>>,
@@ -89,6 +118,17 @@ impl Default for State {
             valid_until: None,
             leader: None,
             instances: Vec::new(),
+            redis_read: Vec::new(),
+            redis_at: None,
+            peer_reports: HashMap::new(),
+            records_at: None,
+            own: None,
+            quorum: Quorum {
+                heard: 1,
+                of: 1,
+                redis: false,
+            },
+            heard_fleet: false,
             problem: None,
             published: BTreeMap::new(),
             records: HashMap::new(),
@@ -119,6 +159,10 @@ pub struct FleetView {
     pub leader: Option<String>,
     /// Every live instance.
     pub instances: Vec<InstanceView>,
+    /// Why this instance uses no shared capacity now (it hears too little of the fleet), if
+    /// it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated: Option<String>,
 }
 
 /// One instance in [`FleetView`].
@@ -143,6 +187,9 @@ pub struct InstanceView {
     /// sum of its shares of their caps (absent for a pool without a cap).
     #[serde(default)]
     pub shares: BTreeMap<String, u64>,
+    /// Whether its last report reached Redis itself (false: a peer carried it).
+    #[serde(default)]
+    pub redis: bool,
 }
 
 impl Fleet {
@@ -169,6 +216,7 @@ impl Fleet {
             ),
             url: config.redis.clone(),
             lease_ttl: ttl,
+            fresh: ttl / 2,
             leader: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
             state: Mutex::new(State {
@@ -257,11 +305,27 @@ impl Fleet {
         self.state().problem.clone()
     }
 
+    /// Why this instance uses no shared capacity now, for `/readyz` (not ready: the balancer
+    /// in front should send its clients elsewhere); `None` while it hears a quorum.
+    pub fn isolation(&self) -> Option<String> {
+        let state = self.state();
+        isolation(&state)
+    }
+
+    /// Whether the leader's records are current: read from Redis, or from a peer that had
+    /// read them, within half a lease. Otherwise a follower follows the provider's listing.
+    pub fn records_current(&self) -> bool {
+        self.state()
+            .records_at
+            .is_some_and(|t| t.elapsed() < self.fresh)
+    }
+
     /// The fleet as last read.
     pub fn view(&self) -> FleetView {
         let state = self.state();
         let now = unix_ms();
         FleetView {
+            isolated: isolation(&state),
             name: self.name.clone(),
             leader: state.leader.clone(),
             instances: state
@@ -280,6 +344,7 @@ impl Fleet {
                         .iter()
                         .filter_map(|(name, p)| p.share.map(|s| (name.clone(), s)))
                         .collect(),
+                    redis: r.redis,
                 })
                 .collect(),
         }
@@ -307,9 +372,14 @@ impl Fleet {
     /// nothing in flight on it, so the leader may release it: it lists the worker as draining
     /// with 0, or does not have it at all. An instance that has the worker but has not yet
     /// read the leader's mark holds the release back; one that left the fleet no longer
-    /// counts.
+    /// counts. One that is not heard now but not known to be gone (cut off: it may still
+    /// send to the worker) holds it back too, until it is let go (it stopped using shared
+    /// capacity by then) or the drain times out.
     pub fn drained_everywhere(&self, pool: &str, worker: &str) -> bool {
         let state = self.state();
+        if !state.shares.missing().is_empty() {
+            return false;
+        }
         state
             .instances
             .iter()
@@ -394,13 +464,15 @@ impl Fleet {
         crate::telemetry::set_cluster_leader(false);
     }
 
-    /// Heartbeat until `stop`: report, hold or seek the lease, read the fleet. Then resign
-    /// and leave the registry, so a successor does not wait for the TTL.
+    /// Heartbeat until `stop`: report, hold or seek the lease, read the fleet; beside it,
+    /// exchange news with the peers Redis does not carry. Then resign and leave the
+    /// registry, so a successor does not wait for the TTL.
     pub async fn run(self: Arc<Self>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+        let peers =
+            tokio::spawn(Arc::clone(&self).talk_to_peers(Arc::clone(&shared), stop.clone()));
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_beat = Instant::now();
-        let mut answered = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -416,13 +488,12 @@ impl Fleet {
                 Ok(Err(e)) => Some(e),
                 Err(_) => Some("no answer within 2s".to_string()),
             };
-            if failure.is_none() {
-                answered = Instant::now();
-            } else if answered.elapsed() >= self.lease_ttl {
-                self.share_without_redis(&shared);
+            if failure.is_some() {
+                self.settle(&shared);
             }
             self.note(failure);
         }
+        let _ = peers.await;
         let held = self.state().held.clone();
         let mut guard = self.redis.lock().await;
         if let Some(redis) = guard.as_mut() {
@@ -434,26 +505,214 @@ impl Fleet {
         self.lose_lead("shutting down");
     }
 
-    /// Redis has not answered for a lease: an instance the fleet had not yet made room for
-    /// cannot learn when it has, so serving goes first: an even share of the fleet it last
-    /// saw, or the whole cap when it never saw one.
-    fn share_without_redis(&self, shared: &Shared) {
-        let place = {
-            let mut state = self.state();
-            if state.place != FleetPlace::Joining {
-                return;
+    /// Every [`PEER_EVERY`]: exchange news with the peers Redis does not carry, then settle
+    /// this instance's place (also the watch that isolates it when nothing is heard, however
+    /// long a heartbeat hangs).
+    async fn talk_to_peers(self: Arc<Self>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(PEER_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
             }
-            let fleet = &state.bound;
-            state.place = match fleet.iter().position(|n| *n == self.name) {
-                Some(rank) if fleet.len() > 1 => FleetPlace::Settled {
-                    rank: rank as u32,
-                    count: fleet.len() as u32,
-                },
-                _ => FleetPlace::Alone,
-            };
-            state.place
+            self.peer_round(&shared).await;
+            self.settle(&shared);
+        }
+    }
+
+    async fn peer_round(&self, shared: &Shared) {
+        let targets = self.peer_targets();
+        if targets.is_empty() {
+            return;
+        }
+        let news = self.news(shared);
+        let token = shared.snapshot().admin_token.clone();
+        let within = (self.lease_ttl / 4).clamp(Duration::from_millis(100), REDIS_TIMEOUT);
+        let calls = targets.iter().map(|(name, admin)| {
+            let (news, token) = (&news, token.as_deref());
+            async move { (name, peers::exchange(admin, token, news, within).await) }
+        });
+        for (name, answer) in futures_util::future::join_all(calls).await {
+            match answer {
+                Ok(news) => self.hear(news, shared),
+                Err(e) => debug!(peer = %name, error = %e, "no news from a peer"),
+            }
+        }
+    }
+
+    /// The peers to ask now (name, admin address): every one known while this instance's own
+    /// heartbeat fails; otherwise those Redis does not carry: missing, stale, or relayed.
+    fn peer_targets(&self) -> Vec<(String, String)> {
+        let now = Instant::now();
+        let state = self.state();
+        let mut known: BTreeMap<&str, &str> = BTreeMap::new();
+        let reports = state
+            .redis_read
+            .iter()
+            .chain(state.peer_reports.values().map(|(r, _)| r))
+            .chain(state.instances.iter());
+        for r in reports.filter(|r| r.name != self.name && !r.admin.is_empty()) {
+            known.insert(&r.name, &r.admin);
+        }
+        let own_beat_fails = !redis_fresh(&state, self.fresh, now);
+        known
+            .into_iter()
+            .filter(|(name, _)| {
+                if own_beat_fails {
+                    return true;
+                }
+                let relayed = state.instances.iter().any(|r| r.name == *name && !r.redis);
+                let book = &state.shares;
+                let missing = book.missing().iter().any(|m| m == name);
+                let stale = book.heard_within(name, self.lease_ttl, now)
+                    && !book.heard_within(name, STALE, now);
+                relayed || missing || stale
+            })
+            .map(|(name, admin)| (name.to_string(), admin.to_string()))
+            .collect()
+    }
+
+    /// This instance's news for a peer: its report, the reports it holds, and the leader's
+    /// records while it reads them from Redis.
+    fn news(&self, shared: &Shared) -> PeerNews {
+        let snapshot = shared.snapshot_full();
+        let report = self.report(&snapshot, self.is_leader());
+        let state = self.state();
+        let redis = redis_fresh(&state, self.fresh, Instant::now());
+        PeerNews {
+            report: Report { redis, ..report },
+            reports: state
+                .instances
+                .iter()
+                .filter(|r| r.name != self.name)
+                .cloned()
+                .collect(),
+            records: if redis {
+                state
+                    .records
+                    .iter()
+                    .map(|(pool, r)| (pool.clone(), (**r).clone()))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+        }
+    }
+
+    /// A peer's news, sent here (`POST /api/v1/cluster/peer`): take it, answer with ours.
+    pub fn exchange(&self, shared: &Shared, news: PeerNews) -> PeerNews {
+        self.hear(news, shared);
+        self.news(shared)
+    }
+
+    /// Take a peer's news: every report newer than the one held, and, while this instance
+    /// cannot read Redis itself, the leader's records the peer read there.
+    fn hear(&self, news: PeerNews, shared: &Shared) {
+        let now = Instant::now();
+        let changed = {
+            let mut state = self.state();
+            let state = &mut *state;
+            let PeerNews {
+                report,
+                reports,
+                records,
+            } = news;
+            for report in std::iter::once(report).chain(reports) {
+                if report.name == self.name {
+                    continue;
+                }
+                let newer = state
+                    .peer_reports
+                    .get(&report.name)
+                    .is_none_or(|(known, _)| known.at_ms < report.at_ms);
+                if newer {
+                    state
+                        .peer_reports
+                        .insert(report.name.clone(), (report, now));
+                }
+            }
+            let keep = self.lease_ttl * 10;
+            state
+                .peer_reports
+                .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < keep);
+            if records.is_empty() || redis_fresh(state, self.fresh, now) {
+                Vec::new()
+            } else {
+                state.records_at = Some(now);
+                take_records(state, records.into_iter())
+            }
         };
-        warn!(redis = %self.url, ?place, "the fleet cannot make room for this instance while redis is unreachable; taking an even share");
+        if !changed.is_empty() {
+            for pool in shared.snapshot_full().pools.values() {
+                if changed.contains(&pool.name) {
+                    pool.demand().notify_one();
+                }
+            }
+        }
+    }
+
+    /// Settle this instance's place from everything heard (Redis and peers): the live
+    /// instances, whether it holds a quorum, and its share of every worker's cap (none
+    /// without a quorum, or before it ever heard the fleet).
+    fn settle(&self, shared: &Shared) {
+        let now = Instant::now();
+        let place = {
+            let mut guard = self.state();
+            let state = &mut *guard;
+            let mut merged: BTreeMap<String, Report> = BTreeMap::new();
+            // A report read from Redis lives there a lease: it counts that long.
+            if state
+                .redis_at
+                .is_some_and(|t| now.saturating_duration_since(t) < self.lease_ttl)
+            {
+                for r in &state.redis_read {
+                    merged.insert(r.name.clone(), r.clone());
+                }
+            }
+            for (r, seen) in state.peer_reports.values() {
+                if now.saturating_duration_since(*seen) >= self.lease_ttl {
+                    continue;
+                }
+                if merged
+                    .get(&r.name)
+                    .is_none_or(|known| known.at_ms < r.at_ms)
+                {
+                    merged.insert(r.name.clone(), r.clone());
+                }
+            }
+            if let Some(own) = &state.own {
+                merged.insert(self.name.clone(), own.clone());
+            }
+            state.instances = merged.into_values().collect();
+            crate::telemetry::set_cluster_instances(state.instances.len());
+            let was_isolated = isolation(state).is_some();
+            state.heard_fleet |= state.redis_at.is_some() || !state.peer_reports.is_empty();
+            let (place, bound, quorum) = state.shares.settle(
+                &self.name,
+                &state.instances,
+                &state.reported,
+                &state.bound,
+                now,
+                self.fresh,
+                redis_fresh(state, self.fresh, now),
+                state.heard_fleet,
+            );
+            state.quorum = quorum;
+            state.bound = bound;
+            if state.place != place {
+                debug!(name = %self.name, ?place, fleet = ?state.bound, "place in the fleet changed");
+            }
+            state.place = place;
+            match (was_isolated, isolation(state)) {
+                (false, Some(why)) => {
+                    warn!(%why, "using no shared capacity; requests wait in the queue")
+                }
+                (true, None) => info!(quorum = ?state.quorum, "hearing the fleet again"),
+                _ => {}
+            }
+            place
+        };
         for pool in shared.snapshot_full().pools.values() {
             pool.set_fleet_place(place);
         }
@@ -535,6 +794,8 @@ impl Fleet {
         let leader = beaten.leader;
         let records = beaten.records;
         let was = self.is_leader();
+        let changed;
+        let relays;
         {
             let mut state = self.state();
             if let Some(h) = &now_held {
@@ -548,9 +809,19 @@ impl Fleet {
             }
             state.held = now_held.clone();
             state.leader = leader;
-            state.instances = instances;
-            crate::telemetry::set_cluster_instances(state.instances.len());
-            let changed = take_records(&mut state, pools.into_iter().zip(records));
+            state.redis_read = instances;
+            state.redis_at = Some(started);
+            state.records_at = Some(started);
+            let read = pools
+                .iter()
+                .cloned()
+                .zip(records)
+                .filter_map(|(pool, text)| {
+                    let record = serde_json::from_str::<PoolMembers>(&text?).ok()?;
+                    Some((pool, record))
+                });
+            changed = take_records(&mut state, read);
+            relays = to_relay(&state, Instant::now(), self.fresh);
             // Tokens seen, so a lease taken later gets a larger one even from an empty Redis.
             for token in now_held
                 .iter()
@@ -559,25 +830,23 @@ impl Fleet {
             {
                 self.lease.raise_floor(token);
             }
-            let state = &mut *state;
-            let (place, bound) = state.shares.place(
-                &self.name,
-                &state.instances,
-                &state.reported,
-                Instant::now(),
-            );
-            if state.place != place {
-                debug!(name = %self.name, ?place, fleet = ?bound, "place in the fleet changed");
+        }
+        if !relays.is_empty() {
+            // Best effort: the next heartbeat tries again, and the peers ask it directly.
+            if let Err(e) = self
+                .registry
+                .relay(&mut redis, &relays, self.lease_ttl)
+                .await
+            {
+                debug!(error = %e, "relaying peers' reports into redis failed");
             }
-            state.bound = bound;
-            state.place = place;
-            for pool in snapshot.pools.values() {
-                pool.set_fleet_place(place);
-                if now_held.is_some() || changed.contains(&pool.name) {
-                    // The leader's scalers decide on the fleet's load just read; a follower's
-                    // follow a changed record at once.
-                    pool.demand().notify_one();
-                }
+        }
+        self.settle(shared);
+        for pool in snapshot.pools.values() {
+            if now_held.is_some() || changed.contains(&pool.name) {
+                // The leader's scalers decide on the fleet's load just read; a follower's
+                // follow a changed record at once.
+                pool.demand().notify_one();
             }
         }
         let is = now_held.is_some();
@@ -642,46 +911,94 @@ impl Fleet {
         // The fleet whose shares this instance keeps to: the new one only once no worker has
         // more in flight from here than the new share.
         let within = snapshot.pools.values().all(|p| p.within_caps());
-        let fleet = {
-            let mut state = self.state();
-            if within {
-                state.reported = state.bound.clone();
-            }
-            state.reported.clone()
-        };
-        Report {
+        let mut state = self.state();
+        if within {
+            state.reported = state.bound.clone();
+        }
+        // Increasing even if the wall clock steps back: the others hear news by `at_ms`.
+        let at_ms = unix_ms().max(state.own.as_ref().map_or(0, |r| r.at_ms + 1));
+        let report = Report {
             name: self.name.clone(),
             admin: self.advertised(),
             leader,
-            at_ms: unix_ms(),
+            at_ms,
             pools,
-            fleet,
+            fleet: state.reported.clone(),
             leaving: self.leaving.load(Ordering::Relaxed),
-        }
+            // Written by the heartbeat, it reached Redis if it is read at all; a peer's news
+            // says otherwise when this instance's heartbeat fails.
+            redis: true,
+        };
+        state.own = Some(report.clone());
+        report
     }
 }
 
 /// Keep the records just read; one that is missing (none written yet, or an empty Redis)
-/// leaves the last one known in place. Returns the pools whose record changed.
+/// leaves the last one known in place, and so does one under an older fencing token (a
+/// deposed leader's, relayed late). Returns the pools whose record changed.
 fn take_records(
     state: &mut State,
-    read: impl Iterator<Item = (String, Option<String>)>,
+    read: impl Iterator<Item = (String, PoolMembers)>,
 ) -> Vec<String> {
     let mut changed_pools = Vec::new();
-    for (pool, text) in read {
-        let Some(record) = text.and_then(|t| serde_json::from_str::<PoolMembers>(&t).ok()) else {
-            continue;
-        };
+    for (pool, record) in read {
         let changed = state
             .records
             .get(&pool)
-            .is_none_or(|known| **known != record);
+            .is_none_or(|known| known.token <= record.token && **known != record);
         if changed {
             state.records.insert(pool.clone(), Arc::new(record));
             changed_pools.push(pool);
         }
     }
     changed_pools
+}
+
+/// The reports heard lately from peers that cannot reach Redis themselves and that are newer
+/// than what Redis gave: written there for everyone who reads it.
+fn to_relay(state: &State, now: Instant, fresh: Duration) -> Vec<Report> {
+    state
+        .peer_reports
+        .values()
+        .filter(|(r, seen)| !r.redis && now.saturating_duration_since(*seen) < fresh)
+        .filter(|(r, _)| {
+            state
+                .redis_read
+                .iter()
+                .find(|known| known.name == r.name)
+                .is_none_or(|known| known.at_ms < r.at_ms)
+        })
+        .map(|(r, _)| r.clone())
+        .collect()
+}
+
+/// Whether this instance's own heartbeat reached Redis within `fresh`.
+fn redis_fresh(state: &State, fresh: Duration, now: Instant) -> bool {
+    state
+        .redis_at
+        .is_some_and(|t| now.saturating_duration_since(t) < fresh)
+}
+
+/// Why an instance in `state` uses no shared capacity, if it does not.
+fn isolation(state: &State) -> Option<String> {
+    if state.heard_fleet && state.quorum.holds() {
+        return None;
+    }
+    if !state.heard_fleet {
+        return Some("cluster: isolated from the fleet: not heard yet (no redis, no peer)".into());
+    }
+    let q = state.quorum;
+    Some(format!(
+        "cluster: isolated from the fleet: hears {} of its {} instances{} within half a lease",
+        q.heard,
+        q.of,
+        if q.redis {
+            " with redis"
+        } else {
+            ", not redis,"
+        }
+    ))
 }
 
 fn unix_ms() -> u64 {

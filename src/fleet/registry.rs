@@ -65,12 +65,33 @@ pub struct Report {
     /// workers over to anyone, releases them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// Its last heartbeat reached Redis: a report that says not was carried here by a peer
+    /// (the second channel, `peers.rs`), and the side of a split that has Redis breaks a tie.
+    #[serde(default)]
+    pub redis: bool,
 }
+
+/// Writes a report heard from a peer unless the one stored is as new or newer, and lists its
+/// writer. KEYS: 1 the report, 2 the registry's set. ARGV: 1 the report (JSON), 2 its `at_ms`,
+/// 3 its TTL (ms), 4 the instance's name.
+const RELAY: &str = r"
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local ok, report = pcall(cjson.decode, stored)
+  if ok and type(report) == 'table' and tonumber(report.at_ms) and tonumber(report.at_ms) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+return 1
+";
 
 /// The registry of fleet `prefix`.
 pub struct Registry {
     prefix: String,
     set: String,
+    relay: redis::Script,
 }
 
 impl Registry {
@@ -79,7 +100,32 @@ impl Registry {
         Registry {
             prefix: prefix.to_string(),
             set: super::keys::instances(prefix),
+            relay: redis::Script::new(RELAY),
         }
+    }
+
+    /// Write the reports of instances that cannot reach Redis themselves, heard from them
+    /// over the second channel, so every instance that reads Redis hears them too (each
+    /// only over an older one: two relays never put a report back).
+    pub async fn relay(
+        &self,
+        redis: &mut ConnectionManager,
+        reports: &[Report],
+        ttl: std::time::Duration,
+    ) -> redis::RedisResult<()> {
+        for report in reports {
+            let json = serde_json::to_string(report).unwrap_or_default();
+            self.relay
+                .key(self.key(&report.name))
+                .key(&self.set)
+                .arg(json)
+                .arg(report.at_ms)
+                .arg(ttl.as_millis() as u64)
+                .arg(&report.name)
+                .invoke_async::<i64>(redis)
+                .await?;
+        }
+        Ok(())
     }
 
     fn key(&self, name: &str) -> String {

@@ -244,7 +244,13 @@ impl DockerProvider {
                 name: Some(name.to_string()),
                 ..Default::default()
             };
-            docker.create_container(Some(options), body.clone())
+            // Its host name is its name (what it logs, and says, names the worker weir
+            // knows), where the name fits in one (63 bytes); else the engine's default.
+            let body = ContainerCreateBody {
+                hostname: (name.len() <= 63).then(|| name.to_string()),
+                ..body.clone()
+            };
+            docker.create_container(Some(options), body)
         };
         match create(&name).await {
             Ok(_) => {}

@@ -190,13 +190,13 @@ impl PoolScaler {
                 // Requests wait here: the leader should know before the next heartbeat.
                 fleet.nudge();
             }
-            if fleet.problem().is_none() && fleet.record(&self.pool.name).is_some() {
+            if fleet.records_current() && fleet.record(&self.pool.name).is_some() {
                 self.follow_record(&fleet);
             } else if listed_at.is_none_or(|t| t.elapsed() >= FLEET_LIST_INTERVAL) {
-                // No leader's record yet (a fleet starting), or none that can be read now
-                // (Redis away: the last one read may list workers released since, whose
-                // addresses other workers may have taken): the provider's list is the best
-                // knowledge there is. A member is a worker the provider lists, not an address.
+                // No leader's record yet (a fleet starting), or none read lately, from Redis or
+                // a peer (the last one read may list workers released since, whose addresses
+                // other workers may have taken): the provider's list is the best knowledge
+                // there is. A member is a worker the provider lists, not an address.
                 listed_at = Some(Instant::now());
                 self.follow_listed().await;
             }

@@ -55,15 +55,6 @@ impl PortHolder {
             thread: Some(thread),
         }
     }
-
-    /// A port held from the start: an address where no store ever answers.
-    fn free() -> PortHolder {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        PortHolder::hold(port)
-    }
 }
 
 impl Drop for PortHolder {
@@ -537,9 +528,13 @@ async fn each_workers_concurrency_is_divided_among_the_live_instances() {
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("a third instance joined under load: the worker's peak in flight {peak} (cap 3)");
     assert!(peak <= 3, "never above the cap while shares move: {peak}");
-    fleet.pop();
+    // The third stops cleanly: it reports that it is leaving, and is let go at once.
+    let mut third = fleet.pop().expect("a third instance");
+    signal(&third, "TERM");
+    third.child.0.wait().unwrap();
 
-    // One instance gone: the survivor takes the whole cap once its report expires.
+    // Then one crashes: the survivor, with Redis and half of the fleet, takes the whole cap
+    // once the crashed one's report would have expired.
     let mut dead = fleet.remove(1);
     dead.child.0.kill().unwrap();
     dead.child.0.wait().unwrap();
@@ -912,22 +907,50 @@ async fn a_leader_sigstopped_past_its_lease_neither_launches_nor_releases_when_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_started_while_redis_is_down_serves_its_known_workers() {
+async fn an_instance_started_while_redis_is_down_takes_no_share_until_it_hears_the_fleet() {
+    // Before it ever heard the fleet, an instance cannot tell whose capacity it would take:
+    // it holds its requests (and turns them away at the queue's timeout), says it is not
+    // ready, and serves once Redis answers.
+    let Some(mut redis) = Redis::start_for(
+        "an_instance_started_while_redis_is_down_takes_no_share_until_it_hears_the_fleet",
+    ) else {
+        return;
+    };
+    redis.stop();
     let (_worker, worker) = demo_process("fleet-d");
-    let down = PortHolder::free();
     let config = temp_path(&format!("fleet-down-{}.toml", std::process::id()));
     std::fs::write(
         &config,
         format!(
             "[server]\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
-             [[routes]]\npool = \"app\"\n[pools.app]\nworker_concurrency = 4\n\
+             [[routes]]\npool = \"app\"\nqueue = {{ timeout = \"300ms\" }}\n\
+             [pools.app]\nworker_concurrency = 4\n\
              provider = {{ kind = \"static\", addresses = [\"{worker}\"] }}\n\
-             [cluster]\nredis = \"redis://127.0.0.1:{}/0\"\nlease_ttl = \"1s\"\n",
-            down.port
+             [cluster]\nredis = \"{}\"\nlease_ttl = \"1s\"\n",
+            redis.url()
         ),
     )
     .unwrap();
     let weir = run_weir(&config);
+    let deadline = Instant::now() + DEADLINE;
+    let body = loop {
+        let (status, body) = admin_call(weir.admin, "GET", "/readyz", None, "").await;
+        if body.contains("cluster: redis unreachable at") {
+            assert_eq!(status, 503, "{body}");
+            break body;
+        }
+        assert!(Instant::now() < deadline, "redis never missed: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(body.contains("isolated from the fleet"), "{body}");
+    assert_eq!(caps(&[weir.admin]).await, vec![0], "no share");
+    assert_eq!(
+        get(weir.addr, "/").await.status,
+        503,
+        "held, then turned away"
+    );
+
+    redis.restart();
     let deadline = Instant::now() + DEADLINE;
     loop {
         let reply = get(weir.addr, "/").await;
@@ -937,10 +960,9 @@ async fn an_instance_started_while_redis_is_down_serves_its_known_workers() {
         assert!(Instant::now() < deadline, "never served: {}", reply.status);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(caps(&[weir.admin]).await, vec![4], "alone: the whole cap");
     let (status, body) = admin_call(weir.admin, "GET", "/readyz", None, "").await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("cluster: redis unreachable at"), "{body}");
-    assert_eq!(caps(&[weir.admin]).await, vec![4], "the whole cap");
 }
 
 /// Removes, on drop, every container of a Docker pool (a fleet leaves its workers running).

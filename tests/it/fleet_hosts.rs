@@ -1,6 +1,9 @@
-//! The fleet as hosts of their own (see `hosts`): three weir containers on two networks,
-//! `ctl` (Redis and the weirs) and `data` (the weirs and the worker containers the leader
-//! launches), load from this test at every instance, and faults made with the engine.
+//! The fleet as hosts of their own (see `hosts`): three weir containers on two or three
+//! networks (see [`Layout`]), `data` carrying the weirs, the worker containers the leader
+//! launches and this test's load, load at every instance, and faults made with the engine:
+//! `docker kill`, `docker network disconnect`, a Redis restarted empty. Every scenario counts
+//! answers from a worker over its cap (the demo worker's `x-concurrent`), answers from a
+//! container other than the worker the access log names (its `x-hostname`), and failures.
 
 use crate::hosts::{self, Answer, Container, Net};
 
@@ -18,28 +21,51 @@ const LEASE_TTL: Duration = Duration::from_secs(2);
 /// How long the fleet may take to form: containers starting, an election, workers launched.
 const FORMING: Duration = Duration::from_secs(60);
 
+/// How the weirs reach Redis and each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `ctl` carries Redis and the weirs' talk to each other; each weir advertises the
+    /// address it reaches Redis from (learned, the default).
+    Shared,
+    /// Redis alone on `store`; the weirs talk on `ctl`, at fixed addresses they advertise
+    /// (`[cluster] advertise`): an instance can be cut off from Redis and not from its
+    /// peers, or from both.
+    Split,
+}
+
 /// A fleet of `count` weirs over one pool of two Docker workers.
 /// Fields drop in order: the containers before the networks they are on.
 struct Fleet {
     tag: String,
     weirs: Vec<Container>,
     redis: Container,
-    /// The network of Redis and the weirs.
+    /// The network the weirs talk to each other on (and reach Redis on, in [`Layout::Shared`]).
     ctl: Net,
     data: Net,
+    /// Redis's own network, in [`Layout::Split`].
+    store: Option<Net>,
 }
 
 impl Fleet {
-    fn start(test: &str, count: usize) -> Fleet {
+    fn start(test: &str, count: usize, layout: Layout) -> Fleet {
         let tag = hosts::tag(test);
-        let ctl = Net::create(format!("{tag}-ctl"));
+        let (ctl, prefix) = Net::with_subnet(format!("{tag}-ctl"));
         let data = Net::create(format!("{tag}-data"));
-        let redis = hosts::redis(format!("{tag}-redis"), &ctl);
+        let store = (layout == Layout::Split).then(|| Net::create(format!("{tag}-store")));
+        let redis = hosts::redis(format!("{tag}-redis"), store.as_ref().unwrap_or(&ctl));
         let weirs = (1..=count)
             .map(|n| {
+                let ip = std::net::IpAddr::from([prefix[0], prefix[1], prefix[2], 10 + n as u8]);
+                let advertise = match layout {
+                    Layout::Shared => String::new(),
+                    Layout::Split => format!("advertise = \"{ip}:{}\"", hosts::ADMIN_PORT),
+                };
                 let config = format!(
                     r#"[server]
 shutdown_grace = "2s"
+[access_log]
+enabled = true
+path = "-"
 [admin]
 listen = "0.0.0.0:{admin}"
 token = "{token}"
@@ -50,8 +76,10 @@ redis = "redis://{redis}:6379/0"
 name = "w{n}"
 prefix = "{tag}"
 lease_ttl = "{ttl}s"
+{advertise}
 [[routes]]
 pool = "{tag}"
+queue = {{ timeout = "2s" }}
 [pools.{tag}]
 worker_concurrency = {WORKER_CAP}
 provider = {{ kind = "docker", image = "{image}", port = 8080, network = "{data}", pull = "never", stop_grace = "2s" }}
@@ -69,7 +97,9 @@ max_workers = 2
                     // By name (the network's DNS): a restarted Redis may get another address.
                     redis = redis.name,
                 );
-                hosts::weir(format!("{tag}-w{n}"), &config, &[&ctl, &data])
+                let mut nets = vec![&ctl, &data];
+                nets.extend(store.as_ref());
+                hosts::weir(format!("{tag}-w{n}"), &config, &nets, Some(ip))
             })
             .collect();
         Fleet {
@@ -78,16 +108,17 @@ max_workers = 2
             redis,
             ctl,
             data,
+            store,
         }
     }
 
     /// Three weirs once formed: one leader they all name, and the two workers every one of
     /// them routes to; `None` when the test cannot run here (said so by [`hosts::ready`]).
-    async fn formed(test: &str) -> Option<(Fleet, String, Vec<String>)> {
+    async fn formed(test: &str, layout: Layout) -> Option<(Fleet, String, Vec<String>)> {
         if !hosts::ready(test) {
             return None;
         }
-        let fleet = Fleet::start(test, 3);
+        let fleet = Fleet::start(test, 3, layout);
         let leader = fleet.agreed_leader(&[0, 1, 2], FORMING).await;
         let workers = fleet.ready_workers(0, 2).await;
         for i in 1..3 {
@@ -191,13 +222,18 @@ struct Tally {
     first_failure: std::sync::Mutex<Option<String>>,
     /// When answers came over the cap, first and last.
     over_cap_between: std::sync::Mutex<Option<(Instant, Instant)>>,
+    /// Each answer's path (unique) and the container that answered it.
+    answered_by: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Tally {
-    fn count(&self, answer: Result<Answer, String>) {
+    fn count(&self, path: String, answer: Result<Answer, String>) {
         match answer {
             Ok(a) if a.status == 200 => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
+                if let Some(host) = a.hostname.clone() {
+                    self.answered_by.lock().unwrap().push((path, host));
+                }
                 if a.concurrent.is_some_and(|c| c > WORKER_CAP) {
                     self.over_cap.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
@@ -241,17 +277,20 @@ impl Tally {
     }
 }
 
-/// `clients` loops at `proxy` asking for a 50 ms answer until `running` flips.
-fn load(proxy: SocketAddr, clients: usize, running: &Arc<AtomicBool>) -> Arc<Tally> {
+/// `clients` loops at `proxy` asking for a 50 ms answer until `running` flips; every path is
+/// unique (`n` marks this instance's), to find each request in the access log.
+fn load(proxy: SocketAddr, n: usize, clients: usize, running: &Arc<AtomicBool>) -> Arc<Tally> {
     let tally = Arc::new(Tally::default());
-    for _ in 0..clients {
+    for client in 0..clients {
         let tally = Arc::clone(&tally);
         let running = Arc::clone(running);
         tokio::spawn(async move {
+            let mut k = 0u64;
             while running.load(Ordering::Relaxed) {
-                let answer =
-                    hosts::fetch(proxy, "/?delay=50ms", None, Duration::from_secs(10)).await;
-                tally.count(answer);
+                k += 1;
+                let path = format!("/?delay=50ms&req={n}-{client}-{k}");
+                let answer = hosts::fetch(proxy, &path, None, Duration::from_secs(10)).await;
+                tally.count(path, answer);
             }
         });
     }
@@ -269,9 +308,41 @@ impl Load {
     fn start(fleet: &Fleet) -> Load {
         let running = Arc::new(AtomicBool::new(true));
         let tallies = (0..fleet.weirs.len())
-            .map(|i| load(fleet.proxy(i), 4, &running))
+            .map(|i| load(fleet.proxy(i), i, 4, &running))
             .collect();
         Load { running, tallies }
+    }
+
+    /// Answers (status 200) checked against the access logs: how many, how many came from a
+    /// container other than the worker weir's access log names, and the first few of those.
+    fn misrouted(&self, fleet: &Fleet) -> (usize, usize, Vec<String>) {
+        let (mut checked, mut wrong, mut examples) = (0, 0, Vec::new());
+        for (i, tally) in self.tallies.iter().enumerate() {
+            let mut logged = std::collections::HashMap::new();
+            for line in fleet.weirs[i].logs().lines() {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if let (Some(path), Some(worker)) =
+                    (entry["path"].as_str(), entry["worker"].as_str())
+                {
+                    logged.insert(path.to_string(), worker.to_string());
+                }
+            }
+            for (path, host) in tally.answered_by.lock().unwrap().iter() {
+                let Some(worker) = logged.get(path) else {
+                    continue;
+                };
+                checked += 1;
+                if worker != host {
+                    wrong += 1;
+                    if examples.len() < 5 {
+                        examples.push(format!("{path}: logged {worker}, answered by {host}"));
+                    }
+                }
+            }
+        }
+        (checked, wrong, examples)
     }
 
     /// Stop, let the last answers land, and say what each instance's clients saw.
@@ -286,9 +357,11 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill() {
-    let Some((fleet, leader, workers)) =
-        Fleet::formed("three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill")
-            .await
+    let Some((fleet, leader, workers)) = Fleet::formed(
+        "three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_kill",
+        Layout::Shared,
+    )
+    .await
     else {
         return;
     };
@@ -364,12 +437,16 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
     for &i in &survivors {
         assert_eq!(fleet.ready_workers(i, 2).await, workers, "the same workers");
     }
+    assert_routed_right(&load, &fleet);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap() {
-    let Some((fleet, leader, workers)) =
-        Fleet::formed("a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap").await
+    let Some((fleet, leader, workers)) = Fleet::formed(
+        "a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap",
+        Layout::Shared,
+    )
+    .await
     else {
         return;
     };
@@ -403,12 +480,14 @@ async fn a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap() {
     for i in 0..3 {
         assert_eq!(fleet.ready_workers(i, 2).await, workers, "the same workers");
     }
+    assert_routed_right(&load, &fleet);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_hands_the_workers_over_and_stopping_the_whole_fleet_releases_them() {
     let Some((fleet, leader, workers)) = Fleet::formed(
         "a_rolling_restart_hands_the_workers_over_and_stopping_the_whole_fleet_releases_them",
+        Layout::Shared,
     )
     .await
     else {
@@ -465,9 +544,11 @@ async fn a_rolling_restart_hands_the_workers_over_and_stopping_the_whole_fleet_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_cut_off_from_redis_follows_the_workers_the_provider_lists() {
-    let Some((fleet, leader, workers)) =
-        Fleet::formed("an_instance_cut_off_from_redis_follows_the_workers_the_provider_lists")
-            .await
+    let Some((fleet, leader, workers)) = Fleet::formed(
+        "an_instance_cut_off_from_redis_follows_the_workers_the_provider_lists",
+        Layout::Shared,
+    )
+    .await
     else {
         return;
     };
@@ -478,12 +559,9 @@ async fn an_instance_cut_off_from_redis_follows_the_workers_the_provider_lists()
     // the engine.
     fleet.weirs[cut].disconnect(&fleet.ctl);
     let admin = fleet.admin(cut);
-    hosts::eventually("the cut-off instance notices", FORMING, || async move {
-        let ready = hosts::admin_json(admin, "/readyz").await?;
-        ready
-            .to_string()
-            .contains("redis unreachable")
-            .then_some(())
+    hosts::eventually("the cut-off instance notices", FORMING, || async {
+        let (_, body) = readiness(&fleet, cut).await?;
+        body.contains("redis unreachable").then_some(())
     })
     .await;
 
@@ -514,4 +592,267 @@ async fn an_instance_cut_off_from_redis_follows_the_workers_the_provider_lists()
     .await;
     assert!(!followed.contains(&workers[0]), "{followed:?}");
     fleet.weirs[cut].connect(&fleet.ctl);
+}
+
+/// Instance `i`'s `/readyz`: status and body; `None` while it does not answer.
+async fn readiness(fleet: &Fleet, i: usize) -> Option<(u16, String)> {
+    let answer = hosts::fetch(
+        fleet.admin(i),
+        "/readyz",
+        Some(hosts::TOKEN),
+        Duration::from_secs(2),
+    )
+    .await
+    .ok()?;
+    Some((answer.status, answer.body))
+}
+
+/// Instance `name` as instance `i` shows it in `/api/v1/cluster`.
+async fn shown(fleet: &Fleet, i: usize, name: &str) -> Option<serde_json::Value> {
+    let view = hosts::admin_json(fleet.admin(i), "/api/v1/cluster").await?;
+    view["instances"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name)
+        .cloned()
+}
+
+/// Every answer found in the access logs came from the worker the log names; how many.
+fn assert_routed_right(load: &Load, fleet: &Fleet) -> usize {
+    let (checked, wrong, examples) = load.misrouted(fleet);
+    eprintln!("access log check: {checked} answers, {wrong} from a container other than the worker logged");
+    assert!(checked > 50, "answers found in the access logs: {checked}");
+    assert_eq!(wrong, 0, "answers from another container: {examples:?}");
+    checked
+}
+
+/// Failed requests each instance's clients have seen so far.
+fn failures(load: &Load) -> Vec<u64> {
+    load.tallies
+        .iter()
+        .map(|t| t.failed.load(Ordering::Relaxed))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_redis_but_not_its_peers_keeps_its_share_within_the_cap() {
+    let Some((fleet, leader, workers)) = Fleet::formed(
+        "a_follower_cut_off_from_redis_but_not_its_peers_keeps_its_share_within_the_cap",
+        Layout::Split,
+    )
+    .await
+    else {
+        return;
+    };
+    let leader_index = fleet.index_of(&leader);
+    let cut = (0..3).find(|&i| i != leader_index).expect("a follower");
+    let cut_name = format!("w{}", cut + 1);
+    let store = fleet.store.as_ref().expect("a split layout");
+    let load = Load::start(&fleet);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    fleet.weirs[cut].disconnect(store);
+    let cut_at = Instant::now();
+    // It notices and stays ready (degraded); the leader hears it through the peers, who
+    // carry its reports into Redis.
+    hosts::eventually(
+        "the cut-off follower notices and stays ready",
+        FORMING,
+        || async {
+            let (status, body) = readiness(&fleet, cut).await?;
+            (body.contains("redis unreachable") && !body.contains("isolated")).then_some(status)
+        },
+    )
+    .await;
+    let relayed = hosts::eventually("the leader hears it through its peers", FORMING, || async {
+        let seen = shown(&fleet, leader_index, &cut_name).await?;
+        (seen["redis"] == false).then_some(seen)
+    })
+    .await;
+    eprintln!("relayed after {:?}: {relayed}", cut_at.elapsed());
+    // Two leases on, nobody took its share: it is still one of three, and keeps its own.
+    tokio::time::sleep(LEASE_TTL * 2).await;
+    let seen = shown(&fleet, leader_index, &cut_name)
+        .await
+        .expect("still in the fleet");
+    assert!(
+        seen["shares"][&fleet.tag].as_u64().is_some_and(|s| s > 0),
+        "{seen}"
+    );
+    let ready = readiness(&fleet, cut).await.expect("it answers");
+    assert_eq!(ready.0, 200, "{ready:?}");
+    let before_kill = failures(&load);
+
+    // A worker dies and the leader replaces it: the cut-off follower learns the new record
+    // through its peers and routes to the replacement, not to the dead worker's address.
+    hosts::docker(&["kill", &workers[0]]);
+    hosts::eventually("a replacement running", FORMING, || async {
+        let running = hosts::running_workers(&fleet.tag);
+        (running.len() == 2 && !running.contains(&workers[0])).then_some(())
+    })
+    .await;
+    let admin = fleet.admin(cut);
+    hosts::eventually(
+        "the cut-off follower routes to the replacement",
+        FORMING,
+        || async {
+            let view = hosts::admin_json(admin, "/api/v1/workers").await?;
+            let mut ready: Vec<String> = view
+                .as_array()?
+                .iter()
+                .filter(|w| w["state"] == "ready")
+                .filter_map(|w| w["id"].as_str().map(str::to_string))
+                .collect();
+            ready.sort();
+            (ready == hosts::running_workers(&fleet.tag)).then_some(())
+        },
+    )
+    .await;
+
+    fleet.weirs[cut].connect(store);
+    hosts::eventually("the follower reaches redis again", FORMING, || async {
+        let (status, body) = readiness(&fleet, cut).await?;
+        (status == 200 && !body.contains("redis unreachable")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.stop(&fleet, cut_at).await;
+    eprintln!("cut off from redis only: {report:?}; failed before the worker kill {before_kill:?}");
+    for (i, tally) in load.tallies.iter().enumerate() {
+        assert_eq!(
+            tally.over_cap.load(Ordering::Relaxed),
+            0,
+            "a worker answered more than {WORKER_CAP} at once: {report:?}\n{}",
+            fleet.logs()
+        );
+        assert_eq!(
+            before_kill[i], 0,
+            "failed before the worker died: {report:?}"
+        );
+        // The killed worker's requests in flight, at most its cap, may fail.
+        assert!(
+            tally.failed.load(Ordering::Relaxed) <= u64::from(WORKER_CAP),
+            "{report:?}"
+        );
+        assert!(tally.ok.load(Ordering::Relaxed) > 20, "{report:?}");
+    }
+    assert_routed_right(&load, &fleet);
+}
+
+/// One instance (the leader, or a follower) loses Redis and its peers but still reaches the
+/// workers and its clients: half a lease on it uses no shared capacity and is not ready; a
+/// lease after the others last heard it, they share its part out (never before it let go);
+/// reconnected, it rejoins. No worker ever answers over its cap.
+async fn cut_off_from_everything(test: &str, leader_cut: bool) {
+    let Some((fleet, leader, workers)) = Fleet::formed(test, Layout::Split).await else {
+        return;
+    };
+    let leader_index = fleet.index_of(&leader);
+    let cut = if leader_cut {
+        leader_index
+    } else {
+        (0..3).find(|&i| i != leader_index).expect("a follower")
+    };
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != cut).collect();
+    let names: Vec<String> = survivors.iter().map(|i| format!("w{}", i + 1)).collect();
+    let store = fleet.store.as_ref().expect("a split layout");
+    let load = Load::start(&fleet);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    fleet.weirs[cut].disconnect(store);
+    fleet.weirs[cut].disconnect(&fleet.ctl);
+    let cut_at = Instant::now();
+    let isolated = hosts::eventually("it says it is isolated", FORMING, || async {
+        let (status, body) = readiness(&fleet, cut).await?;
+        (status == 503 && body.contains("isolated from the fleet")).then(|| cut_at.elapsed())
+    })
+    .await;
+    let new_leader = fleet.agreed_leader(&survivors, FORMING).await;
+    let shared_out = hosts::eventually("the survivors share its part out", FORMING, || async {
+        let view = hosts::admin_json(fleet.admin(survivors[0]), "/api/v1/cluster").await?;
+        let instances = view["instances"].as_array()?;
+        let total: u64 = instances
+            .iter()
+            .filter_map(|i| i["shares"][&fleet.tag].as_u64())
+            .sum();
+        let settled = instances
+            .iter()
+            .all(|i| i["fleet"] == serde_json::json!(names));
+        (settled && total == 2 * u64::from(WORKER_CAP)).then(|| cut_at.elapsed())
+    })
+    .await;
+    let failed_at_cut_while_away = failures(&load)[cut];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    fleet.weirs[cut].connect(store);
+    fleet.weirs[cut].connect(&fleet.ctl);
+    let back_at = Instant::now();
+    let cut_name = format!("w{}", cut + 1);
+    let rejoined = hosts::eventually("it rejoins and takes a share again", FORMING, || async {
+        let (status, _) = readiness(&fleet, cut).await?;
+        let seen = shown(&fleet, cut, &cut_name).await?;
+        let share = seen["shares"][&fleet.tag].as_u64()?;
+        (status == 200 && share > 0).then(|| back_at.elapsed())
+    })
+    .await;
+    fleet.agreed_leader(&[0, 1, 2], FORMING).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.stop(&fleet, cut_at).await;
+    eprintln!(
+        "cut off from everything ({}): isolated after {isolated:?}, its part shared out after \
+         {shared_out:?}, new leader {new_leader}, rejoined {rejoined:?} after reconnecting, \
+         {failed_at_cut_while_away} requests turned away there meanwhile; {report:?}",
+        if leader_cut {
+            "the leader"
+        } else {
+            "a follower"
+        }
+    );
+    assert!(
+        isolated < shared_out,
+        "it let its share go ({isolated:?}) before the others took it ({shared_out:?})"
+    );
+    if leader_cut {
+        assert_ne!(new_leader, leader);
+    } else {
+        assert_eq!(new_leader, leader);
+    }
+    for (i, tally) in load.tallies.iter().enumerate() {
+        assert_eq!(
+            tally.over_cap.load(Ordering::Relaxed),
+            0,
+            "a worker answered more than {WORKER_CAP} at once: {report:?}\n{}",
+            fleet.logs()
+        );
+        if i != cut {
+            assert_eq!(
+                tally.failed.load(Ordering::Relaxed),
+                0,
+                "failed requests at an instance that kept redis: {report:?}\n{}",
+                fleet.logs()
+            );
+        }
+        assert!(tally.ok.load(Ordering::Relaxed) > 20, "{report:?}");
+    }
+    // No relaunch: the same two workers throughout.
+    assert_eq!(hosts::running_workers(&fleet.tag), workers);
+    assert_routed_right(&load, &fleet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_redis_and_its_peers_lets_its_share_go_before_it_is_taken() {
+    cut_off_from_everything(
+        "a_follower_cut_off_from_redis_and_its_peers_lets_its_share_go_before_it_is_taken",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_redis_and_its_peers_is_replaced_and_the_cap_holds() {
+    cut_off_from_everything(
+        "a_leader_cut_off_from_redis_and_its_peers_is_replaced_and_the_cap_holds",
+        true,
+    )
+    .await;
 }

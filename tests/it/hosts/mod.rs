@@ -92,7 +92,11 @@ pub fn tag(test: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .take(12)
         .collect();
-    format!("{short}{}", std::process::id() % 100_000)
+    // The whole name's hash too: two tests may begin alike.
+    let hash = test
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    format!("{short}{:x}{}", hash % 0x1000, std::process::id() % 100_000)
 }
 
 /// A user-defined bridge network, removed on drop.
@@ -105,6 +109,30 @@ impl Net {
         docker_quiet(&["network", "rm", &name]);
         docker(&["network", "create", &name]);
         Net { name }
+    }
+
+    /// A network with a /24 of its own under 10.0.0.0/8, so containers can be given fixed
+    /// addresses (known before they start, to put in their configs); returns it and the
+    /// first three bytes of its addresses. The subnet is picked from the name, and the next
+    /// one tried while the engine has it in use.
+    pub fn with_subnet(name: String) -> (Net, [u8; 3]) {
+        docker_quiet(&["network", "rm", &name]);
+        let seed = name
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        for attempt in 0..64u32 {
+            let n = seed.wrapping_add(attempt.wrapping_mul(7919));
+            let prefix = [10, 100 + (n % 100) as u8, ((n / 100) % 250) as u8];
+            let subnet = format!("{}.{}.{}.0/24", prefix[0], prefix[1], prefix[2]);
+            let created = Command::new("docker")
+                .args(["network", "create", "--subnet", &subnet, &name])
+                .output()
+                .expect("docker runs");
+            if created.status.success() {
+                return (Net { name }, prefix);
+            }
+        }
+        panic!("no free /24 under 10.0.0.0/8 for network {name}");
     }
 }
 
@@ -210,22 +238,20 @@ pub fn redis(name: String, net: &Net) -> Container {
 /// A weir instance from the binary under test, running `config` (mounted read-only at
 /// /etc/weir/weir.toml), with the engine's socket mounted for the Docker provider, on the
 /// first of `nets` and then connected to the others.
-pub fn weir(name: String, config: &str, nets: &[&Net]) -> Container {
+pub fn weir(name: String, config: &str, nets: &[&Net], ip: Option<IpAddr>) -> Container {
     let dir = common::temp_path(&format!("hosts-{name}"));
     std::fs::create_dir_all(&dir).expect("config dir");
     let path = dir.join("weir.toml");
     std::fs::write(&path, config).expect("config written");
     docker_quiet(&["rm", "-f", &name]);
     let mount = format!("{}:/etc/weir:ro", dir.display());
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--hostname",
-        &name,
-        "--network",
-        &nets[0].name,
+    let ip = ip.map(|ip| ip.to_string());
+    let mut args = vec!["run", "-d", "--name", &name, "--hostname", &name];
+    args.extend(["--network", &nets[0].name]);
+    if let Some(ip) = &ip {
+        args.extend(["--ip", ip]);
+    }
+    args.extend([
         "-e",
         "WEIR_LOG=info,weir::fleet=debug",
         "-v",
@@ -239,6 +265,7 @@ pub fn weir(name: String, config: &str, nets: &[&Net]) -> Container {
         "--config",
         "/etc/weir/weir.toml",
     ]);
+    docker(&args);
     let container = Container { name };
     for net in &nets[1..] {
         container.connect(net);
@@ -281,6 +308,8 @@ pub struct Answer {
     pub status: u16,
     /// The demo worker's `x-concurrent`: requests it was answering, this one included.
     pub concurrent: Option<u32>,
+    /// The demo worker's `x-hostname`: the container that answered.
+    pub hostname: Option<String>,
     pub body: String,
 }
 
@@ -319,6 +348,11 @@ pub async fn fetch(
             .get("x-concurrent")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
+        let hostname = response
+            .headers()
+            .get("x-hostname")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = response
             .into_body()
             .collect()
@@ -328,6 +362,7 @@ pub async fn fetch(
         Ok(Answer {
             status,
             concurrent,
+            hostname,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
     };
