@@ -708,7 +708,9 @@ impl Fleet {
                 (false, Some(why)) => {
                     warn!(%why, "using no shared capacity; requests wait in the queue")
                 }
-                (true, None) => info!(quorum = ?state.quorum, "hearing the fleet again"),
+                (true, None) => {
+                    info!(quorum = ?state.quorum, "hears the fleet: using shared capacity")
+                }
                 _ => {}
             }
             place
@@ -1041,4 +1043,88 @@ fn default_name() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "weir".into());
     format!("{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(name: &str) -> Arc<Fleet> {
+        let config: ClusterConfig = toml::from_str(&format!(
+            "redis = \"redis://127.0.0.1:1/0\"\nname = \"{name}\"\nlease_ttl = \"2s\"\n"
+        ))
+        .expect("a cluster table");
+        Fleet::new(&config, "127.0.0.1:9901".parse().expect("an address"))
+    }
+
+    fn report(name: &str, at_ms: u64, draining: Option<u32>) -> Report {
+        let mut pool = PoolReport::default();
+        if let Some(in_flight) = draining {
+            pool.workers.insert("w".into(), WorkerLoad::default());
+            pool.draining.insert("w".into(), in_flight);
+        }
+        Report {
+            name: name.into(),
+            admin: String::new(),
+            leader: false,
+            at_ms,
+            pools: BTreeMap::from([("p".to_string(), pool)]),
+            fleet: vec!["a".into(), "b".into(), "c".into()],
+            leaving: false,
+            redis: true,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_waits_for_an_instance_unheard_but_not_known_gone() {
+        let a = fleet("a");
+        let ttl = Duration::from_secs(2);
+        let place = |state: &mut State, instances: Vec<Report>| {
+            let fleet = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+            state.instances = instances;
+            state
+                .shares
+                .place("a", &state.instances, &fleet, Instant::now(), true);
+        };
+        {
+            let mut state = a.state();
+            let heard = vec![report("b", 1, Some(0)), report("c", 1, Some(0))];
+            place(&mut state, heard);
+        }
+        assert!(a.drained_everywhere("p", "w"), "both drained it");
+        // c goes quiet (cut off, or crashed): it may still be sending to the worker.
+        {
+            let mut state = a.state();
+            place(&mut state, vec![report("b", 2, Some(0))]);
+        }
+        assert!(!a.drained_everywhere("p", "w"), "c is not known to be gone");
+        // A lease later, with Redis and half of the fleet on a's side, c is let go: it has
+        // used no shared capacity for half a lease.
+        tokio::time::advance(ttl).await;
+        {
+            let mut state = a.state();
+            place(&mut state, vec![report("b", 3, Some(0))]);
+        }
+        assert!(a.drained_everywhere("p", "w"));
+        // b still has requests on it: held back.
+        {
+            let mut state = a.state();
+            place(&mut state, vec![report("b", 4, Some(2))]);
+        }
+        assert!(!a.drained_everywhere("p", "w"));
+    }
+
+    #[test]
+    fn records_under_an_older_token_are_not_taken() {
+        let mut state = State::default();
+        let record = |token| PoolMembers {
+            token,
+            workers: Vec::new(),
+        };
+        let changed = take_records(&mut state, [("p".to_string(), record(5))].into_iter());
+        assert_eq!(changed, vec!["p".to_string()]);
+        let stale = take_records(&mut state, [("p".to_string(), record(4))].into_iter());
+        assert!(stale.is_empty(), "a deposed leader's record, relayed late");
+        assert_eq!(state.records["p"].token, 5);
+    }
 }

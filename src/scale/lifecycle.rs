@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Action, PoolScaler};
 use crate::membership::{Member, MemberUpdate};
@@ -316,6 +316,13 @@ impl PoolScaler {
             return; // we stopped it
         }
         worker.set_state(WorkerState::Unhealthy);
+        if self.fleet().is_some_and(|f| !f.leads_surely()) {
+            // Launched while leading, exited since: most likely the leader of now released
+            // it. Replacing it is the leader's business; this instance stops routing to it and
+            // drops it when the leader's record (or the provider's listing) does.
+            debug!(pool = %self.pool.name, worker = %worker.name, %reason, "a worker launched while leading exited; left to the leader");
+            return;
+        }
         if worker.first_ready_at().is_none() {
             // It never served: this launch failed, with the same backoff and 503s.
             self.launch_failed(

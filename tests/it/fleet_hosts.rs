@@ -85,9 +85,13 @@ worker_concurrency = {WORKER_CAP}
 provider = {{ kind = "docker", image = "{image}", port = 8080, network = "{data}", pull = "never", stop_grace = "2s" }}
 health = {{ path = "/hello", interval = "200ms" }}
 [pools.{tag}.autoscale]
-min_workers = 2
+min_workers = {min_workers}
 max_workers = 2
+max_idle_time = "10m"
 "#,
+                    // Split: one worker may be drained on request (a manual scale to 1); the
+                    // second is asked for once the fleet has formed.
+                    min_workers = if layout == Layout::Split { 1 } else { 2 },
                     admin = hosts::ADMIN_PORT,
                     token = hosts::TOKEN,
                     proxy = hosts::PROXY_PORT,
@@ -120,6 +124,14 @@ max_workers = 2
         }
         let fleet = Fleet::start(test, 3, layout);
         let leader = fleet.agreed_leader(&[0, 1, 2], FORMING).await;
+        if layout == Layout::Split {
+            let scale = format!("/api/v1/pools/{}/scale", fleet.tag);
+            let admin = fleet.admin(fleet.index_of(&leader));
+            hosts::eventually("the leader takes a manual scale to 2", FORMING, || {
+                hosts::admin_post(admin, &scale, r#"{"workers": 2}"#)
+            })
+            .await;
+        }
         let workers = fleet.ready_workers(0, 2).await;
         for i in 1..3 {
             assert_eq!(
@@ -709,13 +721,6 @@ async fn a_follower_cut_off_from_redis_but_not_its_peers_keeps_its_share_within_
     )
     .await;
 
-    fleet.weirs[cut].connect(store);
-    hosts::eventually("the follower reaches redis again", FORMING, || async {
-        let (status, body) = readiness(&fleet, cut).await?;
-        (status == 200 && !body.contains("redis unreachable")).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let report = load.stop(&fleet, cut_at).await;
     eprintln!("cut off from redis only: {report:?}; failed before the worker kill {before_kill:?}");
     for (i, tally) in load.tallies.iter().enumerate() {
@@ -729,7 +734,7 @@ async fn a_follower_cut_off_from_redis_but_not_its_peers_keeps_its_share_within_
             before_kill[i], 0,
             "failed before the worker died: {report:?}"
         );
-        // The killed worker's requests in flight, at most its cap, may fail.
+        // The killed worker's requests in flight, at most its cap, may break.
         assert!(
             tally.failed.load(Ordering::Relaxed) <= u64::from(WORKER_CAP),
             "{report:?}"
@@ -737,6 +742,55 @@ async fn a_follower_cut_off_from_redis_but_not_its_peers_keeps_its_share_within_
         assert!(tally.ok.load(Ordering::Relaxed) > 20, "{report:?}");
     }
     assert_routed_right(&load, &fleet);
+
+    // Still cut off, with clients of its own, the follower sees the leader drain a worker (a
+    // manual scale to 1, which a light load does not undo): it learns of the drain through
+    // its peers and stops sending to the worker, and the leader releases the worker only once
+    // the follower, heard through the peers, has nothing left in flight on it.
+    let running = Arc::new(AtomicBool::new(true));
+    let light = self::load(fleet.proxy(cut), cut, 2, &running);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let scale = format!("/api/v1/pools/{}/scale", fleet.tag);
+    hosts::admin_post(fleet.admin(leader_index), &scale, r#"{"workers": 1}"#)
+        .await
+        .expect("the leader takes a manual scale");
+    let drain_at = Instant::now();
+    hosts::eventually("one worker released", FORMING, || async {
+        (hosts::running_workers(&fleet.tag).len() == 1).then_some(())
+    })
+    .await;
+    let drained = drain_at.elapsed();
+    hosts::eventually(
+        "the cut-off follower routes to the one left",
+        FORMING,
+        || async {
+            let view = hosts::admin_json(admin, "/api/v1/workers").await?;
+            let ids: Vec<String> = view
+                .as_array()?
+                .iter()
+                .filter_map(|w| w["id"].as_str().map(str::to_string))
+                .collect();
+            (ids == hosts::running_workers(&fleet.tag)).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = light.summary(drain_at);
+    eprintln!(
+        "drained and released {drained:?} after the scale; the cut-off follower's clients: {seen}"
+    );
+    assert_eq!(light.failed.load(Ordering::Relaxed), 0, "{seen}");
+    assert_eq!(light.over_cap.load(Ordering::Relaxed), 0, "{seen}");
+    assert!(light.ok.load(Ordering::Relaxed) > 20, "{seen}");
+
+    fleet.weirs[cut].connect(store);
+    hosts::eventually("the follower reaches redis again", FORMING, || async {
+        let (status, body) = readiness(&fleet, cut).await?;
+        (status == 200 && !body.contains("redis unreachable")).then_some(())
+    })
+    .await;
 }
 
 /// One instance (the leader, or a follower) loses Redis and its peers but still reaches the

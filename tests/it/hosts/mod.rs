@@ -321,7 +321,38 @@ pub async fn fetch(
     token: Option<&str>,
     within: Duration,
 ) -> Result<Answer, String> {
-    use http_body_util::{BodyExt, Empty};
+    send(addr, http::Method::GET, path, token, String::new(), within).await
+}
+
+/// `POST path` with a JSON `body` on a weir container's admin API; `None` unless it answers
+/// 2xx with JSON.
+pub async fn admin_post(admin: SocketAddr, path: &str, body: &str) -> Option<serde_json::Value> {
+    let answer = send(
+        admin,
+        http::Method::POST,
+        path,
+        Some(TOKEN),
+        body.to_string(),
+        Duration::from_secs(5),
+    )
+    .await
+    .ok()?;
+    if !(200..300).contains(&answer.status) {
+        return None;
+    }
+    serde_json::from_str(&answer.body).ok()
+}
+
+/// One request on a fresh connection; see [`fetch`].
+async fn send(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: String,
+    within: Duration,
+) -> Result<Answer, String> {
+    use http_body_util::{BodyExt, Full};
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -331,12 +362,15 @@ pub async fn fetch(
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
-        let mut request = http::Request::get(path).header("host", "hosts.test");
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "hosts.test");
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = request
-            .body(Empty::<bytes::Bytes>::new())
+            .body(Full::new(bytes::Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let response = sender
             .send_request(request)
