@@ -663,6 +663,15 @@ fn scaling_fleet(
 
 /// Wait until every one of `admins` has exactly `n` ready workers, all the same; their ids.
 async fn all_see_ready(admins: &[SocketAddr], n: usize) -> Vec<String> {
+    all_see_ready_or_say(admins, n, &[]).await
+}
+
+/// [`all_see_ready`], with the log lines of `instances` in the failure's message.
+async fn all_see_ready_or_say(
+    admins: &[SocketAddr],
+    n: usize,
+    instances: &[&Running],
+) -> Vec<String> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let mut seen = Vec::new();
@@ -672,10 +681,16 @@ async fn all_see_ready(admins: &[SocketAddr], n: usize) -> Vec<String> {
         if seen.iter().all(|ids| ids.len() == n && *ids == seen[0]) {
             return seen.swap_remove(0);
         }
-        assert!(
-            Instant::now() < deadline,
-            "every instance with the same {n} ready workers: {seen:?}"
-        );
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = instances
+                .iter()
+                .map(|r| r.stderr.try_iter().collect::<Vec<_>>().join("\n"))
+                .collect();
+            panic!(
+                "every instance with the same {n} ready workers: {seen:?}\n{}",
+                logs.join("\n---\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -778,7 +793,8 @@ async fn a_fleet_scales_on_its_followers_load_fails_over_mid_load_and_drains_bac
     let follower = fleet.iter().find(|(n, _)| *n != next).unwrap().1.addr;
     let light = looping_clients(follower, 1, "/?delay=10ms", &stop);
     let drained = Instant::now();
-    all_see_ready(&survivors, 1).await;
+    let instances: Vec<&Running> = fleet.iter().map(|(_, r)| r).collect();
+    all_see_ready_or_say(&survivors, 1, &instances).await;
     eprintln!(
         "drained back to 1 worker {:?} after the load",
         drained.elapsed()
