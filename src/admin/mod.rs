@@ -205,6 +205,30 @@ fn history(req: &Request<Incoming>, control: &Control) -> AdminResponse {
     json(StatusCode::OK, &views::history(control, &pool, seconds))
 }
 
+/// A request's body, up to `limit` bytes. It must arrive within the head's time limit, so a
+/// stalled upload cannot keep an admin connection busy (and so open) for ever.
+async fn read_body(
+    req: Request<Incoming>,
+    control: &Control,
+    limit: usize,
+) -> Result<Bytes, AdminResponse> {
+    let deadline = control
+        .shared()
+        .snapshot()
+        .config
+        .server
+        .header_read_timeout
+        .get();
+    let collect = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(deadline, collect).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(_)) | Err(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "request body too large, incomplete or too slow",
+        )),
+    }
+}
+
 /// `POST /api/v1/cluster/peer`: another instance of the fleet sends its news (the second
 /// channel, `fleet::peers`) and gets this instance's.
 async fn peer_news(req: Request<Incoming>, control: &Control) -> AdminResponse {
@@ -214,22 +238,9 @@ async fn peer_news(req: Request<Incoming>, control: &Control) -> AdminResponse {
             "this weir is not in a fleet (no [cluster] section)",
         );
     };
-    let deadline = control
-        .shared()
-        .snapshot()
-        .config
-        .server
-        .header_read_timeout
-        .get();
-    let collect = Limited::new(req.into_body(), crate::fleet::MAX_NEWS).collect();
-    let body = match tokio::time::timeout(deadline, collect).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) | Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "request body too large, incomplete or too slow",
-            )
-        }
+    let body = match read_body(req, control, crate::fleet::MAX_NEWS).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     match serde_json::from_slice::<crate::fleet::PeerNews>(&body) {
         Ok(news) => json(StatusCode::OK, &fleet.exchange(control.shared(), news)),
@@ -300,18 +311,9 @@ async fn scale(req: Request<Incoming>, control: &Control, name: &str) -> AdminRe
             format!("pool {name:?} is static: its workers are exactly its addresses"),
         );
     };
-    // The body must arrive within the head's time limit, so a stalled upload cannot keep an
-    // admin connection busy (and so open) for ever.
-    let deadline = shared.snapshot().config.server.header_read_timeout.get();
-    let collect = Limited::new(req.into_body(), MAX_ADMIN_BODY).collect();
-    let body = match tokio::time::timeout(deadline, collect).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) | Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "request body too large, incomplete or too slow",
-            )
-        }
+    let body = match read_body(req, control, MAX_ADMIN_BODY).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let request: views::ScaleRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
