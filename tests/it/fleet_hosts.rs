@@ -357,6 +357,18 @@ impl Load {
         (checked, wrong, examples)
     }
 
+    /// No answer, at any instance, came from a worker over its cap.
+    fn assert_within_caps(&self, fleet: &Fleet, report: &[String]) {
+        for tally in &self.tallies {
+            assert_eq!(
+                tally.over_cap.load(Ordering::Relaxed),
+                0,
+                "a worker answered more than {WORKER_CAP} at once: {report:?}\n{}",
+                fleet.logs()
+            );
+        }
+    }
+
     /// Stop, let the last answers land, and say what each instance's clients saw.
     async fn stop(&self, fleet: &Fleet, mark: Instant) -> Vec<String> {
         self.running.store(false, Ordering::Relaxed);
@@ -422,6 +434,7 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
     let failover = killed_at.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let report = load.stop(&fleet, killed_at).await;
+    load.assert_within_caps(&fleet, &report);
     let tallies = &load.tallies;
     eprintln!("failover to {new_leader} after {failover:?}; {report:?}");
     assert_ne!(new_leader, leader);
@@ -430,11 +443,6 @@ async fn three_hosts_elect_one_leader_keep_the_cap_and_fail_over_after_docker_ki
         "a new leader {failover:?} after the kill (lease {LEASE_TTL:?}); {report:?}"
     );
     for (i, tally) in tallies.iter().enumerate() {
-        assert_eq!(
-            tally.over_cap.load(Ordering::Relaxed),
-            0,
-            "a worker answered more than {WORKER_CAP} at once: {report:?}"
-        );
         if i != leader_index {
             assert_eq!(
                 tally.failed.load(Ordering::Relaxed),
@@ -473,14 +481,9 @@ async fn a_redis_restarted_empty_under_load_never_lets_a_worker_past_its_cap() {
     let rejoined = restarted_at.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let report = load.stop(&fleet, restarted_at).await;
+    load.assert_within_caps(&fleet, &report);
     eprintln!("leader {leader}, then {back_leader}; fleet re-formed {rejoined:?} after the restart; {report:?}");
     for tally in &load.tallies {
-        assert_eq!(
-            tally.over_cap.load(Ordering::Relaxed),
-            0,
-            "a worker answered more than {WORKER_CAP} at once: {report:?}\n{}",
-            fleet.logs()
-        );
         assert_eq!(
             tally.failed.load(Ordering::Relaxed),
             0,
@@ -722,14 +725,9 @@ async fn a_follower_cut_off_from_redis_but_not_its_peers_keeps_its_share_within_
     .await;
 
     let report = load.stop(&fleet, cut_at).await;
+    load.assert_within_caps(&fleet, &report);
     eprintln!("cut off from redis only: {report:?}; failed before the worker kill {before_kill:?}");
     for (i, tally) in load.tallies.iter().enumerate() {
-        assert_eq!(
-            tally.over_cap.load(Ordering::Relaxed),
-            0,
-            "a worker answered more than {WORKER_CAP} at once: {report:?}\n{}",
-            fleet.logs()
-        );
         assert_eq!(
             before_kill[i], 0,
             "failed before the worker died: {report:?}"
@@ -852,6 +850,7 @@ async fn cut_off_from_everything(test: &str, leader_cut: bool) {
     fleet.agreed_leader(&[0, 1, 2], FORMING).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = load.stop(&fleet, cut_at).await;
+    load.assert_within_caps(&fleet, &report);
     eprintln!(
         "cut off from everything ({}): isolated after {isolated:?}, its part shared out after \
          {shared_out:?}, new leader {new_leader}, rejoined {rejoined:?} after reconnecting, \
@@ -872,12 +871,6 @@ async fn cut_off_from_everything(test: &str, leader_cut: bool) {
         assert_eq!(new_leader, leader);
     }
     for (i, tally) in load.tallies.iter().enumerate() {
-        assert_eq!(
-            tally.over_cap.load(Ordering::Relaxed),
-            0,
-            "a worker answered more than {WORKER_CAP} at once: {report:?}\n{}",
-            fleet.logs()
-        );
         if i != cut {
             assert_eq!(
                 tally.failed.load(Ordering::Relaxed),
