@@ -157,6 +157,16 @@ impl Upstreams {
                     )))
                 }
             };
+        // A connect can outlast its worker: one started just before the worker exited may,
+        // while the address resolves again, reach whatever took that address since (a
+        // replacement container, another pool's worker). A worker found dead or failing
+        // meanwhile gets nothing on it; the request is retried elsewhere, as on a refusal.
+        if worker.state() == crate::pool::WorkerState::Unhealthy {
+            return Err(ProxyError::connect(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the worker was found dead or failing while connecting",
+            )));
+        }
         // Small proxied writes must not wait for Nagle.
         stream.set_nodelay(true).map_err(ProxyError::connect)?;
         Ok(WorkerConn::new(stream))
@@ -192,5 +202,26 @@ impl Upstreams {
     /// Idle connections currently pooled (for tests and the admin view).
     pub fn idle_count(&self) -> usize {
         self.lock().values().map(VecDeque::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::WorkerState;
+
+    #[tokio::test]
+    async fn a_worker_found_dead_while_connecting_gets_nothing_on_the_connection() {
+        // Something answers at the address (a replacement that took it, say).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings =
+            UpstreamSettings::new(&UpstreamConfig::default(), &ServerConfig::default());
+        let upstreams = Upstreams::new();
+        let alive = Worker::detached("app-1", addr, WorkerState::Ready);
+        assert!(upstreams.checkout(&alive, &settings, true).await.is_ok());
+        let dead = Worker::detached("app-1", addr, WorkerState::Unhealthy);
+        let refused = upstreams.checkout(&dead, &settings, true).await;
+        assert!(refused.is_err(), "connected to whatever holds a dead worker's address");
     }
 }
