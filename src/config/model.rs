@@ -531,6 +531,19 @@ pub struct PoolConfig {
     pub retries: RetryConfig,
     /// Launching and releasing workers from load; needs a provider that can launch.
     pub autoscale: Option<AutoscaleConfig>,
+    /// The name of this version of the pool's workers ("v42"); default: a short hash of the
+    /// provider settings that shape a worker (its launch template). Only for pools weir
+    /// launches (process, exec, docker).
+    pub revision: Option<String>,
+}
+
+impl PoolConfig {
+    /// The revision new workers are launched with: `revision`, else the template's hash;
+    /// `None` for a pool weir does not launch.
+    pub fn revision(&self) -> Option<String> {
+        let template = self.provider.template_revision()?;
+        Some(self.revision.clone().unwrap_or(template))
+    }
 }
 
 /// Most workers by default: enough for a 2-to-8-core box of demo workers.
@@ -819,6 +832,94 @@ pub enum ProviderConfig {
 
 fn default_namespace() -> String {
     "default".into()
+}
+
+impl ProviderConfig {
+    /// A short hash (8 hex digits) of the settings that shape a worker: process `command`,
+    /// `env`, `cwd`; exec `launch`; Docker `image`, `port`, `command`, `env`, `labels`,
+    /// `cpus`, `memory`. Settings of how weir handles workers (grace periods, networks, the
+    /// engine, how to release or list) are not part of it. `None` for providers weir does not
+    /// launch from a template (static lists, Kubernetes, whose Deployment owns its pods).
+    pub fn template_revision(&self) -> Option<String> {
+        let mut template = Template::default();
+        match self {
+            ProviderConfig::Static { .. } | ProviderConfig::Kubernetes { .. } => return None,
+            ProviderConfig::Process {
+                command, env, cwd, ..
+            } => {
+                template.field("process");
+                template.list(command);
+                template.map(env);
+                template.field(
+                    &cwd.as_ref()
+                        .map(|c| c.display().to_string())
+                        .unwrap_or_default(),
+                );
+            }
+            ProviderConfig::Exec { launch, .. } => {
+                template.field("exec");
+                template.field(launch);
+            }
+            ProviderConfig::Docker {
+                image,
+                port,
+                command,
+                env,
+                labels,
+                cpus,
+                memory,
+                ..
+            } => {
+                template.field("docker");
+                template.field(image);
+                template.field(&port.to_string());
+                template.list(command.as_deref().unwrap_or_default());
+                template.map(env);
+                template.map(labels);
+                template.field(&cpus.map(|c| c.to_string()).unwrap_or_default());
+                template.field(&memory.map(|m| m.0.to_string()).unwrap_or_default());
+            }
+        }
+        Some(format!("{:08x}", template.hash >> 32))
+    }
+}
+
+/// FNV-1a over the fields of a launch template, each ended by a 0 byte (so "ab","c" and
+/// "a","bc" differ): stable across runs and builds, unlike std's hasher.
+struct Template {
+    hash: u64,
+}
+
+impl Default for Template {
+    fn default() -> Self {
+        Template {
+            hash: 0xcbf2_9ce4_8422_2325,
+        }
+    }
+}
+
+impl Template {
+    fn field(&mut self, text: &str) {
+        for byte in text.bytes().chain([0]) {
+            self.hash ^= u64::from(byte);
+            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn list(&mut self, items: &[String]) {
+        self.field(&items.len().to_string());
+        for item in items {
+            self.field(item);
+        }
+    }
+
+    fn map(&mut self, map: &BTreeMap<String, String>) {
+        self.field(&map.len().to_string());
+        for (key, value) in map {
+            self.field(key);
+            self.field(value);
+        }
+    }
 }
 
 /// Whether the Docker provider may pull an image the engine does not have.

@@ -215,13 +215,15 @@ mod tests {
         // Something answers at the address (a replacement that took it, say).
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let settings =
-            UpstreamSettings::new(&UpstreamConfig::default(), &ServerConfig::default());
+        let settings = UpstreamSettings::new(&UpstreamConfig::default(), &ServerConfig::default());
         let upstreams = Upstreams::new();
         let alive = Worker::detached("app-1", addr, WorkerState::Ready);
         assert!(upstreams.checkout(&alive, &settings, true).await.is_ok());
         let dead = Worker::detached("app-1", addr, WorkerState::Unhealthy);
         let refused = upstreams.checkout(&dead, &settings, true).await;
-        assert!(refused.is_err(), "connected to whatever holds a dead worker's address");
+        assert!(
+            refused.is_err(),
+            "connected to whatever holds a dead worker's address"
+        );
     }
 }

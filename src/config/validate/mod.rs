@@ -830,4 +830,50 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
         let e = err("[[listeners]]\nlisten = \n");
         assert!(e.starts_with("weir.toml:2"), "{e}");
     }
+
+    fn docker_pool(extra: &str) -> String {
+        BASE.replace(
+            r#"provider = { kind = "static", addresses = ["127.0.0.1:3001"] }"#,
+            &format!(r#"provider = {{ kind = "docker", image = "app:1", port = 8080{extra} }}"#),
+        )
+    }
+
+    fn revision(text: &str) -> Option<String> {
+        parse(text, "weir.toml").unwrap().pools["app"].revision()
+    }
+
+    #[test]
+    fn a_revision_is_the_hash_of_what_shapes_a_worker_or_the_name_given() {
+        let base = revision(&docker_pool(""));
+        // Stable across runs and builds: a worker launched by another weir reads the same.
+        assert_eq!(base.as_deref(), Some("92f2dbf7"));
+        assert_eq!(revision(&docker_pool("")), base);
+        assert_ne!(
+            revision(&docker_pool("").replace("app:1", "app:2")),
+            base,
+            "a new image"
+        );
+        assert_ne!(revision(&docker_pool(r#", env = { A = "1" }"#)), base);
+        assert_ne!(revision(&docker_pool(r#", memory = "512MiB""#)), base);
+        assert_eq!(
+            revision(&docker_pool(r#", stop_grace = "3s", network = "n""#)),
+            base,
+            "how weir handles workers is no new version of them"
+        );
+        let named = docker_pool("").replace("[pools.app]", "[pools.app]\nrevision = \"v42\"");
+        assert_eq!(revision(&named).as_deref(), Some("v42"));
+        assert_eq!(revision(BASE), None, "a static pool has none");
+    }
+
+    #[test]
+    fn a_bad_revision_names_its_key() {
+        let text = docker_pool("").replace("[pools.app]", "[pools.app]\nrevision = \"v 42\"");
+        assert!(err(&text).contains("pools.app.revision"), "{}", err(&text));
+        let text = BASE.replace("[pools.app]", "[pools.app]\nrevision = \"v42\"");
+        assert!(
+            err(&text).contains("pools.app.revision: only pools"),
+            "{}",
+            err(&text)
+        );
+    }
 }

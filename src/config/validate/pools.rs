@@ -51,6 +51,25 @@ pub(super) fn check_pool(name: &str, pool: &PoolConfig, origin: &str) -> Result<
             format!("{bad} is not an HTTP status (100-599)"),
         ));
     }
+    if let Some(revision) = &pool.revision {
+        let key = format!("pools.{name}.revision");
+        if pool.provider.template_revision().is_none() {
+            return Err(fail(
+                key,
+                "only pools weir launches (process, exec, docker) have revisions".into(),
+            ));
+        }
+        let fits = (1..=63).contains(&revision.len())
+            && revision
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !fits {
+            return Err(fail(
+                key,
+                "1 to 63 letters, digits, '.', '-' and '_' (it becomes a container label)".into(),
+            ));
+        }
+    }
     match &pool.provider {
         ProviderConfig::Static { addresses } => {
             if addresses.is_empty() {
