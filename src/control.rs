@@ -114,6 +114,7 @@ impl Control {
         let autoscale = config.autoscale.clone().unwrap_or_default();
         let policy = ScalePolicy::from_config(&autoscale, config.worker_concurrency);
         let scaler = PoolScaler::new(membership, provider, policy, Arc::clone(&self.activity));
+        scaler.set_revision(config.revision());
         if let Some(fleet) = &self.fleet {
             scaler.join_fleet(Arc::clone(fleet));
         }
@@ -193,6 +194,12 @@ impl Control {
                             let autoscale = pc.autoscale.clone().unwrap_or_default();
                             let policy =
                                 ScalePolicy::from_config(&autoscale, pc.worker_concurrency);
+                            if scaler.revision() != pc.revision() {
+                                // A new name for the same template: workers launched from
+                                // now on carry it.
+                                scaler.set_revision(pc.revision());
+                                changes.push(format!("pools.{name}.revision: changed"));
+                            }
                             Some((Arc::clone(scaler.value()), policy))
                         }
                         None => None,

@@ -25,6 +25,8 @@ pub struct Member {
     /// Readiness as the source reports it (a Kubernetes Ready condition); `None` when the
     /// source cannot tell, and weir's own probes decide.
     pub ready: Option<bool>,
+    /// The pool's revision it was launched with, where the source can tell.
+    pub revision: Option<String>,
 }
 
 impl Member {
@@ -34,7 +36,13 @@ impl Member {
             id: id.into(),
             addr,
             ready: None,
+            revision: None,
         }
+    }
+
+    /// The same member, launched with `revision`.
+    pub fn with_revision(self, revision: Option<String>) -> Self {
+        Member { revision, ..self }
     }
 }
 
@@ -138,6 +146,9 @@ impl Membership {
             Some(false) | None => WorkerState::Starting,
         };
         let worker = self.pool.add_worker(member.id, member.addr, state);
+        if let Some(revision) = member.revision {
+            worker.set_revision(revision);
+        }
         info!(pool = %self.pool.name, worker = %worker.name, addr = %worker.addr, state = state.as_str(), "worker joined");
         if member.ready.is_none() && self.probe.load(Ordering::Relaxed) {
             health::watch_worker(&self.pool, &worker);
@@ -222,6 +233,7 @@ mod tests {
             id: "pod-1".into(),
             addr: addr(1),
             ready: Some(false),
+            revision: None,
         }));
         let w = m.pool().worker_named("pod-1").unwrap();
         assert_eq!(w.state(), WorkerState::Starting);
@@ -240,6 +252,7 @@ mod tests {
             id: "pod-1".into(),
             addr: addr(1),
             ready: Some(true),
+            revision: None,
         }));
         assert!(Arc::ptr_eq(&w, &m.pool().worker_named("pod-1").unwrap()));
         assert_eq!(w.state(), WorkerState::Ready);

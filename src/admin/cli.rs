@@ -162,13 +162,22 @@ pub fn workers_table(workers: &[WorkerView]) -> String {
                 format!("{}{}", w.state, if w.protected { "*" } else { "" }),
                 w.in_flight.to_string(),
                 w.address.clone(),
+                w.revision.clone().unwrap_or_else(|| "-".into()),
                 short_time(&w.created_at),
             ]
         })
         .collect();
     // `served` and the flags are in --json; the table keeps to 80 columns.
     table(
-        &["ID", "POOL", "STATE", "IN_FLIGHT", "ADDRESS", "CREATED_AT"],
+        &[
+            "ID",
+            "POOL",
+            "STATE",
+            "IN_FLIGHT",
+            "ADDRESS",
+            "REVISION",
+            "CREATED_AT",
+        ],
         &rows,
         80,
     )

@@ -33,6 +33,9 @@ pub struct WorkerView {
     /// in a fleet this instance's share of it.
     #[serde(default)]
     pub cap: u32,
+    /// The pool's revision it was launched with, if known.
+    #[serde(default)]
+    pub revision: Option<String>,
 }
 
 /// One waiting request (GET /api/v1/queue).
@@ -80,6 +83,9 @@ pub struct PoolView {
     /// The provider, described.
     #[serde(default)]
     pub provider: String,
+    /// The revision new workers are launched with (absent for a pool weir does not launch).
+    #[serde(default)]
+    pub revision: Option<String>,
 }
 
 /// One scaling event (GET /api/v1/activity).
@@ -126,6 +132,7 @@ pub fn workers(control: &Control) -> Vec<WorkerView> {
                 surplus: w.is_surplus(),
                 protected: w.is_protected(),
                 cap: w.max_in_flight(),
+                revision: w.revision().map(str::to_string),
             });
         }
     }
@@ -159,7 +166,7 @@ pub fn pools(control: &Control) -> Vec<PoolView> {
         .map(|(name, pool)| {
             let workers = pool.workers();
             let count = |s: WorkerState| crate::pool::count_in(&workers, s);
-            let (desired, min, max, provider) = match control.scalers.get(name) {
+            let (desired, min, max, provider, revision) = match control.scalers.get(name) {
                 Some(scaler) => (
                     scaler.desired(),
                     scaler
@@ -167,10 +174,11 @@ pub fn pools(control: &Control) -> Vec<PoolView> {
                         .effective_min(crate::values::unix_minutes_now()),
                     scaler.policy().max_workers,
                     scaler.describe(),
+                    scaler.revision(),
                 ),
                 None => {
                     let n = workers.len() as u32;
-                    (n, n, n, format!("static: {n} address(es)"))
+                    (n, n, n, format!("static: {n} address(es)"), None)
                 }
             };
             PoolView {
@@ -185,6 +193,7 @@ pub fn pools(control: &Control) -> Vec<PoolView> {
                 unhealthy: count(WorkerState::Unhealthy),
                 draining: count(WorkerState::Draining),
                 provider,
+                revision,
             }
         })
         .collect()

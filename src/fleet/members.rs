@@ -36,6 +36,9 @@ pub struct FleetMember {
     /// only when the others are busier, so it can go idle.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub surplus: bool,
+    /// The pool's revision it was launched with, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// One pool's record.

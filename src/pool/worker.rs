@@ -71,6 +71,8 @@ pub struct Worker {
     /// The pool's count of waiting requests, read on every release without touching the pool.
     waiting: Arc<AtomicUsize>,
     pool: Weak<Pool>,
+    /// The pool's revision it was launched with, once known (set once, when it joins).
+    revision: std::sync::OnceLock<String>,
 }
 
 static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
@@ -114,6 +116,7 @@ impl Worker {
             surplus: AtomicBool::new(false),
             protected: AtomicBool::new(false),
             first_ready_ms: AtomicU64::new(0),
+            revision: std::sync::OnceLock::new(),
             waiting,
             pool,
         })
@@ -129,6 +132,16 @@ impl Worker {
             unhealthy_threshold: 2,
         };
         Worker::new(spec, Arc::new(AtomicUsize::new(0)), Weak::new())
+    }
+
+    /// The pool's revision it was launched with, if known.
+    pub fn revision(&self) -> Option<&str> {
+        self.revision.get().map(String::as_str)
+    }
+
+    /// Record its revision (when it joins; a worker's revision never changes).
+    pub fn set_revision(&self, revision: String) {
+        let _ = self.revision.set(revision);
     }
 
     /// Current lifecycle state.

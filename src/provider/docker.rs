@@ -31,6 +31,8 @@ pub const LABEL_WORKER: &str = "weir.worker";
 /// Label identifying the weir pool that owns a container (pool name and image), so weirs with
 /// other configs on one engine never touch each other's containers.
 pub const LABEL_OWNER: &str = "weir.owner";
+/// The label with the pool's revision the container was created with.
+pub const LABEL_REVISION: &str = "weir.revision";
 /// Longest an Engine API call may take before the launch or release fails.
 const API_TIMEOUT_SECS: u64 = 30;
 /// The engine's socket when neither `endpoint` nor `$DOCKER_HOST` names one.
@@ -124,7 +126,7 @@ impl DockerProvider {
             .await
     }
 
-    fn labels(&self, worker: &str) -> HashMap<String, String> {
+    fn labels(&self, worker: &str, revision: Option<&str>) -> HashMap<String, String> {
         let mut labels: HashMap<String, String> = self
             .settings
             .labels
@@ -134,6 +136,9 @@ impl DockerProvider {
         labels.insert(LABEL_POOL.into(), self.pool.clone());
         labels.insert(LABEL_WORKER.into(), worker.into());
         labels.insert(LABEL_OWNER.into(), self.owner.clone());
+        if let Some(revision) = revision {
+            labels.insert(LABEL_REVISION.into(), revision.into());
+        }
         labels
     }
 
@@ -214,6 +219,9 @@ impl DockerProvider {
         env.push(format!("PORT={}", s.port));
         env.push(format!("WEIR_POOL={}", self.pool));
         env.push(format!("WEIR_WORKER={}", spec.name));
+        if let Some(revision) = &spec.revision {
+            env.push(format!("WEIR_REVISION={revision}"));
+        }
         let host_config = HostConfig {
             network_mode: s.network.clone(),
             nano_cpus: s.cpus.map(|c| (c * 1e9) as i64),
@@ -233,7 +241,7 @@ impl DockerProvider {
             image: Some(s.image.clone()),
             cmd: s.command.clone(),
             env: Some(env),
-            labels: Some(self.labels(&spec.name)),
+            labels: Some(self.labels(&spec.name, spec.revision.as_deref())),
             exposed_ports: Some(vec![port_key.clone()]),
             host_config: Some(host_config),
             ..Default::default()
@@ -297,7 +305,11 @@ impl DockerProvider {
         info!(pool = %self.pool, container = %name, %addr, start = ?began.elapsed().saturating_sub(created), "container started");
         let exited = self.watch_exit(docker.clone(), name.clone());
         Ok(Launched {
-            handle: WorkerHandle { id: name, addr },
+            handle: WorkerHandle {
+                id: name,
+                addr,
+                revision: spec.revision.clone(),
+            },
             exited: Some(exited),
         })
     }
@@ -404,7 +416,15 @@ impl DockerProvider {
                 .await
             {
                 Ok(inspect) => match address_of(&inspect, &self.settings, &port_key) {
-                    Some(addr) => handles.push(WorkerHandle { id: name, addr }),
+                    Some(addr) => handles.push(WorkerHandle {
+                        id: name,
+                        addr,
+                        revision: c
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(LABEL_REVISION))
+                            .cloned(),
+                    }),
                     None => {
                         warn!(pool = %self.pool, container = %name, "running container has no address; leaving it")
                     }

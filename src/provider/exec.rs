@@ -60,16 +60,24 @@ fn parse_launch_output(out: &str, default_id: &str) -> Result<WorkerHandle, Prov
     parse_worker_line(line, default_id)
 }
 
-/// Parse the list command's output: one "ID IP:port" line per worker (blank lines skipped).
+/// Parse the list command's output: one "ID IP:port [REVISION]" line per worker (blank lines
+/// skipped); the revision is the `WEIR_REVISION` the worker was launched with.
 fn parse_list_output(out: &str) -> Result<Vec<WorkerHandle>, ProviderError> {
     out.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .map(|line| match line.split_whitespace().count() {
-            2 => parse_worker_line(line, ""),
-            _ => Err(ProviderError::BadOutput(format!(
-                "list line {line:?} is not \"ID IP:port\""
-            ))),
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields[..] {
+                [_, _] => parse_worker_line(line, ""),
+                [id, addr, revision] => Ok(WorkerHandle {
+                    revision: Some(revision.to_string()),
+                    ..parse_worker_line(&format!("{id} {addr}"), "")?
+                }),
+                _ => Err(ProviderError::BadOutput(format!(
+                    "list line {line:?} is not \"ID IP:port [REVISION]\""
+                ))),
+            }
         })
         .collect()
 }
@@ -92,6 +100,7 @@ fn parse_worker_line(line: &str, default_id: &str) -> Result<WorkerHandle, Provi
     Ok(WorkerHandle {
         id: id.to_string(),
         addr,
+        revision: None,
     })
 }
 
@@ -100,10 +109,17 @@ impl Provider for ExecProvider {
         Box::pin(async move {
             let out = run(
                 &self.launch,
-                &[("WEIR_POOL", &self.pool), ("WEIR_WORKER", &spec.name)],
+                &[
+                    ("WEIR_POOL", &self.pool),
+                    ("WEIR_WORKER", &spec.name),
+                    ("WEIR_REVISION", spec.revision.as_deref().unwrap_or_default()),
+                ],
             )
             .await?;
-            let handle = parse_launch_output(&out, &spec.name)?;
+            let handle = WorkerHandle {
+                revision: spec.revision.clone(),
+                ..parse_launch_output(&out, &spec.name)?
+            };
             info!(pool = %self.pool, worker = %handle.id, addr = %handle.addr, "worker launched by command");
             Ok(Launched {
                 handle,
@@ -167,6 +183,11 @@ mod tests {
         assert!(parse_list_output("").unwrap().is_empty());
         assert!(parse_list_output("127.0.0.1:7001").is_err(), "no id");
         assert!(parse_list_output("w1 nowhere").is_err());
+        // A third field: the revision the worker was launched with (its WEIR_REVISION).
+        let listed = parse_list_output("w1 127.0.0.1:7001 v42\nw2 127.0.0.1:7002").unwrap();
+        assert_eq!(listed[0].revision.as_deref(), Some("v42"));
+        assert_eq!(listed[1].revision, None);
+        assert!(parse_list_output("w1 127.0.0.1:7001 v42 extra").is_err());
     }
 
     #[tokio::test]
@@ -182,6 +203,7 @@ mod tests {
             .launch(LaunchSpec {
                 pool: "p".into(),
                 name: "p-1".into(),
+                revision: None,
             })
             .await
             .unwrap();
@@ -196,6 +218,7 @@ mod tests {
             .launch(LaunchSpec {
                 pool: "p".into(),
                 name: "p-1".into(),
+                revision: None,
             })
             .await
             .err()

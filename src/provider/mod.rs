@@ -39,6 +39,9 @@ pub struct LaunchSpec {
     pub pool: String,
     /// A name unique in the pool ("app-7"), which providers may use as the worker's id.
     pub name: String,
+    /// The pool's revision the worker is launched with (a Docker label, `WEIR_REVISION` for
+    /// process and exec workers).
+    pub revision: Option<String>,
 }
 
 /// A launched worker, as the provider knows it.
@@ -49,6 +52,8 @@ pub struct WorkerHandle {
     pub id: String,
     /// Where weir proxies to.
     pub addr: SocketAddr,
+    /// The revision it was launched with, where the provider can tell.
+    pub revision: Option<String>,
 }
 
 /// The result of a launch.

@@ -82,6 +82,7 @@ impl ProcessProvider {
             .env("PORT", port.to_string())
             .env("WEIR_POOL", &self.pool)
             .env("WEIR_WORKER", &spec.name)
+            .env("WEIR_REVISION", spec.revision.as_deref().unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -136,6 +137,7 @@ impl ProcessProvider {
             handle: WorkerHandle {
                 id: spec.name.clone(),
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                revision: spec.revision.clone(),
             },
             exited: Some(exited),
         })

@@ -90,6 +90,7 @@ impl PoolScaler {
             let handle = WorkerHandle {
                 id: worker.name.clone(),
                 addr: worker.addr,
+                revision: worker.revision().map(str::to_string),
             };
             if let Some(exited) = self.provider.watch(&handle) {
                 tokio::spawn(Arc::clone(self).watch_exit(Arc::downgrade(worker), exited));
@@ -127,7 +128,8 @@ impl PoolScaler {
         for handle in listed {
             self.skip_names_up_to(&handle.id);
             if self.pool.worker_named(&handle.id).is_none() {
-                let member = Member::probed(handle.id.clone(), handle.addr);
+                let member = Member::probed(handle.id.clone(), handle.addr)
+                    .with_revision(handle.revision.clone());
                 found += self.membership.apply(MemberUpdate::Added(member)).len() as u32;
             }
         }
@@ -196,7 +198,8 @@ impl PoolScaler {
     /// or never showed up.
     async fn join(&self, handle: &WorkerHandle, deadline: Instant) -> Option<Arc<Worker>> {
         if !self.provider.joins_by_discovery() {
-            let member = Member::probed(handle.id.clone(), handle.addr);
+            let member = Member::probed(handle.id.clone(), handle.addr)
+                .with_revision(handle.revision.clone());
             return self
                 .membership
                 .apply(MemberUpdate::Added(member))
@@ -246,6 +249,7 @@ impl PoolScaler {
         let spec = LaunchSpec {
             pool: self.pool.name.clone(),
             name: name.clone(),
+            revision: self.revision(),
         };
         let timeout = self.policy().startup_timeout;
         let called = Instant::now();
@@ -383,6 +387,7 @@ impl PoolScaler {
         let handle = WorkerHandle {
             id: worker.name.clone(),
             addr: worker.addr,
+            revision: worker.revision().map(str::to_string),
         };
         if !self.may_act().await {
             warn!(pool = %self.pool.name, worker = %worker.name, "no longer the fleet's leader; leaving the worker to the next one");

@@ -53,6 +53,8 @@ pub struct PoolScaler {
     next_name: AtomicU64,
     /// The fleet this pool is scaled in, with `[cluster]`: only its leader decides and acts.
     fleet: std::sync::OnceLock<Arc<Fleet>>,
+    /// The revision new workers are launched with (`None`: the provider has none).
+    revision: ArcSwap<Option<String>>,
 }
 
 impl PoolScaler {
@@ -77,7 +79,18 @@ impl PoolScaler {
             pending_launches: AtomicU32::new(0),
             next_name: AtomicU64::new(1),
             fleet: std::sync::OnceLock::new(),
+            revision: ArcSwap::from_pointee(None),
         })
+    }
+
+    /// The revision new workers are launched with.
+    pub fn revision(&self) -> Option<String> {
+        self.revision.load().as_ref().clone()
+    }
+
+    /// Launch new workers with `revision` from now on.
+    pub fn set_revision(&self, revision: Option<String>) {
+        self.revision.store(Arc::new(revision));
     }
 
     fn books(&self) -> MutexGuard<'_, Books> {
@@ -218,6 +231,7 @@ impl PoolScaler {
                 // A worker given up (unhealthy here) is retired too: nobody should use it.
                 draining: w.state() == WorkerState::Draining || books.is_retiring(w.id),
                 surplus: w.is_surplus(),
+                revision: w.revision().map(str::to_string),
             })
             .collect()
     }
@@ -238,7 +252,7 @@ impl PoolScaler {
             let members = record
                 .workers
                 .iter()
-                .map(|m| Member::probed(m.id.clone(), m.addr))
+                .map(|m| Member::probed(m.id.clone(), m.addr).with_revision(m.revision.clone()))
                 .collect();
             self.membership.apply(MemberUpdate::Reset(members));
         }
@@ -268,7 +282,7 @@ impl PoolScaler {
         if let Some(listed) = self.listed("keeping the workers known").await {
             let members = listed
                 .into_iter()
-                .map(|h| Member::probed(h.id, h.addr))
+                .map(|h| Member::probed(h.id, h.addr).with_revision(h.revision))
                 .collect();
             self.membership.apply(MemberUpdate::Reset(members));
         }

@@ -55,7 +55,7 @@ impl FakeProvider {
 impl Provider for FakeProvider {
     fn launch(
         &self,
-        _spec: LaunchSpec,
+        spec: LaunchSpec,
     ) -> ProviderFuture<'_, Result<Launched, crate::provider::ProviderError>> {
         self.launches.lock().unwrap().push(Instant::now());
         let failing = self.fail.load(Ordering::SeqCst);
@@ -84,6 +84,7 @@ impl Provider for FakeProvider {
                 handle: WorkerHandle {
                     id: format!("fake-{port}"),
                     addr,
+                    revision: spec.revision.clone(),
                 },
                 exited: Some(Box::pin(async move { rx.await.unwrap_or_default() })),
             })
@@ -141,6 +142,7 @@ fn rig_with(autoscale: AutoscaleConfig, concurrency: u32, provider: Arc<FakeProv
         policy,
         Arc::new(ActivityLog::default()),
     );
+    scaler.set_revision(config.revision());
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(Arc::clone(&scaler).run(stop_rx));
     let route = RouteQueue::new(
@@ -346,6 +348,14 @@ async fn a_dead_worker_is_replaced() {
     })
     .await;
     assert_eq!(rig.provider.launches().len(), 3);
+    let revision = rig.scaler.revision().expect("an exec pool has a revision");
+    assert!(
+        rig.pool
+            .workers()
+            .iter()
+            .all(|w| w.revision() == Some(revision.as_str())),
+        "launched with the pool's revision"
+    );
     assert!(rig
         .scaler
         .activity
@@ -441,11 +451,23 @@ async fn listed_workers_are_adopted_up_to_max_and_the_rest_released() {
         .map(|i| WorkerHandle {
             id: format!("old-{i}"),
             addr: SocketAddr::from(([127, 0, 0, 1], 30_000 + i)),
+            revision: Some("r1".into()),
         })
         .collect();
     // max_idle_time far off: only the startup deadline releases anything below.
     let rig = rig_with(policy(2, 3, 600), 4, provider);
     advance_until("adopted", Duration::from_secs(1), || {
+        rig.pool.workers().len() == 3
+    })
+    .await;
+    assert!(
+        rig.pool
+            .workers()
+            .iter()
+            .all(|w| w.revision() == Some("r1")),
+        "adopted workers keep the revision they were launched with"
+    );
+    advance_until("still adopted", Duration::from_millis(1), || {
         rig.pool.workers().len() == 3
     })
     .await;

@@ -164,6 +164,7 @@ fn a_restarted_weir_adopts_its_running_containers() {
         format!(
             "[server]\nthreads = 1\nshutdown_grace = \"2s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"{pool}\"\n[pools.{pool}]\n\
+             revision = \"v7\"\n\
              provider = {{ kind = \"docker\", image = \"{IMAGE}\", port = 8080, stop_grace = \"2s\", pull = \"never\" }}\n\
              health = {{ path = \"/hello\", interval = \"200ms\" }}\n\
              [pools.{pool}.autoscale]\nmin_workers = 2\nmax_workers = 3\n"
@@ -194,7 +195,22 @@ fn a_restarted_weir_adopts_its_running_containers() {
     assert_eq!(now, ids, "none launched twice");
     runtime.block_on(async {
         assert_eq!(get(proxy, "/").await.status, 200);
+        // Each container carries the revision it was launched with, read back on adoption.
+        let (_, body) = admin_call(admin, "GET", "/api/v1/workers", None, "").await;
+        let workers: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let revisions: Vec<&str> = workers
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w["revision"].as_str())
+            .collect();
+        assert_eq!(revisions, ["v7", "v7"], "{body}");
     });
+    let label = Command::new("docker")
+        .args(["inspect", "--format", "{{index .Config.Labels \"weir.revision\"}}", &ids[0]])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "v7");
     // An adopted container is watched like a launched one: its exit is noticed and replaced.
     let killed = Command::new("docker")
         .args(["kill", &ids[0]])

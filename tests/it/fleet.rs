@@ -598,6 +598,7 @@ async fn a_leader_paused_past_its_lease_is_fenced_off() {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 draining: false,
                 surplus: false,
+                revision: None,
             }],
         };
         vec![("app".to_string(), serde_json::to_string(&members).unwrap())]

@@ -345,6 +345,7 @@ impl Inner {
                     let handle = WorkerHandle {
                         id: name.clone(),
                         addr: endpoint.addr,
+                        revision: None,
                     };
                     claimed.insert(name.clone());
                     return Ok(Launched {
@@ -437,6 +438,7 @@ impl Inner {
             .map(|(name, e)| WorkerHandle {
                 id: name.clone(),
                 addr: e.addr,
+                revision: None,
             })
             .collect())
     }

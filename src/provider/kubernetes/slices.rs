@@ -137,12 +137,14 @@ fn diff(old: &BTreeMap<String, Endpoint>, new: &BTreeMap<String, Endpoint>) -> V
                 id: name.clone(),
                 addr: now.addr,
                 ready: Some(now.routable()),
+                revision: None,
             })),
             Some(before) if before.addr != now.addr && !now.terminating => {
                 updates.push(MemberUpdate::Added(Member {
                     id: name.clone(),
                     addr: now.addr,
                     ready: Some(now.routable()),
+                    revision: None,
                 }))
             }
             Some(before) if before.routable() != now.routable() => {
@@ -209,6 +211,7 @@ mod tests {
             id: id.into(),
             addr: format!("{ip}:8080").parse().unwrap(),
             ready: Some(ready),
+            revision: None,
         })
     }
 
