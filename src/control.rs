@@ -115,6 +115,7 @@ impl Control {
         let policy = ScalePolicy::from_config(&autoscale, config.worker_concurrency);
         let scaler = PoolScaler::new(membership, provider, policy, Arc::clone(&self.activity));
         scaler.set_revision(config.revision());
+        scaler.set_template(config.provider.template_revision());
         if let Some(fleet) = &self.fleet {
             scaler.join_fleet(Arc::clone(fleet));
         }
@@ -183,18 +184,32 @@ impl Control {
         // Plan: which pools stay (with their new settings built now), which start afresh.
         let mut changes = Vec::new();
         let mut kept = Vec::new();
+        let mut rollouts = Vec::new();
         let mut carried_pools = HashMap::new();
         let mut added = Vec::new();
         for (name, pc) in &new_config.pools {
             match (old.pools.get(name), old.config.pools.get(name)) {
-                (Some(pool), Some(old_pc)) if old_pc.provider == pc.provider => {
+                (Some(pool), Some(old_pc))
+                    if old_pc.provider == pc.provider
+                        || (old_pc.provider.same_engine(&pc.provider)
+                            && self.scalers.get(name).is_some_and(|s| {
+                                s.template() == pc.provider.template_revision()
+                            })) =>
+                {
+                    if old_pc.provider != pc.provider {
+                        // The template the workers run (a rollback restored it, or only how
+                        // weir handles workers changed): nothing to roll out.
+                        changes.push(format!(
+                            "pools.{name}.provider: changed, same launch template as the workers run; the other settings apply from the next revision"
+                        ));
+                    }
                     let settings = PoolSettings::from_config(pc);
                     let policy = match self.scalers.get(name) {
                         Some(scaler) => {
                             let autoscale = pc.autoscale.clone().unwrap_or_default();
                             let policy =
                                 ScalePolicy::from_config(&autoscale, pc.worker_concurrency);
-                            if scaler.revision() != pc.revision() {
+                            if old_pc.revision != pc.revision {
                                 // A new name for the same template: workers launched from
                                 // now on carry it.
                                 scaler.set_revision(pc.revision());
@@ -205,6 +220,33 @@ impl Control {
                         None => None,
                     };
                     kept.push((Arc::clone(pool), settings, policy));
+                    carried_pools.insert(name.clone(), Arc::clone(pool));
+                }
+                (Some(pool), Some(old_pc))
+                    if old_pc.provider.same_engine(&pc.provider)
+                        && self.scalers.contains_key(name) =>
+                {
+                    // A new launch template on the same engine: the pool stays (its queue,
+                    // counters and waiting requests) and its workers are replaced gradually.
+                    let provider = provider::from_config(name, &pc.provider)
+                        .map_err(|e| format!("pools.{name}.provider: {e}"))?;
+                    let settings = PoolSettings::from_config(pc);
+                    let autoscale = pc.autoscale.clone().unwrap_or_default();
+                    let policy = ScalePolicy::from_config(&autoscale, pc.worker_concurrency);
+                    let Some(scaler) = self.scalers.get(name).map(|s| Arc::clone(s.value())) else {
+                        continue;
+                    };
+                    changes.push(format!(
+                        "pools.{name}: new revision {}, rolling out",
+                        pc.revision().unwrap_or_default()
+                    ));
+                    rollouts.push((
+                        Arc::clone(&scaler),
+                        provider,
+                        (pc.revision(), pc.provider.template_revision()),
+                        pc.rollout.clone(),
+                    ));
+                    kept.push((Arc::clone(pool), settings, Some((scaler, policy))));
                     carried_pools.insert(name.clone(), Arc::clone(pool));
                 }
                 (Some(_), _) => {
@@ -273,6 +315,9 @@ impl Control {
             crate::limit::nofile::check(&new_config);
         }
 
+        for (scaler, provider, revision, settings) in rollouts {
+            scaler.start_rollout(provider, revision, settings);
+        }
         for name in &removed {
             self.stop_pool(name);
         }

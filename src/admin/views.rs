@@ -86,6 +86,9 @@ pub struct PoolView {
     /// The revision new workers are launched with (absent for a pool weir does not launch).
     #[serde(default)]
     pub revision: Option<String>,
+    /// The rollout under way or last ended, if any.
+    #[serde(default)]
+    pub rollout: Option<crate::scale::RolloutView>,
 }
 
 /// One scaling event (GET /api/v1/activity).
@@ -166,7 +169,7 @@ pub fn pools(control: &Control) -> Vec<PoolView> {
         .map(|(name, pool)| {
             let workers = pool.workers();
             let count = |s: WorkerState| crate::pool::count_in(&workers, s);
-            let (desired, min, max, provider, revision) = match control.scalers.get(name) {
+            let (desired, min, max, provider, revision, rollout) = match control.scalers.get(name) {
                 Some(scaler) => (
                     scaler.desired(),
                     scaler
@@ -175,10 +178,11 @@ pub fn pools(control: &Control) -> Vec<PoolView> {
                     scaler.policy().max_workers,
                     scaler.describe(),
                     scaler.revision(),
+                    scaler.rollout_view(),
                 ),
                 None => {
                     let n = workers.len() as u32;
-                    (n, n, n, format!("static: {n} address(es)"), None)
+                    (n, n, n, format!("static: {n} address(es)"), None, None)
                 }
             };
             PoolView {
@@ -194,6 +198,7 @@ pub fn pools(control: &Control) -> Vec<PoolView> {
                 draining: count(WorkerState::Draining),
                 provider,
                 revision,
+                rollout,
             }
         })
         .collect()

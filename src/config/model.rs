@@ -535,6 +535,77 @@ pub struct PoolConfig {
     /// provider settings that shape a worker (its launch template). Only for pools weir
     /// launches (process, exec, docker).
     pub revision: Option<String>,
+    /// How a new revision replaces the old one's workers.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+}
+
+/// `[pools.NAME.rollout]`: a reload that changes only a pool's launch template replaces its
+/// workers gradually.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// New workers started at once beyond the pool's count: a share of it ("25%") or a
+    /// number ("2"); at least 1.
+    pub max_surge: Surge,
+    /// How far below `min_workers` the ready workers may fall while old ones go.
+    pub max_unavailable: u32,
+    /// How long a new worker must stay ready before an old one goes for it.
+    pub min_ready: Dur,
+    /// New workers failing to start in a row (exit, not ready in time) that roll the revision
+    /// back.
+    pub failure_threshold: u32,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            max_surge: Surge::Percent(25),
+            max_unavailable: 0,
+            min_ready: Dur::from_secs(0),
+            failure_threshold: 3,
+        }
+    }
+}
+
+/// `max_surge`: a share of the pool's count, or a number of workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surge {
+    /// This percent of the workers the pool should have, rounded up.
+    Percent(u32),
+    /// This many workers.
+    Workers(u32),
+}
+
+impl Surge {
+    /// Workers that may start beyond `desired`: at least 1.
+    pub fn of(self, desired: u32) -> u32 {
+        match self {
+            Surge::Percent(p) => (desired * p).div_ceil(100),
+            Surge::Workers(n) => n,
+        }
+        .max(1)
+    }
+}
+
+impl<'de> Deserialize<'de> for Surge {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u32),
+            Text(String),
+        }
+        let bad =
+            || serde::de::Error::custom("expected a number of workers or a percent (\"25%\")");
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Surge::Workers(n)),
+            Raw::Text(t) => match t.trim().strip_suffix('%') {
+                Some(p) => p.trim().parse().map(Surge::Percent).map_err(|_| bad()),
+                None => t.trim().parse().map(Surge::Workers).map_err(|_| bad()),
+            },
+        }
+    }
 }
 
 impl PoolConfig {
@@ -835,6 +906,20 @@ fn default_namespace() -> String {
 }
 
 impl ProviderConfig {
+    /// Whether `other` launches through the same kind of provider on the same engine, so a
+    /// change between them can be rolled out rather than rebuilt (Docker: the same endpoint).
+    pub fn same_engine(&self, other: &ProviderConfig) -> bool {
+        match (self, other) {
+            (ProviderConfig::Process { .. }, ProviderConfig::Process { .. })
+            | (ProviderConfig::Exec { .. }, ProviderConfig::Exec { .. }) => true,
+            (
+                ProviderConfig::Docker { endpoint: a, .. },
+                ProviderConfig::Docker { endpoint: b, .. },
+            ) => a == b,
+            _ => false,
+        }
+    }
+
     /// A short hash (8 hex digits) of the settings that shape a worker: process `command`,
     /// `env`, `cwd`; exec `launch`; Docker `image`, `port`, `command`, `env`, `labels`,
     /// `cpus`, `memory`. Settings of how weir handles workers (grace periods, networks, the

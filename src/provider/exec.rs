@@ -112,7 +112,10 @@ impl Provider for ExecProvider {
                 &[
                     ("WEIR_POOL", &self.pool),
                     ("WEIR_WORKER", &spec.name),
-                    ("WEIR_REVISION", spec.revision.as_deref().unwrap_or_default()),
+                    (
+                        "WEIR_REVISION",
+                        spec.revision.as_deref().unwrap_or_default(),
+                    ),
                 ],
             )
             .await?;

@@ -82,7 +82,10 @@ impl ProcessProvider {
             .env("PORT", port.to_string())
             .env("WEIR_POOL", &self.pool)
             .env("WEIR_WORKER", &spec.name)
-            .env("WEIR_REVISION", spec.revision.as_deref().unwrap_or_default())
+            .env(
+                "WEIR_REVISION",
+                spec.revision.as_deref().unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -25,6 +25,10 @@ pub enum Action {
     LaunchFailed,
     /// Running workers an earlier weir launched, listed by the provider and taken over.
     Adopt,
+    /// A rollout to a new revision started, moved on or ended.
+    Rollout,
+    /// A new revision given up: its workers go, the old revision's template is back.
+    Rollback,
 }
 
 impl Action {
@@ -37,6 +41,8 @@ impl Action {
             Action::Manual => "manual",
             Action::LaunchFailed => "launch_failed",
             Action::Adopt => "adopt",
+            Action::Rollout => "rollout",
+            Action::Rollback => "rollback",
         }
     }
 }

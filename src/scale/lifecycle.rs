@@ -45,14 +45,14 @@ impl PoolScaler {
                 info!(pool = %self.pool.name, worker = %handle.id, "listed worker above max_workers; releasing it");
                 let me = Arc::clone(self);
                 tokio::spawn(async move {
-                    if let Err(e) = me.provider.release(handle.clone()).await {
+                    if let Err(e) = me.provider().release(handle.clone()).await {
                         warn!(pool = %me.pool.name, worker = %handle.id, error = %e, "release failed");
                     }
                 });
                 continue;
             }
             self.skip_names_up_to(&handle.id);
-            let exited = self.provider.watch(&handle);
+            let exited = self.provider().watch(&handle);
             if let Some(worker) = self.join(&handle, Instant::now() + JOIN_WAIT).await {
                 self.books().track(Instant::now(), &worker);
                 adopted += 1;
@@ -92,7 +92,7 @@ impl PoolScaler {
                 addr: worker.addr,
                 revision: worker.revision().map(str::to_string),
             };
-            if let Some(exited) = self.provider.watch(&handle) {
+            if let Some(exited) = self.provider().watch(&handle) {
                 tokio::spawn(Arc::clone(self).watch_exit(Arc::downgrade(worker), exited));
             }
             if worker.state() == WorkerState::Draining && !self.books().is_retiring(worker.id) {
@@ -115,7 +115,7 @@ impl PoolScaler {
     /// feeds the pool); how many were added. `quiet_only`: add nothing if a launch or a
     /// release started meanwhile.
     async fn adopt_unlisted_members(&self, quiet_only: bool) -> u32 {
-        if self.provider.joins_by_discovery() {
+        if self.provider().joins_by_discovery() {
             return 0;
         }
         let Some(listed) = self.listed("going on with the known ones").await else {
@@ -161,13 +161,38 @@ impl PoolScaler {
     }
 
     /// What the provider lists, within [`LIST_TIMEOUT`]; `None` (logged, with what the caller
-    /// does instead) when the call fails or takes too long.
+    /// does instead) when the call fails or takes too long. During a rollout, the older
+    /// revisions' providers list theirs too (a Docker provider lists the containers of its
+    /// own image).
     pub(super) async fn listed(&self, otherwise: &str) -> Option<Vec<WorkerHandle>> {
-        match tokio::time::timeout(LIST_TIMEOUT, self.provider.list()).await {
-            Ok(Ok(listed)) => Some(listed),
-            Ok(Err(e)) => {
-                warn!(pool = %self.pool.name, error = %e, "cannot list the workers; {otherwise}");
-                None
+        let mut providers = vec![self.provider()];
+        providers.extend(
+            self.by_revision
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
+        let lists = futures_util::future::join_all(providers.iter().map(|p| p.list()));
+        match tokio::time::timeout(LIST_TIMEOUT, lists).await {
+            Ok(lists) => {
+                let mut all: Vec<WorkerHandle> = Vec::new();
+                for list in lists {
+                    match list {
+                        Ok(listed) => {
+                            for handle in listed {
+                                if !all.iter().any(|h| h.id == handle.id) {
+                                    all.push(handle);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            warn!(pool = %self.pool.name, error = %e, "cannot list the workers; {otherwise}");
+                            return None;
+                        }
+                    }
+                }
+                Some(all)
             }
             Err(_) => {
                 warn!(pool = %self.pool.name, timeout = ?LIST_TIMEOUT, "listing the workers timed out; {otherwise}");
@@ -197,7 +222,7 @@ impl PoolScaler {
     /// shows up by `deadline`. `None`: it is already a member under the scaler (a duplicate)
     /// or never showed up.
     async fn join(&self, handle: &WorkerHandle, deadline: Instant) -> Option<Arc<Worker>> {
-        if !self.provider.joins_by_discovery() {
+        if !self.provider().joins_by_discovery() {
             let member = Member::probed(handle.id.clone(), handle.addr)
                 .with_revision(handle.revision.clone());
             return self
@@ -253,7 +278,7 @@ impl PoolScaler {
         };
         let timeout = self.policy().startup_timeout;
         let called = Instant::now();
-        let failure = match tokio::time::timeout(timeout, self.provider.launch(spec)).await {
+        let failure = match tokio::time::timeout(timeout, self.provider().launch(spec)).await {
             Ok(Ok(launched)) => {
                 let call = called.elapsed();
                 let handle = launched.handle;
@@ -288,6 +313,7 @@ impl PoolScaler {
     /// waiting only on it. `counted` is how many of `pending_launches` are this one.
     fn launch_failed(&self, name: &str, failure: &str, counted: u32) {
         self.books().note_launch_failure(Instant::now());
+        self.note_rollout_failure();
         let workers = self.pool.workers();
         let ready = workers
             .iter()
@@ -394,7 +420,7 @@ impl PoolScaler {
             self.books().workers.remove(&worker.id);
             return;
         }
-        if let Err(e) = self.provider.release(handle).await {
+        if let Err(e) = self.provider_for(worker.revision()).release(handle).await {
             warn!(pool = %self.pool.name, worker = %worker.name, error = %e, "release failed");
         }
         info!(pool = %self.pool.name, worker = %worker.name, "worker released");
@@ -413,8 +439,8 @@ impl PoolScaler {
             }
             info!(pool = %self.pool.name, "the whole fleet is stopping; its leader releases the workers");
         }
-        if self.provider.keeps_workers_on_stop() {
-            info!(pool = %self.pool.name, provider = %self.provider.describe(), "leaving the workers to their owner");
+        if self.provider().keeps_workers_on_stop() {
+            info!(pool = %self.pool.name, provider = %self.provider().describe(), "leaving the workers to their owner");
             return;
         }
         // A launch still under way would leave its worker behind (a container started after

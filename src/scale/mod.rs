@@ -9,11 +9,13 @@ mod activity;
 mod books;
 mod lifecycle;
 pub mod policy;
+mod rollout;
 
 pub use crate::values::{unix_minutes_now, CivilMinute, Cron};
 pub use activity::{Action, ActivityEvent, ActivityLog};
 pub use books::{LAUNCH_BACKOFF_MAX, LAUNCH_BACKOFF_START};
 pub use policy::{decide, Decision, GiveUp, ScalePolicy, Signals, WorkerSignal};
+pub use rollout::{RolloutState, RolloutView};
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,7 +46,13 @@ const FLEET_CALL_MARGIN: Duration = Duration::from_millis(1000);
 pub struct PoolScaler {
     pool: Arc<Pool>,
     membership: Arc<Membership>,
-    provider: Arc<dyn Provider>,
+    /// Launches new workers (a rollout swaps it for the new revision's).
+    provider: std::sync::RwLock<Arc<dyn Provider>>,
+    /// The provider of each revision that still has workers, to release them through the one
+    /// that launched them (a process provider holds its children).
+    by_revision: Mutex<std::collections::HashMap<Option<String>, Arc<dyn Provider>>>,
+    /// The rollout under way or last ended.
+    rollout: Mutex<Option<rollout::Rollout>>,
     policy: ArcSwap<ScalePolicy>,
     activity: Arc<ActivityLog>,
     books: Mutex<Books>,
@@ -55,6 +63,9 @@ pub struct PoolScaler {
     fleet: std::sync::OnceLock<Arc<Fleet>>,
     /// The revision new workers are launched with (`None`: the provider has none).
     revision: ArcSwap<Option<String>>,
+    /// The hash of the launch template new workers are launched from (a revision may be
+    /// named by hand; a change of template is what a rollout is for).
+    template: ArcSwap<Option<String>>,
 }
 
 impl PoolScaler {
@@ -72,7 +83,9 @@ impl PoolScaler {
             desired: AtomicU32::new(policy.initial_workers),
             pool,
             membership,
-            provider,
+            provider: std::sync::RwLock::new(provider),
+            by_revision: Mutex::new(std::collections::HashMap::new()),
+            rollout: Mutex::new(None),
             policy: ArcSwap::from_pointee(policy),
             activity,
             books: Mutex::new(Books::default()),
@@ -80,7 +93,18 @@ impl PoolScaler {
             next_name: AtomicU64::new(1),
             fleet: std::sync::OnceLock::new(),
             revision: ArcSwap::from_pointee(None),
+            template: ArcSwap::from_pointee(None),
         })
+    }
+
+    /// The hash of the launch template new workers are launched from.
+    pub fn template(&self) -> Option<String> {
+        self.template.load().as_ref().clone()
+    }
+
+    /// Launch new workers from the template whose hash is `template` (start-up).
+    pub fn set_template(&self, template: Option<String>) {
+        self.template.store(Arc::new(template));
     }
 
     /// The revision new workers are launched with.
@@ -91,6 +115,27 @@ impl PoolScaler {
     /// Launch new workers with `revision` from now on.
     pub fn set_revision(&self, revision: Option<String>) {
         self.revision.store(Arc::new(revision));
+    }
+
+    /// The provider new workers are launched through.
+    fn provider(&self) -> Arc<dyn Provider> {
+        Arc::clone(&self.provider.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The provider that launched workers of `revision`: the current one unless a rollout
+    /// replaced it.
+    fn provider_for(&self, revision: Option<&str>) -> Arc<dyn Provider> {
+        let key = revision.map(str::to_string);
+        let current = self.provider();
+        if self.revision() == key {
+            return current;
+        }
+        self.by_revision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
+            .unwrap_or(current)
     }
 
     fn books(&self) -> MutexGuard<'_, Books> {
@@ -118,12 +163,12 @@ impl PoolScaler {
 
     /// Why the provider's component is unusable now, if it is (`/readyz`).
     pub fn provider_problem(&self) -> Option<String> {
-        self.provider.problem()
+        self.provider().problem()
     }
 
     /// The provider, described (admin API).
     pub fn describe(&self) -> String {
-        self.provider.describe()
+        self.provider().describe()
     }
 
     /// Workers the pool should have now (admin API).
@@ -198,7 +243,7 @@ impl PoolScaler {
             }
             // A count changed outside weir while following is the leader's doing, or the
             // leader sees it too: not this instance's to act on, now or once it leads.
-            let _ = self.provider.outside_count();
+            let _ = self.provider().outside_count();
             if self.pool.waiting() > 0 {
                 // Requests wait here: the leader should know before the next heartbeat.
                 fleet.nudge();
@@ -248,7 +293,7 @@ impl PoolScaler {
         for member in &record.workers {
             self.skip_names_up_to(&member.id);
         }
-        if !self.provider.joins_by_discovery() {
+        if !self.provider().joins_by_discovery() {
             let members = record
                 .workers
                 .iter()
@@ -276,7 +321,7 @@ impl PoolScaler {
 
     /// A follower's members while no leader's record is known: what the provider lists.
     async fn follow_listed(&self) {
-        if self.provider.joins_by_discovery() {
+        if self.provider().joins_by_discovery() {
             return; // its discovery stream feeds the pool already
         }
         if let Some(listed) = self.listed("keeping the workers known").await {
@@ -297,7 +342,7 @@ impl PoolScaler {
                 Action::ScaleUp,
                 adopted,
                 adopted + initial,
-                format!("initial workers ({})", self.provider.describe()),
+                format!("initial workers ({})", self.provider().describe()),
             );
             self.books().last_scale_up = Some(Instant::now());
             for _ in 0..initial {
@@ -321,7 +366,7 @@ impl PoolScaler {
     pub fn step(self: &Arc<Self>, now: Instant, now_minutes: u64) {
         let policy = self.policy();
         let workers = self.pool.workers();
-        let outside = self.provider.outside_count();
+        let outside = self.provider().outside_count();
         let decision = {
             let mut books = self.books();
             if let Some(count) = outside {
@@ -355,7 +400,9 @@ impl PoolScaler {
             }
             decision
         };
+        let desired = decision.desired;
         self.act(decision, &workers, &policy);
+        self.rollout_step(desired, &policy);
     }
 
     /// What the pool looks like now, for the decision.
@@ -412,6 +459,9 @@ impl PoolScaler {
             + self.pending_launches.load(Ordering::Relaxed);
         for (id, why) in &d.give_up {
             if let Some(worker) = find(*id) {
+                if *why == GiveUp::NeverReady {
+                    self.note_rollout_failure();
+                }
                 self.activity.record(
                     &self.pool.name,
                     Action::Replace,
@@ -453,7 +503,7 @@ impl PoolScaler {
                 capacity.saturating_sub(d.release.len() as u32),
                 d.reason.clone(),
             );
-            for id in &d.release {
+            for id in &self.old_first(d.release.clone(), workers) {
                 if let Some(worker) = find(*id) {
                     self.spawn_retire(worker, policy.drain_timeout);
                 }

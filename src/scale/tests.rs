@@ -511,3 +511,110 @@ async fn listed_workers_are_adopted_up_to_max_and_the_rest_released() {
     assert_eq!(rig.provider.released_ids.lock().unwrap()[1], "old-1");
     assert!(rig.provider.launches().is_empty());
 }
+
+/// A second provider for the same pool (a new revision's), on ports of its own.
+fn next_revision_provider(rig: &Rig, boot: Duration) -> Arc<FakeProvider> {
+    let next = FakeProvider::new(boot);
+    next.next_port.store(21_000, Ordering::SeqCst);
+    let _ = next.pool.set(Arc::downgrade(&rig.pool));
+    next
+}
+
+fn rollout_state(rig: &Rig) -> Option<RolloutState> {
+    rig.scaler.rollout_view().map(|r| r.state)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_replaces_every_worker_and_never_falls_below_the_ready_count() {
+    let rig = rig(policy(3, 6, 600), 4, Duration::from_millis(500));
+    advance_until("three ready", Duration::from_secs(5), || {
+        ready(&rig.pool) == 3
+    })
+    .await;
+    let next = next_revision_provider(&rig, Duration::from_millis(500));
+    rig.scaler.start_rollout(
+        next.clone(),
+        (Some("r2".into()), Some("t2".into())),
+        crate::config::RolloutConfig::default(),
+    );
+    let mut lowest = usize::MAX;
+    let mut most = 0;
+    advance_until("every worker of r2", Duration::from_secs(30), || {
+        lowest = lowest.min(ready(&rig.pool));
+        most = most.max(rig.pool.workers().len());
+        let workers = rig.pool.workers();
+        workers.len() == 3
+            && workers
+                .iter()
+                .all(|w| w.revision() == Some("r2") && w.state() == WorkerState::Ready)
+    })
+    .await;
+    assert_eq!(lowest, 3, "ready workers never below the pool's count");
+    assert_eq!(
+        most, 4,
+        "one new worker at a time beyond it (25%, at least 1)"
+    );
+    assert_eq!(next.launches().len(), 3, "one new worker per old one");
+    assert_eq!(
+        rig.provider.released.load(Ordering::SeqCst),
+        3,
+        "the old workers released through the provider that launched them"
+    );
+    advance_until("done", Duration::from_secs(1), || {
+        rollout_state(&rig) == Some(RolloutState::Done)
+    })
+    .await;
+    let rollouts = rig
+        .scaler
+        .activity
+        .events()
+        .iter()
+        .filter(|e| e.action == Action::Rollout)
+        .count();
+    assert_eq!(rollouts, 2, "started and done");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revision_whose_workers_fail_to_start_is_rolled_back_and_the_old_workers_stay() {
+    let rig = rig(policy(2, 4, 600), 4, Duration::from_millis(200));
+    advance_until("two ready", Duration::from_secs(5), || {
+        ready(&rig.pool) == 2
+    })
+    .await;
+    let old = rig.scaler.revision();
+    let bad = next_revision_provider(&rig, Duration::from_millis(200));
+    bad.fail.store(true, Ordering::SeqCst);
+    rig.scaler.start_rollout(
+        bad.clone(),
+        (Some("bad".into()), Some("t-bad".into())),
+        crate::config::RolloutConfig::default(),
+    );
+    let mut lowest = usize::MAX;
+    advance_until("rolled back", Duration::from_secs(60), || {
+        lowest = lowest.min(ready(&rig.pool));
+        rollout_state(&rig) == Some(RolloutState::RolledBack)
+    })
+    .await;
+    assert_eq!(lowest, 2, "the old workers served throughout");
+    assert_eq!(bad.launches().len(), 3, "failure_threshold launches");
+    assert_eq!(rig.scaler.revision(), old, "the old template is back");
+    assert_eq!(rig.provider.released.load(Ordering::SeqCst), 0);
+    assert!(rig
+        .scaler
+        .activity
+        .events()
+        .iter()
+        .any(|e| e.action == Action::Rollback));
+    // New workers come from the old template again: a dead worker is replaced through it.
+    let before = rig.provider.launches().len();
+    let victim = rig.pool.workers()[0].addr;
+    rig.provider.kill(victim);
+    advance_until(
+        "replaced by the old revision",
+        Duration::from_secs(30),
+        || ready(&rig.pool) == 2 && rig.pool.workers().iter().all(|w| w.addr != victim),
+    )
+    .await;
+    assert_eq!(rig.provider.launches().len(), before + 1);
+    assert_eq!(bad.launches().len(), 3);
+}

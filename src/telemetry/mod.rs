@@ -188,6 +188,11 @@ pub fn record_scale_event(pool: &str, action: &'static str) {
         .increment(1);
 }
 
+/// A rollout ended: `done`, `rolled_back` or `aborted` (control plane).
+pub fn record_rollout(pool: &str, result: &'static str) {
+    counter!("weir_rollouts_total", "pool" => pool.to_string(), "result" => result).increment(1);
+}
+
 /// Whether this instance leads its fleet (`[cluster]` only).
 pub fn set_cluster_leader(leader: bool) {
     gauge!("weir_cluster_leader").set(if leader { 1.0 } else { 0.0 });

@@ -207,7 +207,12 @@ fn a_restarted_weir_adopts_its_running_containers() {
         assert_eq!(revisions, ["v7", "v7"], "{body}");
     });
     let label = Command::new("docker")
-        .args(["inspect", "--format", "{{index .Config.Labels \"weir.revision\"}}", &ids[0]])
+        .args([
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"weir.revision\"}}",
+            &ids[0],
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "v7");

@@ -36,6 +36,7 @@ mod proxy;
 mod read_timeout;
 mod reload;
 mod retry_on_status;
+mod rollout;
 mod slot_attacks;
 mod slow_readers;
 mod smuggling;

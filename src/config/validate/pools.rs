@@ -51,6 +51,12 @@ pub(super) fn check_pool(name: &str, pool: &PoolConfig, origin: &str) -> Result<
             format!("{bad} is not an HTTP status (100-599)"),
         ));
     }
+    if pool.rollout.failure_threshold == 0 {
+        return Err(fail(
+            format!("pools.{name}.rollout.failure_threshold"),
+            "must be at least 1".into(),
+        ));
+    }
     if let Some(revision) = &pool.revision {
         let key = format!("pools.{name}.revision");
         if pool.provider.template_revision().is_none() {

@@ -1,0 +1,382 @@
+//! Rollouts: when a reload changes only a pool's launch template, the new revision's workers
+//! replace the old one's gradually, in the scaler's own steps. Up to `max_surge` new workers
+//! start beyond the pool's count; each that has been ready for `min_ready` lets one old worker
+//! be drained and released, so the ready workers never fall below what the load needs (nor
+//! `min_workers` minus `max_unavailable`) and no request waits for a cold worker. Autoscaling
+//! goes on: its launches are of the new revision and its scale-in takes old workers first. New
+//! workers that fail to start `failure_threshold` times in a row roll the revision back: they
+//! go, and the old revision's template is the pool's again until the config changes.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{Action, PoolScaler, ScalePolicy};
+use crate::config::RolloutConfig;
+use crate::pool::{Worker, WorkerState};
+use crate::provider::Provider;
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Replacing old workers.
+    Running,
+    /// Every old worker replaced.
+    Done,
+    /// The new revision was given up.
+    RolledBack,
+}
+
+/// A rollout from one revision to the next.
+#[derive(Debug)]
+pub struct Rollout {
+    from: Option<String>,
+    /// The old revision's template hash, restored with it on a rollback.
+    from_template: Option<String>,
+    to: String,
+    state: RolloutState,
+    settings: RolloutConfig,
+    /// New workers that failed to start since one last became ready.
+    failures: u32,
+    /// When each new worker was first seen ready (for `min_ready`).
+    ready_since: HashMap<u64, Instant>,
+    /// Old workers retired so far.
+    replaced: u32,
+    started: Instant,
+}
+
+/// `rollout` in `GET /api/v1/pools`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// running | done | rolled_back
+    pub state: RolloutState,
+    /// The revision being replaced (null: workers of unknown revision).
+    pub from: Option<String>,
+    /// The revision rolled out.
+    pub to: String,
+    /// Ready workers of the old revision.
+    pub old_ready: u32,
+    /// Ready workers of the new revision.
+    pub new_ready: u32,
+    /// Old workers retired so far.
+    pub replaced: u32,
+    /// New workers that failed to start in a row.
+    pub failures: u32,
+}
+
+/// What one rollout step asks for, decided with the rollout's lock held and carried out after.
+#[derive(Default)]
+struct RolloutActions {
+    launch: u32,
+    retire: Vec<(Arc<Worker>, Duration)>,
+    record: Option<(Action, String)>,
+    ended: Option<&'static str>,
+    /// The revision and template hash to go back to.
+    restore: Option<(Option<String>, Option<String>)>,
+}
+
+impl PoolScaler {
+    fn rollout_lock(&self) -> MutexGuard<'_, Option<Rollout>> {
+        self.rollout.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replace the pool's workers with those of `revision` (whose template hash is
+    /// `template`), launched through `provider` (a reload changed the launch template). A
+    /// rollout under way is overtaken: workers of every other revision are old now.
+    pub fn start_rollout(
+        &self,
+        provider: Arc<dyn Provider>,
+        (revision, template): (Option<String>, Option<String>),
+        settings: RolloutConfig,
+    ) {
+        let from = self.revision();
+        let from_template = self.template();
+        {
+            let mut providers = self.by_revision.lock().unwrap_or_else(|p| p.into_inner());
+            providers.insert(from.clone(), self.provider());
+        }
+        *self.provider.write().unwrap_or_else(|p| p.into_inner()) = provider;
+        self.set_revision(revision.clone());
+        self.set_template(template);
+        let Some(to) = revision else {
+            return;
+        };
+        let count = self.pool.workers().len() as u32;
+        self.activity.record(
+            &self.pool.name,
+            Action::Rollout,
+            count,
+            count,
+            format!("{} -> {to}: started", label(from.as_deref())),
+        );
+        *self.rollout_lock() = Some(Rollout {
+            from,
+            from_template,
+            to,
+            state: RolloutState::Running,
+            settings,
+            failures: 0,
+            ready_since: HashMap::new(),
+            replaced: 0,
+            started: Instant::now(),
+        });
+        self.pool.demand().notify_one();
+    }
+
+    /// The rollout under way or last ended, for the admin API.
+    pub fn rollout_view(&self) -> Option<RolloutView> {
+        let workers = self.pool.workers();
+        let guard = self.rollout_lock();
+        let r = guard.as_ref()?;
+        let ready_of = |new: bool| {
+            workers
+                .iter()
+                .filter(|w| w.state() == WorkerState::Ready)
+                .filter(|w| (w.revision() == Some(r.to.as_str())) == new)
+                .count() as u32
+        };
+        Some(RolloutView {
+            state: r.state,
+            from: r.from.clone(),
+            to: r.to.clone(),
+            old_ready: ready_of(false),
+            new_ready: ready_of(true),
+            replaced: r.replaced,
+            failures: r.failures,
+        })
+    }
+
+    /// A launch of the new revision failed (the call, an exit before ready, the startup
+    /// deadline): counted toward the rollback.
+    pub(super) fn note_rollout_failure(&self) {
+        if let Some(r) = self.rollout_lock().as_mut() {
+            if r.state == RolloutState::Running {
+                r.failures += 1;
+            }
+        }
+    }
+
+    /// Scale-in victims during a rollout: old workers first, as many as the decision asked.
+    pub(super) fn old_first(&self, victims: Vec<u64>, workers: &[Arc<Worker>]) -> Vec<u64> {
+        let guard = self.rollout_lock();
+        let Some(r) = guard.as_ref().filter(|r| r.state == RolloutState::Running) else {
+            return victims;
+        };
+        let books = self.books();
+        let mut old: Vec<u64> = workers
+            .iter()
+            .filter(|w| w.revision() != Some(r.to.as_str()) && !books.is_retiring(w.id))
+            .filter(|w| !victims.contains(&w.id))
+            .map(|w| w.id)
+            .collect();
+        let mut chosen: Vec<u64> = victims
+            .iter()
+            .copied()
+            .filter(|id| {
+                workers
+                    .iter()
+                    .any(|w| w.id == *id && w.revision() != Some(r.to.as_str()))
+            })
+            .collect();
+        let want = victims.len();
+        while chosen.len() < want {
+            match old.pop() {
+                Some(id) => chosen.push(id),
+                None => break,
+            }
+        }
+        for id in victims {
+            if chosen.len() == want {
+                break;
+            }
+            if !chosen.contains(&id) {
+                chosen.push(id);
+            }
+        }
+        chosen
+    }
+
+    /// One rollout step, after the scaler's decision (`desired` workers): launch new workers
+    /// within the surge, retire an old one for each new one ready, roll back a revision whose
+    /// workers keep failing, and end when no old worker is left.
+    pub(super) fn rollout_step(self: &Arc<Self>, desired: u32, policy: &ScalePolicy) {
+        let now = Instant::now();
+        let workers = self.pool.workers();
+        let retiring: Vec<u64> = {
+            let books = self.books();
+            workers
+                .iter()
+                .filter(|w| books.is_retiring(w.id))
+                .map(|w| w.id)
+                .collect()
+        };
+        let pending = self.pending_launches.load(Ordering::Relaxed);
+        let actions = {
+            let mut guard = self.rollout_lock();
+            let Some(r) = guard.as_mut().filter(|r| r.state == RolloutState::Running) else {
+                return;
+            };
+            r.plan(&workers, &retiring, pending, desired, policy, now)
+        };
+        if let Some((revision, template)) = actions.restore {
+            let provider = self
+                .by_revision
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&revision)
+                .cloned();
+            if let Some(provider) = provider {
+                *self.provider.write().unwrap_or_else(|p| p.into_inner()) = provider;
+                self.set_revision(revision);
+                self.set_template(template);
+            } else {
+                warn!(pool = %self.pool.name, "the old revision's template is not known here (adopted after a restart); no more workers are launched until the config changes");
+            }
+        }
+        let count = workers.len() as u32;
+        if let Some((action, reason)) = actions.record {
+            self.activity
+                .record(&self.pool.name, action, count, desired, reason);
+        }
+        if let Some(result) = actions.ended {
+            crate::telemetry::record_rollout(&self.pool.name, result);
+            self.forget_unused_providers(&workers);
+        }
+        for (worker, drain) in actions.retire {
+            info!(pool = %self.pool.name, worker = %worker.name, revision = ?worker.revision(), "rollout: retiring an old worker");
+            self.spawn_retire(worker, drain);
+        }
+        for _ in 0..actions.launch {
+            self.spawn_launch();
+        }
+    }
+
+    /// Drop the providers of revisions with no worker left.
+    fn forget_unused_providers(&self, workers: &[Arc<Worker>]) {
+        let current = self.revision();
+        let mut providers = self.by_revision.lock().unwrap_or_else(|p| p.into_inner());
+        providers.retain(|revision, _| {
+            *revision == current
+                || workers
+                    .iter()
+                    .any(|w| w.revision().map(str::to_string) == *revision)
+        });
+    }
+}
+
+impl Rollout {
+    fn plan(
+        &mut self,
+        workers: &[Arc<Worker>],
+        retiring: &[u64],
+        pending: u32,
+        desired: u32,
+        policy: &ScalePolicy,
+        now: Instant,
+    ) -> RolloutActions {
+        let mut actions = RolloutActions::default();
+        let live: Vec<&Arc<Worker>> = workers
+            .iter()
+            .filter(|w| !retiring.contains(&w.id))
+            .collect();
+        let is_new = |w: &Worker| w.revision() == Some(self.to.as_str());
+        for w in live
+            .iter()
+            .filter(|w| is_new(w) && w.state() == WorkerState::Ready)
+        {
+            if self.ready_since.insert(w.id, now).is_none() {
+                // A new worker ready: the revision can start.
+                self.failures = 0;
+            }
+        }
+        if self.failures >= self.settings.failure_threshold.max(1) {
+            self.state = RolloutState::RolledBack;
+            actions.record = Some((
+                Action::Rollback,
+                format!(
+                    "{} -> {}: {} new workers in a row failed to start; back to {}",
+                    label(self.from.as_deref()),
+                    self.to,
+                    self.failures,
+                    label(self.from.as_deref())
+                ),
+            ));
+            actions.ended = Some("rolled_back");
+            actions.restore = Some((self.from.clone(), self.from_template.clone()));
+            actions.retire = live
+                .iter()
+                .filter(|w| is_new(w))
+                .map(|w| (Arc::clone(w), policy.drain_timeout))
+                .collect();
+            return actions;
+        }
+        let (new, old): (Vec<&Arc<Worker>>, Vec<&Arc<Worker>>) =
+            live.iter().partition(|w| is_new(w));
+        if old.is_empty() {
+            self.state = RolloutState::Done;
+            actions.record = Some((
+                Action::Rollout,
+                format!(
+                    "{} -> {}: done, {} replaced in {:.1?}",
+                    label(self.from.as_deref()),
+                    self.to,
+                    self.replaced,
+                    now.duration_since(self.started)
+                ),
+            ));
+            actions.ended = Some("done");
+            return actions;
+        }
+        // Old workers that do not serve go at once; they are not what keeps the pool up.
+        for w in old.iter().filter(|w| w.state() != WorkerState::Ready) {
+            actions.retire.push((Arc::clone(w), Duration::ZERO));
+        }
+        let surge = self.settings.max_surge.of(desired);
+        let starting = new
+            .iter()
+            .filter(|w| w.state() == WorkerState::Starting)
+            .count() as u32
+            + pending;
+        let total = live.len() as u32 + pending;
+        let room = (desired + surge).saturating_sub(total);
+        actions.launch = surge.saturating_sub(starting).min(room);
+        let settled = |w: &&&Arc<Worker>| {
+            w.state() == WorkerState::Ready
+                && self
+                    .ready_since
+                    .get(&w.id)
+                    .is_some_and(|t| now.duration_since(*t) >= self.settings.min_ready.get())
+        };
+        let new_ready = new.iter().filter(settled).count() as u32;
+        let old_ready: Vec<&&Arc<Worker>> = old
+            .iter()
+            .filter(|w| w.state() == WorkerState::Ready)
+            .collect();
+        let floor = desired
+            .max(
+                policy
+                    .min_workers
+                    .saturating_sub(self.settings.max_unavailable),
+            )
+            .max(1);
+        if !old_ready.is_empty() && new_ready > 0 && new_ready + old_ready.len() as u32 > floor {
+            if let Some(victim) = old_ready.iter().min_by_key(|w| w.in_flight()) {
+                actions
+                    .retire
+                    .push((Arc::clone(victim), policy.drain_timeout));
+                self.replaced += 1;
+            }
+        }
+        actions
+    }
+}
+
+fn label(revision: Option<&str>) -> &str {
+    revision.unwrap_or("(unknown revision)")
+}

@@ -1,0 +1,187 @@
+//! Rollouts: a reload that changes a launchable pool's launch template replaces its workers
+//! gradually, under load, with no failed request and no request waiting for a cold worker;
+//! a revision whose workers exit at start is rolled back while the old workers serve.
+
+use crate::common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long a worker takes to boot: longer than any answer under load may take.
+const BOOT: Duration = Duration::from_millis(1500);
+
+/// A process pool of three demo workers named `name`, each booting for [`BOOT`] first.
+fn config(command: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+listen = "127.0.0.1:0"
+[[routes]]
+pool = "app"
+queue = {{ timeout = "20s" }}
+[pools.app]
+worker_concurrency = 4
+provider = {{ kind = "process", command = ["sh", "-c", "{command}"] }}
+health = {{ path = "/hello", interval = "100ms" }}
+[pools.app.autoscale]
+min_workers = 3
+max_workers = 6
+max_idle_time = "10m"
+"#
+    )
+}
+
+fn booting(name: &str) -> String {
+    format!(
+        "sleep {}; exec {WEIR} demo-worker --listen 127.0.0.1:{{port}} --name {name}",
+        BOOT.as_secs_f64()
+    )
+}
+
+/// One answer as the clients saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    status: u16,
+    took: Duration,
+    served_by: String,
+}
+
+/// `clients` loops asking for a 20 ms answer until `running` flips.
+fn load(addr: SocketAddr, clients: usize, running: &Arc<AtomicBool>) -> Arc<Mutex<Vec<Seen>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for _ in 0..clients {
+        let (seen, running) = (Arc::clone(&seen), Arc::clone(running));
+        tokio::spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let reply = get(addr, "/?delay=20ms").await;
+                let served_by = reply
+                    .headers
+                    .get("x-served-by")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                seen.lock().unwrap().push(Seen {
+                    at: Instant::now(),
+                    status: reply.status.as_u16(),
+                    took: started.elapsed(),
+                    served_by,
+                });
+            }
+        });
+    }
+    seen
+}
+
+async fn pool_view(weir: &Weir) -> serde_json::Value {
+    let (_, body) = admin_call(weir.admin(), "GET", "/api/v1/pools", None, "").await;
+    let pools: serde_json::Value = serde_json::from_str(&body).unwrap();
+    pools
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "app"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn rollout_ends(weir: &Weir, state: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool = pool_view(weir).await;
+        if pool["rollout"]["state"] == state {
+            return pool;
+        }
+        assert!(Instant::now() < deadline, "rollout never {state}: {pool}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn activity(weir: &Weir) -> Vec<serde_json::Value> {
+    let (_, body) = admin_call(weir.admin(), "GET", "/api/v1/activity", None, "").await;
+    let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+    all.as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_pool_rolls_out_a_new_revision_under_load_and_rolls_back_a_broken_one() {
+    let path = temp_path("rollout-process.toml");
+    let weir = start_weir_at("", &config(&booting("v1")), Some(&path));
+    wait_until("three v1 workers ready", || {
+        weir.workers("app")
+            .iter()
+            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
+            .count()
+            == 3
+    })
+    .await;
+    let running = Arc::new(AtomicBool::new(true));
+    let seen = load(weir.addr(), 8, &running);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // v2: the same pool, a new command.
+    std::fs::write(&path, config(&booting("v2"))).unwrap();
+    let reloaded = Instant::now();
+    let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("rolling out"), "{body}");
+    let done = rollout_ends(&weir, "done").await;
+    let rolled = reloaded.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_done = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // v3 exits at start: rolled back, and v2 serves on.
+    std::fs::write(&path, config("exit 3")).unwrap();
+    let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let back = rollout_ends(&weir, "rolled_back").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let seen = seen.lock().unwrap().clone();
+    let failed: Vec<&Seen> = seen.iter().filter(|s| s.status != 200).collect();
+    let slowest = seen.iter().map(|s| s.took).max().unwrap_or_default();
+    let v2_at_end = seen
+        .iter()
+        .filter(|s| s.at > after_done)
+        .all(|s| s.served_by == "v2");
+    eprintln!(
+        "rollout v1 -> v2 under 8 clients: done {rolled:?} after the reload; {} answers, {} failed, slowest {slowest:?} (a worker boots in {BOOT:?}); {done}; then {back}",
+        seen.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        slowest < BOOT,
+        "a request waited {slowest:?}: as long as a cold worker's boot ({BOOT:?})"
+    );
+    assert!(v2_at_end, "every answer after the rollout from v2");
+    assert_eq!(back["revision"], done["revision"], "v2's template is back");
+    let events = activity(&weir).await;
+    let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(
+        actions.contains(&"rollout") && actions.contains(&"rollback"),
+        "{actions:?}"
+    );
+    let (_, metrics) = admin_call(weir.admin(), "GET", "/metrics", None, "").await;
+    for result in ["done", "rolled_back"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("weir_rollouts_total")
+                && l.contains("pool=\"app\"")
+                && l.contains(&format!("result=\"{result}\""))),
+            "{result} in metrics"
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+}
