@@ -14,7 +14,7 @@ use common::*;
 /// How long a worker takes to boot: longer than any answer under load may take.
 const BOOT: Duration = Duration::from_millis(1500);
 
-/// A process pool of three demo workers named `name`, each booting for [`BOOT`] first.
+/// A process pool of three demo workers, each running `command` (see [`booting`]).
 fn config(command: &str) -> String {
     format!(
         r#"
@@ -183,5 +183,144 @@ async fn a_process_pool_rolls_out_a_new_revision_under_load_and_rolls_back_a_bro
             "{result} in metrics"
         );
     }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A Docker pool `pool` of three demo worker containers named `name`.
+fn docker_config(pool: &str, name: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+listen = "127.0.0.1:0"
+[[routes]]
+pool = "{pool}"
+queue = {{ timeout = "20s" }}
+[pools.{pool}]
+worker_concurrency = 4
+provider = {{ kind = "docker", image = "{IMAGE}", port = 8080, pull = "never", stop_grace = "2s", command = ["--listen", "0.0.0.0:8080", "--name", "{name}"] }}
+health = {{ path = "/hello", interval = "100ms" }}
+[pools.{pool}.autoscale]
+min_workers = 3
+max_workers = 6
+max_idle_time = "10m"
+"#
+    )
+}
+
+/// Removes, on drop, every container of a pool (a test that fails midway leaves none).
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let names = containers_labelled("weir.pool", &self.0);
+        if !names.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&names)
+                .output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_pool_rolls_out_a_new_revision_under_load() {
+    if !engine_ready("a_docker_pool_rolls_out_a_new_revision_under_load") {
+        return;
+    }
+    let pool = format!("dkroll{}", std::process::id());
+    let _cleanup = Containers(pool.clone());
+    let path = temp_path("rollout-docker.toml");
+    const SERVER: &str = "threads = 2\nshutdown_grace = \"2s\"\n";
+    let weir = start_weir_at(SERVER, &docker_config(&pool, "v1"), Some(&path));
+    wait_until("three v1 containers ready", || {
+        weir.workers(&pool)
+            .iter()
+            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
+            .count()
+            == 3
+    })
+    .await;
+    let before = containers_labelled("weir.pool", &pool);
+    let running = Arc::new(AtomicBool::new(true));
+    let seen = load(weir.addr(), 8, &running);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let v2 = format!("[server]\n{SERVER}{}", docker_config(&pool, "v2"));
+    std::fs::write(&path, v2).unwrap();
+    let reloaded = Instant::now();
+    let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("rolling out"), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let (_, body) = admin_call(weir.admin(), "GET", "/api/v1/pools", None, "").await;
+        let pools: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let view = pools
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["name"] == pool.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        if view["rollout"]["state"] == "done" {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "rollout never done: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rolled = reloaded.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_done = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let seen = seen.lock().unwrap().clone();
+    let failed: Vec<&Seen> = seen.iter().filter(|s| s.status != 200).collect();
+    let slowest = seen.iter().map(|s| s.took).max().unwrap_or_default();
+    eprintln!(
+        "docker rollout v1 -> v2 under 8 clients: done {rolled:?} after the reload; {} answers, {} failed, slowest {slowest:?}; {done}",
+        seen.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        seen.iter()
+            .filter(|s| s.at > after_done)
+            .all(|s| s.served_by == "v2"),
+        "every answer after the rollout from v2"
+    );
+    // Three containers, all new, labelled with the new revision; the old ones removed.
+    let wait = Instant::now() + Duration::from_secs(20);
+    let now = loop {
+        let now = containers_labelled("weir.pool", &pool);
+        if now.len() == 3 || Instant::now() > wait {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(
+        now.iter().all(|c| !before.contains(c)),
+        "{before:?} -> {now:?}"
+    );
+    let revision = done["revision"].as_str().unwrap_or_default().to_string();
+    for container in &now {
+        let label = std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "--format",
+                "{{index .Config.Labels \"weir.revision\"}}",
+                container,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), revision);
+    }
+    drop(weir);
     let _ = std::fs::remove_file(&path);
 }
