@@ -116,6 +116,7 @@ impl Control {
         let scaler = PoolScaler::new(membership, provider, policy, Arc::clone(&self.activity));
         scaler.set_revision(config.revision());
         scaler.set_template(config.provider.template_revision());
+        scaler.set_rollout_settings(config.rollout.clone());
         if let Some(fleet) = &self.fleet {
             scaler.join_fleet(Arc::clone(fleet));
         }
@@ -209,6 +210,7 @@ impl Control {
                             let autoscale = pc.autoscale.clone().unwrap_or_default();
                             let policy =
                                 ScalePolicy::from_config(&autoscale, pc.worker_concurrency);
+                            scaler.set_rollout_settings(pc.rollout.clone());
                             if old_pc.revision != pc.revision {
                                 // A new name for the same template: workers launched from
                                 // now on carry it.

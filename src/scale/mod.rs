@@ -66,6 +66,8 @@ pub struct PoolScaler {
     /// The hash of the launch template new workers are launched from (a revision may be
     /// named by hand; a change of template is what a rollout is for).
     template: ArcSwap<Option<String>>,
+    /// `[pools.NAME.rollout]`, for a rollout carried on after a restart or a new lead.
+    rollout_settings: ArcSwap<crate::config::RolloutConfig>,
 }
 
 impl PoolScaler {
@@ -94,7 +96,13 @@ impl PoolScaler {
             fleet: std::sync::OnceLock::new(),
             revision: ArcSwap::from_pointee(None),
             template: ArcSwap::from_pointee(None),
+            rollout_settings: ArcSwap::from_pointee(crate::config::RolloutConfig::default()),
         })
+    }
+
+    /// `[pools.NAME.rollout]` (start-up, reload).
+    pub fn set_rollout_settings(&self, settings: crate::config::RolloutConfig) {
+        self.rollout_settings.store(Arc::new(settings));
     }
 
     /// The hash of the launch template new workers are launched from.
@@ -230,6 +238,7 @@ impl PoolScaler {
             let leading = fleet.is_leader();
             if leading && !led {
                 self.take_the_lead().await;
+                self.resume_rollout();
             }
             led = leading;
             if leading {
@@ -335,6 +344,7 @@ impl PoolScaler {
 
     async fn run_alone(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let adopted = self.adopt().await;
+        self.resume_rollout();
         let initial = self.policy().initial_workers.saturating_sub(adopted);
         if initial > 0 {
             self.activity.record(

@@ -129,6 +129,53 @@ impl PoolScaler {
         self.pool.demand().notify_one();
     }
 
+    /// Carry on a rollout that another weir began (a restart, a new leader): when the pool
+    /// has workers of another known revision than the one it launches, they are replaced as
+    /// in a rollout. Their template is not known here, so such a rollout cannot roll back to
+    /// it; a failing new revision then stops, leaving the old workers.
+    pub(super) fn resume_rollout(&self) {
+        let Some(to) = self.revision() else {
+            return;
+        };
+        if self
+            .rollout_lock()
+            .as_ref()
+            .is_some_and(|r| r.state == RolloutState::Running)
+        {
+            return;
+        }
+        let workers = self.pool.workers();
+        let Some(from) = workers
+            .iter()
+            .filter_map(|w| w.revision())
+            .find(|r| *r != to)
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let count = workers.len() as u32;
+        self.activity.record(
+            &self.pool.name,
+            Action::Rollout,
+            count,
+            count,
+            format!("{from} -> {to}: carried on (workers of {from} found at start or on taking the lead)"),
+        );
+        let settings = self.rollout_settings.load().as_ref().clone();
+        *self.rollout_lock() = Some(Rollout {
+            from: Some(from),
+            from_template: None,
+            to,
+            state: RolloutState::Running,
+            settings,
+            failures: 0,
+            ready_since: HashMap::new(),
+            replaced: 0,
+            started: Instant::now(),
+        });
+        self.pool.demand().notify_one();
+    }
+
     /// The rollout under way or last ended, for the admin API.
     pub fn rollout_view(&self) -> Option<RolloutView> {
         let workers = self.pool.workers();

@@ -128,7 +128,7 @@ fn rig(autoscale: AutoscaleConfig, concurrency: u32, boot: Duration) -> Rig {
 
 fn rig_with(autoscale: AutoscaleConfig, concurrency: u32, provider: Arc<FakeProvider>) -> Rig {
     let config: PoolConfig = toml::from_str(&format!(
-        "worker_concurrency = {concurrency}\nprovider = {{ kind = \"exec\", launch = \"x\", release = \"x\" }}"
+        "worker_concurrency = {concurrency}\nrevision = \"r1\"\nprovider = {{ kind = \"exec\", launch = \"x\", release = \"x\" }}"
     ))
     .unwrap();
     let pool = Pool::from_config("p", &config);
@@ -617,4 +617,40 @@ async fn a_revision_whose_workers_fail_to_start_is_rolled_back_and_the_old_worke
     .await;
     assert_eq!(rig.provider.launches().len(), before + 1);
     assert_eq!(bad.launches().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_begun_by_another_weir_is_carried_on_after_adoption() {
+    // A restarted weir (or a new leader) finds workers of an older revision: it replaces them
+    // as the rollout it finds under way.
+    let provider = FakeProvider::new(Duration::from_millis(100));
+    *provider.listed.lock().unwrap() = (1..=2)
+        .map(|i| WorkerHandle {
+            id: format!("old-{i}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], 31_000 + i)),
+            revision: Some("r0".into()),
+        })
+        .collect();
+    let rig = rig_with(policy(2, 4, 600), 4, provider);
+    advance_until("adopted", Duration::from_secs(1), || {
+        rig.pool.workers().len() >= 2
+    })
+    .await;
+    for w in rig.pool.workers().iter() {
+        w.set_state(WorkerState::Ready);
+    }
+    let mut lowest = usize::MAX;
+    advance_until("every worker of r1", Duration::from_secs(30), || {
+        lowest = lowest.min(ready(&rig.pool));
+        let workers = rig.pool.workers();
+        workers.len() == 2
+            && workers
+                .iter()
+                .all(|w| w.revision() == Some("r1") && w.state() == WorkerState::Ready)
+    })
+    .await;
+    assert_eq!(lowest, 2, "the adopted workers served until replaced");
+    assert_eq!(rig.provider.released.load(Ordering::SeqCst), 2);
+    let view = rig.scaler.rollout_view().expect("a rollout");
+    assert_eq!(view.from.as_deref(), Some("r0"));
 }

@@ -324,3 +324,95 @@ async fn a_docker_pool_rolls_out_a_new_revision_under_load() {
     drop(weir);
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weir_killed_mid_rollout_is_restarted_and_finishes_it() {
+    if !engine_ready("a_weir_killed_mid_rollout_is_restarted_and_finishes_it") {
+        return;
+    }
+    let pool = format!("dkresume{}", std::process::id());
+    let _cleanup = Containers(pool.clone());
+    let path = temp_path("rollout-resume.toml");
+    const SERVER: &str = "[server]\nthreads = 1\nshutdown_grace = \"2s\"\n";
+    std::fs::write(&path, format!("{SERVER}{}", docker_config(&pool, "v1"))).unwrap();
+    let mut first = run_weir(&path);
+    let ready = |admin: SocketAddr, name: &'static str| async move {
+        let (_, body) = admin_call(admin, "GET", "/api/v1/workers", None, "").await;
+        let workers: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let _ = name;
+        workers
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter(|w| w["state"] == "ready")
+                    .filter_map(|w| w["revision"].as_str().map(str::to_string))
+                    .collect::<Vec<String>>()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready(first.admin, "v1").await.len() < 3 {
+        assert!(Instant::now() < deadline, "three v1 containers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v1 = ready(first.admin, "v1").await[0].clone();
+
+    // The rollout starts; the weir is killed as soon as one new container is ready.
+    std::fs::write(&path, format!("{SERVER}{}", docker_config(&pool, "v2"))).unwrap();
+    let (status, body) = admin_call(first.admin, "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready(first.admin, "v2").await.iter().any(|r| *r != v1) {
+        assert!(Instant::now() < deadline, "a v2 container ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.child.0.kill().unwrap();
+    first.child.0.wait().unwrap();
+    let left = containers_labelled("weir.pool", &pool);
+
+    // The next weir adopts both revisions' containers and finishes the rollout.
+    let second = run_weir(&path);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let finished = loop {
+        let revisions = ready(second.admin, "v2").await;
+        // Running ones: a container whose release the kill cut short may be left exited
+        // until the provider next lists the pool.
+        let containers = crate::hosts::running_workers(&pool);
+        if revisions.len() == 3 && revisions.iter().all(|r| *r != v1) && containers.len() == 3 {
+            break containers;
+        }
+        if Instant::now() >= deadline {
+            let (_, workers) = admin_call(second.admin, "GET", "/api/v1/workers", None, "").await;
+            let (_, activity) = admin_call(second.admin, "GET", "/api/v1/activity", None, "").await;
+            let states = std::process::Command::new("docker")
+                .args([
+                    "ps",
+                    "-a",
+                    "--filter",
+                    &format!("label=weir.pool={pool}"),
+                    "--format",
+                    "{{.Names}} {{.Status}} {{.Labels}}",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!("the rollout did not finish after the restart: {revisions:?}, {containers:?}\n{workers}\n{activity}\n{states}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("killed mid-rollout with {left:?}; the restarted weir finished with {finished:?}");
+    assert!(left.len() > 3 || left.iter().any(|c| !finished.contains(c)));
+    let reply = get(second.addr, "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply
+            .headers
+            .get("x-served-by")
+            .and_then(|v| v.to_str().ok()),
+        Some("v2")
+    );
+    let (_, activity) = admin_call(second.admin, "GET", "/api/v1/activity", None, "").await;
+    assert!(activity.contains("carried on"), "{activity}");
+    drop(second);
+    let _ = std::fs::remove_file(&path);
+}
