@@ -60,6 +60,16 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Show or steer a pool's rollout: status (default), pause, resume, abort, undo.
+    Rollout {
+        /// The pool.
+        pool: String,
+        /// status | pause | resume | abort | undo
+        #[arg(default_value = "status")]
+        action: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Make the running weir load its config file again.
     Reload(AdminArgs),
     /// Run the demo worker (a small HTTP server for trying, testing and benchmarking weir).
@@ -159,6 +169,27 @@ fn main() -> ExitCode {
             &format!("/api/v1/pools/{pool}/scale"),
             format!("{{\"workers\": {workers}}}"),
             |v| format!("{pool}: scaling to {} worker(s)\n", v["workers"]),
+        ),
+        Command::Rollout {
+            pool,
+            action,
+            admin,
+        } => admin_post(
+            &admin,
+            &format!("/api/v1/pools/{pool}/rollout"),
+            serde_json::json!({ "action": action }).to_string(),
+            |v| {
+                format!(
+                    "{pool}: rollout {} -> {} {}: {} old ready, {} new ready, {} replaced, {} failed starts\n",
+                    v["from"].as_str().unwrap_or("?"),
+                    v["to"].as_str().unwrap_or("?"),
+                    v["state"].as_str().unwrap_or("?"),
+                    v["old_ready"],
+                    v["new_ready"],
+                    v["replaced"],
+                    v["failures"]
+                )
+            },
         ),
         Command::Reload(args) => admin_post(&args, "/api/v1/reload", String::new(), |v| {
             let changed: Vec<String> = v["changed"]

@@ -138,6 +138,24 @@ async fn route(req: Request<Incoming>, control: &Arc<Control>, peer: SocketAddr)
             Ok(changed) => json(StatusCode::OK, &serde_json::json!({ "changed": changed })),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         },
+        (&Method::GET, p) if p.starts_with("/api/v1/pools/") && p.ends_with("/rollout") => {
+            let name = &p["/api/v1/pools/".len()..p.len() - "/rollout".len()];
+            rollout(control, name, "status")
+        }
+        (&Method::POST, p) if p.starts_with("/api/v1/pools/") && p.ends_with("/rollout") => {
+            let name = p["/api/v1/pools/".len()..p.len() - "/rollout".len()].to_string();
+            let body = match read_body(req, control, MAX_ADMIN_BODY).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            match serde_json::from_slice::<views::RolloutRequest>(&body) {
+                Ok(request) => rollout(control, &name, &request.action),
+                Err(e) => error(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"action\": \"pause\"}} (pause, resume, abort, undo): {e}"),
+                ),
+            }
+        }
         (&Method::POST, p) if p.starts_with("/api/v1/pools/") && p.ends_with("/scale") => {
             let name = &p["/api/v1/pools/".len()..p.len() - "/scale".len()];
             scale(req, control, name).await
@@ -342,6 +360,22 @@ async fn scale(req: Request<Incoming>, control: &Control, name: &str) -> AdminRe
         StatusCode::OK,
         &serde_json::json!({"pool": name, "workers": request.workers.max(min), "requested": request.workers}),
     )
+}
+
+/// `GET`/`POST /api/v1/pools/{name}/rollout`: the rollout, or an operator's action on it.
+fn rollout(control: &Control, name: &str, action: &str) -> AdminResponse {
+    let Some(scaler) = control.scalers.get(name).map(|s| Arc::clone(&s)) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no pool named {name:?} that weir launches"),
+        );
+    };
+    match scaler.rollout_action(action) {
+        Ok(view) => json(StatusCode::OK, &view),
+        Err(e) if e.starts_with("no rollout") => error(StatusCode::NOT_FOUND, e),
+        Err(e) if e.starts_with("unknown action") => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
 }
 
 fn protect(control: &Control, id: &str, protected: bool) -> AdminResponse {

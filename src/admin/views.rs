@@ -111,6 +111,13 @@ pub struct ActivityView {
 /// One second of a pool (GET /api/v1/history): kept in the sampler's ring as served.
 pub use crate::history::Sample as HistoryView;
 
+/// The body of POST /api/v1/pools/{name}/rollout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    /// pause | resume | abort | undo | status
+    pub action: String,
+}
+
 /// The body of POST /api/v1/pools/{name}/scale.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScaleRequest {

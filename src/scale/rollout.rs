@@ -27,10 +27,14 @@ use crate::provider::Provider;
 pub enum RolloutState {
     /// Replacing old workers.
     Running,
+    /// Held by an operator: no new worker is started for it and no old one retired.
+    Paused,
     /// Every old worker replaced.
     Done,
-    /// The new revision was given up.
+    /// The new revision was given up (its workers failed to start).
     RolledBack,
+    /// Stopped by an operator: the new revision's workers went, the old template is back.
+    Aborted,
 }
 
 /// A rollout from one revision to the next.
@@ -54,7 +58,7 @@ pub struct Rollout {
 /// `rollout` in `GET /api/v1/pools`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutView {
-    /// running | done | rolled_back
+    /// running | paused | done | rolled_back | aborted
     pub state: RolloutState,
     /// The revision being replaced (null: workers of unknown revision).
     pub from: Option<String>,
@@ -79,6 +83,8 @@ struct RolloutActions {
     ended: Option<&'static str>,
     /// The revision and template hash to go back to.
     restore: Option<(Option<String>, Option<String>)>,
+    /// A revision whose provider is kept after the rollout ends (`undo`).
+    keep: Option<Option<String>>,
 }
 
 impl PoolScaler {
@@ -174,6 +180,112 @@ impl PoolScaler {
             started: Instant::now(),
         });
         self.pool.demand().notify_one();
+    }
+
+    /// An operator's hand on the rollout (`POST /api/v1/pools/{name}/rollout`, `weir
+    /// rollout`): `pause`, `resume`, `abort` (the new revision's workers go, the old template
+    /// is back) or `undo` (a finished rollout is rolled out backwards). Returns the rollout
+    /// as it stands, or why the action does not apply now.
+    pub fn rollout_action(self: &Arc<Self>, action: &str) -> Result<RolloutView, String> {
+        let state = self.rollout_lock().as_ref().map(|r| r.state);
+        let Some(state) = state else {
+            return Err("no rollout: a reload that changes the launch template starts one".into());
+        };
+        match (action, state) {
+            ("status", _) => {}
+            ("pause", RolloutState::Running) => self.set_rollout_state(RolloutState::Paused),
+            ("resume", RolloutState::Paused) => {
+                self.set_rollout_state(RolloutState::Running);
+                self.pool.demand().notify_one();
+            }
+            ("abort", RolloutState::Running | RolloutState::Paused) => self.abort_rollout(),
+            ("undo", RolloutState::Done) => self.undo_rollout()?,
+            ("pause" | "resume" | "abort" | "undo", state) => {
+                return Err(format!(
+                    "cannot {action} a rollout that is {}",
+                    serde_json::to_value(state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                ))
+            }
+            (other, _) => {
+                return Err(format!(
+                    "unknown action {other:?}: status, pause, resume, abort or undo"
+                ))
+            }
+        }
+        self.rollout_view()
+            .ok_or_else(|| "the rollout is gone".to_string())
+    }
+
+    fn set_rollout_state(&self, state: RolloutState) {
+        if let Some(r) = self.rollout_lock().as_mut() {
+            r.state = state;
+        }
+    }
+
+    /// Stop the rollout: the new revision's workers are drained and released, and the old
+    /// template launches again.
+    fn abort_rollout(self: &Arc<Self>) {
+        let (from, from_template, to) = {
+            let mut guard = self.rollout_lock();
+            let Some(r) = guard.as_mut() else {
+                return;
+            };
+            r.state = RolloutState::Aborted;
+            (r.from.clone(), r.from_template.clone(), r.to.clone())
+        };
+        let known = self
+            .by_revision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&from)
+            .cloned();
+        if let Some(provider) = known {
+            *self.provider.write().unwrap_or_else(|p| p.into_inner()) = provider;
+            self.set_revision(from.clone());
+            self.set_template(from_template);
+        }
+        let workers = self.pool.workers();
+        let count = workers.len() as u32;
+        self.activity.record(
+            &self.pool.name,
+            Action::Rollback,
+            count,
+            count,
+            format!(
+                "{} -> {to}: aborted by an operator; back to {}",
+                label(from.as_deref()),
+                label(from.as_deref())
+            ),
+        );
+        crate::telemetry::record_rollout(&self.pool.name, "aborted");
+        let drain = self.policy().drain_timeout;
+        for w in workers.iter().filter(|w| w.revision() == Some(to.as_str())) {
+            self.spawn_retire(Arc::clone(w), drain);
+        }
+        self.pool.demand().notify_one();
+    }
+
+    /// Roll a finished rollout back out: the old revision replaces the new one.
+    fn undo_rollout(&self) -> Result<(), String> {
+        let (from, from_template, settings) = {
+            let guard = self.rollout_lock();
+            let Some(r) = guard.as_ref() else {
+                return Err("no rollout".into());
+            };
+            (r.from.clone(), r.from_template.clone(), r.settings.clone())
+        };
+        let provider = self
+            .by_revision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&from)
+            .cloned()
+            .ok_or("the old revision's template is not known here (weir restarted since)")?;
+        self.start_rollout(provider, (from, from_template), settings);
+        Ok(())
     }
 
     /// The rollout under way or last ended, for the admin API.
@@ -293,7 +405,7 @@ impl PoolScaler {
         }
         if let Some(result) = actions.ended {
             crate::telemetry::record_rollout(&self.pool.name, result);
-            self.forget_unused_providers(&workers);
+            self.forget_unused_providers(&workers, actions.keep);
         }
         for (worker, drain) in actions.retire {
             info!(pool = %self.pool.name, worker = %worker.name, revision = ?worker.revision(), "rollout: retiring an old worker");
@@ -304,12 +416,14 @@ impl PoolScaler {
         }
     }
 
-    /// Drop the providers of revisions with no worker left.
-    fn forget_unused_providers(&self, workers: &[Arc<Worker>]) {
+    /// Drop the providers of revisions with no worker left, but `keep`'s (a finished
+    /// rollout's old revision, for `undo`).
+    fn forget_unused_providers(&self, workers: &[Arc<Worker>], keep: Option<Option<String>>) {
         let current = self.revision();
         let mut providers = self.by_revision.lock().unwrap_or_else(|p| p.into_inner());
         providers.retain(|revision, _| {
             *revision == current
+                || keep.as_ref() == Some(revision)
                 || workers
                     .iter()
                     .any(|w| w.revision().map(str::to_string) == *revision)
@@ -378,6 +492,7 @@ impl Rollout {
                 ),
             ));
             actions.ended = Some("done");
+            actions.keep = Some(self.from.clone());
             return actions;
         }
         // Old workers that do not serve go at once; they are not what keeps the pool up.

@@ -416,3 +416,136 @@ async fn a_weir_killed_mid_rollout_is_restarted_and_finishes_it() {
     drop(second);
     let _ = std::fs::remove_file(&path);
 }
+
+/// `POST /api/v1/pools/app/rollout` with `action`: (status, body).
+async fn steer(weir: &Weir, action: &str) -> (u16, serde_json::Value) {
+    let (status, body) = admin_call(
+        weir.admin(),
+        "POST",
+        "/api/v1/pools/app/rollout",
+        None,
+        &format!("{{\"action\": \"{action}\"}}"),
+    )
+    .await;
+    (
+        status.as_u16(),
+        serde_json::from_str(&body).unwrap_or_default(),
+    )
+}
+
+/// The revisions of the pool's workers, sorted.
+fn revisions(weir: &Weir) -> Vec<String> {
+    let mut all: Vec<String> = weir
+        .workers("app")
+        .iter()
+        .filter_map(|w| w.revision().map(str::to_string))
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pauses_resumes_aborts_and_undoes_rollouts() {
+    let path = temp_path("rollout-steer.toml");
+    let fast =
+        |name: &str| format!("exec {WEIR} demo-worker --listen 127.0.0.1:{{port}} --name {name}");
+    let pool = |name: &str| config(&fast(name)).replace("min_workers = 3", "min_workers = 2");
+    let weir = start_weir_at("", &pool("v1"), Some(&path));
+    wait_until("two v1 workers ready", || {
+        weir.workers("app")
+            .iter()
+            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
+            .count()
+            == 2
+    })
+    .await;
+    let v1 = revisions(&weir)[0].clone();
+    let (status, _) = steer(&weir, "pause").await;
+    assert_eq!(status, 404, "no rollout yet");
+
+    // Paused at once: it holds where it is (a first new worker may have started).
+    std::fs::write(&path, pool("v2")).unwrap();
+    let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, view) = steer(&weir, "pause").await;
+    assert_eq!(
+        (status, view["state"].as_str()),
+        (200, Some("paused")),
+        "{view}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = revisions(&weir);
+    assert!(
+        held.iter().filter(|r| **r != v1).count() <= 1,
+        "paused: no more new workers: {held:?}"
+    );
+    assert!(held.iter().filter(|r| **r == v1).count() >= 1, "{held:?}");
+    let (status, _) = steer(&weir, "pause").await;
+    assert_eq!(status, 409, "already paused");
+    let (status, view) = steer(&weir, "resume").await;
+    assert_eq!(
+        (status, view["state"].as_str()),
+        (200, Some("running")),
+        "{view}"
+    );
+    rollout_ends(&weir, "done").await;
+    let v2 = revisions(&weir)[0].clone();
+    assert_ne!(v2, v1);
+
+    // Undone: v1 rolled out again, from the template kept for it.
+    let (status, view) = steer(&weir, "undo").await;
+    assert_eq!(
+        (status, view["to"].as_str()),
+        (200, Some(v1.as_str())),
+        "{view}"
+    );
+    rollout_ends(&weir, "done").await;
+    wait_until("every worker of v1 again", || {
+        revisions(&weir) == vec![v1.clone(), v1.clone()]
+    })
+    .await;
+
+    // Aborted: v3's workers go and v1 stays.
+    std::fs::write(&path, pool("v3")).unwrap();
+    let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, view) = steer(&weir, "abort").await;
+    assert_eq!(
+        (status, view["state"].as_str()),
+        (200, Some("aborted")),
+        "{view}"
+    );
+    wait_until("only v1 workers", || {
+        revisions(&weir) == vec![v1.clone(), v1.clone()]
+    })
+    .await;
+    assert_eq!(
+        pool_view(&weir).await["revision"],
+        v1.as_str(),
+        "the old template is back"
+    );
+    let (status, _) = steer(&weir, "jump").await;
+    assert_eq!(status, 400);
+    // The CLI says the same.
+    let admin = format!("http://{}", weir.admin());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(WEIR)
+            .args(["rollout", "app", "--admin", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with(&format!("app: rollout {v1} -> ")),
+        "{text}"
+    );
+    assert!(text.contains(" aborted: "), "{text}");
+    let _ = std::fs::remove_file(&path);
+}
