@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{AlertConfig, AlertKind};
 use crate::pool::{LatencyCounts, WorkerState};
-use crate::scale::ActivityLog;
+use crate::scale::{Action, ActivityLog};
 use crate::state::Shared;
 pub use crate::telemetry::AlertCounters;
 use crate::values::WebUrl;
@@ -184,12 +184,16 @@ fn evaluate(
                 format!("{n} unhealthy worker(s) (threshold {})", c.threshold),
             )
         }
-        AlertKind::ScaleEvents => {
+        AlertKind::ScaleEvents | AlertKind::Rollout => {
             let events = activity.events();
+            let wanted = |a: Action| {
+                c.kind == AlertKind::ScaleEvents || matches!(a, Action::Rollout | Action::Rollback)
+            };
             let new: Vec<_> = events
                 .iter()
                 .skip(rule.events_seen.min(events.len()))
                 .filter(|e| c.pool.as_ref().is_none_or(|p| *p == e.pool))
+                .filter(|e| wanted(e.action))
                 .collect();
             rule.events_seen = events.len();
             for e in new {

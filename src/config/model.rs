@@ -167,6 +167,8 @@ pub enum AlertKind {
     QueueRejections,
     /// Every scaling event (a notification each).
     ScaleEvents,
+    /// Every rollout's start and end and every rollback (a notification each).
+    Rollout,
 }
 
 impl AlertKind {
@@ -178,6 +180,7 @@ impl AlertKind {
             AlertKind::UnhealthyWorkers => "unhealthy_workers",
             AlertKind::QueueRejections => "queue_rejections",
             AlertKind::ScaleEvents => "scale_events",
+            AlertKind::Rollout => "rollout",
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use weir::pool::WorkerState;
 
 /// A webhook receiver that keeps the "text" of every JSON body posted to it.
-async fn receiver() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn receiver() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));

@@ -449,7 +449,11 @@ async fn an_operator_pauses_resumes_aborts_and_undoes_rollouts() {
     let path = temp_path("rollout-steer.toml");
     let fast =
         |name: &str| format!("exec {WEIR} demo-worker --listen 127.0.0.1:{{port}} --name {name}");
-    let pool = |name: &str| config(&fast(name)).replace("min_workers = 3", "min_workers = 2");
+    // Every rollout's start and end and every rollback is posted to the webhook.
+    let (hook, posted) = crate::alerts::receiver().await;
+    let alert = format!("[[alerts]]\nkind = \"rollout\"\nwebhook = \"http://{hook}/rollout\"\n");
+    let pool =
+        |name: &str| config(&fast(name)).replace("min_workers = 3", "min_workers = 2") + &alert;
     let weir = start_weir_at("", &pool("v1"), Some(&path));
     wait_until("two v1 workers ready", || {
         weir.workers("app")
@@ -526,6 +530,16 @@ async fn an_operator_pauses_resumes_aborts_and_undoes_rollouts() {
     );
     let (status, _) = steer(&weir, "jump").await;
     assert_eq!(status, 400);
+    wait_until("the rollouts and the abort posted", || {
+        let posted = posted.lock().unwrap();
+        posted
+            .iter()
+            .any(|t| t.contains(" rollout ") && t.contains(": done"))
+            && posted
+                .iter()
+                .any(|t| t.contains(" rollback ") && t.contains("aborted"))
+    })
+    .await;
     // The CLI says the same.
     let admin = format!("http://{}", weir.admin());
     let out = tokio::task::spawn_blocking(move || {
