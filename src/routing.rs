@@ -19,6 +19,8 @@ pub struct Route {
     prefix: String,
     /// Where matching requests go.
     pub pool: Arc<Pool>,
+    /// Its place among the pools its `[[routes]]` entry splits requests between (0 alone).
+    pub variant: u16,
     /// Where matching requests wait for a worker slot.
     pub queue: Arc<RouteQueue>,
     /// The route's metric series.
@@ -47,18 +49,104 @@ impl Route {
     }
 }
 
-/// Routes of one host pattern, longest prefix first.
-#[derive(Debug, Default)]
-struct HostRoutes(Vec<Route>);
+/// One `[[routes]]` entry: a route per pool it sends to (one, or several sharing its
+/// requests by weight).
+#[derive(Debug)]
+struct RouteGroup {
+    routes: Vec<Route>,
+    /// Which route takes each turn: the weights' smooth interleaving (90/10: nine of the
+    /// first, one of the second, spread out), exact over every cycle.
+    schedule: Box<[u16]>,
+    turn: std::sync::atomic::AtomicUsize,
+}
 
-impl HostRoutes {
-    fn find(&self, path: &str) -> Option<&Route> {
-        self.0.iter().find(|r| r.matches(path))
+impl RouteGroup {
+    fn new(routes: Vec<Route>, weights: &[u32]) -> Self {
+        RouteGroup {
+            schedule: smooth_schedule(weights),
+            routes,
+            turn: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
-    fn push(&mut self, route: Route) {
-        self.0.push(route);
-        self.0.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    fn prefix_len(&self) -> usize {
+        self.routes.first().map_or(0, |r| r.prefix.len())
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        self.routes.first().is_some_and(|r| r.matches(path))
+    }
+
+    /// The route that took a request already (`variant`), or a new turn's.
+    fn pick_or(&self, variant: Option<u16>) -> Option<&Route> {
+        match variant.and_then(|v| self.routes.get(usize::from(v))) {
+            Some(route) => Some(route),
+            None => self.pick(),
+        }
+    }
+
+    /// The route that takes this request.
+    fn pick(&self) -> Option<&Route> {
+        if self.routes.len() == 1 {
+            return self.routes.first();
+        }
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let i = *self.schedule.get(turn % self.schedule.len().max(1))?;
+        self.routes.get(usize::from(i))
+    }
+}
+
+/// The smooth weighted round-robin sequence of `weights` (divided by their greatest common
+/// divisor): each turn, every entry gains its weight and the largest gives up the total.
+fn smooth_schedule(weights: &[u32]) -> Box<[u16]> {
+    let divisor = weights
+        .iter()
+        .copied()
+        .filter(|w| *w > 0)
+        .fold(0, gcd)
+        .max(1);
+    let weights: Vec<i64> = weights.iter().map(|w| i64::from(w / divisor)).collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let Some((best, _)) = current
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| weights[*i] > 0)
+            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
+        else {
+            break;
+        };
+        current[best] -= total;
+        schedule.push(best as u16);
+    }
+    schedule.into_boxed_slice()
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Routes of one host pattern, longest prefix first.
+#[derive(Debug, Default)]
+struct HostRoutes(Vec<RouteGroup>);
+
+impl HostRoutes {
+    fn find(&self, path: &str, variant: Option<u16>) -> Option<&Route> {
+        self.0.iter().find(|g| g.matches(path))?.pick_or(variant)
+    }
+
+    fn push(&mut self, group: RouteGroup) {
+        self.0.push(group);
+        self.0.sort_by_key(|g| std::cmp::Reverse(g.prefix_len()));
     }
 }
 
@@ -89,34 +177,44 @@ impl RouteTable {
                 Some(rule) => (rule.text(), rule.pattern().clone()),
                 None => ("*", HostPattern::Any),
             };
-            let pool = pools
-                .get(&rc.pool)
-                .cloned()
-                .ok_or_else(|| format!("routes[{i}].pool: unknown pool {:?}", rc.pool))?;
             let prefix_text = rc.path_prefix.as_deref().unwrap_or("/");
             let name: Arc<str> = match &rc.name {
                 Some(n) => n.as_str().into(),
                 None => format!("{host_text}{prefix_text}").into(),
             };
-            let kept = previous.and_then(|t| {
-                t.all()
-                    .find(|r| r.config == *rc && Arc::ptr_eq(&r.pool, &pool))
-            });
-            let (queue, metrics) = match kept {
-                Some(old) => (Arc::clone(&old.queue), Arc::clone(&old.metrics)),
-                None => (
-                    RouteQueue::new(Arc::clone(&name), &rc.queue),
-                    RouteMetrics::new(&name, &pool, alerts),
-                ),
-            };
-            let route = Route {
-                queue,
-                metrics,
-                name,
-                prefix: prefix_text.trim_end_matches('/').to_string(),
-                pool,
-                config: rc.clone(),
-            };
+            let targets = rc.targets();
+            let mut routes = Vec::with_capacity(targets.len());
+            for target in &targets {
+                let pool = pools
+                    .get(&target.pool)
+                    .cloned()
+                    .ok_or_else(|| format!("routes[{i}].pool: unknown pool {:?}", target.pool))?;
+                // The same route to the same pool object keeps its queue, whatever the
+                // weights: a reload that moves the split keeps every waiting request.
+                let kept = previous.and_then(|t| {
+                    t.all().find(|r| {
+                        unweighted(&r.config) == unweighted(rc) && Arc::ptr_eq(&r.pool, &pool)
+                    })
+                });
+                let (queue, metrics) = match kept {
+                    Some(old) => (Arc::clone(&old.queue), Arc::clone(&old.metrics)),
+                    None => (
+                        RouteQueue::new(Arc::clone(&name), &rc.queue),
+                        RouteMetrics::new(&name, &pool, alerts),
+                    ),
+                };
+                routes.push(Route {
+                    variant: routes.len() as u16,
+                    queue,
+                    metrics,
+                    name: Arc::clone(&name),
+                    prefix: prefix_text.trim_end_matches('/').to_string(),
+                    pool,
+                    config: rc.clone(),
+                });
+            }
+            let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+            let route = RouteGroup::new(routes, &weights);
             match pattern {
                 HostPattern::Any => table.any.push(route),
                 HostPattern::Exact(h) => table.exact.entry(h).or_default().push(route),
@@ -143,28 +241,50 @@ impl RouteTable {
             .chain(self.wildcard.iter().map(|(_, r)| r))
             .chain(std::iter::once(&self.any))
             .flat_map(|r| r.0.iter())
+            .flat_map(|g| g.routes.iter())
     }
 
     /// The route for `host` (as sent: any case, maybe with a port) and `path`. The most specific
     /// host pattern with a matching prefix wins: exact, then the longest wildcard, then "*".
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.lookup_variant(host, path, None)
+    }
+
+    /// [`RouteTable::lookup`], for a request already given `variant` of a split route (the
+    /// same pool at every look); `None`: a new request, which takes the split's next turn.
+    pub fn lookup_variant(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        variant: Option<u16>,
+    ) -> Option<&Route> {
         let mut buf = [0u8; MAX_HOST_LEN];
         if let Some(host) = host.and_then(|h| normalize_host(h, &mut buf)) {
-            if let Some(route) = self.exact.get(host).and_then(|r| r.find(path)) {
+            if let Some(route) = self.exact.get(host).and_then(|r| r.find(path, variant)) {
                 return Some(route);
             }
             for (suffix, routes) in &self.wildcard {
                 if let Some(label) = host.strip_suffix(suffix.as_str()) {
                     if !label.is_empty() && !label.contains('.') {
-                        if let Some(route) = routes.find(path) {
+                        if let Some(route) = routes.find(path, variant) {
                             return Some(route);
                         }
                     }
                 }
             }
         }
-        self.any.find(path)
+        self.any.find(path, variant)
     }
+}
+
+/// A route's config without its split's weights: what decides whether a reload keeps its
+/// queues.
+fn unweighted(config: &RouteConfig) -> RouteConfig {
+    let mut config = config.clone();
+    for target in &mut config.pools {
+        target.weight = 0;
+    }
+    config
 }
 
 /// Lowercase `host` into `buf`, dropping any port and a trailing dot. `None` when it does not fit
@@ -268,5 +388,56 @@ mod tests {
         assert!(t.lookup(None, "/").is_none());
         let long = "a".repeat(400);
         assert!(t.lookup(Some(&long), "/").is_none());
+    }
+
+    #[test]
+    fn a_split_is_smooth_and_exact_over_every_cycle() {
+        assert_eq!(
+            &*smooth_schedule(&[90, 10]),
+            &[0, 0, 0, 0, 0, 1, 0, 0, 0, 0]
+        );
+        assert_eq!(&*smooth_schedule(&[1, 1]), &[0, 1]);
+        assert_eq!(&*smooth_schedule(&[2, 1]), &[0, 1, 0]);
+        assert_eq!(
+            &*smooth_schedule(&[0, 5]),
+            &[1],
+            "a weight of 0 gets nothing"
+        );
+        let t = table(
+            "[[routes]]\npools = [{ pool = \"a\", weight = 90 }, { pool = \"b\", weight = 10 }]",
+        );
+        let mut a = 0;
+        for _ in 0..2000 {
+            if pool_of(&t, None, "/").as_deref() == Some("a") {
+                a += 1;
+            }
+        }
+        assert_eq!(a, 1800);
+        assert_eq!(
+            t.all().count(),
+            2,
+            "a route per pool, each with its own queue"
+        );
+    }
+
+    #[test]
+    fn a_reload_that_moves_the_split_keeps_the_queues() {
+        let before = table(
+            "[[routes]]\npools = [{ pool = \"a\", weight = 90 }, { pool = \"b\", weight = 10 }]",
+        );
+        let text = "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npools = [{ pool = \"a\", weight = 50 }, { pool = \"b\", weight = 50 }]\n[pools.a]\nprovider = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }\n[pools.b]\nprovider = { kind = \"static\", addresses = [\"127.0.0.1:2\"] }\n";
+        let config = parse(text, "t").unwrap();
+        let pools: HashMap<String, Arc<Pool>> = before
+            .all()
+            .map(|r| (r.pool.name.clone(), Arc::clone(&r.pool)))
+            .collect();
+        let after = RouteTable::build(&config, &pools, &Arc::default(), Some(&before)).unwrap();
+        for route in after.all() {
+            let old = before
+                .all()
+                .find(|r| r.pool.name == route.pool.name)
+                .unwrap();
+            assert!(Arc::ptr_eq(&old.queue, &route.queue), "{}", route.pool.name);
+        }
     }
 }

@@ -465,8 +465,14 @@ pub struct RouteConfig {
     /// Path prefix matched on whole segments ("/api" matches "/api" and "/api/x", not "/apix");
     /// the longest matching prefix wins. Default "/".
     pub path_prefix: Option<String>,
-    /// Name of the pool in `[pools]`.
+    /// Name of the pool in `[pools]` (or `pools`, to split the route's requests).
+    #[serde(default)]
     pub pool: String,
+    /// Pools sharing the route's requests by weight (blue/green), instead of `pool`: each
+    /// keeps its own queue and scaler; the split is exact over every `sum of weights`
+    /// requests (divided by their greatest common divisor).
+    #[serde(default)]
+    pub pools: Vec<WeightedPool>,
     /// Where requests wait when no worker of the pool has a free slot.
     #[serde(default)]
     pub queue: QueueConfig,
@@ -482,6 +488,30 @@ pub struct RouteConfig {
 
 fn enabled() -> bool {
     true
+}
+
+/// One pool of a split route.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedPool {
+    /// Name of the pool in `[pools]`.
+    pub pool: String,
+    /// Its share of the route's requests, relative to the others' (0: none).
+    pub weight: u32,
+}
+
+impl RouteConfig {
+    /// The pools the route sends to, with their weights (`pool` alone: weight 1).
+    pub fn targets(&self) -> Vec<WeightedPool> {
+        if self.pools.is_empty() {
+            vec![WeightedPool {
+                pool: self.pool.clone(),
+                weight: 1,
+            }]
+        } else {
+            self.pools.clone()
+        }
+    }
 }
 
 /// Longest a route's queue gets by default: a flood costs at most this many waiting requests.

@@ -279,7 +279,7 @@ fn prepare(
     };
     let snapshot = cx.shared.snapshot();
     let routed = rewrite_request_head(&mut head, cx, upgrade, &snapshot.config.server)
-        .and_then(|()| lookup(&snapshot, &head.headers, &head.uri));
+        .and_then(|()| lookup(&snapshot, &head.headers, &head.uri, None));
     let route = match routed {
         Ok(route) => route,
         Err(error) => {
@@ -288,6 +288,7 @@ fn prepare(
         }
     };
     outcome.route = Some(Arc::clone(&route.metrics));
+    outcome.route_variant = route.variant;
     if outcome.wants_details() {
         outcome.route_name = Some(Arc::clone(&route.name));
     }
@@ -398,7 +399,12 @@ async fn proxy(
                 // failure.
                 let listed = retry.on_status
                     && replayable
-                    && retries_on_status(cx, &outgoing.parts, response.status);
+                    && retries_on_status(
+                        cx,
+                        &outgoing.parts,
+                        response.status,
+                        outcome.route_variant,
+                    );
                 if listed {
                     RetryVerdict::OtherWorker
                 } else {
@@ -511,15 +517,17 @@ async fn proxy(
 }
 
 /// The route of a (rewritten) request: its Host header and path.
+/// `variant`: the split route's pool the request was given at its first look (`None` there).
 fn lookup<'s>(
     snapshot: &'s Snapshot,
     headers: &HeaderMap,
     uri: &Uri,
+    variant: Option<u16>,
 ) -> Result<&'s Route, ProxyError> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     snapshot
         .routes
-        .lookup(host, uri.path())
+        .lookup_variant(host, uri.path(), variant)
         .ok_or_else(ProxyError::no_route)
 }
 
@@ -532,7 +540,12 @@ async fn admit(
 ) -> Result<(InFlightGuard, Duration, Option<Duration>), ProxyError> {
     let (pool, queue) = {
         let snapshot = cx.shared.snapshot();
-        let route = lookup(&snapshot, &head.headers, &head.uri)?;
+        let route = lookup(
+            &snapshot,
+            &head.headers,
+            &head.uri,
+            Some(outcome.route_variant),
+        )?;
         if let Some(slot) = route.pool.try_acquire(None) {
             return Ok((slot, Duration::ZERO, None));
         }
@@ -610,7 +623,8 @@ fn next_try(
                 return NextTry::Stop;
             }
             let snapshot = cx.shared.snapshot();
-            let Ok(route) = lookup(&snapshot, &head.headers, &head.uri) else {
+            let variant = Some(outcome.route_variant);
+            let Ok(route) = lookup(&snapshot, &head.headers, &head.uri, variant) else {
                 return NextTry::Stop;
             };
             if !route.pool.try_spend_retry() {
@@ -641,9 +655,9 @@ impl std::fmt::Display for Tried<'_> {
 }
 
 /// Whether the request's pool retries a response with `status` on another worker.
-fn retries_on_status(cx: &ConnContext, head: &Parts, status: StatusCode) -> bool {
+fn retries_on_status(cx: &ConnContext, head: &Parts, status: StatusCode, variant: u16) -> bool {
     let snapshot = cx.shared.snapshot();
-    lookup(&snapshot, &head.headers, &head.uri)
+    lookup(&snapshot, &head.headers, &head.uri, Some(variant))
         .is_ok_and(|route| route.pool.retries_on_status(status.as_u16()))
 }
 

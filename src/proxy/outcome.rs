@@ -54,6 +54,9 @@ pub struct Outcome {
     pub error: Option<Stage>,
     /// Access-log facts, when the log is on.
     pub access: Option<Box<AccessContext>>,
+    /// Which of a split route's pools the request was given (every later look at the route
+    /// takes the same one).
+    pub route_variant: u16,
 }
 
 impl Outcome {
@@ -85,6 +88,7 @@ impl Outcome {
             status: 0,
             error: None,
             access,
+            route_variant: 0,
         }
     }
 

@@ -624,7 +624,9 @@ async fn a_leader_paused_past_its_lease_is_fenced_off() {
 
 /// An instance of a fleet whose pool launches through exec commands (detached demo workers
 /// listed from `dir`), so every instance reaches them and a new leader adopts them; its
-/// launches and releases are tagged with its name.
+/// launches and releases are tagged with its name. The tag makes each instance's launch
+/// template its own, so the pool names its revision: one revision for the whole fleet (a new
+/// leader would otherwise roll its own template out over the workers).
 fn scaling_instance(redis: &Redis, prefix: &str, name: &str, dir: &std::path::Path) -> Running {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -633,6 +635,7 @@ fn scaling_instance(redis: &Redis, prefix: &str, name: &str, dir: &std::path::Pa
             "[server]\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
              [[routes]]\npool = \"app\"\n[pools.app]\nworker_concurrency = 2\n\
              health = {{ path = \"/hello\", interval = \"100ms\" }}\n{}\n\
+             revision = \"one\"\n\
              [pools.app.autoscale]\nmin_workers = 1\nmax_workers = 3\nmax_idle_time = \"1s\"\ndrain_timeout = \"10s\"\n\
              [cluster]\nredis = \"{}\"\nname = \"{name}\"\nprefix = \"{prefix}\"\nlease_ttl = \"1s\"\n",
             exec_provider(dir, name),

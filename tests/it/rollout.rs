@@ -563,3 +563,64 @@ async fn an_operator_pauses_resumes_aborts_and_undoes_rollouts() {
     assert!(text.contains(" aborted: "), "{text}");
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_split_between_pools_by_weight_moves_live_with_a_reload() {
+    let (blue, green) = (demo("blue").await, demo("green").await);
+    let text = |blue_weight: u32, green_weight: u32| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\npools = [{{ pool = \"blue\", weight = {blue_weight} }}, {{ pool = \"green\", weight = {green_weight} }}]\n\
+             [pools.blue]\nprovider = {{ kind = \"static\", addresses = [\"{blue}\"] }}\n\
+             [pools.green]\nprovider = {{ kind = \"static\", addresses = [\"{green}\"] }}\n"
+        )
+    };
+    let path = temp_path("split.toml");
+    let weir = start_weir_at("", &text(90, 10), Some(&path));
+    wait_until("both pools ready", || {
+        ["blue", "green"].iter().all(|p| {
+            weir.workers(p)
+                .iter()
+                .any(|w| w.state() == weir::pool::WorkerState::Ready)
+        })
+    })
+    .await;
+    let share_of_green = |n: usize| {
+        let addr = weir.addr();
+        async move {
+            let mut client = Client::connect(addr).await;
+            let mut green = 0;
+            for _ in 0..n {
+                let reply = client.get("/").await;
+                assert_eq!(reply.status, 200);
+                if reply
+                    .headers
+                    .get("x-served-by")
+                    .and_then(|v| v.to_str().ok())
+                    == Some("green")
+                {
+                    green += 1;
+                }
+            }
+            green as f64 * 100.0 / n as f64
+        }
+    };
+    let first = share_of_green(2000).await;
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nthreads = 2\nshutdown_grace = \"200ms\"\n{}",
+            text(50, 50)
+        ),
+    )
+    .unwrap();
+    let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let second = share_of_green(2000).await;
+    eprintln!(
+        "green's share: {first:.1} % of 2,000 at 90/10, then {second:.1} % of 2,000 at 50/50"
+    );
+    assert!((first - 10.0).abs() <= 3.0, "90/10: green had {first} %");
+    assert!((second - 50.0).abs() <= 3.0, "50/50: green had {second} %");
+    let _ = std::fs::remove_file(&path);
+}

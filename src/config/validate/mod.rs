@@ -289,14 +289,52 @@ fn check_routes(config: &Config, origin: &str) -> Result<(), ConfigError> {
     }
     let mut seen_routes = HashSet::new();
     for (i, route) in config.routes.iter().enumerate() {
-        if !config.pools.contains_key(&route.pool) {
-            return Err(fail(
-                format!("routes[{i}].pool"),
-                format!(
-                    "unknown pool {:?} (no [pools.{}] table)",
-                    route.pool, route.pool
-                ),
-            ));
+        match (route.pool.is_empty(), route.pools.is_empty()) {
+            (true, true) => {
+                return Err(fail(
+                    format!("routes[{i}].pool"),
+                    "a route needs a pool (or pools = [{ pool = ..., weight = ... }])".into(),
+                ))
+            }
+            (false, false) => {
+                return Err(fail(
+                    format!("routes[{i}].pools"),
+                    "give either pool or pools, not both".into(),
+                ))
+            }
+            _ => {}
+        }
+        let key = if route.pools.is_empty() {
+            "pool"
+        } else {
+            "pools"
+        };
+        let mut named = HashSet::new();
+        for target in route.targets() {
+            if !config.pools.contains_key(&target.pool) {
+                return Err(fail(
+                    format!("routes[{i}].{key}"),
+                    format!(
+                        "unknown pool {:?} (no [pools.{}] table)",
+                        target.pool, target.pool
+                    ),
+                ));
+            }
+            if !named.insert(target.pool.clone()) {
+                return Err(fail(
+                    format!("routes[{i}].pools"),
+                    format!("pool {:?} is listed twice", target.pool),
+                ));
+            }
+        }
+        if !route.pools.is_empty() {
+            let total: u64 = route.pools.iter().map(|p| u64::from(p.weight)).sum();
+            if total == 0 || total > 10_000 {
+                return Err(fail(
+                    format!("routes[{i}].pools"),
+                    "the weights must add up to between 1 and 10000".into(),
+                ));
+            }
         }
         let host = route.host.as_ref().map_or("*", |h| h.text());
         let prefix = route.path_prefix.as_deref().unwrap_or("/");
