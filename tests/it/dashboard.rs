@@ -149,6 +149,22 @@ async fn the_page_shows_the_pool_its_workers_and_history_and_its_actions_reach_t
     );
     wait_ready_ids(admin, 4).await;
     page_shows_every_worker(&mut page, admin, 4).await;
+    // Each worker's row shows the revision it was launched with.
+    let workers = api_json(admin, "/api/v1/workers", None).await;
+    let revision = workers[0]["revision"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(revision.len(), 8, "a launched worker's revision: {workers}");
+    page.wait_for(
+        "every worker's revision",
+        &format!(
+            "(() => {{ const cells = [...document.querySelectorAll('#workers tbody td.revision')]; \
+               return cells.length >= 4 && cells.every(c => c.textContent === '{revision}'); }})()"
+        ),
+        "document.getElementById('workers').innerText",
+    )
+    .await;
     page.wait_for(
         "the manual scaling in the activity log and on the chart",
         "[...document.querySelectorAll('#activity tbody tr')].some(r => r.innerText.includes('manual')) \

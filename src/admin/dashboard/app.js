@@ -242,12 +242,13 @@ function renderWorkers(workers) {
         el("td", { class: "num" }),
         el("td", { class: "num" }),
         el("td"),
+        el("td", { class: "revision" }),
         el("td"),
         el("td", {}, el("span", { class: "protected" }), " ", button),
       );
     },
     (row, w) => {
-      const [id, pool, st, inFlight, served, address, since, prot] = cells(row);
+      const [id, pool, st, inFlight, served, address, revision, since, prot] = cells(row);
       setText(id, w.id);
       setText(pool, w.pool);
       const badge = st.firstChild;
@@ -257,6 +258,7 @@ function renderWorkers(workers) {
       setText(inFlight, w.cap ? `${w.in_flight} / ${w.cap}` : w.in_flight);
       setText(served, w.served);
       setText(address, w.address);
+      setText(revision, w.revision || "-");
       setText(since, age(w.created_at));
       setText(prot.firstChild, w.protected ? "yes" : "no");
       const button = prot.lastChild;
