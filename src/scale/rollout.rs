@@ -121,17 +121,7 @@ impl PoolScaler {
             count,
             format!("{} -> {to}: started", label(from.as_deref())),
         );
-        *self.rollout_lock() = Some(Rollout {
-            from,
-            from_template,
-            to,
-            state: RolloutState::Running,
-            settings,
-            failures: 0,
-            ready_since: HashMap::new(),
-            replaced: 0,
-            started: Instant::now(),
-        });
+        *self.rollout_lock() = Some(Rollout::begin(from, from_template, to, settings));
         self.pool.demand().notify_one();
     }
 
@@ -168,17 +158,7 @@ impl PoolScaler {
             format!("{from} -> {to}: carried on (workers of {from} found at start or on taking the lead)"),
         );
         let settings = self.rollout_settings.load().as_ref().clone();
-        *self.rollout_lock() = Some(Rollout {
-            from: Some(from),
-            from_template: None,
-            to,
-            state: RolloutState::Running,
-            settings,
-            failures: 0,
-            ready_since: HashMap::new(),
-            replaced: 0,
-            started: Instant::now(),
-        });
+        *self.rollout_lock() = Some(Rollout::begin(Some(from), None, to, settings));
         self.pool.demand().notify_one();
     }
 
@@ -432,6 +412,27 @@ impl PoolScaler {
 }
 
 impl Rollout {
+    /// A rollout from `from` (whose template hash, if known, is `from_template`) to `to`,
+    /// running from now.
+    fn begin(
+        from: Option<String>,
+        from_template: Option<String>,
+        to: String,
+        settings: RolloutConfig,
+    ) -> Self {
+        Rollout {
+            from,
+            from_template,
+            to,
+            state: RolloutState::Running,
+            settings,
+            failures: 0,
+            ready_since: HashMap::new(),
+            replaced: 0,
+            started: Instant::now(),
+        }
+    }
+
     fn plan(
         &mut self,
         workers: &[Arc<Worker>],
