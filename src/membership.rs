@@ -63,6 +63,9 @@ pub enum MemberUpdate {
         /// Whether it takes new requests.
         ready: bool,
     },
+    /// One member is going away on its source's side (a terminating pod of a rolling
+    /// update): it takes no new request and finishes those it has; it is not unhealthy.
+    Draining(String),
 }
 
 /// How a discovery source hands its updates over; the pool follows it until it closes.
@@ -117,6 +120,15 @@ impl Membership {
             MemberUpdate::Readiness { id, ready } => {
                 if let Some(worker) = self.pool.worker_named(&id) {
                     apply_readiness(&self.pool, &worker, ready);
+                }
+                Vec::new()
+            }
+            MemberUpdate::Draining(id) => {
+                if let Some(worker) = self.pool.worker_named(&id) {
+                    if worker.state() != WorkerState::Draining {
+                        info!(pool = %self.pool.name, worker = %worker.name, "worker draining (its source is taking it away)");
+                        worker.set_state(WorkerState::Draining);
+                    }
                 }
                 Vec::new()
             }

@@ -449,3 +449,36 @@ async fn a_missing_deployment_is_a_clear_reason_and_a_failed_launch() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_pod_drains_and_its_replacement_joins() {
+    // A Deployment's rolling update (or `kubectl delete pod`) terminates a pod: weir stops
+    // sending it new requests (draining, not unhealthy) and routes to the new pod once ready.
+    let sim = Fleet::start(SimOptions::default());
+    let weir = k8s_weir(&sim, 4, "min_workers = 2\nmax_workers = 2");
+    wait_until("two pods ready in weir", || ready_names(&weir).len() == 2).await;
+    let before = ready_names(&weir);
+    let victim = before[0].clone();
+    sim.delete_pod(&victim);
+    let mut states = Vec::new();
+    wait_until("the terminating pod drains", || {
+        let state = weir
+            .workers("app")
+            .iter()
+            .find(|w| w.name == victim)
+            .map(|w| w.state());
+        states.push(state);
+        state.is_none_or(|s| s == WorkerState::Draining)
+    })
+    .await;
+    assert!(
+        !states.contains(&Some(WorkerState::Unhealthy)),
+        "a terminating pod is not unhealthy: {states:?}"
+    );
+    wait_until("its replacement ready", || {
+        let ready = ready_names(&weir);
+        ready.len() == 2 && !ready.contains(&victim)
+    })
+    .await;
+    assert_eq!(get(weir.addr(), "/").await.status, 200);
+}

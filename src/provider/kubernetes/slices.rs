@@ -127,7 +127,9 @@ fn endpoints_of(slice: &EndpointSlice, port: u16) -> Vec<(String, Endpoint)> {
 }
 
 /// The member updates that take a pool from `old` to `new`: new pods join (terminating ones
-/// never do), gone pods leave, and a pod whose routability flipped changes readiness.
+/// never do), gone pods leave, a pod that starts terminating (a rolling update replacing it,
+/// a scale-in) drains rather than turning unhealthy, and a pod whose routability flipped
+/// otherwise changes readiness.
 fn diff(old: &BTreeMap<String, Endpoint>, new: &BTreeMap<String, Endpoint>) -> Vec<MemberUpdate> {
     let mut updates = Vec::new();
     for (name, now) in new {
@@ -146,6 +148,9 @@ fn diff(old: &BTreeMap<String, Endpoint>, new: &BTreeMap<String, Endpoint>) -> V
                     ready: Some(now.routable()),
                     revision: None,
                 }))
+            }
+            Some(before) if now.terminating && !before.terminating => {
+                updates.push(MemberUpdate::Draining(name.clone()))
             }
             Some(before) if before.routable() != now.routable() => {
                 updates.push(MemberUpdate::Readiness {
@@ -260,10 +265,8 @@ mod tests {
         let terminating = book.apply(Event::Apply(slice("s1", &[("a", "10.0.0.1", true, true)])));
         assert_eq!(
             terminating,
-            vec![MemberUpdate::Readiness {
-                id: "a".into(),
-                ready: false
-            }]
+            vec![MemberUpdate::Draining("a".into())],
+            "a terminating pod drains: it is not unhealthy"
         );
         let gone = book.apply(Event::Apply(slice("s1", &[])));
         assert_eq!(gone, vec![MemberUpdate::Removed("a".into())]);
