@@ -250,6 +250,9 @@ async fn a_closed_watch_and_a_410_are_relisted_without_losing_the_pool() {
         ),
         ("expired (410 Gone)", &|sim: &Fleet| sim.expire_watches()),
     ] {
+        // A watch registered first: one still on its way (counted, not yet open) would
+        // escape the break and never be followed by a new one.
+        wait_until("a watch open", || sim.open_watches() >= 1).await;
         let watches = sim.watch_requests();
         break_it(&sim);
         wait_until(&format!("a new watch after the old one was {what}"), || {
