@@ -80,20 +80,22 @@ fn load(addr: SocketAddr, clients: usize, running: &Arc<AtomicBool>) -> Arc<Mute
     seen
 }
 
-async fn pool_view(weir: &Weir) -> serde_json::Value {
+/// Pool `name` in `GET /api/v1/pools`.
+async fn pool_view(weir: &Weir, name: &str) -> serde_json::Value {
     let (_, body) = admin_call(weir.admin(), "GET", "/api/v1/pools", None, "").await;
     let pools: serde_json::Value = serde_json::from_str(&body).unwrap();
     pools
         .as_array()
-        .and_then(|all| all.iter().find(|p| p["name"] == "app"))
+        .and_then(|all| all.iter().find(|p| p["name"] == name))
         .cloned()
         .unwrap_or_default()
 }
 
-async fn rollout_ends(weir: &Weir, state: &str) -> serde_json::Value {
+/// Pool `name` once its rollout is in `state`.
+async fn rollout_ends(weir: &Weir, name: &str, state: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let pool = pool_view(weir).await;
+        let pool = pool_view(weir, name).await;
         if pool["rollout"]["state"] == state {
             return pool;
         }
@@ -130,7 +132,7 @@ async fn a_process_pool_rolls_out_a_new_revision_under_load_and_rolls_back_a_bro
     let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("rolling out"), "{body}");
-    let done = rollout_ends(&weir, "done").await;
+    let done = rollout_ends(&weir, "app", "done").await;
     let rolled = reloaded.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after_done = Instant::now();
@@ -140,7 +142,7 @@ async fn a_process_pool_rolls_out_a_new_revision_under_load_and_rolls_back_a_bro
     std::fs::write(&path, config("exit 3")).unwrap();
     let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
     assert_eq!(status, 200, "{body}");
-    let back = rollout_ends(&weir, "rolled_back").await;
+    let back = rollout_ends(&weir, "app", "rolled_back").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     running.store(false, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -253,21 +255,7 @@ async fn a_docker_pool_rolls_out_a_new_revision_under_load() {
     let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("rolling out"), "{body}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let (_, body) = admin_call(weir.admin(), "GET", "/api/v1/pools", None, "").await;
-        let pools: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let view = pools
-            .as_array()
-            .and_then(|all| all.iter().find(|p| p["name"] == pool.as_str()))
-            .cloned()
-            .unwrap_or_default();
-        if view["rollout"]["state"] == "done" {
-            break view;
-        }
-        assert!(Instant::now() < deadline, "rollout never done: {view}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = rollout_ends(&weir, &pool, "done").await;
     let rolled = reloaded.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after_done = Instant::now();
@@ -492,7 +480,7 @@ async fn an_operator_pauses_resumes_aborts_and_undoes_rollouts() {
         (200, Some("running")),
         "{view}"
     );
-    rollout_ends(&weir, "done").await;
+    rollout_ends(&weir, "app", "done").await;
     let v2 = revisions(&weir)[0].clone();
     assert_ne!(v2, v1);
 
@@ -503,7 +491,7 @@ async fn an_operator_pauses_resumes_aborts_and_undoes_rollouts() {
         (200, Some(v1.as_str())),
         "{view}"
     );
-    rollout_ends(&weir, "done").await;
+    rollout_ends(&weir, "app", "done").await;
     wait_until("every worker of v1 again", || {
         revisions(&weir) == vec![v1.clone(), v1.clone()]
     })
@@ -524,7 +512,7 @@ async fn an_operator_pauses_resumes_aborts_and_undoes_rollouts() {
     })
     .await;
     assert_eq!(
-        pool_view(&weir).await["revision"],
+        pool_view(&weir, "app").await["revision"],
         v1.as_str(),
         "the old template is back"
     );
