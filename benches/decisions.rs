@@ -88,6 +88,7 @@ fn queue_admit_release(c: &mut Criterion) {
         "p-1".into(),
         "127.0.0.1:1".parse().unwrap(),
         WorkerState::Ready,
+        None,
     );
     let route = RouteQueue::new("r".into(), &QueueConfig::default());
     // Fast path: a free slot, taken and given back.

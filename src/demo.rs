@@ -47,6 +47,10 @@ pub struct DemoOptions {
     pub healthy: Arc<AtomicBool>,
     /// Requests being answered now (reported as `x-concurrent`).
     pub busy: Arc<AtomicUsize>,
+    /// Answer every this many requests 500 (0: never).
+    pub fail_every: u64,
+    /// Requests answered so far (probes aside), for `fail_every`.
+    pub answered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl DemoOptions {
@@ -57,7 +61,15 @@ impl DemoOptions {
             delay,
             healthy: Arc::new(AtomicBool::new(true)),
             busy: Arc::new(AtomicUsize::new(0)),
+            fail_every: 0,
+            answered: Arc::default(),
         }
+    }
+
+    /// Answer every `n`th request 500 (0: never).
+    pub fn failing_every(mut self, n: u64) -> Self {
+        self.fail_every = n;
+        self
     }
 }
 
@@ -147,6 +159,16 @@ async fn respond(mut req: Request<Incoming>, options: &DemoOptions) -> Response<
             .healthy
             .store(path == "/control/well", Ordering::Relaxed);
         return text(StatusCode::OK, format!("{}\n", &path[9..]));
+    }
+    let answered = options.answered.fetch_add(1, Ordering::Relaxed) + 1;
+    if options.fail_every > 0 && answered % options.fail_every == 0 {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "{} fails every {} requests\n",
+                options.name, options.fail_every
+            ),
+        );
     }
     if path == "/echo" {
         let mut response = Response::new(req.into_body().boxed());
@@ -276,6 +298,7 @@ pub fn run(
     name: Option<String>,
     delay: Duration,
     threads: usize,
+    fail_every: u64,
 ) -> Result<(), String> {
     let runtime = if threads <= 1 {
         crate::server::current_thread_runtime()
@@ -297,7 +320,7 @@ pub fn run(
             let name = name
                 .clone()
                 .unwrap_or_else(|| format!("demo@{}", local.port()));
-            let options = DemoOptions::new(&name, delay);
+            let options = DemoOptions::new(&name, delay).failing_every(fail_every);
             tasks.push(tokio::spawn(serve(listener, options)));
         }
         // Exit on SIGTERM: in a container the demo worker is PID 1, which the kernel gives no

@@ -181,11 +181,17 @@ mod tests {
             toml::from_str("provider = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }")
                 .unwrap();
         let pool = Pool::from_config(name, &config);
-        pool.add_worker("w-1".into(), ([127, 0, 0, 1], 1).into(), WorkerState::Ready);
+        pool.add_worker(
+            "w-1".into(),
+            ([127, 0, 0, 1], 1).into(),
+            WorkerState::Ready,
+            None,
+        );
         pool.add_worker(
             "w-2".into(),
             ([127, 0, 0, 1], 2).into(),
             WorkerState::Starting,
+            None,
         );
         pool
     }

@@ -86,6 +86,9 @@ enum Command {
         /// Runtime threads (1 = single-threaded).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Answer every Nth request 500 (a version with a bug, for trying canaries).
+        #[arg(long, default_value_t = 0)]
+        fail_every: u64,
     },
 }
 
@@ -179,8 +182,18 @@ fn main() -> ExitCode {
             &format!("/api/v1/pools/{pool}/rollout"),
             serde_json::json!({ "action": action }).to_string(),
             |v| {
+                let canary = match (v["step"].as_u64(), v["weight"].as_u64()) {
+                    (Some(step), Some(weight)) => {
+                        format!(", canary step {step}/{} at {weight}%", v["steps"])
+                    }
+                    _ => String::new(),
+                };
+                let gate = v["gate"]
+                    .as_str()
+                    .map(|g| format!("  last gate: {g}\n"))
+                    .unwrap_or_default();
                 format!(
-                    "{pool}: rollout {} -> {} {}: {} old ready, {} new ready, {} replaced, {} failed starts\n",
+                    "{pool}: rollout {} -> {} {}{canary}: {} old ready, {} new ready, {} replaced, {} failed starts\n{gate}",
                     v["from"].as_str().unwrap_or("?"),
                     v["to"].as_str().unwrap_or("?"),
                     v["state"].as_str().unwrap_or("?"),
@@ -211,7 +224,8 @@ fn main() -> ExitCode {
             name,
             delay,
             threads,
-        } => match weir::demo::run(&listen, name, delay, threads) {
+            fail_every,
+        } => match weir::demo::run(&listen, name, delay, threads, fail_every) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");

@@ -157,10 +157,9 @@ impl Membership {
             Some(true) => WorkerState::Ready,
             Some(false) | None => WorkerState::Starting,
         };
-        let worker = self.pool.add_worker(member.id, member.addr, state);
-        if let Some(revision) = member.revision {
-            worker.set_revision(revision);
-        }
+        let worker = self
+            .pool
+            .add_worker(member.id, member.addr, state, member.revision);
         info!(pool = %self.pool.name, worker = %worker.name, addr = %worker.addr, state = state.as_str(), "worker joined");
         if member.ready.is_none() && self.probe.load(Ordering::Relaxed) {
             health::watch_worker(&self.pool, &worker);

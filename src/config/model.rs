@@ -588,6 +588,25 @@ pub struct RolloutConfig {
     /// New workers failing to start in a row (exit, not ready in time) that roll the revision
     /// back.
     pub failure_threshold: u32,
+    /// Canary steps before the replacement: during each, that share of the pool's requests
+    /// goes to the new revision for `hold`, then the gates below compare it with the old.
+    pub steps: Vec<CanaryStep>,
+    /// A canary step fails when the new revision's share of 5xx answers over the step is more
+    /// than this above the old revision's (0.01: one point).
+    pub max_error_rate: Option<f64>,
+    /// A canary step fails when the new revision's p99 over the step is more than this many
+    /// times the old revision's.
+    pub max_latency_ratio: Option<f64>,
+}
+
+/// One `[[pools.NAME.rollout.steps]]`: a canary weight held for a while.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStep {
+    /// Percent of the pool's requests sent to the new revision (1-100).
+    pub weight: u32,
+    /// How long the step lasts once a new worker is ready, before its gate.
+    pub hold: Dur,
 }
 
 impl Default for RolloutConfig {
@@ -597,6 +616,9 @@ impl Default for RolloutConfig {
             max_unavailable: 0,
             min_ready: Dur::from_secs(0),
             failure_threshold: 3,
+            steps: Vec::new(),
+            max_error_rate: None,
+            max_latency_ratio: None,
         }
     }
 }

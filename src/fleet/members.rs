@@ -48,6 +48,9 @@ pub struct PoolMembers {
     pub token: u64,
     /// Its workers.
     pub workers: Vec<FleetMember>,
+    /// A canary's split of the requests by revision, which every instance routes by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::pool::RevisionSplit>,
 }
 
 /// The records of fleet `prefix`.

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
-use crate::pool::{FleetPlace, WorkerState};
+use crate::pool::{FleetPlace, RevisionSplit, WorkerState};
 use crate::state::Shared;
 use shares::{Quorum, ShareBook};
 
@@ -100,7 +100,7 @@ struct State {
     heard_fleet: bool,
     problem: Option<String>,
     /// What this instance's scalers, while leading, want the fleet to route to, per pool.
-    published: BTreeMap<String, Vec<FleetMember>>,
+    published: BTreeMap<String, (Vec<FleetMember>, Option<RevisionSplit>)>,
     /// The leader's records as last read, per pool.
     records: HashMap<String, Arc<PoolMembers>>,
     shares: ShareBook,
@@ -391,9 +391,10 @@ impl Fleet {
             })
     }
 
-    /// While leading: what every instance should route to for `pool` (written to Redis under
-    /// the lease at the next heartbeat, brought forward when it changed).
-    pub fn publish(&self, pool: &str, workers: Vec<FleetMember>) {
+    /// While leading: what every instance should route to for `pool`, its workers and a
+    /// canary's split (written to Redis under the lease at the next heartbeat, brought
+    /// forward when it changed).
+    pub fn publish(&self, pool: &str, workers: Vec<FleetMember>, split: Option<RevisionSplit>) {
         let changed = {
             let mut state = self.state();
             if state.held.is_none() {
@@ -401,7 +402,7 @@ impl Fleet {
                 // be stale, and must not be written should this instance lead again.
                 return;
             }
-            let before = state.published.insert(pool.to_string(), workers);
+            let before = state.published.insert(pool.to_string(), (workers, split));
             before.as_ref() != state.published.get(pool)
         };
         if changed {
@@ -869,10 +870,11 @@ impl Fleet {
         state
             .published
             .iter()
-            .map(|(pool, workers)| {
+            .map(|(pool, (workers, split))| {
                 let record = PoolMembers {
                     token,
                     workers: workers.clone(),
+                    split: split.clone(),
                 };
                 let json = serde_json::to_string(&record).unwrap_or_default();
                 (pool.clone(), json)
@@ -1120,6 +1122,7 @@ mod tests {
         let record = |token| PoolMembers {
             token,
             workers: Vec::new(),
+            split: None,
         };
         let changed = take_records(&mut state, [("p".to_string(), record(5))].into_iter());
         assert_eq!(changed, vec!["p".to_string()]);

@@ -10,6 +10,7 @@ mod health;
 mod latency;
 mod queue;
 mod retry_budget;
+mod revisions;
 mod share;
 mod worker;
 
@@ -18,14 +19,18 @@ pub use health::{HealthSettings, ProbeKind};
 pub use latency::{LatencyCounts, LatencyHistogram};
 pub use queue::{RouteQueue, WaitReason, WaitingRequest};
 pub use retry_budget::RetryBudget;
+pub use revisions::{AnswerCounts, RevisionSplit, RevisionStats};
 pub use share::{fleet_share, FleetPlace};
 pub use worker::{count_in, InFlightGuard, Worker, WorkerSpec, WorkerState, UNLIMITED};
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use revisions::SplitSides;
 
 use crate::config::{Balance, PoolConfig};
 use queue::WaitQueue;
@@ -121,6 +126,13 @@ pub struct Pool {
     demand: tokio::sync::Notify,
     /// How long its routes' responses took, end to end (the dashboard's history reads it).
     latency: Arc<LatencyHistogram>,
+    /// A canary's split of the requests by revision, with the workers cut to its sides.
+    split: ArcSwapOption<SplitSides>,
+    /// Requests given a side of the split so far (which side is a function of the count).
+    split_turns: AtomicU64,
+    /// The answers of each revision's workers (`""`: workers of unknown revision), kept
+    /// while the revision has workers.
+    revision_stats: Mutex<HashMap<String, Arc<RevisionStats>>>,
     me: Weak<Pool>,
 }
 
@@ -146,6 +158,9 @@ impl Pool {
             queue: Mutex::new(WaitQueue::new(Arc::clone(&waiting))),
             waiting,
             latency: Arc::default(),
+            split: ArcSwapOption::empty(),
+            split_turns: AtomicU64::new(0),
+            revision_stats: Mutex::new(HashMap::new()),
             me: me.clone(),
         })
     }
@@ -226,7 +241,84 @@ impl Pool {
     /// Take a slot on a ready worker with headroom, without waiting.
     pub fn try_acquire(&self, exclude: Option<u64>) -> Option<InFlightGuard> {
         let workers = self.workers.load();
-        self.balancer.acquire(&workers, exclude)
+        let split = self.split.load();
+        let Some(sides) = split.as_ref() else {
+            return self.balancer.acquire(&workers, exclude);
+        };
+        let recut;
+        let sides = if Arc::ptr_eq(&sides.built_from, &workers) {
+            sides
+        } else {
+            // The workers changed since the sides were cut: cut them again, once.
+            recut = Arc::new(SplitSides::cut(sides.split.clone(), Arc::clone(&workers)));
+            self.split
+                .compare_and_swap(&split, Some(Arc::clone(&recut)));
+            &recut
+        };
+        let turn = self.split_turns.fetch_add(1, Ordering::Relaxed);
+        let (first, second) = if sides.new_turn(turn) {
+            (&sides.new, &sides.old)
+        } else {
+            (&sides.old, &sides.new)
+        };
+        // A side with no free slot (no new worker ready yet, all busy) does not hold the
+        // request back: the other side takes it.
+        self.balancer
+            .acquire(first, exclude)
+            .or_else(|| self.balancer.acquire(second, exclude))
+    }
+
+    /// Send `weight` percent of the requests to workers of a revision, the rest to the
+    /// others (a canary step), or stop splitting (`None`).
+    pub fn set_split(&self, split: Option<RevisionSplit>) {
+        let current = self.split.load();
+        if current.as_ref().map(|s| &s.split) == split.as_ref() {
+            return;
+        }
+        self.split
+            .store(split.map(|split| Arc::new(SplitSides::cut(split, self.workers.load_full()))));
+    }
+
+    /// The canary split in force, if any.
+    pub fn split(&self) -> Option<RevisionSplit> {
+        self.split.load().as_ref().map(|s| s.split.clone())
+    }
+
+    /// The answers of `revision`'s workers so far (zero for a revision never seen).
+    pub fn answers_of(&self, revision: &str) -> AnswerCounts {
+        self.lock_stats()
+            .get(revision)
+            .map(|s| s.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// The answers of the workers of every revision but `revision`, together.
+    pub fn answers_besides(&self, revision: &str) -> AnswerCounts {
+        let mut sum = AnswerCounts::default();
+        for (_, stats) in self.lock_stats().iter().filter(|(r, _)| *r != revision) {
+            sum.add(&stats.snapshot());
+        }
+        sum
+    }
+
+    fn lock_stats(&self) -> MutexGuard<'_, HashMap<String, Arc<RevisionStats>>> {
+        self.revision_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counters a worker of `revision` adds its answers to; revisions no worker has any
+    /// more are forgotten here.
+    fn stats_for(&self, revision: &str) -> Arc<RevisionStats> {
+        let workers = self.workers.load();
+        let mut all = self.lock_stats();
+        all.retain(|r, _| {
+            r == revision
+                || workers
+                    .iter()
+                    .any(|w| w.revision().unwrap_or_default() == r)
+        });
+        Arc::clone(all.entry(revision.to_string()).or_default())
     }
 
     /// Take a slot, waiting in `route`'s queue if none is free. The wait ends early if the
@@ -399,13 +491,15 @@ impl Pool {
         }
     }
 
-    /// Add a worker in `state`; `name` is its provider id. Sources add workers through
-    /// [`crate::membership::Membership`], which also attaches its probes.
+    /// Add a worker in `state`; `name` is its provider id, `revision` the launch template's it
+    /// runs, if known. Sources add workers through [`crate::membership::Membership`], which
+    /// also attaches its probes.
     pub fn add_worker(
         &self,
         name: String,
         addr: std::net::SocketAddr,
         state: WorkerState,
+        revision: Option<String>,
     ) -> Arc<Worker> {
         let spec = WorkerSpec {
             max_in_flight: self.cap_for(&name),
@@ -415,6 +509,8 @@ impl Pool {
             unhealthy_threshold: self.health.load().unhealthy_threshold,
         };
         let worker = Worker::new(spec, Arc::clone(&self.waiting), self.me.clone());
+        let stats = self.stats_for(revision.as_deref().unwrap_or_default());
+        worker.set_revision(revision, stats);
         self.workers.rcu(|current| {
             let mut next = current.as_ref().clone();
             next.push(Arc::clone(&worker));
@@ -489,7 +585,7 @@ mod tests {
         let pool = Pool::from_config("p", &config);
         for i in 0..workers {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4000 + i as u16));
-            pool.add_worker(format!("p-{}", i + 1), addr, WorkerState::Ready);
+            pool.add_worker(format!("p-{}", i + 1), addr, WorkerState::Ready, None);
         }
         pool
     }

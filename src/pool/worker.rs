@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
+use super::revisions::RevisionStats;
 use super::Pool;
 
 /// Lifecycle state of a worker; only `Ready` workers are picked for new requests.
@@ -73,6 +74,8 @@ pub struct Worker {
     pool: Weak<Pool>,
     /// The pool's revision it was launched with, once known (set once, when it joins).
     revision: std::sync::OnceLock<String>,
+    /// Its revision's answer counters (set when it joins a pool).
+    answers: std::sync::OnceLock<Arc<RevisionStats>>,
 }
 
 static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
@@ -117,6 +120,7 @@ impl Worker {
             protected: AtomicBool::new(false),
             first_ready_ms: AtomicU64::new(0),
             revision: std::sync::OnceLock::new(),
+            answers: std::sync::OnceLock::new(),
             waiting,
             pool,
         })
@@ -139,9 +143,20 @@ impl Worker {
         self.revision.get().map(String::as_str)
     }
 
-    /// Record its revision (when it joins; a worker's revision never changes).
-    pub fn set_revision(&self, revision: String) {
-        let _ = self.revision.set(revision);
+    /// Record its revision and the counters its answers go to (when it joins; a worker's
+    /// revision never changes).
+    pub(super) fn set_revision(&self, revision: Option<String>, answers: Arc<RevisionStats>) {
+        if let Some(revision) = revision {
+            let _ = self.revision.set(revision);
+        }
+        let _ = self.answers.set(answers);
+    }
+
+    /// Count an answer it gave toward its revision (the canary gates compare revisions).
+    pub fn record_answer(&self, status: u16, duration: std::time::Duration) {
+        if let Some(answers) = self.answers.get() {
+            answers.record(status, duration);
+        }
     }
 
     /// Current lifecycle state.

@@ -429,7 +429,13 @@ async fn proxy(
         );
         match (next, tried) {
             (NextTry::Stop, Ok((response, worker_body))) => break (slot, response, worker_body),
-            (NextTry::Stop, Err(error)) => return Err(error),
+            (NextTry::Stop, Err(error)) => {
+                if error.blames_worker() {
+                    // Its revision answered this request, with a failure.
+                    outcome.worker = Some(worker);
+                }
+                return Err(error);
+            }
             (NextTry::Fresh, tried) => {
                 debug!(worker = %worker.name, error = %Tried(&tried), "pooled connection failed; retrying on a fresh one");
                 fresh = true;
@@ -443,9 +449,7 @@ async fn proxy(
             }
         }
     };
-    if outcome.wants_details() {
-        outcome.worker = Some(Arc::clone(slot.worker()));
-    }
+    outcome.worker = Some(Arc::clone(slot.worker()));
 
     if response.status == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade.take() else {

@@ -46,7 +46,8 @@ pub struct Outcome {
     pub queue_wait: Duration,
     /// Retries on other workers.
     pub retries: u32,
-    /// The worker that answered (kept only for the access log).
+    /// The worker that answered, or failed the request: its revision's counters and the
+    /// access log take it.
     pub worker: Option<Arc<Worker>>,
     /// Status sent; 0 until there is one.
     pub status: u16,
@@ -114,6 +115,9 @@ impl Drop for Outcome {
             self.error = Some(Stage::Client);
         }
         let duration = self.started.elapsed();
+        if let Some(worker) = &self.worker {
+            worker.record_answer(self.status, duration);
+        }
         if let Some(metrics) = &self.route {
             metrics.record(self.status, duration);
             if let Some(stage) = self.error {

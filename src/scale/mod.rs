@@ -247,7 +247,7 @@ impl PoolScaler {
                     self.spawn_adopt_unknown();
                 }
                 self.step(Instant::now(), unix_minutes_now());
-                fleet.publish(&self.pool.name, self.fleet_members());
+                fleet.publish(&self.pool.name, self.fleet_members(), self.pool.split());
                 continue;
             }
             // A count changed outside weir while following is the leader's doing, or the
@@ -326,6 +326,8 @@ impl PoolScaler {
             }
             worker.set_surplus(member.surplus);
         }
+        // A canary's split, as the leader routes.
+        self.pool.set_split(record.split.clone());
     }
 
     /// A follower's members while no leader's record is known: what the provider lists.

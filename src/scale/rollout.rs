@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::{Action, PoolScaler, ScalePolicy};
 use crate::config::RolloutConfig;
-use crate::pool::{Worker, WorkerState};
+use crate::pool::{AnswerCounts, RevisionSplit, Worker, WorkerState};
 use crate::provider::Provider;
 
 /// Where a rollout stands.
@@ -53,7 +53,33 @@ pub struct Rollout {
     /// Old workers retired so far.
     replaced: u32,
     started: Instant,
+    /// The canary step under way (`settings.steps.len()`: past them, replacing).
+    step: usize,
+    /// When the step's hold began (a new worker ready), with the answers counted by then.
+    step_began: Option<(Instant, Answers)>,
+    /// The last gate's verdict.
+    gate: Option<String>,
 }
+
+/// The answers of the old revisions and of the new one, counted together.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Answers {
+    old: AnswerCounts,
+    new: AnswerCounts,
+}
+
+impl Answers {
+    fn since(&self, earlier: &Answers) -> Answers {
+        Answers {
+            old: self.old.since(&earlier.old),
+            new: self.new.since(&earlier.new),
+        }
+    }
+}
+
+/// Fewer answers than this on either side leave the latency gate out (a p99 of a handful of
+/// answers is one answer).
+const LATENCY_GATE_MIN_ANSWERS: u64 = 20;
 
 /// `rollout` in `GET /api/v1/pools`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +98,14 @@ pub struct RolloutView {
     pub replaced: u32,
     /// New workers that failed to start in a row.
     pub failures: u32,
+    /// The canary step under way, from 1 (null: no steps, or past them).
+    pub step: Option<u32>,
+    /// How many canary steps the rollout has.
+    pub steps: u32,
+    /// Percent of the pool's requests sent to the new revision now (null: no split).
+    pub weight: Option<u32>,
+    /// The last canary gate's verdict, with the figures it judged.
+    pub gate: Option<String>,
 }
 
 /// What one rollout step asks for, decided with the rollout's lock held and carried out after.
@@ -85,6 +119,8 @@ struct RolloutActions {
     restore: Option<(Option<String>, Option<String>)>,
     /// A revision whose provider is kept after the rollout ends (`undo`).
     keep: Option<Option<String>>,
+    /// The split of requests to set (`Some(None)`: none).
+    split: Option<Option<RevisionSplit>>,
 }
 
 impl PoolScaler {
@@ -103,13 +139,9 @@ impl PoolScaler {
     ) {
         let from = self.revision();
         let from_template = self.template();
-        {
-            let mut providers = self.by_revision.lock().unwrap_or_else(|p| p.into_inner());
-            providers.insert(from.clone(), self.provider());
-        }
-        *self.provider.write().unwrap_or_else(|p| p.into_inner()) = provider;
-        self.set_revision(revision.clone());
-        self.set_template(template);
+        self.switch_template(provider, revision.clone(), template);
+        // A canary under way is overtaken too: the new rollout's steps split anew.
+        self.pool.set_split(None);
         let Some(to) = revision else {
             return;
         };
@@ -131,6 +163,7 @@ impl PoolScaler {
     /// it; a failing new revision then stops, leaving the old workers.
     pub(super) fn resume_rollout(&self) {
         let Some(to) = self.revision() else {
+            self.pool.set_split(None);
             return;
         };
         if self
@@ -140,6 +173,9 @@ impl PoolScaler {
         {
             return;
         }
+        // A split followed from a former leader's record is this one's only while its own
+        // rollout (carried on below) sets it again.
+        self.pool.set_split(None);
         let workers = self.pool.workers();
         let Some(from) = workers
             .iter()
@@ -199,6 +235,24 @@ impl PoolScaler {
             .ok_or_else(|| "the rollout is gone".to_string())
     }
 
+    /// Launch `revision` (template hash `template`) through `provider` from now on, keeping
+    /// the provider of the revision it replaces: its workers are released through it.
+    fn switch_template(
+        &self,
+        provider: Arc<dyn Provider>,
+        revision: Option<String>,
+        template: Option<String>,
+    ) {
+        let replaced = self.revision();
+        self.by_revision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(replaced, self.provider());
+        *self.provider.write().unwrap_or_else(|p| p.into_inner()) = provider;
+        self.set_revision(revision);
+        self.set_template(template);
+    }
+
     fn set_rollout_state(&self, state: RolloutState) {
         if let Some(r) = self.rollout_lock().as_mut() {
             r.state = state;
@@ -216,6 +270,7 @@ impl PoolScaler {
             r.state = RolloutState::Aborted;
             (r.from.clone(), r.from_template.clone(), r.to.clone())
         };
+        self.pool.set_split(None);
         let known = self
             .by_revision
             .lock()
@@ -223,9 +278,7 @@ impl PoolScaler {
             .get(&from)
             .cloned();
         if let Some(provider) = known {
-            *self.provider.write().unwrap_or_else(|p| p.into_inner()) = provider;
-            self.set_revision(from.clone());
-            self.set_template(from_template);
+            self.switch_template(provider, from.clone(), from_template);
         }
         let workers = self.pool.workers();
         let count = workers.len() as u32;
@@ -288,6 +341,10 @@ impl PoolScaler {
             new_ready: ready_of(true),
             replaced: r.replaced,
             failures: r.failures,
+            step: r.canary_step().map(|(i, _)| i as u32 + 1),
+            steps: r.settings.steps.len() as u32,
+            weight: self.pool.split().map(|s| s.weight),
+            gate: r.gate.clone(),
         })
     }
 
@@ -356,13 +413,32 @@ impl PoolScaler {
                 .collect()
         };
         let pending = self.pending_launches.load(Ordering::Relaxed);
+        let to = {
+            let guard = self.rollout_lock();
+            match guard.as_ref() {
+                Some(r) if r.state == RolloutState::Running && r.canary_step().is_some() => {
+                    Some(r.to.clone())
+                }
+                _ => None,
+            }
+        };
+        // Only a canary step reads the counters (a lock and two copies of a histogram).
+        let answers = to
+            .map(|to| Answers {
+                old: self.pool.answers_besides(&to),
+                new: self.pool.answers_of(&to),
+            })
+            .unwrap_or_default();
         let actions = {
             let mut guard = self.rollout_lock();
             let Some(r) = guard.as_mut().filter(|r| r.state == RolloutState::Running) else {
                 return;
             };
-            r.plan(&workers, &retiring, pending, desired, policy, now)
+            r.plan(&workers, &retiring, pending, desired, policy, now, &answers)
         };
+        if let Some(split) = actions.split.clone() {
+            self.pool.set_split(split);
+        }
         if let Some((revision, template)) = actions.restore {
             let provider = self
                 .by_revision
@@ -371,9 +447,7 @@ impl PoolScaler {
                 .get(&revision)
                 .cloned();
             if let Some(provider) = provider {
-                *self.provider.write().unwrap_or_else(|p| p.into_inner()) = provider;
-                self.set_revision(revision);
-                self.set_template(template);
+                self.switch_template(provider, revision, template);
             } else {
                 warn!(pool = %self.pool.name, "the old revision's template is not known here (adopted after a restart); no more workers are launched until the config changes");
             }
@@ -430,9 +504,123 @@ impl Rollout {
             ready_since: HashMap::new(),
             replaced: 0,
             started: Instant::now(),
+            step: 0,
+            step_began: None,
+            gate: None,
         }
     }
 
+    /// The canary step under way (its index) and its settings, while there is one.
+    fn canary_step(&self) -> Option<(usize, &crate::config::CanaryStep)> {
+        self.settings
+            .steps
+            .get(self.step)
+            .map(|step| (self.step, step))
+    }
+
+    /// Give the revision up: its workers go, the old revision is back.
+    fn roll_back(
+        &mut self,
+        why: String,
+        new: Vec<(Arc<Worker>, Duration)>,
+        actions: &mut RolloutActions,
+    ) {
+        self.state = RolloutState::RolledBack;
+        actions.record = Some((
+            Action::Rollback,
+            format!(
+                "{} -> {}: {why}; back to {}",
+                label(self.from.as_deref()),
+                self.to,
+                label(self.from.as_deref())
+            ),
+        ));
+        actions.ended = Some("rolled_back");
+        actions.restore = Some((self.from.clone(), self.from_template.clone()));
+        actions.retire = new;
+        actions.split = Some(None);
+    }
+
+    /// A canary step: keep its share of new workers up, hold it, then judge it. Old workers
+    /// all stay.
+    #[allow(clippy::too_many_arguments)]
+    fn canary(
+        &mut self,
+        new: &[&Arc<Worker>],
+        pending: u32,
+        desired: u32,
+        policy: &ScalePolicy,
+        now: Instant,
+        answers: &Answers,
+        actions: &mut RolloutActions,
+    ) {
+        let Some((index, step)) = self.canary_step() else {
+            return;
+        };
+        let (weight, hold, of) = (step.weight, step.hold.get(), self.settings.steps.len());
+        actions.split = Some(Some(RevisionSplit {
+            revision: self.to.clone(),
+            weight,
+        }));
+        let want = (desired.max(1) * weight).div_ceil(100).max(1);
+        actions.launch = want.saturating_sub(new.len() as u32 + pending);
+        let ready = new.iter().any(|w| w.state() == WorkerState::Ready);
+        let Some((began, base)) = &self.step_began else {
+            if ready {
+                self.step_began = Some((now, answers.clone()));
+                actions.record = Some((
+                    Action::Rollout,
+                    format!(
+                        "{} -> {}: step {}/{of}, {weight}% of requests to {} for {hold:?}",
+                        label(self.from.as_deref()),
+                        self.to,
+                        index + 1,
+                        self.to
+                    ),
+                ));
+            }
+            return;
+        };
+        if now.duration_since(*began) < hold {
+            return;
+        }
+        let seen = answers.since(base);
+        match judge(&seen, &self.settings) {
+            Ok(verdict) => {
+                self.gate = Some(format!("step {}/{of} passed: {verdict}", index + 1));
+                self.step += 1;
+                self.step_began = None;
+                let next = match self.canary_step() {
+                    Some((_, next)) => format!("next {}%", next.weight),
+                    None => "replacing the old workers".to_string(),
+                };
+                actions.record = Some((
+                    Action::Rollout,
+                    format!(
+                        "{} -> {}: step {}/{of} ({weight}%) passed ({verdict}); {next}",
+                        label(self.from.as_deref()),
+                        self.to,
+                        index + 1
+                    ),
+                ));
+                if self.canary_step().is_none() {
+                    actions.split = Some(None);
+                }
+            }
+            Err(why) => {
+                self.gate = Some(format!("step {}/{of} failed: {why}", index + 1));
+                let drain = policy.drain_timeout;
+                let retire = new.iter().map(|w| (Arc::clone(w), drain)).collect();
+                self.roll_back(
+                    format!("canary step {}/{of} ({weight}%) failed: {why}", index + 1),
+                    retire,
+                    actions,
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn plan(
         &mut self,
         workers: &[Arc<Worker>],
@@ -441,6 +629,7 @@ impl Rollout {
         desired: u32,
         policy: &ScalePolicy,
         now: Instant,
+        answers: &Answers,
     ) -> RolloutActions {
         let mut actions = RolloutActions::default();
         let live: Vec<&Arc<Worker>> = workers
@@ -458,24 +647,13 @@ impl Rollout {
             }
         }
         if self.failures >= self.settings.failure_threshold.max(1) {
-            self.state = RolloutState::RolledBack;
-            actions.record = Some((
-                Action::Rollback,
-                format!(
-                    "{} -> {}: {} new workers in a row failed to start; back to {}",
-                    label(self.from.as_deref()),
-                    self.to,
-                    self.failures,
-                    label(self.from.as_deref())
-                ),
-            ));
-            actions.ended = Some("rolled_back");
-            actions.restore = Some((self.from.clone(), self.from_template.clone()));
-            actions.retire = live
+            let retire = live
                 .iter()
                 .filter(|w| is_new(w))
-                .map(|w| (Arc::clone(w), policy.drain_timeout))
+                .map(|w| (Arc::clone(*w), policy.drain_timeout))
                 .collect();
+            let why = format!("{} new workers in a row failed to start", self.failures);
+            self.roll_back(why, retire, &mut actions);
             return actions;
         }
         let (new, old): (Vec<&Arc<Worker>>, Vec<&Arc<Worker>>) =
@@ -494,11 +672,16 @@ impl Rollout {
             ));
             actions.ended = Some("done");
             actions.keep = Some(self.from.clone());
+            actions.split = Some(None);
             return actions;
         }
         // Old workers that do not serve go at once; they are not what keeps the pool up.
         for w in old.iter().filter(|w| w.state() != WorkerState::Ready) {
             actions.retire.push((Arc::clone(w), Duration::ZERO));
+        }
+        if self.canary_step().is_some() {
+            self.canary(&new, pending, desired, policy, now, answers, &mut actions);
+            return actions;
         }
         let surge = self.settings.max_surge.of(desired);
         let starting = new
@@ -540,6 +723,51 @@ impl Rollout {
     }
 }
 
+/// A canary gate: the new revision's answers over the step against the old's. `Ok` with the
+/// figures when it passes, `Err` with them and the limit broken when it fails. A step whose
+/// new revision got no requests passes: nothing was seen against it.
+fn judge(seen: &Answers, settings: &RolloutConfig) -> Result<String, String> {
+    let (old, new) = (&seen.old, &seen.new);
+    if new.answers == 0 {
+        return Ok("no request reached the new revision".into());
+    }
+    let errors = format!(
+        "5xx {:.1}% of {} vs {:.1}% of {}",
+        new.error_rate() * 100.0,
+        new.answers,
+        old.error_rate() * 100.0,
+        old.answers
+    );
+    if let Some(limit) = settings.max_error_rate {
+        if new.error_rate() > old.error_rate() + limit {
+            return Err(format!(
+                "{errors}, over the {:.1} points allowed",
+                limit * 100.0
+            ));
+        }
+    }
+    let p99 = |c: &AnswerCounts| c.latency.quantile(0.99).unwrap_or_default();
+    let latency = format!("p99 {:.1?} vs {:.1?}", p99(new), p99(old));
+    if let Some(ratio) = settings.max_latency_ratio {
+        let enough =
+            new.answers >= LATENCY_GATE_MIN_ANSWERS && old.answers >= LATENCY_GATE_MIN_ANSWERS;
+        if enough && p99(new).as_secs_f64() > p99(old).as_secs_f64() * ratio {
+            return Err(format!("{latency}, over {ratio} times the old"));
+        }
+    }
+    Ok(format!("{errors}; {latency}"))
+}
+
 fn label(revision: Option<&str>) -> &str {
     revision.unwrap_or("(unknown revision)")
+}
+
+/// [`judge`], for the scaler's tests.
+#[cfg(test)]
+pub(super) fn judge_for_tests(
+    old: AnswerCounts,
+    new: AnswerCounts,
+    settings: &RolloutConfig,
+) -> Result<String, String> {
+    judge(&Answers { old, new }, settings)
 }

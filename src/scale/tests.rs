@@ -654,3 +654,183 @@ async fn a_rollout_begun_by_another_weir_is_carried_on_after_adoption() {
     let view = rig.scaler.rollout_view().expect("a rollout");
     assert_eq!(view.from.as_deref(), Some("r0"));
 }
+
+/// A rollout with one canary step of `weight` percent held for 10 s, gated on the 5xx rate.
+fn canary_settings(weight: u32) -> crate::config::RolloutConfig {
+    crate::config::RolloutConfig {
+        steps: vec![crate::config::CanaryStep {
+            weight,
+            hold: Dur::from_secs(10),
+        }],
+        max_error_rate: Some(0.01),
+        max_latency_ratio: Some(1.5),
+        ..crate::config::RolloutConfig::default()
+    }
+}
+
+/// Whether the activity log holds a `action` event whose reason contains `text`.
+fn logged(rig: &Rig, action: Action, text: &str) -> bool {
+    rig.scaler
+        .activity
+        .events()
+        .iter()
+        .any(|e| e.action == action && e.reason.contains(text))
+}
+
+/// Serve `n` requests one after another through the pool's balancer, each answered in 5 ms;
+/// the new revision `r2` answers every `fail_every`th of its own 500. Returns how many `r2`
+/// answered.
+fn serve(rig: &Rig, n: usize, fail_every: usize) -> usize {
+    let mut new = 0;
+    for _ in 0..n {
+        let slot = rig.pool.try_acquire(None).expect("a free slot");
+        let worker = Arc::clone(slot.worker());
+        let status = if worker.revision() == Some("r2") {
+            new += 1;
+            if fail_every > 0 && new % fail_every == 0 {
+                500
+            } else {
+                200
+            }
+        } else {
+            200
+        };
+        drop(slot);
+        worker.record_answer(status, Duration::from_millis(5));
+    }
+    new
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_step_sends_its_weight_to_the_new_revision_then_the_rollout_replaces() {
+    let rig = rig(policy(3, 6, 600), 4, Duration::from_millis(500));
+    advance_until("three ready", Duration::from_secs(5), || {
+        ready(&rig.pool) == 3
+    })
+    .await;
+    let next = next_revision_provider(&rig, Duration::from_millis(500));
+    rig.scaler.start_rollout(
+        next.clone(),
+        (Some("r2".into()), Some("t2".into())),
+        canary_settings(20),
+    );
+    advance_until("the canary step held", Duration::from_secs(5), || {
+        logged(&rig, Action::Rollout, "step 1/1, 20%")
+    })
+    .await;
+    let view = rig.scaler.rollout_view().expect("a rollout");
+    assert_eq!((view.step, view.steps, view.weight), (Some(1), 1, Some(20)));
+    assert_eq!(
+        (view.old_ready, view.new_ready),
+        (3, 1),
+        "the old workers all stay"
+    );
+    assert_eq!(serve(&rig, 2_000, 0), 400, "exactly 20% of the requests");
+    advance_until("the gate passed", Duration::from_secs(11), || {
+        logged(&rig, Action::Rollout, "passed")
+    })
+    .await;
+    assert_eq!(rig.pool.split(), None, "no split while replacing");
+    advance_until("done", Duration::from_secs(30), || {
+        rollout_state(&rig) == Some(RolloutState::Done)
+    })
+    .await;
+    assert!(rig
+        .pool
+        .workers()
+        .iter()
+        .all(|w| w.revision() == Some("r2")));
+    let view = rig.scaler.rollout_view().expect("a rollout");
+    assert!(
+        view.gate
+            .as_deref()
+            .is_some_and(|g| g.contains("5xx 0.0% of 400")),
+        "{:?}",
+        view.gate
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_that_answers_500_to_a_fifth_of_its_requests_is_rolled_back_at_its_gate() {
+    let rig = rig(policy(3, 6, 600), 4, Duration::from_millis(500));
+    advance_until("three ready", Duration::from_secs(5), || {
+        ready(&rig.pool) == 3
+    })
+    .await;
+    let next = next_revision_provider(&rig, Duration::from_millis(500));
+    rig.scaler.start_rollout(
+        next.clone(),
+        (Some("r2".into()), Some("t2".into())),
+        canary_settings(10),
+    );
+    advance_until("the canary step held", Duration::from_secs(5), || {
+        logged(&rig, Action::Rollout, "step 1/1, 10%")
+    })
+    .await;
+    assert_eq!(serve(&rig, 1_000, 5), 100);
+    let mut lowest = usize::MAX;
+    advance_until("rolled back at the gate", Duration::from_secs(11), || {
+        lowest = lowest.min(ready(&rig.pool));
+        rollout_state(&rig) == Some(RolloutState::RolledBack)
+    })
+    .await;
+    assert!(
+        logged(&rig, Action::Rollback, "5xx 20.0% of 100 vs 0.0% of 900"),
+        "{:?}",
+        rig.scaler.activity.events()
+    );
+    assert_eq!(lowest, 3, "the old workers served throughout");
+    assert_eq!(
+        rig.scaler.revision().as_deref(),
+        Some("r1"),
+        "the old template is back"
+    );
+    assert_eq!(rig.pool.split(), None);
+    advance_until("the canary released", Duration::from_secs(30), || {
+        rig.pool
+            .workers()
+            .iter()
+            .all(|w| w.revision() == Some("r1"))
+    })
+    .await;
+    assert_eq!(next.released.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_gate_judges_rates_and_latency_against_the_old_revision() {
+    use crate::pool::RevisionStats;
+    let settings = canary_settings(10);
+    let answers = |errors: u64, of: u64, ms: u64| {
+        let stats = RevisionStats::default();
+        for i in 0..of {
+            stats.record(
+                if i < errors { 503 } else { 200 },
+                Duration::from_millis(ms),
+            );
+        }
+        stats.snapshot()
+    };
+    let judge = |old, new| super::rollout::judge_for_tests(old, new, &settings);
+    assert!(
+        judge(answers(0, 100, 10), answers(0, 0, 10)).is_ok(),
+        "nothing seen"
+    );
+    assert!(
+        judge(answers(1, 100, 10), answers(1, 50, 10)).is_ok(),
+        "2% vs 1%: within a point"
+    );
+    assert!(
+        judge(answers(0, 100, 10), answers(2, 50, 10)).is_err(),
+        "4% vs 0%"
+    );
+    assert!(
+        judge(answers(0, 100, 10), answers(0, 50, 14)).is_ok(),
+        "1.4 times"
+    );
+    let slow = judge(answers(0, 100, 10), answers(0, 50, 20));
+    assert!(slow.as_ref().is_err_and(|e| e.contains("p99")), "{slow:?}");
+    assert!(
+        judge(answers(0, 100, 10), answers(0, 10, 50)).is_ok(),
+        "too few to judge a p99"
+    );
+}

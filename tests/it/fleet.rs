@@ -600,6 +600,7 @@ async fn a_leader_paused_past_its_lease_is_fenced_off() {
                 surplus: false,
                 revision: None,
             }],
+            split: None,
         };
         vec![("app".to_string(), serde_json::to_string(&members).unwrap())]
     };

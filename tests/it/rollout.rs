@@ -188,6 +188,161 @@ async fn a_process_pool_rolls_out_a_new_revision_under_load_and_rolls_back_a_bro
     let _ = std::fs::remove_file(&path);
 }
 
+/// [`config`] with two canary steps gated on the 5xx rate and p99.
+fn canary_config(command: &str) -> String {
+    format!(
+        r#"{}
+[pools.app.rollout]
+steps = [{{ weight = 10, hold = "3s" }}, {{ weight = 50, hold = "2s" }}]
+max_error_rate = 0.01
+max_latency_ratio = 3.0
+"#,
+        config(command)
+    )
+}
+
+/// The share of answers from `who` among `seen` within `from..to`, and how many there were.
+fn share_of(seen: &[Seen], who: &str, from: Instant, to: Instant) -> (f64, usize) {
+    let within: Vec<&Seen> = seen.iter().filter(|s| s.at > from && s.at < to).collect();
+    let theirs = within.iter().filter(|s| s.served_by == who).count();
+    (theirs as f64 / within.len().max(1) as f64, within.len())
+}
+
+/// `(new, old)` answers in a gate verdict's "5xx A% of NEW vs B% of OLD".
+fn gate_counts(verdict: &str) -> (f64, f64) {
+    let numbers: Vec<f64> = verdict
+        .split("5xx ")
+        .nth(1)
+        .unwrap_or_default()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    (
+        numbers.get(1).copied().unwrap_or(0.0),
+        numbers.get(3).copied().unwrap_or(0.0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_pass_their_gates_at_their_weights_and_a_failing_one_is_rolled_back() {
+    let path = temp_path("rollout-canary.toml");
+    let weir = start_weir_at("", &canary_config(&booting("v1")), Some(&path));
+    wait_until("three v1 workers ready", || {
+        weir.workers("app")
+            .iter()
+            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
+            .count()
+            == 3
+    })
+    .await;
+    let running = Arc::new(AtomicBool::new(true));
+    let seen = load(weir.addr(), 8, &running);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // v2, healthy: 10% of the requests for 3 s, 50% for 2 s, then the replacement.
+    std::fs::write(&path, canary_config(&booting("v2"))).unwrap();
+    let reloaded = Instant::now();
+    let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let step_two = loop {
+        let pool = pool_view(&weir, "app").await;
+        if pool["rollout"]["step"] == 2 {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "never at step 2: {pool}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let done = rollout_ends(&weir, "app", "done").await;
+    let rolled = reloaded.elapsed();
+    let first_v2 = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| s.served_by == "v2")
+        .map(|s| s.at)
+        .expect("v2 answered");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // v3 answers 500 to every fifth request: rolled back at its first gate.
+    let v3 = format!(
+        "sleep {}; exec {WEIR} demo-worker --listen 127.0.0.1:{{port}} --name v3 --fail-every 5",
+        BOOT.as_secs_f64()
+    );
+    std::fs::write(&path, canary_config(&v3)).unwrap();
+    let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let back = rollout_ends(&weir, "app", "rolled_back").await;
+    let rolled_back = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    running.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let seen = seen.lock().unwrap().clone();
+    let events = activity(&weir).await;
+    let reasons: Vec<String> = events
+        .iter()
+        .filter(|e| e["action"] == "rollout" || e["action"] == "rollback")
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect();
+    let passed: Vec<&String> = reasons.iter().filter(|r| r.contains("passed")).collect();
+    let (client_share, within) = share_of(&seen, "v2", first_v2, step_two);
+    eprintln!(
+        "canary v1 -> v2 under 8 clients: done {rolled:?} after the reload; clients saw {:.1}% of {within} answers from v2 during step 1; {done}\n  {}\nthen {back}",
+        client_share * 100.0,
+        reasons.join("\n  ")
+    );
+    assert_eq!(passed.len(), 2, "both steps passed: {reasons:?}");
+    for (verdict, weight) in passed.iter().zip([10.0, 50.0]) {
+        let (new, old) = gate_counts(verdict);
+        let share = new * 100.0 / (new + old).max(1.0);
+        assert!(new + old > 100.0, "{verdict}");
+        assert!(
+            (share - weight).abs() <= 3.0,
+            "{share:.1}% to the new revision at a {weight}% step: {verdict}"
+        );
+    }
+    assert!(
+        (client_share * 100.0 - 10.0).abs() <= 3.0 && within > 300,
+        "clients saw {:.1}% of {within} answers from v2 at the 10% step",
+        client_share * 100.0
+    );
+    let failed: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.status != 200 && !(s.status == 500 && s.served_by == "v3"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    let slowest = seen.iter().map(|s| s.took).max().unwrap_or_default();
+    assert!(
+        slowest < BOOT,
+        "a request waited {slowest:?} ({BOOT:?} to boot)"
+    );
+    let fail_gate = reasons
+        .iter()
+        .find(|r| r.contains("canary step 1/2 (10%) failed: 5xx"))
+        .unwrap_or_else(|| panic!("no failed gate in {reasons:?}"));
+    assert!(
+        fail_gate.contains("over the 1.0 points allowed"),
+        "{fail_gate}"
+    );
+    assert_eq!(back["revision"], done["revision"], "v2's template is back");
+    assert!(
+        seen.iter()
+            .filter(|s| s.at > rolled_back + Duration::from_millis(500))
+            .all(|s| s.served_by == "v2"),
+        "every answer after the rollback from v2"
+    );
+    assert!(
+        seen.iter().filter(|s| s.served_by == "v3").count() > 0,
+        "the canary took its share"
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
 /// A Docker pool `pool` of three demo worker containers named `name`.
 fn docker_config(pool: &str, name: &str) -> String {
     format!(

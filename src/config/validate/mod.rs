@@ -523,6 +523,39 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
     }
 
     #[test]
+    fn canary_steps_and_gates_are_checked_by_key() {
+        let with = |rollout: &str| {
+            BASE.replace(
+                "kind = \"static\", addresses = [\"127.0.0.1:3001\"]",
+                "kind = \"process\", command = [\"x\"]",
+            ) + "[pools.app.rollout]\n"
+                + rollout
+        };
+        let good = with("steps = [{ weight = 10, hold = \"1m\" }, { weight = 50, hold = \"1m\" }]\nmax_error_rate = 0.01\nmax_latency_ratio = 1.5\n");
+        let config = parse(&good, "weir.toml").unwrap();
+        assert_eq!(config.pools["app"].rollout.steps[1].weight, 50);
+        for (rollout, key) in [
+            (
+                "steps = [{ weight = 101, hold = \"1m\" }]",
+                "pools.app.rollout.steps[0].weight",
+            ),
+            (
+                "steps = [{ weight = 5, hold = \"0s\" }]",
+                "pools.app.rollout.steps[0].hold",
+            ),
+            ("max_error_rate = 2.0", "pools.app.rollout.max_error_rate"),
+            (
+                "max_latency_ratio = 0.5",
+                "pools.app.rollout.max_latency_ratio",
+            ),
+        ] {
+            let e = err(&with(rollout));
+            assert!(e.contains(key), "{rollout}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
     fn unknown_pool_is_refused() {
         let e = err(&BASE.replace("pool = \"app\"", "pool = \"nope\""));
         assert_eq!(

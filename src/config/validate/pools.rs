@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::{failing, ConfigError};
-use crate::config::{AutoscaleConfig, HealthConfig, PoolConfig, ProviderConfig};
+use crate::config::{AutoscaleConfig, HealthConfig, PoolConfig, ProviderConfig, RolloutConfig};
 
 /// `[pools.NAME]`.
 pub(super) fn check_pool(name: &str, pool: &PoolConfig, origin: &str) -> Result<(), ConfigError> {
@@ -57,6 +57,8 @@ pub(super) fn check_pool(name: &str, pool: &PoolConfig, origin: &str) -> Result<
             "must be at least 1".into(),
         ));
     }
+    rollout_gates(&pool.rollout)
+        .map_err(|(key, m)| fail(format!("pools.{name}.rollout{key}"), m))?;
     if let Some(revision) = &pool.revision {
         let key = format!("pools.{name}.revision");
         if pool.provider.template_revision().is_none() {
@@ -312,4 +314,40 @@ fn is_dns_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+/// `[pools.NAME.rollout]` canary steps and gates: weights are percents, holds last, and the
+/// gates are a rate and a ratio. On error: the key below the table, and what is wrong.
+fn rollout_gates(rollout: &RolloutConfig) -> Result<(), (String, String)> {
+    for (i, step) in rollout.steps.iter().enumerate() {
+        if !(1..=100).contains(&step.weight) {
+            return Err((
+                format!(".steps[{i}].weight"),
+                format!("{} is not a percent of requests (1-100)", step.weight),
+            ));
+        }
+        if step.hold.get().is_zero() {
+            return Err((
+                format!(".steps[{i}].hold"),
+                "must be longer than 0: the gate judges what the step saw".into(),
+            ));
+        }
+    }
+    if let Some(rate) = rollout.max_error_rate {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err((
+                ".max_error_rate".into(),
+                format!("{rate} is not a share of requests (0-1, e.g. 0.01)"),
+            ));
+        }
+    }
+    if let Some(ratio) = rollout.max_latency_ratio {
+        if !(ratio >= 1.0 && ratio.is_finite()) {
+            return Err((
+                ".max_latency_ratio".into(),
+                format!("{ratio} must be at least 1 (1.5: half again the old p99)"),
+            ));
+        }
+    }
+    Ok(())
 }
