@@ -315,3 +315,120 @@ async fn with_a_token_the_page_shows_only_the_prompt_until_the_token_is_given() 
         Value::Null
     );
 }
+
+/// A process pool of two demo workers whose command ends with `extra` (a new revision per
+/// value), with one long canary step at half the requests.
+fn canary_config(extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+listen = "127.0.0.1:0"
+[[routes]]
+pool = "app"
+queue = {{ timeout = "20s" }}
+[pools.app]
+worker_concurrency = 2
+provider = {{ kind = "process", command = ["{WEIR}", "demo-worker", "--listen", "127.0.0.1:{{port}}"{extra}] }}
+health = {{ path = "/hello", interval = "200ms", timeout = "500ms" }}
+[pools.app.autoscale]
+min_workers = 2
+max_workers = 4
+max_idle_time = "5m"
+[pools.app.rollout]
+steps = [{{ weight = 50, hold = "10m" }}]
+"#
+    )
+}
+
+/// `rollout.state` of pool `app` in the API.
+async fn rollout_state(admin: std::net::SocketAddr) -> Value {
+    let pools = api_json(admin, "/api/v1/pools", None).await;
+    pools[0]["rollout"]["state"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_a_rollout_in_progress_and_its_buttons_pause_and_abort_it() {
+    if !browser::available("dashboard rollout") {
+        return;
+    }
+    let path = temp_path("dashboard-rollout.toml");
+    let weir = start_weir_at("", &canary_config(""), Some(&path));
+    wait_ready_ids(weir.admin(), 2).await;
+    let admin = weir.admin();
+    let mut page = Browser::open(&format!("http://{admin}/"), 1280, 1000).await;
+    page.wait_for(
+        "the pool's card without a rollout",
+        "document.querySelector('[data-pool=\"app\"] .rollout')?.hidden === true",
+        "document.body.innerText",
+    )
+    .await;
+
+    // A new command: the canary step holds for ten minutes, half the requests to one new
+    // worker beside the two old ones.
+    std::fs::write(&path, canary_config(", \"--delay\", \"1ms\"")).unwrap();
+    let (status, body) = admin_call(admin, "POST", "/api/v1/reload", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let card = "document.querySelector('[data-pool=\"app\"] .rollout')";
+    let explain = format!(
+        "{card}.innerText + ' | ' + {card}.querySelector('.bar').getAttribute('aria-valuenow')"
+    );
+    page.wait_for(
+        "the rollout's progress: one new of three ready",
+        &format!(
+            "!{card}.hidden && {card}.innerText.includes('canary step 1/1 at 50%') \
+             && {card}.querySelector('.bar').getAttribute('aria-valuenow') === '33' \
+             && !{card}.querySelector('button[data-action=\"pause\"]').hidden \
+             && {card}.querySelector('button[data-action=\"resume\"]').hidden"
+        ),
+        &explain,
+    )
+    .await;
+    page.screenshot(&artifact("dashboard-rollout.png")).await;
+
+    // Pause, then abort, with the card's buttons.
+    page.eval(&format!(
+        "{card}.querySelector('button[data-action=\"pause\"]').click(), true"
+    ))
+    .await;
+    wait_api(admin, "paused").await;
+    page.wait_for(
+        "the paused rollout with its resume button",
+        &format!(
+            "{card}.innerText.includes('paused') \
+             && !{card}.querySelector('button[data-action=\"resume\"]').hidden \
+             && {card}.querySelector('button[data-action=\"pause\"]').hidden"
+        ),
+        &explain,
+    )
+    .await;
+    page.eval(&format!(
+        "{card}.querySelector('button[data-action=\"abort\"]').click(), true"
+    ))
+    .await;
+    wait_api(admin, "aborted").await;
+    page.wait_for(
+        "the aborted rollout, with no button left",
+        &format!(
+            "{card}.innerText.includes('aborted') \
+             && [...{card}.querySelectorAll('button')].every(b => b.hidden) \
+             && document.getElementById('result').textContent.includes('aborted')"
+        ),
+        &explain,
+    )
+    .await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Wait until the API shows the pool's rollout `state`.
+async fn wait_api(admin: std::net::SocketAddr, state: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while rollout_state(admin).await != state {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rollout never {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -384,7 +384,20 @@ function card(pool) {
     );
     if (ok) input.value = "";
   });
-  c = { node, values, input, form, chart: node.querySelector(".chart"), legend: node.querySelector(".legend") };
+  const rollout = node.querySelector(".rollout");
+  for (const button of rollout.querySelectorAll("button")) {
+    button.addEventListener("click", async () => {
+      const action = button.dataset.action;
+      button.disabled = true;
+      await act(
+        (r) => `Pool ${pool.name}: rollout ${r.from || "?"} -> ${r.to} ${r.state.replace("_", " ")}.`,
+        `/api/v1/pools/${encodeURIComponent(pool.name)}/rollout`,
+        { action },
+      );
+      button.disabled = false;
+    });
+  }
+  c = { node, values, input, form, rollout, chart: node.querySelector(".chart"), legend: node.querySelector(".legend") };
   state.cards.set(pool.name, c);
   return c;
 }
@@ -409,8 +422,43 @@ function renderPools(pools) {
     c.form.hidden = fixed;
     c.input.max = String(pool.max_workers);
     if (document.activeElement !== c.input) c.input.placeholder = String(pool.desired);
+    renderRollout(c.rollout, pool.rollout);
     if (container.children[i] !== c.node) container.insertBefore(c.node, container.children[i] || null);
   });
+}
+
+// Which operator actions apply in each rollout state (the API refuses the others).
+const ROLLOUT_ACTIONS = {
+  running: ["pause", "abort"],
+  paused: ["resume", "abort"],
+  done: ["undo"],
+  rolled_back: [],
+  aborted: [],
+};
+
+// A pool's rollout: where it stands in words, a bar of the new revision's share of the ready
+// workers, the last canary gate, and the buttons that apply now.
+function renderRollout(box, r) {
+  box.hidden = !r;
+  if (!r) return;
+  box.dataset.state = r.state;
+  const ready = r.old_ready + r.new_ready;
+  const share = r.state === "done" ? 100 : ready ? Math.round((100 * r.new_ready) / ready) : 0;
+  const canary = r.step ? `, canary step ${r.step}/${r.steps}` + (r.weight != null ? ` at ${r.weight}%` : "") : "";
+  setText(
+    box.querySelector(".rollout-text"),
+    `Rollout ${r.from || "?"} → ${r.to}: ${r.state.replace("_", " ")}${canary}; ` +
+      `${r.new_ready} new, ${r.old_ready} old ready, ${r.replaced} replaced` +
+      (r.failures ? `, ${r.failures} failed starts` : ""),
+  );
+  const bar = box.querySelector(".bar");
+  bar.setAttribute("aria-valuenow", String(share));
+  bar.firstElementChild.style.width = `${share}%`;
+  setText(box.querySelector(".rollout-gate"), r.gate ? `Last gate: ${r.gate}` : "");
+  const allowed = ROLLOUT_ACTIONS[r.state] || [];
+  for (const button of box.querySelectorAll("button")) {
+    button.hidden = !allowed.includes(button.dataset.action);
+  }
 }
 
 // ---- history and charts ----
