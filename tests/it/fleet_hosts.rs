@@ -44,6 +44,9 @@ struct Fleet {
     data: Net,
     /// Redis's own network, in [`Layout::Split`].
     store: Option<Net>,
+    layout: Layout,
+    /// The first three bytes of `ctl`'s addresses.
+    prefix: [u8; 3],
 }
 
 impl Fleet {
@@ -53,15 +56,47 @@ impl Fleet {
         let data = Net::create(format!("{tag}-data"));
         let store = (layout == Layout::Split).then(|| Net::create(format!("{tag}-store")));
         let redis = hosts::redis(format!("{tag}-redis"), store.as_ref().unwrap_or(&ctl));
-        let weirs = (1..=count)
+        let mut fleet = Fleet {
+            tag,
+            weirs: Vec::new(),
+            redis,
+            ctl,
+            data,
+            store,
+            layout,
+            prefix,
+        };
+        fleet.weirs = (1..=count)
             .map(|n| {
-                let ip = std::net::IpAddr::from([prefix[0], prefix[1], prefix[2], 10 + n as u8]);
-                let advertise = match layout {
-                    Layout::Shared => String::new(),
-                    Layout::Split => format!("advertise = \"{ip}:{}\"", hosts::ADMIN_PORT),
-                };
-                let config = format!(
-                    r#"[server]
+                let config = fleet.config(n, "1");
+                let mut nets = vec![&fleet.ctl, &fleet.data];
+                nets.extend(fleet.store.as_ref());
+                hosts::weir(
+                    format!("{}-w{n}", fleet.tag),
+                    &config,
+                    &nets,
+                    Some(fleet.ip_of(n)),
+                )
+            })
+            .collect();
+        fleet
+    }
+
+    /// Weir `n`'s fixed address on `ctl`.
+    fn ip_of(&self, n: usize) -> std::net::IpAddr {
+        let p = self.prefix;
+        std::net::IpAddr::from([p[0], p[1], p[2], 10 + n as u8])
+    }
+
+    /// Weir `n`'s config, its workers of release `release` (their environment's `RELEASE`:
+    /// another release is another revision of the launch template, rolled out on a reload).
+    fn config(&self, n: usize, release: &str) -> String {
+        let advertise = match self.layout {
+            Layout::Shared => String::new(),
+            Layout::Split => format!("advertise = \"{}:{}\"", self.ip_of(n), hosts::ADMIN_PORT),
+        };
+        format!(
+            r#"[server]
 shutdown_grace = "2s"
 [access_log]
 enabled = true
@@ -82,38 +117,28 @@ pool = "{tag}"
 queue = {{ timeout = "2s" }}
 [pools.{tag}]
 worker_concurrency = {WORKER_CAP}
-provider = {{ kind = "docker", image = "{image}", port = 8080, network = "{data}", pull = "never", stop_grace = "2s" }}
+provider = {{ kind = "docker", image = "{image}", port = 8080, network = "{data}", pull = "never", stop_grace = "2s", env = {{ RELEASE = "{release}" }} }}
 health = {{ path = "/hello", interval = "200ms" }}
 [pools.{tag}.autoscale]
 min_workers = {min_workers}
 max_workers = 2
 max_idle_time = "10m"
+[pools.{tag}.rollout]
+steps = [{{ weight = 50, hold = "3s" }}]
 "#,
-                    // Split: one worker may be drained on request (a manual scale to 1); the
-                    // second is asked for once the fleet has formed.
-                    min_workers = if layout == Layout::Split { 1 } else { 2 },
-                    admin = hosts::ADMIN_PORT,
-                    token = hosts::TOKEN,
-                    proxy = hosts::PROXY_PORT,
-                    ttl = LEASE_TTL.as_secs(),
-                    image = crate::common::IMAGE,
-                    data = data.name,
-                    // By name (the network's DNS): a restarted Redis may get another address.
-                    redis = redis.name,
-                );
-                let mut nets = vec![&ctl, &data];
-                nets.extend(store.as_ref());
-                hosts::weir(format!("{tag}-w{n}"), &config, &nets, Some(ip))
-            })
-            .collect();
-        Fleet {
-            tag,
-            weirs,
-            redis,
-            ctl,
-            data,
-            store,
-        }
+            // Split: one worker may be drained on request (a manual scale to 1); the second
+            // is asked for once the fleet has formed.
+            min_workers = if self.layout == Layout::Split { 1 } else { 2 },
+            admin = hosts::ADMIN_PORT,
+            token = hosts::TOKEN,
+            proxy = hosts::PROXY_PORT,
+            ttl = LEASE_TTL.as_secs(),
+            image = crate::common::IMAGE,
+            data = self.data.name,
+            tag = self.tag,
+            // By name (the network's DNS): a restarted Redis may get another address.
+            redis = self.redis.name,
+        )
     }
 
     /// Three weirs once formed: one leader they all name, and the two workers every one of
@@ -312,17 +337,26 @@ fn load(proxy: SocketAddr, n: usize, clients: usize, running: &Arc<AtomicBool>) 
 /// Load at every instance of `fleet`: 4 clients each, 12 over two workers of cap 3, so
 /// requests queue and each instance keeps to its share.
 struct Load {
-    running: Arc<AtomicBool>,
+    /// One flag per instance: its clients stop when it flips.
+    running: Vec<Arc<AtomicBool>>,
     tallies: Vec<Arc<Tally>>,
 }
 
 impl Load {
     fn start(fleet: &Fleet) -> Load {
-        let running = Arc::new(AtomicBool::new(true));
+        let running: Vec<Arc<AtomicBool>> = (0..fleet.weirs.len())
+            .map(|_| Arc::new(AtomicBool::new(true)))
+            .collect();
         let tallies = (0..fleet.weirs.len())
-            .map(|i| load(fleet.proxy(i), i, 4, &running))
+            .map(|i| load(fleet.proxy(i), i, 4, &running[i]))
             .collect();
         Load { running, tallies }
+    }
+
+    /// Stop the clients of instance `i` (killed: a worker launched after may take its
+    /// address, and clients there would reach that worker directly, past every cap).
+    fn stop_at(&self, i: usize) {
+        self.running[i].store(false, Ordering::Relaxed);
     }
 
     /// Answers (status 200) checked against the access logs: how many, how many came from a
@@ -371,7 +405,9 @@ impl Load {
 
     /// Stop, let the last answers land, and say what each instance's clients saw.
     async fn stop(&self, fleet: &Fleet, mark: Instant) -> Vec<String> {
-        self.running.store(false, Ordering::Relaxed);
+        for running in &self.running {
+            running.store(false, Ordering::Relaxed);
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         (0..fleet.weirs.len())
             .map(|i| format!("{}: {}", fleet.weirs[i].name, self.tallies[i].summary(mark)))
@@ -902,4 +938,113 @@ async fn a_leader_cut_off_from_redis_and_its_peers_is_replaced_and_the_cap_holds
         true,
     )
     .await;
+}
+
+/// Pool `pool`'s `rollout` as instance `admin` shows it.
+async fn rollout_at(admin: SocketAddr, pool: &str) -> Option<serde_json::Value> {
+    let pools = hosts::admin_json(admin, "/api/v1/pools").await?;
+    let view = pools.as_array()?.iter().find(|p| p["name"] == pool)?;
+    Some(serde_json::json!({"revision": view["revision"], "rollout": view["rollout"]}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_rollout_hands_it_to_the_next_which_finishes_it() {
+    let Some((fleet, leader, workers)) = Fleet::formed(
+        "a_leader_killed_mid_rollout_hands_it_to_the_next_which_finishes_it",
+        Layout::Shared,
+    )
+    .await
+    else {
+        return;
+    };
+    let leader_index = fleet.index_of(&leader);
+    let follower = (leader_index + 1) % 3;
+    let load = Load::start(&fleet);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Release 2 everywhere: the leader starts a canary at half the requests, and every
+    // instance routes by the split its record carries.
+    for (i, weir) in fleet.weirs.iter().enumerate() {
+        std::fs::write(hosts::config_path(&weir.name), fleet.config(i + 1, "2")).unwrap();
+        let reloaded = hosts::admin_post(fleet.admin(i), "/api/v1/reload", "").await;
+        assert!(reloaded.is_some(), "{} reloads", weir.name);
+    }
+    let reloaded_at = Instant::now();
+    let (pool, leader_admin) = (fleet.tag.clone(), fleet.admin(leader_index));
+    let at_leader = hosts::eventually(
+        "the leader's canary step held, a new worker ready",
+        FORMING,
+        || {
+            let pool = pool.clone();
+            async move {
+                let view = rollout_at(leader_admin, &pool).await?;
+                let r = &view["rollout"];
+                (r["state"] == "running" && r["weight"] == 50 && r["new_ready"] == 1)
+                    .then_some(view)
+            }
+        },
+    )
+    .await;
+    let new_revision = at_leader["revision"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let follower_admin = fleet.admin(follower);
+    hosts::eventually("a follower routing by the leader's split", FORMING, || {
+        let pool = pool.clone();
+        async move {
+            let view = rollout_at(follower_admin, &pool).await?;
+            (view["rollout"]["weight"] == 50).then_some(())
+        }
+    })
+    .await;
+
+    // The leader crashes mid-rollout: the next one carries it on to the end.
+    load.stop_at(leader_index);
+    fleet.weirs[leader_index].kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader_index).collect();
+    let new_leader = fleet.agreed_leader(&survivors, LEASE_TTL * 5).await;
+    let new_admin = fleet.admin(fleet.index_of(&new_leader));
+    let done = hosts::eventually("the rollout done by the new leader", FORMING, || {
+        let pool = pool.clone();
+        async move {
+            let view = rollout_at(new_admin, &pool).await?;
+            (view["rollout"]["state"] == "done").then_some(view)
+        }
+    })
+    .await;
+    let finished = reloaded_at.elapsed();
+    // Two workers at the end, both of release 2, the same at both survivors.
+    let new_workers = fleet.ready_workers(survivors[0], 2).await;
+    assert_eq!(fleet.ready_workers(survivors[1], 2).await, new_workers);
+    let running = hosts::eventually("the old workers released", FORMING, || {
+        let pool = pool.clone();
+        async move {
+            let running = hosts::running_workers(&pool);
+            (running.len() == 2).then_some(running)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.stop(&fleet, killed_at).await;
+    eprintln!(
+        "rollout over a leader kill: canary at 50% {:?} after the reload; {leader} killed, {new_leader} leads and finished {finished:?} after the reload; {done}; workers {workers:?} -> {new_workers:?}; {report:?}",
+        killed_at - reloaded_at
+    );
+    assert_eq!(running, new_workers, "the workers the fleet routes to");
+    for name in &new_workers {
+        assert!(!workers.contains(name), "{name} is a new worker");
+        assert_eq!(hosts::label_of(name, "weir.revision"), new_revision);
+    }
+    load.assert_within_caps(&fleet, &report);
+    for &i in &survivors {
+        assert_eq!(
+            load.tallies[i].failed.load(Ordering::Relaxed),
+            0,
+            "failed requests at a surviving instance: {report:?}\n{}",
+            fleet.logs()
+        );
+    }
+    assert_routed_right(&load, &fleet);
 }

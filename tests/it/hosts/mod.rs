@@ -241,8 +241,7 @@ pub fn redis(name: String, net: &Net) -> Container {
 pub fn weir(name: String, config: &str, nets: &[&Net], ip: Option<IpAddr>) -> Container {
     let dir = common::temp_path(&format!("hosts-{name}"));
     std::fs::create_dir_all(&dir).expect("config dir");
-    let path = dir.join("weir.toml");
-    std::fs::write(&path, config).expect("config written");
+    std::fs::write(config_path(&name), config).expect("config written");
     docker_quiet(&["rm", "-f", &name]);
     let mount = format!("{}:/etc/weir:ro", dir.display());
     let ip = ip.map(|ip| ip.to_string());
@@ -271,6 +270,22 @@ pub fn weir(name: String, config: &str, nets: &[&Net], ip: Option<IpAddr>) -> Co
         container.connect(net);
     }
     container
+}
+
+/// Where weir container `name` reads its config from (this machine's side of the mount):
+/// written anew, then reloaded through the admin API, it is a config change.
+pub fn config_path(name: &str) -> std::path::PathBuf {
+    common::temp_path(&format!("hosts-{name}")).join("weir.toml")
+}
+
+/// The `label` of container `name`.
+pub fn label_of(name: &str, label: &str) -> String {
+    docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{index .Config.Labels \"{label}\"}}}}"),
+        name,
+    ])
 }
 
 /// The running worker containers of pool `pool`, sorted.
