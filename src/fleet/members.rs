@@ -51,6 +51,19 @@ pub struct PoolMembers {
     /// A canary's split of the requests by revision, which every instance routes by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<crate::pool::RevisionSplit>,
+    /// The leader's rollout, which the others mirror (so one that takes the lead later does
+    /// not take up a revision the fleet gave up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutMark>,
+}
+
+/// A rollout as the leader's record carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutMark {
+    /// The revision rolled out.
+    pub to: String,
+    /// running | paused | done | rolled_back | aborted
+    pub state: String,
 }
 
 /// The records of fleet `prefix`.

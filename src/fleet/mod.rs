@@ -23,7 +23,7 @@ mod registry;
 mod shares;
 
 pub use lease::{Held, Lease};
-pub use members::{FleetMember, MemberBook, PoolMembers};
+pub use members::{FleetMember, MemberBook, PoolMembers, RolloutMark};
 pub use peers::{PeerNews, MAX_NEWS, PEER_PATH};
 pub use registry::{PoolReport, Registry, Report, WorkerLoad};
 
@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
-use crate::pool::{FleetPlace, RevisionSplit, WorkerState};
+use crate::pool::{FleetPlace, WorkerState};
 use crate::state::Shared;
 use shares::{Quorum, ShareBook};
 
@@ -100,7 +100,7 @@ struct State {
     heard_fleet: bool,
     problem: Option<String>,
     /// What this instance's scalers, while leading, want the fleet to route to, per pool.
-    published: BTreeMap<String, (Vec<FleetMember>, Option<RevisionSplit>)>,
+    published: BTreeMap<String, PoolMembers>,
     /// The leader's records as last read, per pool.
     records: HashMap<String, Arc<PoolMembers>>,
     shares: ShareBook,
@@ -391,10 +391,10 @@ impl Fleet {
             })
     }
 
-    /// While leading: what every instance should route to for `pool`, its workers and a
-    /// canary's split (written to Redis under the lease at the next heartbeat, brought
-    /// forward when it changed).
-    pub fn publish(&self, pool: &str, workers: Vec<FleetMember>, split: Option<RevisionSplit>) {
+    /// While leading: what every instance should route to for `pool`, its workers, a
+    /// canary's split and the rollout under way (written to Redis under the lease, with its
+    /// token, at the next heartbeat, brought forward when it changed).
+    pub fn publish(&self, pool: &str, record: PoolMembers) {
         let changed = {
             let mut state = self.state();
             if state.held.is_none() {
@@ -402,7 +402,7 @@ impl Fleet {
                 // be stale, and must not be written should this instance lead again.
                 return;
             }
-            let before = state.published.insert(pool.to_string(), (workers, split));
+            let before = state.published.insert(pool.to_string(), record);
             before.as_ref() != state.published.get(pool)
         };
         if changed {
@@ -870,11 +870,10 @@ impl Fleet {
         state
             .published
             .iter()
-            .map(|(pool, (workers, split))| {
+            .map(|(pool, record)| {
                 let record = PoolMembers {
                     token,
-                    workers: workers.clone(),
-                    split: split.clone(),
+                    ..record.clone()
                 };
                 let json = serde_json::to_string(&record).unwrap_or_default();
                 (pool.clone(), json)
@@ -1123,6 +1122,7 @@ mod tests {
             token,
             workers: Vec::new(),
             split: None,
+            rollout: None,
         };
         let changed = take_records(&mut state, [("p".to_string(), record(5))].into_iter());
         assert_eq!(changed, vec!["p".to_string()]);

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::fleet::{Fleet, FleetMember};
+use crate::fleet::{Fleet, FleetMember, PoolMembers};
 use crate::membership::{Member, MemberUpdate, Membership};
 use crate::pool::{Pool, Worker, WorkerState};
 use crate::provider::Provider;
@@ -247,7 +247,15 @@ impl PoolScaler {
                     self.spawn_adopt_unknown();
                 }
                 self.step(Instant::now(), unix_minutes_now());
-                fleet.publish(&self.pool.name, self.fleet_members(), self.pool.split());
+                fleet.publish(
+                    &self.pool.name,
+                    PoolMembers {
+                        token: 0,
+                        workers: self.fleet_members(),
+                        split: self.pool.split(),
+                        rollout: self.rollout_mark(),
+                    },
+                );
                 continue;
             }
             // A count changed outside weir while following is the leader's doing, or the
@@ -326,8 +334,9 @@ impl PoolScaler {
             }
             worker.set_surplus(member.surplus);
         }
-        // A canary's split, as the leader routes.
+        // A canary's split, as the leader routes, and its rollout's state.
         self.pool.set_split(record.split.clone());
+        self.mirror_rollout(record.rollout.as_ref());
     }
 
     /// A follower's members while no leader's record is known: what the provider lists.

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{Action, PoolScaler, ScalePolicy};
 use crate::config::RolloutConfig;
+use crate::fleet::RolloutMark;
 use crate::pool::{AnswerCounts, RevisionSplit, Worker, WorkerState};
 use crate::provider::Provider;
 
@@ -219,10 +220,7 @@ impl PoolScaler {
             ("pause" | "resume" | "abort" | "undo", state) => {
                 return Err(format!(
                     "cannot {action} a rollout that is {}",
-                    serde_json::to_value(state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()
+                    state_name(state)
                 ))
             }
             (other, _) => {
@@ -233,6 +231,55 @@ impl PoolScaler {
         }
         self.rollout_view()
             .ok_or_else(|| "the rollout is gone".to_string())
+    }
+
+    /// The rollout as the fleet's record carries it (a leader publishes it).
+    pub(super) fn rollout_mark(&self) -> Option<RolloutMark> {
+        let guard = self.rollout_lock();
+        let r = guard.as_ref()?;
+        Some(RolloutMark {
+            to: r.to.clone(),
+            state: state_name(r.state),
+        })
+    }
+
+    /// A follower's rollout to the same revision takes the leader's state: paused, resumed,
+    /// done, or given up, in which case the old revision's template is this instance's again
+    /// (should it lead later, it must not take the revision up again).
+    pub(super) fn mirror_rollout(&self, mark: Option<&RolloutMark>) {
+        let Some(mark) = mark else {
+            return;
+        };
+        let Ok(theirs) =
+            serde_json::from_value::<RolloutState>(serde_json::Value::String(mark.state.clone()))
+        else {
+            return; // a state a newer weir knows of
+        };
+        let (from, from_template) = {
+            let mut guard = self.rollout_lock();
+            let Some(r) = guard.as_mut().filter(|r| r.to == mark.to) else {
+                return;
+            };
+            if r.state == theirs {
+                return;
+            }
+            let live = matches!(r.state, RolloutState::Running | RolloutState::Paused);
+            r.state = theirs;
+            if !(live && matches!(theirs, RolloutState::RolledBack | RolloutState::Aborted)) {
+                return;
+            }
+            (r.from.clone(), r.from_template.clone())
+        };
+        let provider = self
+            .by_revision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&from)
+            .cloned();
+        if let Some(provider) = provider {
+            info!(pool = %self.pool.name, to = %mark.to, "the fleet's leader gave the revision up; back to the old template");
+            self.switch_template(provider, from, from_template);
+        }
     }
 
     /// Launch `revision` (template hash `template`) through `provider` from now on, keeping
@@ -756,6 +803,14 @@ fn judge(seen: &Answers, settings: &RolloutConfig) -> Result<String, String> {
         }
     }
     Ok(format!("{errors}; {latency}"))
+}
+
+/// `running`, `done`, ... as the API and the fleet's record spell them.
+fn state_name(state: RolloutState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn label(revision: Option<&str>) -> &str {

@@ -834,3 +834,44 @@ fn a_gate_judges_rates_and_latency_against_the_old_revision() {
         "too few to judge a p99"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_mirrors_the_leaders_rollout_and_gives_up_a_revision_it_gave_up() {
+    use crate::fleet::RolloutMark;
+    let rig = rig(policy(2, 4, 600), 4, Duration::from_millis(100));
+    advance_until("two ready", Duration::from_secs(5), || {
+        ready(&rig.pool) == 2
+    })
+    .await;
+    // Stand in for a follower: its reload began the rollout; the leader runs it.
+    let next = next_revision_provider(&rig, Duration::from_millis(100));
+    rig.scaler.start_rollout(
+        next,
+        (Some("r2".into()), Some("t2".into())),
+        crate::config::RolloutConfig::default(),
+    );
+    let mark = |to: &str, state: &str| RolloutMark {
+        to: to.into(),
+        state: state.into(),
+    };
+    rig.scaler.mirror_rollout(Some(&mark("r9", "rolled_back")));
+    assert_eq!(
+        rollout_state(&rig),
+        Some(RolloutState::Running),
+        "another revision's"
+    );
+    rig.scaler.mirror_rollout(Some(&mark("r2", "paused")));
+    assert_eq!(rollout_state(&rig), Some(RolloutState::Paused));
+    rig.scaler.mirror_rollout(Some(&mark("r2", "rolled_back")));
+    assert_eq!(rollout_state(&rig), Some(RolloutState::RolledBack));
+    assert_eq!(
+        rig.scaler.revision().as_deref(),
+        Some("r1"),
+        "the old template is back"
+    );
+    assert_eq!(
+        rig.scaler.rollout_mark(),
+        Some(mark("r2", "rolled_back")),
+        "as it would publish it, should it lead"
+    );
+}

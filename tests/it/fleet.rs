@@ -601,6 +601,7 @@ async fn a_leader_paused_past_its_lease_is_fenced_off() {
                 revision: None,
             }],
             split: None,
+            rollout: None,
         };
         vec![("app".to_string(), serde_json::to_string(&members).unwrap())]
     };

@@ -1015,6 +1015,22 @@ async fn a_leader_killed_mid_rollout_hands_it_to_the_next_which_finishes_it() {
     })
     .await;
     let finished = reloaded_at.elapsed();
+    // The other survivor, a follower, mirrors the leader's rollout.
+    let other_admin = fleet.admin(
+        survivors
+            .iter()
+            .copied()
+            .find(|&i| i != fleet.index_of(&new_leader))
+            .unwrap_or(survivors[0]),
+    );
+    hosts::eventually("the follower's rollout done too", FORMING, || {
+        let pool = pool.clone();
+        async move {
+            let view = rollout_at(other_admin, &pool).await?;
+            (view["rollout"]["state"] == "done").then_some(())
+        }
+    })
+    .await;
     // Two workers at the end, both of release 2, the same at both survivors.
     let new_workers = fleet.ready_workers(survivors[0], 2).await;
     assert_eq!(fleet.ready_workers(survivors[1], 2).await, new_workers);
