@@ -104,6 +104,61 @@ async fn rollout_ends(weir: &Weir, name: &str, state: &str) -> serde_json::Value
     }
 }
 
+/// Each worker of pool `name` and its state.
+fn states(weir: &Weir, name: &str) -> std::collections::HashMap<String, String> {
+    weir.workers(name)
+        .iter()
+        .map(|w| (w.name.clone(), w.state().as_str().to_string()))
+        .collect()
+}
+
+/// Pool `name`'s workers watched from `since` until its rollout is `state`: every launch,
+/// readiness, drain and release since they were `seen`, one line each, at its time after
+/// `since`. Returns the timeline and the pool as it ended.
+async fn timeline(
+    weir: &Weir,
+    name: &str,
+    state: &str,
+    since: Instant,
+    mut seen: std::collections::HashMap<String, String>,
+) -> (Vec<String>, serde_json::Value) {
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at = since.elapsed().as_secs_f64();
+        let workers = weir.workers(name);
+        for w in &workers {
+            let now = w.state().as_str().to_string();
+            let revision = w.revision().unwrap_or("?");
+            match seen.insert(w.name.clone(), now.clone()) {
+                None => lines.push(format!(
+                    "{at:>6.2}s {} ({revision}) launched, {now}",
+                    w.name
+                )),
+                Some(before) if before != now => {
+                    lines.push(format!("{at:>6.2}s {} ({revision}) {now}", w.name))
+                }
+                _ => {}
+            }
+        }
+        let gone: Vec<String> = seen
+            .keys()
+            .filter(|n| !workers.iter().any(|w| &w.name == *n))
+            .cloned()
+            .collect();
+        for n in gone {
+            seen.remove(&n);
+            lines.push(format!("{at:>6.2}s {n} released"));
+        }
+        let pool = pool_view(weir, name).await;
+        if pool["rollout"]["state"] == state {
+            return (lines, pool);
+        }
+        assert!(Instant::now() < deadline, "rollout never {state}: {pool}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn activity(weir: &Weir) -> Vec<serde_json::Value> {
     let (_, body) = admin_call(weir.admin(), "GET", "/api/v1/activity", None, "").await;
     let all: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -128,11 +183,12 @@ async fn a_process_pool_rolls_out_a_new_revision_under_load_and_rolls_back_a_bro
 
     // v2: the same pool, a new command.
     std::fs::write(&path, config(&booting("v2"))).unwrap();
+    let before = states(&weir, "app");
     let reloaded = Instant::now();
     let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("rolling out"), "{body}");
-    let done = rollout_ends(&weir, "app", "done").await;
+    let (steps, done) = timeline(&weir, "app", "done", reloaded, before).await;
     let rolled = reloaded.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after_done = Instant::now();
@@ -154,10 +210,29 @@ async fn a_process_pool_rolls_out_a_new_revision_under_load_and_rolls_back_a_bro
         .iter()
         .filter(|s| s.at > after_done)
         .all(|s| s.served_by == "v2");
+    // The clients' waits, by the second after the reload.
+    let waits: Vec<String> = (0..6)
+        .map(|second| {
+            let from = reloaded + Duration::from_secs(second);
+            let within: Vec<Duration> = seen
+                .iter()
+                .filter(|s| s.at >= from && s.at < from + Duration::from_secs(1))
+                .map(|s| s.took)
+                .collect();
+            let worst = within.iter().max().copied().unwrap_or_default();
+            format!(
+                "{second}-{}s: {} answers, slowest {worst:.0?}",
+                second + 1,
+                within.len()
+            )
+        })
+        .collect();
     eprintln!(
-        "rollout v1 -> v2 under 8 clients: done {rolled:?} after the reload; {} answers, {} failed, slowest {slowest:?} (a worker boots in {BOOT:?}); {done}; then {back}",
+        "rollout v1 -> v2 under 8 clients: done {rolled:?} after the reload; {} answers, {} failed, slowest {slowest:?} (a worker boots in {BOOT:?}); {done}; then {back}\ntimeline after the reload:\n  {}\nanswers by second after the reload:\n  {}",
         seen.len(),
-        failed.len()
+        failed.len(),
+        steps.join("\n  "),
+        waits.join("\n  ")
     );
     assert!(
         failed.is_empty(),
