@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest, PortBinding,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HostConfig,
+    NetworkCreateRequest, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
@@ -33,6 +34,11 @@ pub const LABEL_WORKER: &str = "weir.worker";
 pub const LABEL_OWNER: &str = "weir.owner";
 /// The label with the pool's revision the container was created with.
 pub const LABEL_REVISION: &str = "weir.revision";
+/// The owner labels (comma-separated) of the containers a container was launched to replace
+/// (a rollout to a new image): a weir restarted mid-rollout finds the old ones through it.
+pub const LABEL_REPLACES: &str = "weir.replaces";
+/// Most owners a provider keeps as predecessors (rollouts overtaken by rollouts).
+const MAX_PREDECESSORS: usize = 4;
 /// Longest an Engine API call may take before the launch or release fails.
 const API_TIMEOUT_SECS: u64 = 30;
 /// The engine's socket when neither `endpoint` nor `$DOCKER_HOST` names one.
@@ -75,6 +81,8 @@ pub struct DockerProvider {
     engine: OnceCell<Docker>,
     /// The last engine failure, until a call succeeds again (`/readyz`).
     unreachable: std::sync::Mutex<Option<String>>,
+    /// Owners whose containers this provider's replace (a rollout from another image).
+    predecessors: std::sync::Mutex<Vec<String>>,
 }
 
 impl DockerProvider {
@@ -86,7 +94,26 @@ impl DockerProvider {
             settings,
             engine: OnceCell::new(),
             unreachable: std::sync::Mutex::new(None),
+            predecessors: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    fn predecessors(&self) -> Vec<String> {
+        self.predecessors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Add `owners` to the predecessors (not this provider's own; newest first, a few).
+    fn add_predecessors(&self, owners: impl IntoIterator<Item = String>) {
+        let mut known = self.predecessors.lock().unwrap_or_else(|p| p.into_inner());
+        for owner in owners {
+            if owner != self.owner && !owner.is_empty() && !known.contains(&owner) {
+                known.insert(0, owner);
+            }
+        }
+        known.truncate(MAX_PREDECESSORS);
     }
 
     /// Remember whether the engine answered, for [`Provider::problem`].
@@ -136,6 +163,10 @@ impl DockerProvider {
         labels.insert(LABEL_POOL.into(), self.pool.clone());
         labels.insert(LABEL_WORKER.into(), worker.into());
         labels.insert(LABEL_OWNER.into(), self.owner.clone());
+        let predecessors = self.predecessors();
+        if !predecessors.is_empty() {
+            labels.insert(LABEL_REPLACES.into(), predecessors.join(","));
+        }
         if let Some(revision) = revision {
             labels.insert(LABEL_REVISION.into(), revision.into());
         }
@@ -370,13 +401,17 @@ impl DockerProvider {
         Ok(())
     }
 
-    async fn listed(&self) -> Result<Vec<WorkerHandle>, ProviderError> {
-        let docker = self.engine().await?;
+    /// The containers of this pool labelled with `owner`, whatever their state.
+    async fn owned_by(
+        &self,
+        docker: &Docker,
+        owner: &str,
+    ) -> Result<Vec<ContainerSummary>, ProviderError> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![
                 format!("{LABEL_POOL}={}", self.pool),
-                format!("{LABEL_OWNER}={}", self.owner),
+                format!("{LABEL_OWNER}={owner}"),
             ],
         )]);
         let options = ListContainersOptions {
@@ -384,10 +419,27 @@ impl DockerProvider {
             filters: Some(filters),
             ..Default::default()
         };
-        let containers = docker
+        docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| engine_error("list containers", &e))?;
+            .map_err(|e| engine_error("list containers", &e))
+    }
+
+    /// This pool's containers: its own, and those of the owners they replace (named on them,
+    /// or known from the rollout), which the rollout under way, or carried on, retires.
+    async fn listed(&self) -> Result<Vec<WorkerHandle>, ProviderError> {
+        let docker = self.engine().await?;
+        let mut containers = self.owned_by(docker, &self.owner).await?;
+        self.add_predecessors(
+            containers
+                .iter()
+                .filter_map(|c| c.labels.as_ref()?.get(LABEL_REPLACES))
+                .flat_map(|owners| owners.split(',').map(str::to_string))
+                .collect::<Vec<_>>(),
+        );
+        for owner in self.predecessors() {
+            containers.extend(self.owned_by(docker, &owner).await?);
+        }
         let port_key = format!("{}/tcp", self.settings.port);
         let mut handles = Vec::new();
         for c in containers {
@@ -461,6 +513,16 @@ impl Provider for DockerProvider {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn lineage(&self) -> Vec<String> {
+        let mut lineage = vec![self.owner.clone()];
+        lineage.extend(self.predecessors());
+        lineage
+    }
+
+    fn succeed(&self, lineage: Vec<String>) {
+        self.add_predecessors(lineage.into_iter().rev());
     }
 
     fn describe(&self) -> String {
@@ -550,4 +612,51 @@ fn unreachable_engine(endpoint: &str, e: bollard::errors::Error) -> ProviderErro
         "docker engine unreachable at {endpoint}: {}",
         one_line(&e)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(image: &str) -> DockerProvider {
+        DockerProvider::new(
+            "app",
+            DockerSettings {
+                image: image.into(),
+                port: 8080,
+                command: None,
+                env: BTreeMap::new(),
+                network: None,
+                publish: false,
+                labels: BTreeMap::new(),
+                cpus: None,
+                memory: None,
+                stop_grace: Duration::from_secs(1),
+                pull: false,
+                endpoint: DEFAULT_ENDPOINT.into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_provider_that_succeeds_another_owns_its_containers_and_says_so_on_its_own() {
+        let (a, b, c) = (provider("app:1"), provider("app:2"), provider("app:3"));
+        assert_eq!(a.lineage(), vec!["app@app:1"]);
+        assert!(!a.labels("w", None).contains_key(LABEL_REPLACES));
+        b.succeed(a.lineage());
+        assert_eq!(b.lineage(), vec!["app@app:2", "app@app:1"]);
+        assert_eq!(b.labels("w", None)[LABEL_REPLACES], "app@app:1");
+        // A rollout overtaken by another: the newest owns both older images' containers.
+        c.succeed(b.lineage());
+        assert_eq!(c.lineage(), vec!["app@app:3", "app@app:2", "app@app:1"]);
+        // Back to an image it replaced (a rollback, rolled out again): never its own
+        // predecessor, and only a few are kept.
+        a.succeed(c.lineage());
+        assert_eq!(a.lineage(), vec!["app@app:1", "app@app:3", "app@app:2"]);
+        for i in 0..10 {
+            a.succeed(vec![format!("app@app:x{i}")]);
+        }
+        assert_eq!(a.lineage().len(), 1 + MAX_PREDECESSORS);
+        assert_eq!(a.lineage()[1], "app@app:x9", "the newest kept");
+    }
 }

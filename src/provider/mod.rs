@@ -162,6 +162,18 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// The marks of the workers this provider owns, its own first, then those of the launch
+    /// templates it replaces (a rollout under way). Only providers whose ownership depends on
+    /// the template have any (Docker's containers are owned per image).
+    fn lineage(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Take over the workers of an older provider of the same pool (its [`Provider::lineage`]):
+    /// they are listed with this provider's own, and the workers it launches say whom they
+    /// replace, so a weir restarted mid-rollout still finds the old ones.
+    fn succeed(&self, _lineage: Vec<String>) {}
+
     /// A one-line description for logs and the admin API.
     fn describe(&self) -> String;
 

@@ -140,6 +140,8 @@ impl PoolScaler {
     ) {
         let from = self.revision();
         let from_template = self.template();
+        // The new provider owns the old workers too, should weir restart before they go.
+        provider.succeed(self.provider().lineage());
         self.switch_template(provider, revision.clone(), template);
         // A canary under way is overtaken too: the new rollout's steps split anew.
         self.pool.set_split(None);

@@ -420,6 +420,11 @@ async fn canaries_pass_their_gates_at_their_weights_and_a_failing_one_is_rolled_
 
 /// A Docker pool `pool` of three demo worker containers named `name`.
 fn docker_config(pool: &str, name: &str) -> String {
+    docker_config_of(pool, name, IMAGE)
+}
+
+/// [`docker_config`] with containers of `image`.
+fn docker_config_of(pool: &str, name: &str, image: &str) -> String {
     format!(
         r#"
 [admin]
@@ -431,7 +436,7 @@ pool = "{pool}"
 queue = {{ timeout = "20s" }}
 [pools.{pool}]
 worker_concurrency = 4
-provider = {{ kind = "docker", image = "{IMAGE}", port = 8080, pull = "never", stop_grace = "2s", command = ["--listen", "0.0.0.0:8080", "--name", "{name}"] }}
+provider = {{ kind = "docker", image = "{image}", port = 8080, pull = "never", stop_grace = "2s", command = ["--listen", "0.0.0.0:8080", "--name", "{name}"] }}
 health = {{ path = "/hello", interval = "100ms" }}
 [pools.{pool}.autoscale]
 min_workers = 3
@@ -544,8 +549,8 @@ async fn a_docker_pool_rolls_out_a_new_revision_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_weir_killed_mid_rollout_is_restarted_and_finishes_it() {
-    if !engine_ready("a_weir_killed_mid_rollout_is_restarted_and_finishes_it") {
+async fn a_weir_killed_mid_rollout_to_a_new_image_is_restarted_and_finishes_it() {
+    if !engine_ready("a_weir_killed_mid_rollout_to_a_new_image_is_restarted_and_finishes_it") {
         return;
     }
     let pool = format!("dkresume{}", std::process::id());
@@ -575,8 +580,19 @@ async fn a_weir_killed_mid_rollout_is_restarted_and_finishes_it() {
     }
     let v1 = ready(first.admin, "v1").await[0].clone();
 
-    // The rollout starts; the weir is killed as soon as one new container is ready.
-    std::fs::write(&path, format!("{SERVER}{}", docker_config(&pool, "v2"))).unwrap();
+    // The rollout to a new image starts (the old image's containers belong to another owner
+    // label: the new ones name it); the weir is killed as soon as one new container is ready.
+    let image = format!("{IMAGE}-rollout");
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", IMAGE, &image])
+        .status()
+        .unwrap();
+    assert!(tagged.success(), "docker tag {IMAGE} {image}");
+    std::fs::write(
+        &path,
+        format!("{SERVER}{}", docker_config_of(&pool, "v2", &image)),
+    )
+    .unwrap();
     let (status, body) = admin_call(first.admin, "POST", "/api/v1/reload", None, "").await;
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -631,6 +647,12 @@ async fn a_weir_killed_mid_rollout_is_restarted_and_finishes_it() {
     );
     let (_, activity) = admin_call(second.admin, "GET", "/api/v1/activity", None, "").await;
     assert!(activity.contains("carried on"), "{activity}");
+    for name in &finished {
+        assert_eq!(
+            crate::hosts::label_of(name, "weir.owner"),
+            format!("{pool}@{image}")
+        );
+    }
     drop(second);
     let _ = std::fs::remove_file(&path);
 }
