@@ -677,6 +677,27 @@ fn logged(rig: &Rig, action: Action, text: &str) -> bool {
         .any(|e| e.action == action && e.reason.contains(text))
 }
 
+/// A pool of three r1 workers whose rollout to r2 holds a canary step at `weight` percent
+/// (its new worker ready), and r2's provider.
+async fn canary_held(weight: u32) -> (Rig, Arc<FakeProvider>) {
+    let rig = rig(policy(3, 6, 600), 4, Duration::from_millis(500));
+    advance_until("three ready", Duration::from_secs(5), || {
+        ready(&rig.pool) == 3
+    })
+    .await;
+    let next = next_revision_provider(&rig, Duration::from_millis(500));
+    rig.scaler.start_rollout(
+        next.clone(),
+        (Some("r2".into()), Some("t2".into())),
+        canary_settings(weight),
+    );
+    advance_until("the canary step held", Duration::from_secs(5), || {
+        logged(&rig, Action::Rollout, &format!("step 1/1, {weight}%"))
+    })
+    .await;
+    (rig, next)
+}
+
 /// Serve `n` requests one after another through the pool's balancer, each answered in 5 ms;
 /// the new revision `r2` answers every `fail_every`th of its own 500. Returns how many `r2`
 /// answered.
@@ -703,21 +724,7 @@ fn serve(rig: &Rig, n: usize, fail_every: usize) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn a_canary_step_sends_its_weight_to_the_new_revision_then_the_rollout_replaces() {
-    let rig = rig(policy(3, 6, 600), 4, Duration::from_millis(500));
-    advance_until("three ready", Duration::from_secs(5), || {
-        ready(&rig.pool) == 3
-    })
-    .await;
-    let next = next_revision_provider(&rig, Duration::from_millis(500));
-    rig.scaler.start_rollout(
-        next.clone(),
-        (Some("r2".into()), Some("t2".into())),
-        canary_settings(20),
-    );
-    advance_until("the canary step held", Duration::from_secs(5), || {
-        logged(&rig, Action::Rollout, "step 1/1, 20%")
-    })
-    .await;
+    let (rig, _) = canary_held(20).await;
     let view = rig.scaler.rollout_view().expect("a rollout");
     assert_eq!((view.step, view.steps, view.weight), (Some(1), 1, Some(20)));
     assert_eq!(
@@ -752,21 +759,7 @@ async fn a_canary_step_sends_its_weight_to_the_new_revision_then_the_rollout_rep
 
 #[tokio::test(start_paused = true)]
 async fn a_canary_that_answers_500_to_a_fifth_of_its_requests_is_rolled_back_at_its_gate() {
-    let rig = rig(policy(3, 6, 600), 4, Duration::from_millis(500));
-    advance_until("three ready", Duration::from_secs(5), || {
-        ready(&rig.pool) == 3
-    })
-    .await;
-    let next = next_revision_provider(&rig, Duration::from_millis(500));
-    rig.scaler.start_rollout(
-        next.clone(),
-        (Some("r2".into()), Some("t2".into())),
-        canary_settings(10),
-    );
-    advance_until("the canary step held", Duration::from_secs(5), || {
-        logged(&rig, Action::Rollout, "step 1/1, 10%")
-    })
-    .await;
+    let (rig, next) = canary_held(10).await;
     assert_eq!(serve(&rig, 1_000, 5), 100);
     let mut lowest = usize::MAX;
     advance_until("rolled back at the gate", Duration::from_secs(11), || {

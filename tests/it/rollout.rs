@@ -80,6 +80,27 @@ fn load(addr: SocketAddr, clients: usize, running: &Arc<AtomicBool>) -> Arc<Mute
     seen
 }
 
+/// A weir on `config` (written to `path`) once its three v1 workers are ready, and 8 clients
+/// asking it for answers (see [`load`]) until the flag flips.
+async fn loaded(
+    config: &str,
+    path: &std::path::Path,
+) -> (Weir, Arc<AtomicBool>, Arc<Mutex<Vec<Seen>>>) {
+    let weir = start_weir_at("", config, Some(path));
+    wait_until("three v1 workers ready", || {
+        weir.workers("app")
+            .iter()
+            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
+            .count()
+            == 3
+    })
+    .await;
+    let running = Arc::new(AtomicBool::new(true));
+    let seen = load(weir.addr(), 8, &running);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (weir, running, seen)
+}
+
 /// Pool `name` in `GET /api/v1/pools`.
 async fn pool_view(weir: &Weir, name: &str) -> serde_json::Value {
     let (_, body) = admin_call(weir.admin(), "GET", "/api/v1/pools", None, "").await;
@@ -168,18 +189,7 @@ async fn activity(weir: &Weir) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_pool_rolls_out_a_new_revision_under_load_and_rolls_back_a_broken_one() {
     let path = temp_path("rollout-process.toml");
-    let weir = start_weir_at("", &config(&booting("v1")), Some(&path));
-    wait_until("three v1 workers ready", || {
-        weir.workers("app")
-            .iter()
-            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
-            .count()
-            == 3
-    })
-    .await;
-    let running = Arc::new(AtomicBool::new(true));
-    let seen = load(weir.addr(), 8, &running);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (weir, running, seen) = loaded(&config(&booting("v1")), &path).await;
 
     // v2: the same pool, a new command.
     std::fs::write(&path, config(&booting("v2"))).unwrap();
@@ -301,18 +311,7 @@ fn gate_counts(verdict: &str) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canaries_pass_their_gates_at_their_weights_and_a_failing_one_is_rolled_back() {
     let path = temp_path("rollout-canary.toml");
-    let weir = start_weir_at("", &canary_config(&booting("v1")), Some(&path));
-    wait_until("three v1 workers ready", || {
-        weir.workers("app")
-            .iter()
-            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
-            .count()
-            == 3
-    })
-    .await;
-    let running = Arc::new(AtomicBool::new(true));
-    let seen = load(weir.addr(), 8, &running);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (weir, running, seen) = loaded(&canary_config(&booting("v1")), &path).await;
 
     // v2, healthy: 10% of the requests for 3 s, 50% for 2 s, then the replacement.
     std::fs::write(&path, canary_config(&booting("v2"))).unwrap();
