@@ -20,10 +20,11 @@
 //! - [`health`], [`routing`]: active probes; the host + longest path prefix table.
 //! - [`telemetry`], [`upstream`]: Prometheus metrics and the alert counters; weir's HTTP/1.1
 //!   client for workers and its per-thread keep-alive pool.
-//! - [`error`], [`pool`], [`tls`], [`limit`], [`heap`]: the request path's one failure type
-//!   and its one mapping to status, log line and metric stage; workers, their counters and
-//!   states, balancers, queues, retry budgets and settings; rustls set-up; the resizable
-//!   connection cap and the descriptor limit; giving freed heap back.
+//! - [`error`], [`pool`], [`tls`], [`limit`], [`heap`], [`edge`]: the request path's one
+//!   failure type and its one mapping to status, log line and metric stage; workers, their
+//!   counters and states, balancers, queues, retry budgets and settings; rustls set-up; the
+//!   resizable connection cap and the descriptor limit; giving freed heap back; what a
+//!   listener answers itself (redirects to HTTPS) and adds to responses (HSTS).
 //! - [`http1`], [`config`]: HTTP/1.1 framing both sides share (the decoder, a client's body,
 //!   the upgrade hand-off); the TOML model, read straight into checked values, validated by
 //!   table.
@@ -41,6 +42,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod edge;
 pub mod error;
 pub mod fleet;
 #[cfg(test)]

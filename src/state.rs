@@ -35,6 +35,9 @@ pub struct Snapshot {
     pub temp_files: Arc<TempFiles>,
     /// TLS settings per listener (same order as `config.listeners`); `None` for plain TCP.
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// What each listener answers itself and adds to its responses (same order); `None`
+    /// for a listener with nothing of the kind.
+    pub edges: Vec<Option<Arc<crate::edge::ListenerEdge>>>,
     /// The access log, when on.
     pub access_log: Option<Arc<AccessLog>>,
     /// The admin token, when set.
@@ -105,6 +108,11 @@ impl Snapshot {
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
+        let config_edges = config
+            .listeners
+            .iter()
+            .map(|l| crate::edge::ListenerEdge::of(l).map(Arc::new))
+            .collect();
         let access_log = if config.access_log.enabled {
             Some(AccessLog::open(&config.access_log.path).map_err(|e| {
                 fail(
@@ -131,6 +139,7 @@ impl Snapshot {
             pools,
             trusted_proxies,
             tls,
+            edges: config_edges,
         })
     }
 

@@ -429,6 +429,9 @@ pub struct ListenerConfig {
     pub listen: Address,
     /// Present: terminate TLS on this listener.
     pub tls: Option<TlsConfig>,
+    /// On a plain listener: answer every request (ACME challenges aside) with a 308 to the
+    /// same host and path on HTTPS at this port (443 is left out of the URL).
+    pub redirect_to_https: Option<u16>,
 }
 
 /// Certificates for a TLS listener.
@@ -442,6 +445,8 @@ pub struct TlsConfig {
     /// Further certificates, chosen by SNI against the DNS names in each one's SAN list.
     #[serde(default)]
     pub certs: Vec<CertPair>,
+    /// Send `Strict-Transport-Security: max-age=...` with every response for this long.
+    pub hsts: Option<Dur>,
 }
 
 /// A certificate chain and its key.

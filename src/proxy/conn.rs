@@ -24,6 +24,8 @@ pub struct ConnContext {
     pub trusted: bool,
     /// "https" on TLS listeners, "http" otherwise.
     pub proto: &'static str,
+    /// What its listener answers itself and adds to responses, if anything.
+    pub edge: Option<Arc<crate::edge::ListenerEdge>>,
     active: AtomicU32,
     requests: AtomicU64,
     /// Responses handed to the client side that are not waiting on their worker: the client
@@ -58,6 +60,7 @@ impl ConnContext {
         peer: SocketAddr,
         trusted: bool,
         tls: bool,
+        edge: Option<Arc<crate::edge::ListenerEdge>>,
         permit: ConnectionPermit,
     ) -> Arc<Self> {
         let ip = peer.ip().to_canonical();
@@ -70,6 +73,7 @@ impl ConnContext {
             peer_ip,
             trusted,
             proto: if tls { "https" } else { "http" },
+            edge,
             active: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             owed: AtomicU32::new(0),

@@ -62,13 +62,56 @@ pub static X_WEIR_COLD_START: http::HeaderName = http::HeaderName::from_static("
 /// A worker's `X-Accel-Buffering: no` asks weir to relay its response as it comes.
 static X_ACCEL_BUFFERING: http::HeaderName = http::HeaderName::from_static("x-accel-buffering");
 
+/// Serve one client request: answered by its listener itself (a redirect to HTTPS), or
+/// proxied ([`handle`]); either way with the listener's `Strict-Transport-Security`.
+pub fn serve(
+    req: Request<ClientBody>,
+    cx: Arc<ConnContext>,
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
+    use futures_util::future::{ready, Either, FutureExt};
+    let Some(edge) = cx.edge.clone() else {
+        return Either::Left(handle(req, cx));
+    };
+    let hsts = edge.hsts.clone();
+    let answer = match edge.redirect(req.uri(), req.headers().get(header::HOST)) {
+        Some(answer) => Either::Right(ready(Ok(answered_at_edge(req, &cx, answer)))),
+        None => Either::Left(handle(req, cx)),
+    };
+    Either::Right(answer.map(move |result| {
+        result.map(|mut response| {
+            if let Some(hsts) = hsts {
+                response
+                    .headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+            }
+            response
+        })
+    }))
+}
+
+/// A request its listener answered itself: recorded like any other (the unrouted series and
+/// the access log), its body read and dropped in the background.
+fn answered_at_edge(
+    req: Request<ClientBody>,
+    cx: &ConnContext,
+    answer: Response<&'static str>,
+) -> Response<ProxyBody> {
+    let mut outcome = Outcome::start(&req, cx);
+    outcome.route = Some(Arc::clone(&cx.shared.snapshot().unrouted));
+    outcome.status = answer.status().as_u16();
+    drain_in_background(Some(UpstreamBody::Stream(req.into_body())));
+    let (parts, body) = answer.into_parts();
+    outcome.finish(body.len() as u64);
+    Response::from_parts(parts, ProxyBody::full(Bytes::from_static(body.as_bytes())))
+}
+
 /// Serve one client request. Never fails: every error becomes a response with a short body and
 /// a log line.
 ///
 /// The work before the first await (rewriting the head, routing) runs synchronously here, so the
 /// returned future holds only what the exchange needs: it is moved into hyper's slot on every
 /// request and kept per connection, and each byte of it costs on both counts.
-pub fn handle(
+fn handle(
     req: Request<ClientBody>,
     cx: Arc<ConnContext>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {

@@ -281,6 +281,7 @@ async fn accept_loop(
         };
         let snapshot = common.shared.snapshot();
         let tls = snapshot.tls.get(index).cloned().flatten();
+        let edge = snapshot.edges.get(index).cloned().flatten();
         let settings = ConnSettings::from(&snapshot.config.server);
         let cx = ConnContext::new(
             Arc::clone(&common.shared),
@@ -288,6 +289,7 @@ async fn accept_loop(
             peer,
             snapshot.is_trusted(peer.ip()),
             tls.is_some(),
+            edge,
             permit,
         );
         drop(snapshot);
@@ -452,7 +454,7 @@ async fn serve_http<IO: Io>(
             };
             let service_cx = Arc::clone(&cx);
             let service = move |req: Request<RequestBody>| {
-                let answer = proxy::handle(req.map(ClientBody::Http1), Arc::clone(&service_cx));
+                let answer = proxy::serve(req.map(ClientBody::Http1), Arc::clone(&service_cx));
                 async move {
                     match answer.await {
                         Ok(response) => response,
@@ -491,7 +493,7 @@ async fn serve_h2<IO: Io>(
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL);
     let service_cx = Arc::clone(&cx);
     let service = service_fn(move |req: Request<Incoming>| {
-        proxy::handle(req.map(ClientBody::Http2), Arc::clone(&service_cx))
+        proxy::serve(req.map(ClientBody::Http2), Arc::clone(&service_cx))
     });
     let io = TokioIo::new(Prefixed::new(first.freeze(), io));
     let conn = std::pin::pin!(builder.serve_connection(io, service));

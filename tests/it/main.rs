@@ -23,6 +23,7 @@ mod cli;
 mod client_time_limits;
 mod dashboard;
 mod docker;
+mod edge;
 mod failure_records;
 mod fleet;
 mod fleet_hosts;

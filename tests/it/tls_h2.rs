@@ -33,7 +33,7 @@ provider = {{ kind = "static", addresses = ["{worker}"] }}
     )
 }
 
-fn client_config(root: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+pub fn client_config(root: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(root).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -48,7 +48,7 @@ fn client_config(root: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-async fn tls_connect(
+pub async fn tls_connect(
     addr: SocketAddr,
     name: &str,
     root: &str,

@@ -258,7 +258,27 @@ fn check_listeners(config: &Config, admin: SocketAddr, origin: &str) -> Result<(
                 format!("{admin} overlaps listeners[{i}].listen ({addr}): the admin API needs a port of its own"),
             ));
         }
+        if let Some(port) = listener.redirect_to_https {
+            if listener.tls.is_some() {
+                return Err(fail(
+                    format!("listeners[{i}].redirect_to_https"),
+                    "only a plain listener redirects to HTTPS (this one has tls)".into(),
+                ));
+            }
+            if port == 0 {
+                return Err(fail(
+                    format!("listeners[{i}].redirect_to_https"),
+                    "the HTTPS port clients are sent to (1-65535, e.g. 443)".into(),
+                ));
+            }
+        }
         if let Some(tls) = &listener.tls {
+            if tls.hsts.is_some_and(|d| d.get().is_zero()) {
+                return Err(fail(
+                    format!("listeners[{i}].tls.hsts"),
+                    "a max-age longer than 0 (e.g. \"365d\"); leave it out for no header".into(),
+                ));
+            }
             check_file(&tls.cert, &format!("listeners[{i}].tls.cert"), origin)?;
             check_file(&tls.key, &format!("listeners[{i}].tls.key"), origin)?;
             for (j, pair) in tls.certs.iter().enumerate() {
