@@ -285,6 +285,13 @@ impl PoolScaler {
                 info!(pool = %self.pool.name, worker = %handle.id, addr = %handle.addr, launch_call = ?call, "launch call returned (worker created and started)");
                 let addr = handle.addr;
                 if let Some(worker) = self.join(&handle, called + timeout).await {
+                    if worker.revision().map(str::to_string) != self.revision() {
+                        // Its revision was given up while it started (a rollout aborted or
+                        // rolled back): nothing would ever retire it.
+                        info!(pool = %self.pool.name, worker = %worker.name, revision = ?worker.revision(), "launched for a revision given up meanwhile; released");
+                        self.spawn_retire(worker, Duration::ZERO);
+                        return;
+                    }
                     self.books().track(Instant::now(), &worker);
                     if let Some(exited) = launched.exited {
                         tokio::spawn(Arc::clone(self).watch_exit(Arc::downgrade(&worker), exited));

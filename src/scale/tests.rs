@@ -24,6 +24,8 @@ struct FakeProvider {
     /// What `list` reports (workers "left by an earlier weir").
     listed: Mutex<Vec<WorkerHandle>>,
     released_ids: Mutex<Vec<String>>,
+    /// How long a launch call takes before it returns the worker (ms).
+    call_ms: std::sync::atomic::AtomicU64,
 }
 
 impl FakeProvider {
@@ -38,6 +40,7 @@ impl FakeProvider {
             deaths: Mutex::new(HashMap::new()),
             listed: Mutex::new(Vec::new()),
             released_ids: Mutex::new(Vec::new()),
+            call_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -63,9 +66,11 @@ impl Provider for FakeProvider {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let pool = self.pool.get().cloned();
         let boot = self.boot;
+        let call = Duration::from_millis(self.call_ms.load(Ordering::SeqCst));
         let (tx, rx) = oneshot::channel();
         self.deaths.lock().unwrap().insert(addr, tx);
         Box::pin(async move {
+            tokio::time::sleep(call).await;
             if failing {
                 return Err(ProviderError::Spawn("test says no".into()));
             }
@@ -867,4 +872,45 @@ async fn a_follower_mirrors_the_leaders_rollout_and_gives_up_a_revision_it_gave_
         Some(mark("r2", "rolled_back")),
         "as it would publish it, should it lead"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_launch_returns_after_its_rollout_was_aborted_is_released() {
+    let rig = rig(policy(2, 4, 600), 4, Duration::from_millis(100));
+    advance_until("two ready", Duration::from_secs(5), || {
+        ready(&rig.pool) == 2
+    })
+    .await;
+    let next = next_revision_provider(&rig, Duration::from_millis(100));
+    next.call_ms.store(1_000, Ordering::SeqCst);
+    rig.scaler.start_rollout(
+        next.clone(),
+        (Some("r2".into()), Some("t2".into())),
+        crate::config::RolloutConfig::default(),
+    );
+    advance_until("a launch under way", Duration::from_secs(1), || {
+        !next.launches().is_empty()
+    })
+    .await;
+    assert!(rig
+        .pool
+        .workers()
+        .iter()
+        .all(|w| w.revision() == Some("r1")));
+    rig.scaler.rollout_action("abort").expect("aborted");
+    advance_until(
+        "the late r2 worker released",
+        Duration::from_secs(5),
+        || next.released.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let workers = rig.pool.workers();
+    let revisions: Vec<Option<&str>> = workers.iter().map(|w| w.revision()).collect();
+    assert_eq!(revisions.len(), 2, "{revisions:?}");
+    assert!(rig
+        .pool
+        .workers()
+        .iter()
+        .all(|w| w.revision() == Some("r1")));
 }
