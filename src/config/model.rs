@@ -432,6 +432,11 @@ pub struct ListenerConfig {
     /// On a plain listener: answer every request (ACME challenges aside) with a 308 to the
     /// same host and path on HTTPS at this port (443 is left out of the URL).
     pub redirect_to_https: Option<u16>,
+    /// Sources (CIDRs) that open every connection with a PROXY protocol header (v1 or v2),
+    /// which names the client; from them it is required, and connections from anywhere
+    /// else are refused. Empty: no PROXY protocol.
+    #[serde(default)]
+    pub proxy_protocol: Vec<crate::values::Cidr>,
 }
 
 /// Certificates for a TLS listener.

@@ -6,6 +6,7 @@
 pub mod h1;
 mod listen;
 mod prefixed;
+mod proxy_header;
 mod reuse;
 
 pub use crate::limit::{nofile, ConnectionLimit, ConnectionPermit};
@@ -280,9 +281,38 @@ async fn accept_loop(
             }
         };
         let snapshot = common.shared.snapshot();
+        let senders = snapshot
+            .config
+            .listeners
+            .get(index)
+            .map(|l| l.proxy_protocol.as_slice())
+            .unwrap_or_default();
+        let proxied = !senders.is_empty();
+        if proxied && !senders.iter().any(|c| c.contains(peer.ip())) {
+            info!(client = %peer, "connection refused: not a PROXY protocol sender this listener allows");
+            continue;
+        }
         let tls = snapshot.tls.get(index).cloned().flatten();
         let edge = snapshot.edges.get(index).cloned().flatten();
         let settings = ConnSettings::from(&snapshot.config.server);
+        if proxied {
+            drop(snapshot);
+            let connection = Accepted {
+                stream,
+                peer,
+                tls,
+                edge,
+                settings,
+                permit,
+            };
+            tokio::spawn(serve_proxied(
+                connection,
+                Arc::clone(&common),
+                Arc::clone(&upstreams),
+                shutdown.clone(),
+            ));
+            continue;
+        }
         let cx = ConnContext::new(
             Arc::clone(&common.shared),
             Arc::clone(&upstreams),
@@ -369,9 +399,79 @@ async fn serve_tls(
 ) {
     set_nodelay(&stream);
     let fd = stream.as_raw_fd();
+    handshake_then_serve(stream, fd, config, settings, cx, shutdown).await
+}
+
+/// A connection accepted on a listener whose clients come through PROXY protocol senders,
+/// before its header is read.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    edge: Option<Arc<crate::edge::ListenerEdge>>,
+    settings: ConnSettings,
+    permit: crate::limit::ConnectionPermit,
+}
+
+/// Read the PROXY header within the head deadline, then serve the connection as its
+/// listener would, as the client the header names. A connection with no valid header is
+/// closed with a log line; the bytes after a valid one are the client's, read first.
+async fn serve_proxied(
+    mut accepted: Accepted,
+    common: Arc<Common>,
+    upstreams: Arc<Upstreams>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    set_nodelay(&accepted.stream);
+    let fd = accepted.stream.as_raw_fd();
+    let peer = accepted.peer;
+    let within = accepted.settings.header_read_timeout;
+    let read = tokio::select! {
+        read = proxy_header::read(&mut accepted.stream, within) => read,
+        _ = shutdown.changed() => return,
+    };
+    let (header, rest) = match read {
+        Ok(read) => read,
+        Err(refusal) => {
+            info!(client = %peer, reason = %refusal, "connection refused: no valid PROXY header");
+            return;
+        }
+    };
+    let client = header.client.unwrap_or(peer);
+    debug!(sender = %peer, client = %client, "PROXY header read");
+    let trusted = common.shared.snapshot().is_trusted(client.ip());
+    let cx = ConnContext::new(
+        Arc::clone(&common.shared),
+        upstreams,
+        client,
+        trusted,
+        accepted.tls.is_some(),
+        accepted.edge,
+        accepted.permit,
+    );
+    let _listed = common.open.list(&cx);
+    let io = Prefixed::new(rest.freeze(), accepted.stream);
+    let settings = accepted.settings;
+    match accepted.tls {
+        None => serve_http(io, fd, false, &settings, cx, shutdown).await,
+        Some(config) => handshake_then_serve(io, fd, config, settings, cx, shutdown).await,
+    }
+}
+
+/// The TLS handshake within its deadline, then HTTP over it.
+async fn handshake_then_serve<IO>(
+    io: IO,
+    fd: RawFd,
+    config: Arc<rustls::ServerConfig>,
+    settings: ConnSettings,
+    cx: Arc<ConnContext>,
+    shutdown: watch::Receiver<bool>,
+) where
+    IO: Io,
+    tokio_rustls::server::TlsStream<IO>: Io,
+{
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let handshake =
-        tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(stream)).await;
+    let handshake = tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(io)).await;
     match handshake {
         Ok(Ok(tls_stream)) => {
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");

@@ -67,6 +67,19 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
     }
 }
 
+/// A connection whose first bytes were read before its server took it (a PROXY header, and
+/// what came with it): ready to read while those last, then as the socket is.
+impl crate::http1::Io for Prefixed<tokio::net::TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.io.poll_read_ready(cx)
+    }
+}
+
+impl crate::http1::Io for tokio_rustls::server::TlsStream<Prefixed<tokio::net::TcpStream>> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@ mod kubernetes;
 mod kubernetes_provider;
 mod protection;
 mod proxy;
+mod proxy_protocol;
 mod read_timeout;
 mod reload;
 mod retry_on_status;
