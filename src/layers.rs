@@ -13,7 +13,15 @@ const LAYERS: &[&[&str]] = &[
     // HTTP/1.x framing both sides share; the config model.
     &["http1", "config"],
     // The request path's error; pools and workers; TLS set-up; the connection cap; heap trim.
-    &["error", "pool", "tls", "limit", "heap", "edge"],
+    &[
+        "error",
+        "pool",
+        "tls",
+        "limit",
+        "heap",
+        "edge",
+        "client_cert",
+    ],
     // Metrics and alert counters; weir's client for workers.
     &["telemetry", "upstream"],
     // Probes; the route table.

@@ -20,11 +20,12 @@
 //! - [`health`], [`routing`]: active probes; the host + longest path prefix table.
 //! - [`telemetry`], [`upstream`]: Prometheus metrics and the alert counters; weir's HTTP/1.1
 //!   client for workers and its per-thread keep-alive pool.
-//! - [`error`], [`pool`], [`tls`], [`limit`], [`heap`], [`edge`]: the request path's one
-//!   failure type and its one mapping to status, log line and metric stage; workers, their
-//!   counters and states, balancers, queues, retry budgets and settings; rustls set-up; the
-//!   resizable connection cap and the descriptor limit; giving freed heap back; what a
-//!   listener answers itself (redirects to HTTPS) and adds to responses (HSTS).
+//! - [`error`], [`pool`], [`tls`], [`limit`], [`heap`], [`edge`], [`client_cert`]: the
+//!   request path's one failure type and its one mapping to status, log line and metric
+//!   stage; workers, their counters and states, balancers, queues, retry budgets and
+//!   settings; rustls set-up; the resizable connection cap and the descriptor limit; giving
+//!   freed heap back; what a listener answers itself (redirects to HTTPS) and adds to
+//!   responses (HSTS); a verified client certificate as the worker's header.
 //! - [`http1`], [`config`]: HTTP/1.1 framing both sides share (the decoder, a client's body,
 //!   the upgrade hand-off); the TOML model, read straight into checked values, validated by
 //!   table.
@@ -39,6 +40,7 @@ pub mod access_log;
 pub mod admin;
 pub mod alerts;
 pub mod app;
+pub mod client_cert;
 pub mod config;
 pub mod control;
 pub mod demo;

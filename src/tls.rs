@@ -11,7 +11,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{CertPair, TlsConfig};
+use crate::config::{CertPair, ClientAuth, TlsConfig};
 
 /// TLS 1.2 sessions remembered per listener for resumption by id (1.3 uses tickets).
 const SESSION_CACHE_SIZE: usize = 4096;
@@ -44,11 +44,18 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, (Stri
             };
         }
     }
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ("cert".to_string(), e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| ("cert".to_string(), e.to_string()))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(
+            ca,
+            tls.client_auth.unwrap_or(ClientAuth::Required),
+            provider,
+        )?),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
@@ -58,6 +65,34 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, (Stri
         )
     })?;
     Ok(Arc::new(config))
+}
+
+/// The verifier of client certificates against the roots in `ca` (mutual TLS).
+fn client_verifier(
+    ca: &Path,
+    auth: ClientAuth,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, (String, String)> {
+    let fail = |m: String| ("client_ca".to_string(), m);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).map_err(|e| fail(format!("{}: {e}", ca.display())))?
+    {
+        let cert = cert.map_err(|e| fail(format!("{}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| fail(format!("{}: {e}", ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(fail(format!("{}: no PEM certificate found", ca.display())));
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match auth {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    builder.build().map_err(|e| fail(e.to_string()))
 }
 
 fn certified_key(

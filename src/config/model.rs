@@ -452,6 +452,21 @@ pub struct TlsConfig {
     pub certs: Vec<CertPair>,
     /// Send `Strict-Transport-Security: max-age=...` with every response for this long.
     pub hsts: Option<Dur>,
+    /// PEM roots that client certificates must chain to (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: whether a client must present a certificate (`required`, the
+    /// default) or may go without one (`optional`); one it presents is verified either way.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `tls.client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No handshake completes without a verified client certificate.
+    Required,
+    /// A client may present none; one it presents must verify.
+    Optional,
 }
 
 /// A certificate chain and its key.

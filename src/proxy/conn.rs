@@ -26,6 +26,8 @@ pub struct ConnContext {
     pub proto: &'static str,
     /// What its listener answers itself and adds to responses, if anything.
     pub edge: Option<Arc<crate::edge::ListenerEdge>>,
+    /// The client certificate its TLS handshake verified, as `x-forwarded-client-cert`.
+    client_cert: std::sync::OnceLock<HeaderValue>,
     active: AtomicU32,
     requests: AtomicU64,
     /// Responses handed to the client side that are not waiting on their worker: the client
@@ -74,6 +76,7 @@ impl ConnContext {
             trusted,
             proto: if tls { "https" } else { "http" },
             edge,
+            client_cert: std::sync::OnceLock::new(),
             active: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             owed: AtomicU32::new(0),
@@ -86,6 +89,16 @@ impl ConnContext {
             dropped_underscored: AtomicBool::new(false),
             _permit: permit,
         })
+    }
+
+    /// Record the client certificate the handshake verified (once, after it).
+    pub fn set_client_cert(&self, header: HeaderValue) {
+        let _ = self.client_cert.set(header);
+    }
+
+    /// The verified client certificate's `x-forwarded-client-cert`, if the client gave one.
+    pub fn client_cert(&self) -> Option<&HeaderValue> {
+        self.client_cert.get()
     }
 
     /// Mark a request as in progress until the guard drops.

@@ -831,6 +831,16 @@ fn rewrite_request_head(
     };
     let host = head.headers.get(header::HOST).cloned();
     headers::set_forwarded(&mut head.headers, &facts, host.as_ref());
+    // Only weir speaks of the client's certificate: one the client wrote itself is dropped.
+    let xfcc = &crate::client_cert::X_FORWARDED_CLIENT_CERT;
+    match cx.client_cert() {
+        Some(cert) => {
+            head.headers.insert(xfcc.clone(), cert.clone());
+        }
+        None => {
+            head.headers.remove(xfcc);
+        }
+    }
     Ok(())
 }
 

@@ -474,7 +474,14 @@ async fn handshake_then_serve<IO>(
     let handshake = tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(io)).await;
     match handshake {
         Ok(Ok(tls_stream)) => {
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let session = tls_stream.get_ref().1;
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            // Present only when the listener asks for client certificates and this one verified.
+            if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
+                if let Some(header) = crate::client_cert::header_for(leaf) {
+                    cx.set_client_cert(header);
+                }
+            }
             serve_http(tls_stream, fd, h2, &settings, cx, shutdown).await
         }
         Ok(Err(e)) => debug!(client = %cx.peer, error = %e, "TLS handshake failed"),

@@ -20,6 +20,7 @@ mod adoption;
 mod alerts;
 mod autoscale;
 mod cli;
+mod client_certs;
 mod client_time_limits;
 mod dashboard;
 mod docker;

@@ -279,6 +279,15 @@ fn check_listeners(config: &Config, admin: SocketAddr, origin: &str) -> Result<(
                     "a max-age longer than 0 (e.g. \"365d\"); leave it out for no header".into(),
                 ));
             }
+            if tls.client_auth.is_some() && tls.client_ca.is_none() {
+                return Err(fail(
+                    format!("listeners[{i}].tls.client_auth"),
+                    "needs client_ca, the roots client certificates are verified against".into(),
+                ));
+            }
+            if let Some(ca) = &tls.client_ca {
+                check_file(ca, &format!("listeners[{i}].tls.client_ca"), origin)?;
+            }
             check_file(&tls.cert, &format!("listeners[{i}].tls.cert"), origin)?;
             check_file(&tls.key, &format!("listeners[{i}].tls.key"), origin)?;
             for (j, pair) in tls.certs.iter().enumerate() {
@@ -540,6 +549,48 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
             "{e}"
         );
         assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn edge_keys_are_checked_by_key() {
+        let tls = |extra: &str| {
+            BASE.replace(
+                "listen = \"127.0.0.1:8080\"",
+                &format!("listen = \"127.0.0.1:8080\"\ntls = {{ cert = \"certs-dev/cert.pem\", key = \"certs-dev/key.pem\"{extra} }}"),
+            )
+        };
+        for (text, key) in [
+            (
+                tls(", client_auth = \"optional\""),
+                "listeners[0].tls.client_auth",
+            ),
+            (
+                tls(", client_ca = \"missing.pem\""),
+                "listeners[0].tls.client_ca",
+            ),
+            (tls(", hsts = \"0s\""), "listeners[0].tls.hsts"),
+            (
+                tls("").replace("[[routes]]", "redirect_to_https = 443\n[[routes]]"),
+                "listeners[0].redirect_to_https",
+            ),
+            (
+                BASE.replace("[[routes]]", "redirect_to_https = 0\n[[routes]]"),
+                "listeners[0].redirect_to_https",
+            ),
+            (
+                BASE.replace(
+                    "[[routes]]",
+                    "proxy_protocol = [\"10.0.0.0/33\"]\n[[routes]]",
+                ),
+                "listeners[0].proxy_protocol",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let good = tls(", client_ca = \"certs-dev/client-ca.pem\", client_auth = \"optional\", hsts = \"365d\"")
+            .replace("[[routes]]", "proxy_protocol = [\"10.0.0.0/8\"]\n[[routes]]");
+        assert!(parse(&good, "weir.toml").is_ok(), "{good}");
     }
 
     #[test]
