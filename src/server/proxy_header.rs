@@ -305,6 +305,63 @@ mod tests {
         assert!(bad(&v2(7, 0x11, &v4_body())).contains("command"));
     }
 
+    /// A random valid header: v1 or v2, IPv4 or IPv6, and the client it names.
+    fn random_header(rng: &mut crate::fuzz::Rng) -> (Vec<u8>, Option<SocketAddr>) {
+        let v6 = rng.chance(2);
+        let ip: IpAddr = if v6 {
+            Ipv6Addr::from(u128::from(rng.next()) << 64 | u128::from(rng.next())).into()
+        } else {
+            Ipv4Addr::from(rng.next() as u32).into()
+        };
+        let port = rng.next() as u16;
+        let client = SocketAddr::new(ip, port);
+        if rng.chance(2) {
+            let family = if v6 { "TCP6" } else { "TCP4" };
+            let dst = if v6 { "::1" } else { "10.0.0.1" };
+            let line = format!("PROXY {family} {ip} {dst} {port} 443\r\n");
+            return (line.into_bytes(), Some(client));
+        }
+        let mut body = match ip {
+            IpAddr::V4(v4) => [v4.octets().as_slice(), &[10, 0, 0, 1]].concat(),
+            IpAddr::V6(v6) => [v6.octets().as_slice(), &Ipv6Addr::LOCALHOST.octets()].concat(),
+        };
+        body.extend_from_slice(&port.to_be_bytes());
+        body.extend_from_slice(&443u16.to_be_bytes());
+        // TLVs a balancer may add.
+        for _ in 0..rng.below(3) {
+            let len = rng.below(40);
+            body.push(0x20 + rng.below(8) as u8);
+            body.extend_from_slice(&(len as u16).to_be_bytes());
+            body.extend((0..len).map(|_| rng.next() as u8));
+        }
+        (v2(1, if v6 { 0x21 } else { 0x11 }, &body), Some(client))
+    }
+
+    #[test]
+    fn random_headers_parse_whole_or_in_pieces_and_mutated_ones_never_panic() {
+        crate::fuzz::run("proxy header", |rng, _| {
+            let (header, client) = random_header(rng);
+            let mut wire = header.clone();
+            wire.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            match parse(&wire) {
+                Parsed::Done(h) => {
+                    assert_eq!(h.client, client);
+                    assert_eq!(h.len, header.len());
+                }
+                other => panic!("{other:?} for {header:?}"),
+            }
+            let cut = rng.below(header.len());
+            assert_eq!(parse(&header[..cut]), Parsed::Incomplete);
+            // Mutated: whatever the verdict, no panic, and a header that parses lies within
+            // the bytes given.
+            let mut mutated = wire.clone();
+            crate::fuzz::mutate(rng, &mut mutated);
+            if let Parsed::Done(h) = parse(&mutated) {
+                assert!(h.len <= mutated.len());
+            }
+        });
+    }
+
     #[tokio::test]
     async fn reading_keeps_the_bytes_past_the_header() {
         let (mut client, mut server) = tokio::io::duplex(64);
