@@ -19,7 +19,7 @@ pub fn header_for(der: &[u8]) -> Option<HeaderValue> {
 }
 
 /// One DER element: its tag, its contents, and what follows it.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
@@ -46,40 +46,40 @@ const OID: u8 = 0x06;
 
 /// The certificate's subject, RFC 4514 style: the last RDN first, `CN=a,O=b`.
 pub fn subject_of(der: &[u8]) -> Option<String> {
-    let (SEQUENCE, certificate, _) = element(der)? else {
+    let (SEQUENCE, certificate, _) = der_element(der)? else {
         return None;
     };
-    let (SEQUENCE, tbs, _) = element(certificate)? else {
+    let (SEQUENCE, tbs, _) = der_element(certificate)? else {
         return None;
     };
     let mut rest = tbs;
     // [0] version, when present.
     if rest.first() == Some(&0xa0) {
-        rest = element(rest)?.2;
+        rest = der_element(rest)?.2;
     }
     // serialNumber, signature, issuer, validity, then subject.
     for _ in 0..4 {
-        rest = element(rest)?.2;
+        rest = der_element(rest)?.2;
     }
-    let (SEQUENCE, mut rdns, _) = element(rest)? else {
+    let (SEQUENCE, mut rdns, _) = der_element(rest)? else {
         return None;
     };
     let mut parts = Vec::new();
     while !rdns.is_empty() {
-        let (SET, mut attributes, next) = element(rdns)? else {
+        let (SET, mut attributes, next) = der_element(rdns)? else {
             return None;
         };
         rdns = next;
         let mut rdn = Vec::new();
         while !attributes.is_empty() {
-            let (SEQUENCE, pair, next) = element(attributes)? else {
+            let (SEQUENCE, pair, next) = der_element(attributes)? else {
                 return None;
             };
             attributes = next;
-            let (OID, oid, value) = element(pair)? else {
+            let (OID, oid, value) = der_element(pair)? else {
                 return None;
             };
-            let (value_tag, value, _) = element(value)?;
+            let (value_tag, value, _) = der_element(value)?;
             rdn.push(format!(
                 "{}={}",
                 attribute_name(oid),

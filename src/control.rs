@@ -282,6 +282,7 @@ impl Control {
                     routes: Some(&old.routes),
                     alerts: Arc::clone(&old.alerts),
                     temp_files: Some(Arc::clone(&old.temp_files)),
+                    certs: Some(Arc::clone(&old.certs)),
                 };
                 Snapshot::build_carrying(new_config, &origin, carried).map_err(|e| e.to_string())
             })
@@ -371,6 +372,7 @@ pub fn run(
         let shared = &control.shared;
         tokio::spawn(crate::alerts::run(Arc::clone(shared), Arc::clone(&control.activity)));
         tokio::spawn(crate::history::run(Arc::clone(shared), Arc::clone(&control.history)));
+        tokio::spawn(crate::acme::run(Arc::clone(shared), shutdown.clone()));
         // The fleet stops after the scalers: the last instance to stop needs its lease to
         // release the workers.
         let (fleet_stop, fleet_stopped) = watch::channel(false);

@@ -1,9 +1,13 @@
 //! What a listener answers itself, before any routing, and adds to every response it sends:
-//! a plain listener's redirect to HTTPS, a TLS listener's `Strict-Transport-Security`.
+//! a plain listener's answers to the ACME CA's HTTP-01 challenges and its redirect to HTTPS,
+//! a TLS listener's `Strict-Transport-Security`.
 
 use http::header::{self, HeaderValue};
+use std::sync::Arc;
+
 use http::{Response, StatusCode, Uri};
 
+use crate::certs::Certs;
 use crate::config::ListenerConfig;
 use crate::values::HostPort;
 
@@ -17,12 +21,14 @@ pub struct ListenerEdge {
     pub redirect_to_https: Option<u16>,
     /// The `Strict-Transport-Security` value to send.
     pub hsts: Option<HeaderValue>,
+    /// On a plain listener of a weir with `[acme]`: the challenges of its orders.
+    pub acme: Option<Arc<Certs>>,
 }
 
 impl ListenerEdge {
     /// The edge of `listener`; `None` when it has nothing to do (the common case, so a
     /// connection carries no edge at all).
-    pub fn of(listener: &ListenerConfig) -> Option<Self> {
+    pub fn of(listener: &ListenerConfig, acme: Option<Arc<Certs>>) -> Option<Self> {
         let hsts = listener
             .tls
             .as_ref()
@@ -33,8 +39,32 @@ impl ListenerEdge {
         let edge = ListenerEdge {
             redirect_to_https: listener.redirect_to_https,
             hsts,
+            acme,
         };
-        (edge.redirect_to_https.is_some() || edge.hsts.is_some()).then_some(edge)
+        let any = edge.redirect_to_https.is_some() || edge.hsts.is_some() || edge.acme.is_some();
+        any.then_some(edge)
+    }
+
+    /// What this listener answers itself: an ACME HTTP-01 challenge of an order under way
+    /// (the key authorization; 404 for a token it does not know), or the redirect to HTTPS.
+    pub fn answer(
+        &self,
+        uri: &Uri,
+        host: Option<&HeaderValue>,
+    ) -> Option<Response<std::borrow::Cow<'static, str>>> {
+        if let Some(certs) = &self.acme {
+            if let Some(token) = uri.path().strip_prefix(ACME_CHALLENGE_PREFIX) {
+                return Some(match certs.challenge(token) {
+                    Some(key_authorization) => {
+                        let mut response = plain(StatusCode::OK, "");
+                        *response.body_mut() = std::borrow::Cow::Owned(key_authorization);
+                        response
+                    }
+                    None => plain(StatusCode::NOT_FOUND, "no such challenge\n"),
+                });
+            }
+        }
+        self.redirect(uri, host)
     }
 
     /// The redirect a plain request gets, if this listener sends requests to HTTPS: a 308
@@ -44,7 +74,7 @@ impl ListenerEdge {
         &self,
         uri: &Uri,
         host: Option<&HeaderValue>,
-    ) -> Option<Response<&'static str>> {
+    ) -> Option<Response<std::borrow::Cow<'static, str>>> {
         let port = self.redirect_to_https?;
         if uri.path().starts_with(ACME_CHALLENGE_PREFIX) {
             return None;
@@ -76,8 +106,8 @@ impl ListenerEdge {
     }
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<&'static str> {
-    let mut response = Response::new(body);
+fn plain(status: StatusCode, body: &'static str) -> Response<std::borrow::Cow<'static, str>> {
+    let mut response = Response::new(std::borrow::Cow::Borrowed(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -94,6 +124,7 @@ mod tests {
         ListenerEdge {
             redirect_to_https: Some(port),
             hsts: None,
+            acme: None,
         }
     }
 

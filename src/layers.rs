@@ -12,7 +12,8 @@ const LAYERS: &[&[&str]] = &[
     &["values", "sys", "spool", "access_log"],
     // HTTP/1.x framing both sides share; the config model.
     &["http1", "config"],
-    // The request path's error; pools and workers; TLS set-up; the connection cap; heap trim.
+    // The request path's error; pools and workers; TLS set-up; the connection cap; heap trim;
+    // what a listener answers itself; client certificates; certificates weir obtained.
     &[
         "error",
         "pool",
@@ -21,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
         "heap",
         "edge",
         "client_cert",
+        "certs",
     ],
     // Metrics and alert counters; weir's client for workers.
     &["telemetry", "upstream"],
@@ -29,7 +31,7 @@ const LAYERS: &[&[&str]] = &[
     // How workers join and leave pools; the data plane's shared state.
     &["membership", "state"],
     // The fleet, per-pool history, where workers come from, the request path.
-    &["fleet", "history", "provider", "proxy"],
+    &["fleet", "history", "provider", "proxy", "acme"],
     // The autoscaler; the serving threads.
     &["scale", "server"],
     // Alert rules and their webhook; the demo worker.

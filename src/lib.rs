@@ -11,10 +11,10 @@
 //! - [`scale`], [`server`]: the autoscaler (a pure decision and the per-pool loop around it);
 //!   the serving threads (SO_REUSEPORT listeners, TLS, weir's HTTP/1.1 server, HTTP/2 on
 //!   hyper, the per-connection watchdog, draining), and nothing else.
-//! - [`fleet`], [`history`], [`provider`], [`proxy`]: several weirs as one fleet through Redis
-//!   (`[cluster]`); each pool's last 15 minutes; where workers come from (static lists,
-//!   processes, shell commands, Docker, Kubernetes); the request path (route, pick, rewrite,
-//!   send, stream back, tunnel).
+//! - [`fleet`], [`history`], [`provider`], [`proxy`], [`acme`]: several weirs as one fleet
+//!   through Redis (`[cluster]`); each pool's last 15 minutes; where workers come from (static
+//!   lists, processes, shell commands, Docker, Kubernetes); the request path (route, pick,
+//!   rewrite, send, stream back, tunnel); certificates from an ACME CA.
 //! - [`membership`], [`state`]: the one way workers enter and leave a pool; the data plane's
 //!   state (the live `ArcSwap` snapshot, the open connections).
 //! - [`health`], [`routing`]: active probes; the host + longest path prefix table.
@@ -25,7 +25,8 @@
 //!   stage; workers, their counters and states, balancers, queues, retry budgets and
 //!   settings; rustls set-up; the resizable connection cap and the descriptor limit; giving
 //!   freed heap back; what a listener answers itself (redirects to HTTPS) and adds to
-//!   responses (HSTS); a verified client certificate as the worker's header.
+//!   responses (HSTS); a verified client certificate as the worker's header; the
+//!   certificates weir obtained ([`certs`]), served by SNI.
 //! - [`http1`], [`config`]: HTTP/1.1 framing both sides share (the decoder, a client's body,
 //!   the upgrade hand-off); the TOML model, read straight into checked values, validated by
 //!   table.
@@ -37,9 +38,11 @@
 #![deny(unsafe_code)]
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod alerts;
 pub mod app;
+pub mod certs;
 pub mod client_cert;
 pub mod config;
 pub mod control;

@@ -38,6 +38,8 @@ pub struct Snapshot {
     /// What each listener answers itself and adds to its responses (same order); `None`
     /// for a listener with nothing of the kind.
     pub edges: Vec<Option<Arc<crate::edge::ListenerEdge>>>,
+    /// The certificates weir obtains from its ACME CA, and their challenges.
+    pub certs: Arc<crate::certs::Certs>,
     /// The access log, when on.
     pub access_log: Option<Arc<AccessLog>>,
     /// The admin token, when set.
@@ -68,7 +70,9 @@ impl Snapshot {
             routes: previous_routes,
             alerts,
             temp_files: previous_temp_files,
+            certs,
         } = carried;
+        let certs = certs.unwrap_or_default();
         let fail = |key: String, message: String| ConfigError {
             origin: origin.to_string(),
             line: None,
@@ -102,7 +106,7 @@ impl Snapshot {
                 l.tls
                     .as_ref()
                     .map(|t| {
-                        tls::server_config(t)
+                        tls::server_config(t, &certs)
                             .map_err(|(key, m)| fail(format!("listeners[{i}].tls.{key}"), m))
                     })
                     .transpose()
@@ -111,7 +115,10 @@ impl Snapshot {
         let config_edges = config
             .listeners
             .iter()
-            .map(|l| crate::edge::ListenerEdge::of(l).map(Arc::new))
+            .map(|l| {
+                let acme = (config.acme.is_some() && l.tls.is_none()).then(|| Arc::clone(&certs));
+                crate::edge::ListenerEdge::of(l, acme).map(Arc::new)
+            })
             .collect();
         let access_log = if config.access_log.enabled {
             Some(AccessLog::open(&config.access_log.path).map_err(|e| {
@@ -140,6 +147,7 @@ impl Snapshot {
             trusted_proxies,
             tls,
             edges: config_edges,
+            certs,
         })
     }
 
@@ -160,6 +168,8 @@ pub struct Carried<'a> {
     pub alerts: Arc<AlertCounters>,
     /// The temporary files of the running snapshot: their budget counts the bodies held now.
     pub temp_files: Option<Arc<TempFiles>>,
+    /// The certificates weir obtained (ACME), kept across reloads.
+    pub certs: Option<Arc<crate::certs::Certs>>,
 }
 
 /// The running snapshot's temporary files when they stay in the same directory (with the new

@@ -11,6 +11,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::certs::Certs;
 use crate::config::{CertPair, ClientAuth, TlsConfig};
 
 /// TLS 1.2 sessions remembered per listener for resumption by id (1.3 uses tickets).
@@ -23,13 +24,21 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Build a listener's rustls config. Errors name the sub-key at fault (`"cert"`, `"certs[1].key"`).
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, (String, String)> {
+pub fn server_config(
+    tls: &TlsConfig,
+    certs: &Arc<Certs>,
+) -> Result<Arc<rustls::ServerConfig>, (String, String)> {
     let provider = provider();
-    let default = certified_key(&tls.cert, &tls.key, &provider, "")?;
+    let default = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some(certified_key(cert, key, &provider, "")?),
+        _ => None,
+    };
     let mut resolver = SniResolver {
         default,
         exact: HashMap::new(),
         wildcard: HashMap::new(),
+        acme: tls.acme.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        certs: Arc::clone(certs),
     };
     for (i, pair) in tls.certs.iter().enumerate() {
         let prefix = format!("certs[{i}].");
@@ -146,29 +155,53 @@ fn dns_names(pair: &CertPair, key: &CertifiedKey) -> Result<Vec<String>, String>
     Ok(names)
 }
 
-/// Chooses a certificate by SNI: exact name, then one-label wildcard, then the listener's
-/// default (also used when the client sends no SNI, e.g. when connecting by IP).
+/// Chooses a certificate by SNI: exact name, then a name weir obtains from its ACME CA (once
+/// issued), then one-label wildcard, then the listener's default (also used when the client
+/// sends no SNI, e.g. when connecting by IP). With no default, a handshake nothing matches
+/// fails ("no certificate"): an ACME name before its first certificate.
 #[derive(Debug)]
 struct SniResolver {
-    default: Arc<CertifiedKey>,
+    default: Option<Arc<CertifiedKey>>,
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// The listener's `acme` names, lower case.
+    acme: Vec<String>,
+    certs: Arc<Certs>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = hello.server_name() else {
-            return Some(Arc::clone(&self.default));
+            return self.default.clone();
         };
         let name = name.to_ascii_lowercase();
         if let Some(key) = self.exact.get(&name) {
             return Some(Arc::clone(key));
+        }
+        if self.acme.contains(&name) {
+            if let Some(key) = self.certs.issued_for(&name) {
+                return Some(key);
+            }
         }
         if let Some((_, parent)) = name.split_once('.') {
             if let Some(key) = self.wildcard.get(parent) {
                 return Some(Arc::clone(key));
             }
         }
-        Some(Arc::clone(&self.default))
+        self.default.clone()
     }
+}
+
+/// A served certificate from the PEM chain and key an ACME order gave.
+pub fn certified_key_from_pem(chain: &str, key: &str) -> Result<Arc<CertifiedKey>, String> {
+    let chain = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the chain".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| format!("key: {e}"))?;
+    CertifiedKey::from_der(chain, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| format!("the key does not fit the certificate: {e}"))
 }

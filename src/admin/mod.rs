@@ -284,6 +284,8 @@ fn readiness(control: &Control) -> AdminResponse {
             ));
         }
     }
+    // A name whose first certificate has not come yet: its handshakes fail.
+    not_ready.extend(snapshot.certs.waiting());
     for scaler in control.scalers.iter() {
         if let Some(problem) = scaler.provider_problem() {
             not_ready.push(format!("pool {}: {problem}", scaler.key()));

@@ -52,8 +52,12 @@ pub fn describe(old: &Config, new: &Config) -> Vec<String> {
         access_log,
         alerts,
         cluster,
+        acme,
     } = new;
     let mut changes = Vec::new();
+    if old.acme != *acme {
+        changes.push("acme: changed (the next order uses it)".into());
+    }
     if old.cluster != *cluster {
         changes.push("cluster: changed (takes effect after a restart)".into());
     }

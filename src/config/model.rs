@@ -112,6 +112,34 @@ pub struct Config {
     pub alerts: Vec<AlertConfig>,
     /// Several weirs acting as one fleet through Redis; absent: this weir alone.
     pub cluster: Option<ClusterConfig>,
+    /// The ACME CA that `tls.acme` names get their certificates from.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[acme]`: where certificates for `tls.acme` names come from (RFC 8555).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// A contact address for the account (`mailto:` is added).
+    pub email: Option<String>,
+    /// Where the account key and the certificates are kept (0600), reused across restarts.
+    #[serde(default = "default_acme_storage")]
+    pub storage: PathBuf,
+    /// An extra root to trust for the directory (a test CA's).
+    pub directory_ca: Option<PathBuf>,
+    /// Renew a certificate this long before it expires.
+    #[serde(default = "default_renew_before")]
+    pub renew_before: Dur,
+}
+
+fn default_acme_storage() -> PathBuf {
+    PathBuf::from("/var/lib/weir/acme")
+}
+
+fn default_renew_before() -> Dur {
+    Dur::from_secs(30 * 86_400)
 }
 
 /// Lease of the fleet's leader by default.
@@ -444,9 +472,13 @@ pub struct ListenerConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain served when no other certificate matches the client's SNI.
-    pub cert: PathBuf,
+    pub cert: Option<PathBuf>,
     /// PEM private key of `cert`.
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
+    /// Names whose certificate weir obtains from the `[acme]` CA (and renews), served by SNI
+    /// beside `cert`/`key` and `certs`.
+    #[serde(default)]
+    pub acme: Vec<String>,
     /// Further certificates, chosen by SNI against the DNS names in each one's SAN list.
     #[serde(default)]
     pub certs: Vec<CertPair>,

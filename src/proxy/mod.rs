@@ -73,7 +73,7 @@ pub fn serve(
         return Either::Left(handle(req, cx));
     };
     let hsts = edge.hsts.clone();
-    let answer = match edge.redirect(req.uri(), req.headers().get(header::HOST)) {
+    let answer = match edge.answer(req.uri(), req.headers().get(header::HOST)) {
         Some(answer) => Either::Right(ready(Ok(answered_at_edge(req, &cx, answer)))),
         None => Either::Left(handle(req, cx)),
     };
@@ -94,7 +94,7 @@ pub fn serve(
 fn answered_at_edge(
     req: Request<ClientBody>,
     cx: &ConnContext,
-    answer: Response<&'static str>,
+    answer: Response<std::borrow::Cow<'static, str>>,
 ) -> Response<ProxyBody> {
     let mut outcome = Outcome::start(&req, cx);
     outcome.route = Some(Arc::clone(&cx.shared.snapshot().unrouted));
@@ -102,7 +102,11 @@ fn answered_at_edge(
     drain_in_background(Some(UpstreamBody::Stream(req.into_body())));
     let (parts, body) = answer.into_parts();
     outcome.finish(body.len() as u64);
-    Response::from_parts(parts, ProxyBody::full(Bytes::from_static(body.as_bytes())))
+    let body = match body {
+        std::borrow::Cow::Borrowed(text) => Bytes::from_static(text.as_bytes()),
+        std::borrow::Cow::Owned(text) => Bytes::from(text),
+    };
+    Response::from_parts(parts, ProxyBody::full(body))
 }
 
 /// Serve one client request. Never fails: every error becomes a response with a short body and

@@ -193,6 +193,18 @@ pub fn record_rollout(pool: &str, result: &'static str) {
     counter!("weir_rollouts_total", "pool" => pool.to_string(), "result" => result).increment(1);
 }
 
+/// When the certificate served for `names` (from the ACME CA) expires, in Unix seconds: an
+/// alert compares it with `time()`.
+pub fn record_certificate_expiry(names: &[String], end: std::time::SystemTime) {
+    let at = end
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    for name in names {
+        gauge!("weir_certificate_expiry_seconds", "name" => name.clone()).set(at);
+    }
+}
+
 /// Whether this instance leads its fleet (`[cluster]` only).
 pub fn set_cluster_leader(leader: bool) {
     gauge!("weir_cluster_leader").set(if leader { 1.0 } else { 0.0 });

@@ -14,6 +14,7 @@ mod common;
 mod hosts;
 mod k8s_sim;
 
+mod acme;
 mod admin;
 mod admin_guard;
 mod adoption;

@@ -288,8 +288,47 @@ fn check_listeners(config: &Config, admin: SocketAddr, origin: &str) -> Result<(
             if let Some(ca) = &tls.client_ca {
                 check_file(ca, &format!("listeners[{i}].tls.client_ca"), origin)?;
             }
-            check_file(&tls.cert, &format!("listeners[{i}].tls.cert"), origin)?;
-            check_file(&tls.key, &format!("listeners[{i}].tls.key"), origin)?;
+            match (&tls.cert, &tls.key) {
+                (Some(cert), Some(key)) => {
+                    check_file(cert, &format!("listeners[{i}].tls.cert"), origin)?;
+                    check_file(key, &format!("listeners[{i}].tls.key"), origin)?;
+                }
+                (None, None) if !tls.acme.is_empty() => {}
+                (None, None) => {
+                    return Err(fail(
+                        format!("listeners[{i}].tls.cert"),
+                        "a certificate is needed: cert and key, or acme names".into(),
+                    ))
+                }
+                (Some(_), None) => {
+                    return Err(fail(
+                        format!("listeners[{i}].tls.key"),
+                        "cert needs its key".into(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(fail(
+                        format!("listeners[{i}].tls.cert"),
+                        "key needs its cert".into(),
+                    ))
+                }
+            }
+            if !tls.acme.is_empty() && config.acme.is_none() {
+                return Err(fail(
+                    format!("listeners[{i}].tls.acme"),
+                    "needs an [acme] table (the CA's directory)".into(),
+                ));
+            }
+            if let Some(bad) = tls.acme.iter().find(|n| {
+                n.starts_with("*.")
+                    || crate::values::HostPort::parse(n)
+                        .is_none_or(|h| h.port.is_some() || h.host.starts_with('['))
+            }) {
+                return Err(fail(
+                    format!("listeners[{i}].tls.acme"),
+                    format!("{bad:?} is not a DNS name (no wildcards: http-01 cannot prove them)"),
+                ));
+            }
             for (j, pair) in tls.certs.iter().enumerate() {
                 check_file(
                     &pair.cert,
@@ -588,6 +627,25 @@ provider = { kind = "static", addresses = ["127.0.0.1:3001"] }
             let e = err(&text);
             assert!(e.contains(key), "{text}: {e}");
         }
+        let acme_only = BASE.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\ntls = { acme = [\"app.example.com\"] }",
+        );
+        let with_acme = format!("[acme]\ndirectory = \"https://ca.test/dir\"\n{acme_only}");
+        assert!(err(&acme_only).contains("listeners[0].tls.acme"));
+        assert!(parse(&with_acme, "weir.toml").is_ok());
+        for (bad, key) in [
+            ("*.example.com", "listeners[0].tls.acme"),
+            ("app.example.com:443", "listeners[0].tls.acme"),
+        ] {
+            let e = err(&with_acme.replace("app.example.com", bad));
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let no_cert = BASE.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\ntls = { key = \"certs-dev/key.pem\" }",
+        );
+        assert!(err(&no_cert).contains("listeners[0].tls.cert"));
         let good = tls(", client_ca = \"certs-dev/client-ca.pem\", client_auth = \"optional\", hsts = \"365d\"")
             .replace("[[routes]]", "proxy_protocol = [\"10.0.0.0/8\"]\n[[routes]]");
         assert!(parse(&good, "weir.toml").is_ok(), "{good}");

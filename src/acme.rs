@@ -1,0 +1,306 @@
+//! Certificates from an ACME CA (RFC 8555) for the names TLS listeners list in `tls.acme`:
+//! an account kept in `[acme] storage`, an order per listener's names answered by HTTP-01
+//! on the plain listeners, the certificate and key kept beside it (0600) and reused across
+//! restarts, renewed `renew_before` its end. The served certificate is replaced only once a
+//! new one is in hand; an order that fails is retried with a growing backoff, and until a
+//! name's first certificate arrives `/readyz` says what it waits for.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::certs::Certs;
+use crate::config::AcmeConfig;
+use crate::state::Shared;
+
+/// First wait after a failed order; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Longest an order may take from its creation to its certificate.
+const ORDER_LIMIT: Duration = Duration::from_secs(120);
+/// How often the loop looks again when nothing is due (a reload may add names).
+const LOOK_AGAIN: Duration = Duration::from_secs(60);
+
+/// Keep the certificates of every `tls.acme` name issued and fresh until shutdown.
+pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut account: Option<(String, Account)> = None;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let snapshot = shared.snapshot_full();
+        let wait = match snapshot.config.acme.clone() {
+            None => LOOK_AGAIN,
+            Some(config) => {
+                let sets = name_sets(&snapshot.config);
+                match keep_fresh(&config, &sets, &snapshot.certs, &mut account).await {
+                    Ok(next) => {
+                        backoff = FIRST_BACKOFF;
+                        next.min(LOOK_AGAIN)
+                    }
+                    Err(why) => {
+                        warn!(error = %why, retry_in = ?backoff, "acme: could not get a certificate; the one served (if any) stays");
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        wait
+                    }
+                }
+            }
+        };
+        drop(snapshot);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The name sets to order: each TLS listener's `acme` list (lower case), once each.
+fn name_sets(config: &crate::config::Config) -> Vec<Vec<String>> {
+    let mut sets: Vec<Vec<String>> = Vec::new();
+    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        let names: Vec<String> = tls.acme.iter().map(|n| n.to_ascii_lowercase()).collect();
+        if !names.is_empty() && !sets.contains(&names) {
+            sets.push(names);
+        }
+    }
+    sets
+}
+
+/// Every set served with a certificate that is not due: from storage, or ordered now. Returns
+/// how long until the next one is due.
+async fn keep_fresh(
+    config: &AcmeConfig,
+    sets: &[Vec<String>],
+    certs: &Certs,
+    account: &mut Option<(String, Account)>,
+) -> Result<Duration, String> {
+    let mut next = LOOK_AGAIN;
+    let renew_before = config.renew_before.get();
+    for names in sets {
+        let stored = load_stored(&config.storage, names);
+        let due_at = |end: SystemTime| end.checked_sub(renew_before).unwrap_or(end);
+        let fresh = stored
+            .as_ref()
+            .filter(|(_, end)| SystemTime::now() < due_at(*end));
+        if let Some((key, end)) = fresh {
+            if certs.issued_for(&names[0]).is_none() {
+                info!(names = %names.join(","), "acme: certificate loaded from storage");
+                certs.install(names, Arc::clone(key));
+                crate::telemetry::record_certificate_expiry(names, *end);
+            }
+            let left = due_at(*end)
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            next = next.min(left);
+            continue;
+        }
+        if certs.issued_for(&names[0]).is_none() {
+            certs.waiting_for(names, format!("ordering from {}", config.directory));
+        }
+        let account = account_for(config, account).await?;
+        let started = std::time::Instant::now();
+        let (chain, key) = tokio::time::timeout(ORDER_LIMIT, order(account, names, certs))
+            .await
+            .map_err(|_| format!("order for {} took over {ORDER_LIMIT:?}", names.join(",")))?
+            .map_err(|e| {
+                if certs.issued_for(&names[0]).is_none() {
+                    certs.waiting_for(names, format!("the last order failed: {e}"));
+                }
+                e
+            })?;
+        let served = crate::tls::certified_key_from_pem(&chain, &key)?;
+        let end = served
+            .cert
+            .first()
+            .and_then(|leaf| crate::certs::not_after(leaf))
+            .ok_or("the issued certificate has no readable end")?;
+        store(&config.storage, names, &chain, &key)?;
+        certs.install(names, served);
+        crate::telemetry::record_certificate_expiry(names, end);
+        info!(names = %names.join(","), took = ?started.elapsed(), "acme: certificate issued and served");
+        next = next.min(
+            due_at(end)
+                .duration_since(SystemTime::now())
+                .unwrap_or_default(),
+        );
+    }
+    Ok(next)
+}
+
+/// The account for `config.directory`: known, read from storage, or created (and stored).
+async fn account_for<'a>(
+    config: &AcmeConfig,
+    known: &'a mut Option<(String, Account)>,
+) -> Result<&'a Account, String> {
+    let reusable = known
+        .as_ref()
+        .is_some_and(|(dir, _)| *dir == config.directory);
+    if !reusable {
+        *known = Some((config.directory.clone(), open_account(config).await?));
+    }
+    known
+        .as_ref()
+        .map(|(_, account)| account)
+        .ok_or_else(|| "no account".to_string())
+}
+
+/// The account in storage, or a new one (then stored).
+async fn open_account(config: &AcmeConfig) -> Result<Account, String> {
+    let builder = || match &config.directory_ca {
+        Some(ca) => Account::builder_with_root(ca),
+        None => Account::builder(),
+    };
+    let path = config.storage.join("account.json");
+    if let Ok(bytes) = std::fs::read(&path) {
+        let credentials: AccountCredentials =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        return builder()
+            .map_err(|e| format!("acme client: {e}"))?
+            .from_credentials(credentials)
+            .await
+            .map_err(|e| format!("account from {}: {e}", path.display()));
+    }
+    let contact = config.email.as_ref().map(|e| format!("mailto:{e}"));
+    let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (account, credentials) = builder()
+        .map_err(|e| format!("acme client: {e}"))?
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            config.directory.clone(),
+            None,
+        )
+        .await
+        .map_err(|e| format!("new account at {}: {e}", config.directory))?;
+    let json = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
+    write_private(&path, &json)?;
+    info!(directory = %config.directory, "acme: account created");
+    Ok(account)
+}
+
+/// One order for `names`, answered by HTTP-01: the certificate chain and its key, PEM.
+async fn order(
+    account: &Account,
+    names: &[String],
+    certs: &Certs,
+) -> Result<(String, String), String> {
+    info!(names = %names.join(","), "acme: ordering a certificate");
+    let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .map_err(|e| format!("new order: {e}"))?;
+    let mut tokens = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(authorization) = authorizations.next().await {
+        let mut authorization = authorization.map_err(|e| format!("authorization: {e}"))?;
+        match authorization.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => return Err(format!("authorization is {other:?}")),
+        }
+        let mut challenge = authorization
+            .challenge(ChallengeType::Http01)
+            .ok_or("the CA offers no http-01 challenge")?;
+        let token = challenge.token.clone();
+        certs.set_challenge(
+            token.clone(),
+            challenge.key_authorization().as_str().to_string(),
+        );
+        tokens.push(token);
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| format!("challenge ready: {e}"))?;
+    }
+    let polled = order
+        .poll_ready(&RetryPolicy::new().timeout(ORDER_LIMIT))
+        .await;
+    for token in &tokens {
+        certs.forget_challenge(token);
+    }
+    let status = polled.map_err(|e| format!("order: {e}"))?;
+    if status != OrderStatus::Ready {
+        return Err(format!(
+            "order is {status:?} (the CA could not validate every name)"
+        ));
+    }
+    let key = order
+        .finalize()
+        .await
+        .map_err(|e| format!("finalize: {e}"))?;
+    let chain = order
+        .poll_certificate(&RetryPolicy::new().timeout(ORDER_LIMIT))
+        .await
+        .map_err(|e| format!("certificate: {e}"))?;
+    Ok((chain, key))
+}
+
+/// Where the certificate of `names` is kept: `<storage>/<first name>.crt` and `.key`.
+fn stored_paths(storage: &Path, names: &[String]) -> (PathBuf, PathBuf) {
+    let stem = names.first().map(String::as_str).unwrap_or("certificate");
+    (
+        storage.join(format!("{stem}.crt")),
+        storage.join(format!("{stem}.key")),
+    )
+}
+
+/// A stored certificate for exactly `names`, served as is, and its end.
+fn load_stored(
+    storage: &Path,
+    names: &[String],
+) -> Option<(Arc<rustls::sign::CertifiedKey>, SystemTime)> {
+    let (crt, key) = stored_paths(storage, names);
+    let chain = std::fs::read_to_string(crt).ok()?;
+    let key = std::fs::read_to_string(key).ok()?;
+    let served = crate::tls::certified_key_from_pem(&chain, &key).ok()?;
+    let leaf = served.cert.first()?;
+    let covers = webpki::EndEntityCert::try_from(leaf)
+        .ok()
+        .is_some_and(|cert| {
+            let listed: Vec<String> = cert
+                .valid_dns_names()
+                .map(str::to_ascii_lowercase)
+                .collect();
+            names.iter().all(|n| listed.contains(n))
+        });
+    let end = crate::certs::not_after(leaf)?;
+    covers.then_some((served, end))
+}
+
+fn store(storage: &Path, names: &[String], chain: &str, key: &str) -> Result<(), String> {
+    let (crt, key_path) = stored_paths(storage, names);
+    write_private(&key_path, key.as_bytes())?;
+    write_private(&crt, chain.as_bytes())
+}
+
+/// Write `bytes` to `path` readable by this user alone (0600), through a temporary file
+/// renamed over it, so a crash never leaves half a key.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| format!("{}: {e}", temp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", temp.display()))?;
+    std::fs::rename(&temp, path).map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,259 @@
+//! Certificates from a real ACME CA: Debian's `pebble`, validating for real (HTTP-01 against
+//! weir's plain listener, names resolved by `pebble-challtestsrv` to 127.0.0.1). weir issues
+//! the certificate, serves it (the chain verifies against Pebble's root from its management
+//! port), and a restarted weir serves it again from storage without a new order.
+
+use crate::common;
+use crate::tls_h2::client_config;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Pebble and its DNS, torn down on drop.
+struct Pebble {
+    _pebble: Reaped,
+    _dns: Reaped,
+    directory: String,
+    management: SocketAddr,
+    /// Where Pebble validates HTTP-01 challenges: weir's plain listener must be here.
+    http_port: u16,
+}
+
+impl Pebble {
+    /// `None` (the test said why) when pebble is not installed.
+    async fn start(test: &str) -> Option<Pebble> {
+        if !Path::new("/usr/bin/pebble").exists() {
+            if std::env::var("WEIR_REQUIRE_PEBBLE").as_deref() == Ok("1") {
+                panic!("{test}: no pebble installed (apt-get install pebble)");
+            }
+            skipped(test, "no pebble installed (apt-get install pebble)");
+            return None;
+        }
+        let (listen, management, http, tls, dns, dns_management) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": "certs-dev/cert.pem",
+            "privateKey": "certs-dev/key.pem",
+            "httpPort": http,
+            "tlsPort": tls,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        let path = temp_path(&format!("pebble-{test}.json"));
+        std::fs::write(&path, config.to_string()).unwrap();
+        let dns_child = std::process::Command::new("/usr/bin/pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-management", &format!("127.0.0.1:{dns_management}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv starts");
+        let pebble_child = std::process::Command::new("/usr/bin/pebble")
+            .arg("-config")
+            .arg(&path)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("pebble starts");
+        let pebble = Pebble {
+            _pebble: Reaped(pebble_child),
+            _dns: Reaped(dns_child),
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            management: ([127, 0, 0, 1], management).into(),
+            http_port: http,
+        };
+        let deadline = Instant::now() + DEADLINE;
+        for port in [listen, management] {
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                assert!(Instant::now() < deadline, "pebble listening on {port}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Some(pebble)
+    }
+
+    /// Pebble's issuing root, from its management port (a new one each run).
+    async fn root(&self) -> CertificateDer<'static> {
+        let tcp = TcpStream::connect(self.management).await.unwrap();
+        let tls =
+            tokio_rustls::TlsConnector::from(client_config("certs-dev/cert.pem", &[b"http/1.1"]))
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .expect("pebble's management port");
+        let reply = Client::over(tls)
+            .await
+            .send(get_req("/roots/0", "127.0.0.1"))
+            .await;
+        assert_eq!(reply.status, 200);
+        CertificateDer::from_pem_slice(&reply.body).expect("a PEM root")
+    }
+}
+
+fn acme_config(pebble: &Pebble, storage: &Path, worker: SocketAddr) -> String {
+    format!(
+        r#"
+[acme]
+directory = "{directory}"
+directory_ca = "certs-dev/cert.pem"
+storage = "{storage}"
+email = "ops@weir.test"
+[[listeners]]
+listen = "127.0.0.1:0"
+tls = {{ acme = ["app.weir.test", "www.weir.test"] }}
+[[listeners]]
+listen = "127.0.0.1:{http}"
+[[routes]]
+pool = "app"
+[pools.app]
+provider = {{ kind = "static", addresses = ["{worker}"] }}
+"#,
+        directory = pebble.directory,
+        storage = storage.display(),
+        http = pebble.http_port,
+    )
+}
+
+/// The leaf weir serves for `name`, once a handshake verifying against `root` succeeds.
+async fn served_leaf(
+    addr: SocketAddr,
+    name: &str,
+    root: &CertificateDer<'static>,
+) -> Option<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).ok()?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(name.to_string()).ok()?, tcp)
+        .await
+        .ok()?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
+    let reply = Client::over(tls).await.send(get_req("/", name)).await;
+    (reply.status == 200).then_some(leaf)
+}
+
+async fn wait_served(
+    addr: SocketAddr,
+    name: &str,
+    root: &CertificateDer<'static>,
+) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(leaf) = served_leaf(addr, name, root).await {
+            return (leaf, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{name} never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn storage(test: &str) -> PathBuf {
+    let dir = temp_path(&format!("acme-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_issued_over_http_01_served_and_reused_after_a_restart() {
+    let Some(pebble) = Pebble::start("acme_issue").await else {
+        return;
+    };
+    let root = pebble.root().await;
+    let worker = demo("w1").await;
+    let storage = storage("issue");
+    let started = Instant::now();
+    let weir = start_weir("", &acme_config(&pebble, &storage, worker));
+    let (leaf, _) = wait_served(weir.addr(), "app.weir.test", &root).await;
+    let first = started.elapsed();
+    let (www, _) = wait_served(weir.addr(), "www.weir.test", &root).await;
+    assert_eq!(leaf, www, "one certificate for the listener's names");
+    let (status, body) = admin_call(weir.admin(), "GET", "/readyz", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    // Kept 0600 beside the account.
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["account.json", "app.weir.test.crt", "app.weir.test.key"] {
+        let mode = std::fs::metadata(storage.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    drop(weir);
+
+    // Restarted: served at once from storage, the same certificate (no new order).
+    let restarted = Instant::now();
+    let weir = start_weir("", &acme_config(&pebble, &storage, worker));
+    let (again, _) = wait_served(weir.addr(), "app.weir.test", &root).await;
+    let reused = restarted.elapsed();
+    eprintln!("first certificate served {first:?} after start; after a restart {reused:?}");
+    assert_eq!(again, leaf, "the stored certificate, not a new one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_challenge_cannot_be_answered_is_not_ready_and_its_handshakes_fail() {
+    let Some(pebble) = Pebble::start("acme_fails").await else {
+        return;
+    };
+    let root = pebble.root().await;
+    let worker = demo("w1").await;
+    let storage = storage("fails");
+    // The plain listener is not where Pebble looks: no challenge can be answered.
+    let config = acme_config(&pebble, &storage, worker).replace(
+        &format!("listen = \"127.0.0.1:{}\"", pebble.http_port),
+        "listen = \"127.0.0.1:0\"",
+    );
+    let weir = start_weir("", &config);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (status, body) = admin_call(weir.admin(), "GET", "/readyz", None, "").await;
+        if status == 503 && body.contains("the last order failed") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never said why: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("readyz: {body}");
+    assert!(
+        body.contains("acme: no certificate yet for app.weir.test,www.weir.test"),
+        "{body}"
+    );
+    // No certificate for the name: the handshake fails, and weir serves on.
+    assert!(served_leaf(weir.addr(), "app.weir.test", &root)
+        .await
+        .is_none());
+    let reply = get(weir.addrs[1], "/").await;
+    assert_eq!(reply.status, 200);
+}
