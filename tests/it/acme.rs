@@ -35,6 +35,11 @@ struct Pebble {
 impl Pebble {
     /// `None` (the test said why) when pebble is not installed.
     async fn start(test: &str) -> Option<Pebble> {
+        Pebble::start_with(test, None).await
+    }
+
+    /// Pebble issuing certificates valid for `validity` (its default: 5 years).
+    async fn start_with(test: &str, validity: Option<Duration>) -> Option<Pebble> {
         if !Path::new("/usr/bin/pebble").exists() {
             if std::env::var("WEIR_REQUIRE_PEBBLE").as_deref() == Ok("1") {
                 panic!("{test}: no pebble installed (apt-get install pebble)");
@@ -59,6 +64,7 @@ impl Pebble {
             "tlsPort": tls,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity.map_or(157_766_400, |v| v.as_secs()),
         }});
         let path = temp_path(&format!("pebble-{test}.json"));
         std::fs::write(&path, config.to_string()).unwrap();
@@ -256,4 +262,41 @@ async fn a_name_whose_challenge_cannot_be_answered_is_not_ready_and_its_handshak
         .is_none());
     let reply = get(weir.addrs[1], "/").await;
     assert_eq!(reply.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_renewed_before_it_ends_and_served_without_a_gap() {
+    // Certificates valid 40 s, renewed 30 s before their end: the first one is due 10 s in.
+    let Some(pebble) = Pebble::start_with("acme_renew", Some(Duration::from_secs(40))).await
+    else {
+        return;
+    };
+    let root = pebble.root().await;
+    let worker = demo("w1").await;
+    let storage = storage("renew");
+    let config = acme_config(&pebble, &storage, worker).replace(
+        "email = \"ops@weir.test\"",
+        "email = \"ops@weir.test\"\nrenew_before = \"30s\"",
+    );
+    let started = Instant::now();
+    let weir = start_weir("", &config);
+    let (first, _) = wait_served(weir.addr(), "app.weir.test", &root).await;
+    let issued = started.elapsed();
+    // Every handshake from then on gets a certificate, the first one until the renewed one.
+    let mut handshakes = 0;
+    let renewed = loop {
+        let leaf = served_leaf(weir.addr(), "app.weir.test", &root)
+            .await
+            .expect("a certificate served at every moment");
+        handshakes += 1;
+        if leaf != first {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "never renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("renewal trace: first certificate {issued:?} after start (valid 40 s, renew_before 30 s); renewed one served {renewed:?} after start; {handshakes} handshakes meanwhile, none without a certificate");
+    let stored = std::fs::read_to_string(storage.join("app.weir.test.crt")).unwrap();
+    let stored_leaf = CertificateDer::pem_slice_iter(stored.as_bytes()).next().unwrap().unwrap();
+    assert_ne!(stored_leaf.to_vec(), first, "the renewed certificate is stored");
 }
