@@ -768,9 +768,12 @@ async fn a_follower_cut_off_from_redis_but_not_its_peers_keeps_its_share_within_
             before_kill[i], 0,
             "failed before the worker died: {report:?}"
         );
-        // The killed worker's requests in flight, at most its cap, may break.
+        // The killed worker's requests in flight (at most its cap) may break, and so may those
+        // sent to it before its death is known here: an instance stops sending to a worker
+        // after `unhealthy_threshold` (2) failures in a row, or its probes, whichever first.
+        // (Under a loaded machine the probes lag: one run in four saw 4 at one instance.)
         assert!(
-            tally.failed.load(Ordering::Relaxed) <= u64::from(WORKER_CAP),
+            tally.failed.load(Ordering::Relaxed) <= u64::from(WORKER_CAP) + 2,
             "{report:?}"
         );
         assert!(tally.ok.load(Ordering::Relaxed) > 20, "{report:?}");
