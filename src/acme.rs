@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::certs::Certs;
-use crate::config::AcmeConfig;
+use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::state::Shared;
 
 /// First wait after a failed order; it doubles up to [`MAX_BACKOFF`].
@@ -105,7 +105,8 @@ async fn keep_fresh(
         }
         let account = account_for(config, account).await?;
         let started = std::time::Instant::now();
-        let (chain, key) = tokio::time::timeout(ORDER_LIMIT, order(account, names, certs))
+        let answer = config.challenge;
+        let (chain, key) = tokio::time::timeout(ORDER_LIMIT, order(account, names, certs, answer))
             .await
             .map_err(|_| format!("order for {} took over {ORDER_LIMIT:?}", names.join(",")))?
             .map_err(|e| {
@@ -187,11 +188,12 @@ async fn open_account(config: &AcmeConfig) -> Result<Account, String> {
     Ok(account)
 }
 
-/// One order for `names`, answered by HTTP-01: the certificate chain and its key, PEM.
+/// One order for `names`, answered by `how`: the certificate chain and its key, PEM.
 async fn order(
     account: &Account,
     names: &[String],
     certs: &Certs,
+    how: AcmeChallenge,
 ) -> Result<(String, String), String> {
     info!(names = %names.join(","), "acme: ordering a certificate");
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
@@ -208,15 +210,27 @@ async fn order(
             AuthorizationStatus::Valid => continue,
             other => return Err(format!("authorization is {other:?}")),
         }
+        let kind = match how {
+            AcmeChallenge::Http01 => ChallengeType::Http01,
+            AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        };
         let mut challenge = authorization
-            .challenge(ChallengeType::Http01)
-            .ok_or("the CA offers no http-01 challenge")?;
-        let token = challenge.token.clone();
-        certs.set_challenge(
-            token.clone(),
-            challenge.key_authorization().as_str().to_string(),
-        );
-        tokens.push(token);
+            .challenge(kind.clone())
+            .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
+        let answer = challenge.key_authorization();
+        match how {
+            AcmeChallenge::Http01 => {
+                let token = challenge.token.clone();
+                certs.set_challenge(token.clone(), answer.as_str().to_string());
+                tokens.push(Answer::Token(token));
+            }
+            AcmeChallenge::TlsAlpn01 => {
+                let name = challenge.identifier().to_string();
+                let key = crate::tls::alpn_challenge_key(&name, answer.digest().as_ref())?;
+                certs.set_alpn_challenge(name.clone(), key);
+                tokens.push(Answer::Alpn(name));
+            }
+        }
         challenge
             .set_ready()
             .await
@@ -225,8 +239,11 @@ async fn order(
     let polled = order
         .poll_ready(&RetryPolicy::new().timeout(ORDER_LIMIT))
         .await;
-    for token in &tokens {
-        certs.forget_challenge(token);
+    for answer in &tokens {
+        match answer {
+            Answer::Token(token) => certs.forget_challenge(token),
+            Answer::Alpn(name) => certs.forget_alpn(name),
+        }
     }
     let status = polled.map_err(|e| format!("order: {e}"))?;
     if status != OrderStatus::Ready {
@@ -243,6 +260,12 @@ async fn order(
         .await
         .map_err(|e| format!("certificate: {e}"))?;
     Ok((chain, key))
+}
+
+/// A challenge answer set up for an order, taken down after it.
+enum Answer {
+    Token(String),
+    Alpn(String),
 }
 
 /// Where the certificate of `names` is kept: `<storage>/<first name>.crt` and `.key`.

@@ -16,6 +16,8 @@ use rustls::sign::CertifiedKey;
 pub struct Certs {
     issued: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     tokens: DashMap<String, String>,
+    /// TLS-ALPN-01 answers: a self-signed certificate per name under challenge.
+    alpn: DashMap<String, Arc<CertifiedKey>>,
     waiting: Mutex<BTreeMap<String, String>>,
 }
 
@@ -59,6 +61,21 @@ impl Certs {
     /// Stop answering challenge `token`.
     pub fn forget_challenge(&self, token: &str) {
         self.tokens.remove(token);
+    }
+
+    /// The certificate answering a TLS-ALPN-01 challenge for `name`, while one is under way.
+    pub fn alpn_challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.alpn.get(name).map(|k| Arc::clone(&k))
+    }
+
+    /// Answer TLS-ALPN-01 handshakes for `name` with `key` until [`Certs::forget_alpn`].
+    pub fn set_alpn_challenge(&self, name: String, key: Arc<CertifiedKey>) {
+        self.alpn.insert(name, key);
+    }
+
+    /// Stop answering TLS-ALPN-01 handshakes for `name`.
+    pub fn forget_alpn(&self, name: &str) {
+        self.alpn.remove(name);
     }
 
     /// `names` have no certificate yet, for `why` (`/readyz` says so until one arrives).

@@ -14,6 +14,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::certs::Certs;
 use crate::config::{CertPair, ClientAuth, TlsConfig};
 
+/// The ALPN protocol of TLS-ALPN-01 challenges (RFC 8737): such a handshake is answered
+/// with the challenge's certificate and closed.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// TLS 1.2 sessions remembered per listener for resumption by id (1.3 uses tickets).
 const SESSION_CACHE_SIZE: usize = 4096;
 
@@ -65,7 +69,8 @@ pub fn server_config(
         )?),
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: only a CA checking a TLS-ALPN-01 challenge offers it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
         (
@@ -171,10 +176,21 @@ struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let challenged = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
         let Some(name) = hello.server_name() else {
-            return self.default.clone();
+            return if challenged {
+                None
+            } else {
+                self.default.clone()
+            };
         };
         let name = name.to_ascii_lowercase();
+        if challenged {
+            // A CA checking a TLS-ALPN-01 challenge: only its answer, never a real certificate.
+            return self.certs.alpn_challenge(&name);
+        }
         if let Some(key) = self.exact.get(&name) {
             return Some(Arc::clone(key));
         }
@@ -190,6 +206,33 @@ impl ResolvesServerCert for SniResolver {
         }
         self.default.clone()
     }
+}
+
+/// The self-signed certificate that answers a TLS-ALPN-01 challenge for `name`: its
+/// acmeIdentifier extension holds the SHA-256 `digest` of the key authorization.
+pub fn alpn_challenge_key(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    if digest.len() != 32 {
+        return Err(format!(
+            "a key authorization digest of {} bytes",
+            digest.len()
+        ));
+    }
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    // Not `CertifiedKey::from_der`: its check parses the certificate, and webpki refuses the
+    // critical acmeIdentifier extension this certificate exists to carry.
+    let private = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
 }
 
 /// A served certificate from the PEM chain and key an ACME order gave.

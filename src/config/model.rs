@@ -132,6 +132,21 @@ pub struct AcmeConfig {
     /// Renew a certificate this long before it expires.
     #[serde(default = "default_renew_before")]
     pub renew_before: Dur,
+    /// How the CA checks that weir answers for a name.
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+}
+
+/// `acme.challenge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum AcmeChallenge {
+    /// A file under `/.well-known/acme-challenge/` on port 80 (the plain listeners).
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A TLS handshake on port 443 with ALPN `acme-tls/1` (the TLS listeners).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 fn default_acme_storage() -> PathBuf {

@@ -475,6 +475,11 @@ async fn handshake_then_serve<IO>(
     match handshake {
         Ok(Ok(tls_stream)) => {
             let session = tls_stream.get_ref().1;
+            if session.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                // A CA checked a TLS-ALPN-01 challenge: the handshake was the answer.
+                debug!(client = %cx.peer, "answered a TLS-ALPN-01 challenge");
+                return;
+            }
             let h2 = session.alpn_protocol() == Some(b"h2");
             // Present only when the listener asks for client certificates and this one verified.
             if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {

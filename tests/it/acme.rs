@@ -30,6 +30,8 @@ struct Pebble {
     management: SocketAddr,
     /// Where Pebble validates HTTP-01 challenges: weir's plain listener must be here.
     http_port: u16,
+    /// Where Pebble validates TLS-ALPN-01 challenges: weir's TLS listener must be here.
+    tls_port: u16,
 }
 
 impl Pebble {
@@ -91,6 +93,7 @@ impl Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             management: ([127, 0, 0, 1], management).into(),
             http_port: http,
+            tls_port: tls,
         };
         let deadline = Instant::now() + DEADLINE;
         for port in [listen, management] {
@@ -267,8 +270,7 @@ async fn a_name_whose_challenge_cannot_be_answered_is_not_ready_and_its_handshak
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_is_renewed_before_it_ends_and_served_without_a_gap() {
     // Certificates valid 40 s, renewed 30 s before their end: the first one is due 10 s in.
-    let Some(pebble) = Pebble::start_with("acme_renew", Some(Duration::from_secs(40))).await
-    else {
+    let Some(pebble) = Pebble::start_with("acme_renew", Some(Duration::from_secs(40))).await else {
         return;
     };
     let root = pebble.root().await;
@@ -297,6 +299,55 @@ async fn a_certificate_is_renewed_before_it_ends_and_served_without_a_gap() {
     };
     eprintln!("renewal trace: first certificate {issued:?} after start (valid 40 s, renew_before 30 s); renewed one served {renewed:?} after start; {handshakes} handshakes meanwhile, none without a certificate");
     let stored = std::fs::read_to_string(storage.join("app.weir.test.crt")).unwrap();
-    let stored_leaf = CertificateDer::pem_slice_iter(stored.as_bytes()).next().unwrap().unwrap();
-    assert_ne!(stored_leaf.to_vec(), first, "the renewed certificate is stored");
+    let stored_leaf = CertificateDer::pem_slice_iter(stored.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        stored_leaf.to_vec(),
+        first,
+        "the renewed certificate is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_issued_over_tls_alpn_01_on_the_tls_listener() {
+    let Some(pebble) = Pebble::start("acme_alpn").await else {
+        return;
+    };
+    let root = pebble.root().await;
+    let worker = demo("w1").await;
+    let storage = storage("alpn");
+    // No plain listener where Pebble looks: only the TLS listener can answer.
+    let config = acme_config(&pebble, &storage, worker)
+        .replace(
+            "email = \"ops@weir.test\"",
+            "email = \"ops@weir.test\"\nchallenge = \"tls-alpn-01\"",
+        )
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", pebble.http_port),
+            "listen = \"127.0.0.1:0\"",
+        )
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{}\"", pebble.tls_port),
+            1,
+        );
+    let started = Instant::now();
+    let weir = start_weir("", &config);
+    assert_eq!(weir.addr().port(), pebble.tls_port);
+    let (leaf, _) = wait_served(weir.addr(), "app.weir.test", &root).await;
+    eprintln!(
+        "tls-alpn-01: certificate served {:?} after start",
+        started.elapsed()
+    );
+    assert!(!leaf.is_empty());
+    // A client offering acme-tls/1 outside a challenge gets no certificate at all.
+    let mut config = (*client_config("certs-dev/cert.pem", &[b"acme-tls/1"])).clone();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let tcp = TcpStream::connect(weir.addr()).await.unwrap();
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("app.weir.test").unwrap(), tcp)
+        .await;
+    assert!(refused.is_err(), "no challenge under way: no certificate");
 }
