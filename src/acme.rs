@@ -91,7 +91,7 @@ async fn keep_fresh(
         if let Some((key, end)) = fresh {
             if certs.issued_for(&names[0]).is_none() {
                 info!(names = %names.join(","), "acme: certificate loaded from storage");
-                certs.install(names, Arc::clone(key));
+                certs.install(names, Arc::clone(key), *end);
                 crate::telemetry::record_certificate_expiry(names, *end);
             }
             let left = due_at(*end)
@@ -122,7 +122,7 @@ async fn keep_fresh(
             .and_then(|leaf| crate::certs::not_after(leaf))
             .ok_or("the issued certificate has no readable end")?;
         store(&config.storage, names, &chain, &key)?;
-        certs.install(names, served);
+        certs.install(names, served, end);
         crate::telemetry::record_certificate_expiry(names, end);
         info!(names = %names.join(","), took = ?started.elapsed(), "acme: certificate issued and served");
         next = next.min(

@@ -184,6 +184,39 @@ fn evaluate(
                 format!("{n} unhealthy worker(s) (threshold {})", c.threshold),
             )
         }
+        AlertKind::CertificateExpiry => {
+            let within = c.within.map_or(DEFAULT_CERTIFICATE_WITHIN, |d| d.get());
+            let soon = std::time::SystemTime::now() + within;
+            let ending: Vec<String> = shared
+                .snapshot()
+                .certs
+                .ends()
+                .into_iter()
+                .filter(|(_, end)| *end <= soon)
+                .map(|(name, end)| {
+                    let left = end
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    format!(
+                        "{name} ends in {}",
+                        humantime::format_duration(Duration::from_secs(left.as_secs()))
+                    )
+                })
+                .collect();
+            let detail = if ending.is_empty() {
+                format!(
+                    "no certificate ends within {}",
+                    humantime::format_duration(within)
+                )
+            } else {
+                format!(
+                    "{} (within {}; renewal has not replaced it)",
+                    ending.join(", "),
+                    humantime::format_duration(within)
+                )
+            };
+            (!ending.is_empty(), detail)
+        }
         AlertKind::ScaleEvents | AlertKind::Rollout => {
             let events = activity.events();
             let wanted = |a: Action| {
@@ -232,6 +265,9 @@ fn evaluate(
         );
     }
 }
+
+/// How close to its end a certificate fires `certificate_expiry` unless `within` says.
+const DEFAULT_CERTIFICATE_WITHIN: Duration = Duration::from_secs(14 * 86_400);
 
 /// Post `{"text": text}` to `url` in the background, with retries.
 fn deliver(url: WebUrl, text: String) {

@@ -15,6 +15,8 @@ use rustls::sign::CertifiedKey;
 #[derive(Default)]
 pub struct Certs {
     issued: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    /// When each name's served certificate ends.
+    ends: Mutex<BTreeMap<String, SystemTime>>,
     tokens: DashMap<String, String>,
     /// TLS-ALPN-01 answers: a self-signed certificate per name under challenge.
     alpn: DashMap<String, Arc<CertifiedKey>>,
@@ -37,7 +39,13 @@ impl Certs {
 
     /// Serve `key` for each of `names` from now on (a first certificate, or a renewal: the
     /// old one is replaced only here, once the new one is in hand).
-    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
+    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>, end: SystemTime) {
+        {
+            let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+            for name in names {
+                ends.insert(name.to_ascii_lowercase(), end);
+            }
+        }
         self.issued.rcu(|current| {
             let mut next = HashMap::clone(current);
             for name in names {
@@ -46,6 +54,16 @@ impl Certs {
             next
         });
         self.lock_waiting().remove(&names.join(","));
+    }
+
+    /// Each served name and when its certificate ends.
+    pub fn ends(&self) -> Vec<(String, SystemTime)> {
+        self.ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, end)| (name.clone(), *end))
+            .collect()
     }
 
     /// The key authorization to answer an HTTP-01 challenge `token` with.

@@ -212,6 +212,8 @@ pub enum AlertKind {
     ScaleEvents,
     /// Every rollout's start and end and every rollback (a notification each).
     Rollout,
+    /// A certificate weir obtained (ACME) ends within `within` (it was not renewed in time).
+    CertificateExpiry,
 }
 
 impl AlertKind {
@@ -224,6 +226,7 @@ impl AlertKind {
             AlertKind::QueueRejections => "queue_rejections",
             AlertKind::ScaleEvents => "scale_events",
             AlertKind::Rollout => "rollout",
+            AlertKind::CertificateExpiry => "certificate_expiry",
         }
     }
 }
@@ -251,6 +254,8 @@ pub struct AlertConfig {
     pub min_interval: Dur,
     /// Only this pool (unhealthy_workers, scale_events).
     pub pool: Option<String>,
+    /// How close to its end a certificate fires `certificate_expiry` (default 14 days).
+    pub within: Option<Dur>,
 }
 
 fn one() -> u64 {

@@ -276,9 +276,13 @@ async fn a_certificate_is_renewed_before_it_ends_and_served_without_a_gap() {
     let root = pebble.root().await;
     let worker = demo("w1").await;
     let storage = storage("renew");
+    // A certificate ending within the hour fires certificate_expiry: every one of these.
+    let (hook, posted) = crate::alerts::receiver().await;
     let config = acme_config(&pebble, &storage, worker).replace(
         "email = \"ops@weir.test\"",
         "email = \"ops@weir.test\"\nrenew_before = \"30s\"",
+    ) + &format!(
+        "[[alerts]]\nkind = \"certificate_expiry\"\nwithin = \"1h\"\nwebhook = \"http://{hook}/cert\"\n"
     );
     let started = Instant::now();
     let weir = start_weir("", &config);
@@ -298,6 +302,22 @@ async fn a_certificate_is_renewed_before_it_ends_and_served_without_a_gap() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!("renewal trace: first certificate {issued:?} after start (valid 40 s, renew_before 30 s); renewed one served {renewed:?} after start; {handshakes} handshakes meanwhile, none without a certificate");
+    let deadline = Instant::now() + DEADLINE;
+    let fired = loop {
+        let texts = posted.lock().unwrap().clone();
+        if let Some(text) = texts.iter().find(|t| t.contains("certificate_expiry")) {
+            break text.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "certificate_expiry never fired: {texts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        fired.contains("FIRING") && fired.contains("app.weir.test ends in"),
+        "{fired}"
+    );
     let stored = std::fs::read_to_string(storage.join("app.weir.test.crt")).unwrap();
     let stored_leaf = CertificateDer::pem_slice_iter(stored.as_bytes())
         .next()
