@@ -56,6 +56,15 @@ impl Certs {
         self.lock_waiting().remove(&names.join(","));
     }
 
+    /// When the certificate served for `name` ends, if one is.
+    pub fn end_of(&self, name: &str) -> Option<SystemTime> {
+        self.ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+    }
+
     /// Each served name and when its certificate ends.
     pub fn ends(&self) -> Vec<(String, SystemTime)> {
         self.ends

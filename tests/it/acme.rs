@@ -371,3 +371,46 @@ async fn a_certificate_is_issued_over_tls_alpn_01_on_the_tls_listener() {
         .await;
     assert!(refused.is_err(), "no challenge under way: no certificate");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_weirs_sharing_one_redis_make_one_order_and_both_serve_it() {
+    let Some(redis) = crate::fleet::Redis::start_for("acme_fleet") else {
+        return;
+    };
+    let Some(pebble) = Pebble::start("acme_fleet").await else {
+        return;
+    };
+    let root = pebble.root().await;
+    let worker = demo("w1").await;
+    let prefix = format!("acme-fleet-{}", std::process::id());
+    let cluster = |name: &str| {
+        format!(
+            "[cluster]\nredis = \"{}\"\nname = \"{name}\"\nprefix = \"{prefix}\"\nlease_ttl = \"2s\"\n",
+            redis.url()
+        )
+    };
+    // Only `a` listens where Pebble looks, and `b` starts first and takes the order: the
+    // challenge can only be answered by `a`, from the answers `b` shares.
+    let (storage_a, storage_b) = (storage("fleet-a"), storage("fleet-b"));
+    let b_config = acme_config(&pebble, &storage_b, worker).replace(
+        &format!("listen = \"127.0.0.1:{}\"", pebble.http_port),
+        "listen = \"127.0.0.1:0\"",
+    );
+    let b = start_weir("", &(cluster("b") + &b_config));
+    wait_until("b opened an account to order", || {
+        storage_b.join("account.json").exists()
+    })
+    .await;
+    let a = start_weir(
+        "",
+        &(cluster("a") + &acme_config(&pebble, &storage_a, worker)),
+    );
+    let (leaf_a, _) = wait_served(a.addr(), "app.weir.test", &root).await;
+    let (leaf_b, _) = wait_served(b.addr(), "app.weir.test", &root).await;
+    assert_eq!(leaf_a, leaf_b, "one certificate for the fleet");
+    // One instance ordered: `b`, which took the lock; `a` never opened an account.
+    assert!(!storage_a.join("account.json").exists(), "a ordered too");
+    for storage in [&storage_a, &storage_b] {
+        assert!(storage.join("app.weir.test.crt").exists(), "kept by both");
+    }
+}

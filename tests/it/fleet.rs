@@ -15,7 +15,7 @@ use common::*;
 
 /// A redis-server on a free loopback port, killed on drop. While stopped, its port is held
 /// by a [`PortHolder`], so no other test's server can take it meanwhile.
-struct Redis {
+pub(crate) struct Redis {
     port: u16,
     child: Option<Reaped>,
     holder: Option<PortHolder>,
@@ -70,7 +70,7 @@ impl Drop for PortHolder {
 impl Redis {
     /// A fresh redis-server, or `None` (the test says it was skipped) when the machine has
     /// none, unless `WEIR_REQUIRE_REDIS=1` (set by `.ci/run`) makes that a failure.
-    fn start_for(test: &str) -> Option<Redis> {
+    pub(crate) fn start_for(test: &str) -> Option<Redis> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -128,7 +128,7 @@ impl Redis {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }

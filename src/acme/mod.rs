@@ -3,8 +3,12 @@
 //! on the plain listeners, the certificate and key kept beside it (0600) and reused across
 //! restarts, renewed `renew_before` its end. The served certificate is replaced only once a
 //! new one is in hand; an order that fails is retried with a growing backoff, and until a
-//! name's first certificate arrives `/readyz` says what it waits for.
+//! name's first certificate arrives `/readyz` says what it waits for. In a fleet, see
+//! [`fleet`]: one instance orders, every instance serves, any instance answers.
 
+mod fleet;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +23,7 @@ use tracing::{info, warn};
 use crate::certs::Certs;
 use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::state::Shared;
+use fleet::{FleetCerts, SharedCert, SYNC_INTERVAL};
 
 /// First wait after a failed order; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
@@ -31,14 +36,51 @@ const LOOK_AGAIN: Duration = Duration::from_secs(60);
 /// Keep the certificates of every `tls.acme` name issued and fresh until shutdown.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut account: Option<(String, Account)> = None;
+    let mut fleet: Option<FleetCerts> = None;
     let mut backoff = FIRST_BACKOFF;
     loop {
         let snapshot = shared.snapshot_full();
         let wait = match snapshot.config.acme.clone() {
             None => LOOK_AGAIN,
             Some(config) => {
+                let cluster = snapshot.config.cluster.clone();
+                if let (Some(cluster), None) = (&cluster, &fleet) {
+                    match FleetCerts::connect(&cluster.redis, &cluster.prefix).await {
+                        Ok(connected) => {
+                            tokio::spawn(sync_answers(
+                                connected.clone(),
+                                Arc::clone(&snapshot.certs),
+                                shutdown.clone(),
+                            ));
+                            fleet = Some(connected);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "acme: the fleet's redis is unreachable; no order until it is back")
+                        }
+                    }
+                }
                 let sets = name_sets(&snapshot.config);
-                match keep_fresh(&config, &sets, &snapshot.certs, &mut account).await {
+                let in_fleet = cluster.is_some();
+                let result = if in_fleet && fleet.is_none() {
+                    for names in &sets {
+                        if snapshot.certs.issued_for(&names[0]).is_none() {
+                            snapshot
+                                .certs
+                                .waiting_for(names, "the fleet's redis is unreachable".into());
+                        }
+                    }
+                    Err("the fleet's redis is unreachable".to_string())
+                } else {
+                    keep_fresh(
+                        &config,
+                        &sets,
+                        &snapshot.certs,
+                        &mut account,
+                        fleet.as_mut(),
+                    )
+                    .await
+                };
+                match result {
                     Ok(next) => {
                         backoff = FIRST_BACKOFF;
                         next.min(LOOK_AGAIN)
@@ -60,6 +102,62 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Copy the fleet's challenge answers into this instance's, every [`SYNC_INTERVAL`], so it
+/// answers a CA that reaches it for another instance's order.
+async fn sync_answers(
+    mut fleet: FleetCerts,
+    certs: Arc<Certs>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut held: HashMap<String, String> = HashMap::new();
+    loop {
+        if let Ok(answers) = fleet.answers().await {
+            for (field, value) in &answers {
+                if held.get(field) == Some(value) {
+                    continue;
+                }
+                if let Some(token) = field.strip_prefix("http:") {
+                    certs.set_challenge(token.to_string(), value.clone());
+                } else if let Some(name) = field.strip_prefix("alpn:") {
+                    match hex_bytes(value)
+                        .and_then(|d| crate::tls::alpn_challenge_key(name, &d).ok())
+                    {
+                        Some(key) => certs.set_alpn_challenge(name.to_string(), key),
+                        None => continue,
+                    }
+                }
+                held.insert(field.clone(), value.clone());
+            }
+            held.retain(|field, _| {
+                let keep = answers.contains_key(field);
+                if !keep {
+                    if let Some(token) = field.strip_prefix("http:") {
+                        certs.forget_challenge(token);
+                    } else if let Some(name) = field.strip_prefix("alpn:") {
+                        certs.forget_alpn(name);
+                    }
+                }
+                keep
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SYNC_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The name sets to order: each TLS listener's `acme` list (lower case), once each.
 fn name_sets(config: &crate::config::Config) -> Vec<Vec<String>> {
     let mut sets: Vec<Vec<String>> = Vec::new();
@@ -79,17 +177,32 @@ async fn keep_fresh(
     sets: &[Vec<String>],
     certs: &Certs,
     account: &mut Option<(String, Account)>,
+    mut fleet: Option<&mut FleetCerts>,
 ) -> Result<Duration, String> {
     let mut next = LOOK_AGAIN;
     let renew_before = config.renew_before.get();
     for names in sets {
+        // The fleet's copy first: another instance may have ordered or renewed it.
+        if let Some(fleet) = fleet.as_deref_mut() {
+            if let Some(shared) = fleet.certificate(names).await? {
+                let theirs = crate::tls::certified_key_from_pem(&shared.chain, &shared.key)
+                    .ok()
+                    .and_then(|key| crate::certs::not_after(key.cert.first()?));
+                let ours = load_stored(&config.storage, names).map(|(_, end)| end);
+                if theirs.is_some_and(|t| ours.is_none_or(|o| t > o)) {
+                    // Kept here too, then served below as a stored one is.
+                    info!(names = %names.join(","), "acme: the fleet's certificate taken");
+                    store(&config.storage, names, &shared.chain, &shared.key)?;
+                }
+            }
+        }
         let stored = load_stored(&config.storage, names);
         let due_at = |end: SystemTime| end.checked_sub(renew_before).unwrap_or(end);
         let fresh = stored
             .as_ref()
             .filter(|(_, end)| SystemTime::now() < due_at(*end));
         if let Some((key, end)) = fresh {
-            if certs.issued_for(&names[0]).is_none() {
+            if certs.end_of(&names[0]).is_none_or(|served| served < *end) {
                 info!(names = %names.join(","), "acme: certificate loaded from storage");
                 certs.install(names, Arc::clone(key), *end);
                 crate::telemetry::record_certificate_expiry(names, *end);
@@ -103,35 +216,73 @@ async fn keep_fresh(
         if certs.issued_for(&names[0]).is_none() {
             certs.waiting_for(names, format!("ordering from {}", config.directory));
         }
-        let account = account_for(config, account).await?;
-        let started = std::time::Instant::now();
-        let answer = config.challenge;
-        let (chain, key) = tokio::time::timeout(ORDER_LIMIT, order(account, names, certs, answer))
-            .await
-            .map_err(|_| format!("order for {} took over {ORDER_LIMIT:?}", names.join(",")))?
-            .map_err(|e| {
+        if let Some(fleet) = fleet.as_deref_mut() {
+            if !fleet.lock(names).await? {
+                // Another instance orders it: its certificate comes through Redis.
                 if certs.issued_for(&names[0]).is_none() {
-                    certs.waiting_for(names, format!("the last order failed: {e}"));
+                    certs.waiting_for(names, "another instance of the fleet orders it".into());
                 }
-                e
-            })?;
-        let served = crate::tls::certified_key_from_pem(&chain, &key)?;
-        let end = served
-            .cert
-            .first()
-            .and_then(|leaf| crate::certs::not_after(leaf))
-            .ok_or("the issued certificate has no readable end")?;
-        store(&config.storage, names, &chain, &key)?;
-        certs.install(names, served, end);
-        crate::telemetry::record_certificate_expiry(names, end);
-        info!(names = %names.join(","), took = ?started.elapsed(), "acme: certificate issued and served");
-        next = next.min(
-            due_at(end)
-                .duration_since(SystemTime::now())
-                .unwrap_or_default(),
-        );
+                next = next.min(Duration::from_secs(2));
+                continue;
+            }
+        }
+        let ordered = order_once(config, names, certs, account, fleet.as_deref_mut()).await;
+        if let Some(fleet) = fleet.as_deref_mut() {
+            fleet.unlock(names).await;
+        }
+        next = next.min(ordered?);
     }
     Ok(next)
+}
+
+/// Order `names` now, serve and keep the certificate (sharing it with the fleet): how long
+/// until it is due.
+async fn order_once(
+    config: &AcmeConfig,
+    names: &[String],
+    certs: &Certs,
+    account: &mut Option<(String, Account)>,
+    mut fleet: Option<&mut FleetCerts>,
+) -> Result<Duration, String> {
+    let renew_before = config.renew_before.get();
+    let due_at = |end: SystemTime| end.checked_sub(renew_before).unwrap_or(end);
+    let account = account_for(config, account).await?;
+    let started = std::time::Instant::now();
+    let answer = config.challenge;
+    let ordering = order(account, names, certs, answer, fleet.as_deref_mut());
+    let (chain, key) = tokio::time::timeout(ORDER_LIMIT, ordering)
+        .await
+        .map_err(|_| format!("order for {} took over {ORDER_LIMIT:?}", names.join(",")))?
+        .map_err(|e| {
+            if certs.issued_for(&names[0]).is_none() {
+                certs.waiting_for(names, format!("the last order failed: {e}"));
+            }
+            e
+        })?;
+    let served = crate::tls::certified_key_from_pem(&chain, &key)?;
+    let end = served
+        .cert
+        .first()
+        .and_then(|leaf| crate::certs::not_after(leaf))
+        .ok_or("the issued certificate has no readable end")?;
+    store(&config.storage, names, &chain, &key)?;
+    if let Some(fleet) = fleet {
+        fleet
+            .share(
+                names,
+                &SharedCert {
+                    chain: chain.clone(),
+                    key: key.clone(),
+                },
+            )
+            .await?;
+    }
+    certs.install(names, served, end);
+    crate::telemetry::record_certificate_expiry(names, end);
+    info!(names = %names.join(","), took = ?started.elapsed(), "acme: certificate issued and served");
+    Ok(due_at(end)
+        .duration_since(SystemTime::now())
+        .unwrap_or_default())
 }
 
 /// The account for `config.directory`: known, read from storage, or created (and stored).
@@ -194,6 +345,7 @@ async fn order(
     names: &[String],
     certs: &Certs,
     how: AcmeChallenge,
+    mut fleet: Option<&mut FleetCerts>,
 ) -> Result<(String, String), String> {
     info!(names = %names.join(","), "acme: ordering a certificate");
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
@@ -218,18 +370,27 @@ async fn order(
             .challenge(kind.clone())
             .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
         let answer = challenge.key_authorization();
-        match how {
+        let shared = match how {
             AcmeChallenge::Http01 => {
                 let token = challenge.token.clone();
                 certs.set_challenge(token.clone(), answer.as_str().to_string());
-                tokens.push(Answer::Token(token));
+                tokens.push(Answer::Token(token.clone()));
+                (format!("http:{token}"), answer.as_str().to_string())
             }
             AcmeChallenge::TlsAlpn01 => {
                 let name = challenge.identifier().to_string();
-                let key = crate::tls::alpn_challenge_key(&name, answer.digest().as_ref())?;
+                let digest = answer.digest();
+                let key = crate::tls::alpn_challenge_key(&name, digest.as_ref())?;
                 certs.set_alpn_challenge(name.clone(), key);
-                tokens.push(Answer::Alpn(name));
+                tokens.push(Answer::Alpn(name.clone()));
+                (format!("alpn:{name}"), hex(digest.as_ref()))
             }
+        };
+        if let Some(fleet) = fleet.as_deref_mut() {
+            // Every instance answers: the CA may reach any of them. They copy the answers
+            // every SYNC_INTERVAL; the challenge is declared ready after two of them.
+            fleet.set_answer(&shared.0, &shared.1).await?;
+            tokio::time::sleep(SYNC_INTERVAL * 2).await;
         }
         challenge
             .set_ready()
@@ -240,9 +401,18 @@ async fn order(
         .poll_ready(&RetryPolicy::new().timeout(ORDER_LIMIT))
         .await;
     for answer in &tokens {
-        match answer {
-            Answer::Token(token) => certs.forget_challenge(token),
-            Answer::Alpn(name) => certs.forget_alpn(name),
+        let field = match answer {
+            Answer::Token(token) => {
+                certs.forget_challenge(token);
+                format!("http:{token}")
+            }
+            Answer::Alpn(name) => {
+                certs.forget_alpn(name);
+                format!("alpn:{name}")
+            }
+        };
+        if let Some(fleet) = fleet.as_deref_mut() {
+            fleet.forget_answer(&field).await;
         }
     }
     let status = polled.map_err(|e| format!("order: {e}"))?;
