@@ -25,7 +25,9 @@ fn free_port() -> u16 {
 /// Pebble and its DNS, torn down on drop.
 struct Pebble {
     _pebble: Reaped,
-    _dns: Reaped,
+    dns: Option<Reaped>,
+    /// The DNS server's ports (answers, management), to start it again.
+    dns_ports: (u16, u16),
     directory: String,
     management: SocketAddr,
     /// Where Pebble validates HTTP-01 challenges: weir's plain listener must be here.
@@ -70,14 +72,7 @@ impl Pebble {
         }});
         let path = temp_path(&format!("pebble-{test}.json"));
         std::fs::write(&path, config.to_string()).unwrap();
-        let dns_child = std::process::Command::new("/usr/bin/pebble-challtestsrv")
-            .args(["-dns01", &format!("127.0.0.1:{dns}")])
-            .args(["-management", &format!("127.0.0.1:{dns_management}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("pebble-challtestsrv starts");
+        let dns_child = dns_server(dns, dns_management);
         let pebble_child = std::process::Command::new("/usr/bin/pebble")
             .arg("-config")
             .arg(&path)
@@ -89,7 +84,8 @@ impl Pebble {
             .expect("pebble starts");
         let pebble = Pebble {
             _pebble: Reaped(pebble_child),
-            _dns: Reaped(dns_child),
+            dns: Some(dns_child),
+            dns_ports: (dns, dns_management),
             directory: format!("https://127.0.0.1:{listen}/dir"),
             management: ([127, 0, 0, 1], management).into(),
             http_port: http,
@@ -103,6 +99,15 @@ impl Pebble {
             }
         }
         Some(pebble)
+    }
+
+    /// Stop Pebble's DNS: no name resolves, no challenge validates.
+    fn stop_dns(&mut self) {
+        self.dns = None;
+    }
+
+    fn start_dns(&mut self) {
+        self.dns = Some(dns_server(self.dns_ports.0, self.dns_ports.1));
     }
 
     /// Pebble's issuing root, from its management port (a new one each run).
@@ -120,6 +125,19 @@ impl Pebble {
         assert_eq!(reply.status, 200);
         CertificateDer::from_pem_slice(&reply.body).expect("a PEM root")
     }
+}
+
+/// pebble-challtestsrv answering every A query with 127.0.0.1 (and no AAAA).
+fn dns_server(port: u16, management: u16) -> Reaped {
+    let child = std::process::Command::new("/usr/bin/pebble-challtestsrv")
+        .args(["-dns01", &format!("127.0.0.1:{port}")])
+        .args(["-management", &format!("127.0.0.1:{management}")])
+        .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+        .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("pebble-challtestsrv starts");
+    Reaped(child)
 }
 
 fn acme_config(pebble: &Pebble, storage: &Path, worker: SocketAddr) -> String {
@@ -413,4 +431,51 @@ async fn two_weirs_sharing_one_redis_make_one_order_and_both_serve_it() {
     for storage in [&storage_a, &storage_b] {
         assert!(storage.join("app.weir.test.crt").exists(), "kept by both");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_fails_keeps_the_served_certificate_and_is_retried() {
+    let Some(mut pebble) = Pebble::start_with("acme_retry", Some(Duration::from_secs(40))).await
+    else {
+        return;
+    };
+    let root = pebble.root().await;
+    let worker = demo("w1").await;
+    let storage = storage("retry");
+    let config = acme_config(&pebble, &storage, worker).replace(
+        "email = \"ops@weir.test\"",
+        "email = \"ops@weir.test\"\nrenew_before = \"30s\"",
+    );
+    let started = Instant::now();
+    let weir = start_weir("", &config);
+    let (first, _) = wait_served(weir.addr(), "app.weir.test", &root).await;
+    // Before the renewal is due (10 s in), the CA's DNS goes: the renewal order fails.
+    pebble.stop_dns();
+    let until = started + Duration::from_secs(16);
+    while Instant::now() < until {
+        let leaf = served_leaf(weir.addr(), "app.weir.test", &root)
+            .await
+            .expect("the old certificate is served while its renewal fails");
+        assert_eq!(leaf, first);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = admin_call(weir.admin(), "GET", "/readyz", None, "").await;
+    assert_eq!(status, 200, "a name with a certificate is ready: {body}");
+    // The DNS is back: a retry renews it.
+    pebble.start_dns();
+    let restored = Instant::now();
+    let renewed = loop {
+        let leaf = served_leaf(weir.addr(), "app.weir.test", &root)
+            .await
+            .expect("a certificate served at every moment");
+        if leaf != first {
+            break restored.elapsed();
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(30),
+            "never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("renewal failed while the CA's DNS was down (the first certificate served throughout); renewed {renewed:?} after it came back");
 }
