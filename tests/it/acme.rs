@@ -15,13 +15,6 @@ use common::*;
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 /// Pebble and its DNS, torn down on drop.
 struct Pebble {
     _pebble: Reaped,

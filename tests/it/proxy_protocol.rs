@@ -27,13 +27,6 @@ struct Haproxy {
     tls: SocketAddr,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 impl Haproxy {
     /// `None` (the test said why) when haproxy is not installed.
     async fn start(test: &str, plain: SocketAddr, tls: SocketAddr) -> Option<Haproxy> {

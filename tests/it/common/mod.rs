@@ -714,6 +714,15 @@ pub fn build_image(script: &str, args: &[&str], image: &str) -> Result<(), Strin
     }
 }
 
+/// A loopback port free now, for a peer that must be told its port before it starts
+/// (HAProxy, Pebble).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// Where tests that could not run say so; `.ci/test` lists them after the run, so a skipped
 /// test is never taken for a passed one.
 pub const SKIPPED_LIST: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
