@@ -177,16 +177,21 @@ pub fn pools(control: &Control) -> Vec<PoolView> {
             let workers = pool.workers();
             let count = |s: WorkerState| crate::pool::count_in(&workers, s);
             let (desired, min, max, provider, revision, rollout) = match control.scalers.get(name) {
-                Some(scaler) => (
-                    scaler.desired(),
-                    scaler
-                        .policy()
-                        .effective_min(crate::values::unix_minutes_now()),
-                    scaler.policy().max_workers,
-                    scaler.describe(),
-                    scaler.revision(),
-                    scaler.rollout_view(),
-                ),
+                Some(scaler) => {
+                    // The rollout first: once it shows ended, the template it restored is
+                    // already the pool's (both change under its lock).
+                    let rollout = scaler.rollout_view();
+                    (
+                        scaler.desired(),
+                        scaler
+                            .policy()
+                            .effective_min(crate::values::unix_minutes_now()),
+                        scaler.policy().max_workers,
+                        scaler.describe(),
+                        scaler.revision(),
+                        rollout,
+                    )
+                }
                 None => {
                     let n = workers.len() as u32;
                     (n, n, n, format!("static: {n} address(es)"), None, None)

@@ -284,6 +284,23 @@ impl PoolScaler {
         }
     }
 
+    /// Launch the old `revision` (template hash `template`) again, through the provider kept
+    /// for it; without one (adopted after a restart), launch nothing until the config changes.
+    fn restore_template(&self, revision: Option<String>, template: Option<String>) {
+        let provider = self
+            .by_revision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&revision)
+            .cloned();
+        match provider {
+            Some(provider) => self.switch_template(provider, revision, template),
+            None => {
+                warn!(pool = %self.pool.name, "the old revision's template is not known here (adopted after a restart); no more workers are launched until the config changes")
+            }
+        }
+    }
+
     /// Launch `revision` (template hash `template`) through `provider` from now on, keeping
     /// the provider of the revision it replaces: its workers are released through it.
     fn switch_template(
@@ -311,24 +328,23 @@ impl PoolScaler {
     /// Stop the rollout: the new revision's workers are drained and released, and the old
     /// template launches again.
     fn abort_rollout(self: &Arc<Self>) {
-        let (from, from_template, to) = {
+        let (from, to) = {
             let mut guard = self.rollout_lock();
             let Some(r) = guard.as_mut() else {
                 return;
             };
             r.state = RolloutState::Aborted;
-            (r.from.clone(), r.from_template.clone(), r.to.clone())
+            self.pool.set_split(None);
+            if self
+                .by_revision
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&r.from)
+            {
+                self.restore_template(r.from.clone(), r.from_template.clone());
+            }
+            (r.from.clone(), r.to.clone())
         };
-        self.pool.set_split(None);
-        let known = self
-            .by_revision
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&from)
-            .cloned();
-        if let Some(provider) = known {
-            self.switch_template(provider, from.clone(), from_template);
-        }
         let workers = self.pool.workers();
         let count = workers.len() as u32;
         self.activity.record(
@@ -483,24 +499,17 @@ impl PoolScaler {
             let Some(r) = guard.as_mut().filter(|r| r.state == RolloutState::Running) else {
                 return;
             };
-            r.plan(&workers, &retiring, pending, desired, policy, now, &answers)
-        };
-        if let Some(split) = actions.split.clone() {
-            self.pool.set_split(split);
-        }
-        if let Some((revision, template)) = actions.restore {
-            let provider = self
-                .by_revision
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&revision)
-                .cloned();
-            if let Some(provider) = provider {
-                self.switch_template(provider, revision, template);
-            } else {
-                warn!(pool = %self.pool.name, "the old revision's template is not known here (adopted after a restart); no more workers are launched until the config changes");
+            let actions = r.plan(&workers, &retiring, pending, desired, policy, now, &answers);
+            // Applied before the lock goes: whoever sees the rollout ended (the admin API)
+            // sees the split gone and the old template back with it.
+            if let Some(split) = actions.split.clone() {
+                self.pool.set_split(split);
             }
-        }
+            if let Some((revision, template)) = actions.restore.clone() {
+                self.restore_template(revision, template);
+            }
+            actions
+        };
         let count = workers.len() as u32;
         if let Some((action, reason)) = actions.record {
             self.activity
