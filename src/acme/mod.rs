@@ -61,25 +61,25 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 }
                 let sets = name_sets(&snapshot.config);
                 let in_fleet = cluster.is_some();
-                let result = if in_fleet && fleet.is_none() {
-                    for names in &sets {
-                        if snapshot.certs.issued_for(&names[0]).is_none() {
-                            snapshot
-                                .certs
-                                .waiting_for(names, "the fleet's redis is unreachable".into());
-                        }
+                // A fleet instance without its Redis serves what it stored but orders nothing:
+                // one order at a time is the fleet's promise.
+                let may_order = !in_fleet || fleet.is_some();
+                let result = keep_fresh(
+                    &config,
+                    &sets,
+                    &snapshot.certs,
+                    &mut account,
+                    fleet.as_mut(),
+                    may_order,
+                )
+                .await
+                .and_then(|next| {
+                    if may_order {
+                        Ok(next)
+                    } else {
+                        Err("the fleet's redis is unreachable".to_string())
                     }
-                    Err("the fleet's redis is unreachable".to_string())
-                } else {
-                    keep_fresh(
-                        &config,
-                        &sets,
-                        &snapshot.certs,
-                        &mut account,
-                        fleet.as_mut(),
-                    )
-                    .await
-                };
+                });
                 match result {
                     Ok(next) => {
                         backoff = FIRST_BACKOFF;
@@ -178,6 +178,7 @@ async fn keep_fresh(
     certs: &Certs,
     account: &mut Option<(String, Account)>,
     mut fleet: Option<&mut FleetCerts>,
+    may_order: bool,
 ) -> Result<Duration, String> {
     let mut next = LOOK_AGAIN;
     let renew_before = config.renew_before.get();
@@ -211,6 +212,12 @@ async fn keep_fresh(
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
             next = next.min(left);
+            continue;
+        }
+        if !may_order {
+            if certs.issued_for(&names[0]).is_none() {
+                certs.waiting_for(names, "the fleet's redis is unreachable".into());
+            }
             continue;
         }
         if certs.issued_for(&names[0]).is_none() {

@@ -394,10 +394,10 @@ async fn two_weirs_sharing_one_redis_make_one_order_and_both_serve_it() {
     let root = pebble.root().await;
     let worker = demo("w1").await;
     let prefix = format!("acme-fleet-{}", std::process::id());
+    let url = redis.url();
     let cluster = |name: &str| {
         format!(
-            "[cluster]\nredis = \"{}\"\nname = \"{name}\"\nprefix = \"{prefix}\"\nlease_ttl = \"2s\"\n",
-            redis.url()
+            "[cluster]\nredis = \"{url}\"\nname = \"{name}\"\nprefix = \"{prefix}\"\nlease_ttl = \"2s\"\n"
         )
     };
     // Only `a` listens where Pebble looks, and `b` starts first and takes the order: the
@@ -424,6 +424,15 @@ async fn two_weirs_sharing_one_redis_make_one_order_and_both_serve_it() {
     for storage in [&storage_a, &storage_b] {
         assert!(storage.join("app.weir.test.crt").exists(), "kept by both");
     }
+
+    // Restarted while the fleet's Redis is down: the stored certificate is served, and
+    // nothing is ordered.
+    drop((a, b));
+    drop(redis);
+    let a = start_weir("", &(cluster("a") + &acme_config(&pebble, &storage_a, worker)));
+    let (again, _) = wait_served(a.addr(), "app.weir.test", &root).await;
+    assert_eq!(again, leaf_a, "the stored certificate");
+    assert!(!storage_a.join("account.json").exists(), "no order without redis");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
