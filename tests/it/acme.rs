@@ -429,10 +429,16 @@ async fn two_weirs_sharing_one_redis_make_one_order_and_both_serve_it() {
     // nothing is ordered.
     drop((a, b));
     drop(redis);
-    let a = start_weir("", &(cluster("a") + &acme_config(&pebble, &storage_a, worker)));
+    let a = start_weir(
+        "",
+        &(cluster("a") + &acme_config(&pebble, &storage_a, worker)),
+    );
     let (again, _) = wait_served(a.addr(), "app.weir.test", &root).await;
     assert_eq!(again, leaf_a, "the stored certificate");
-    assert!(!storage_a.join("account.json").exists(), "no order without redis");
+    assert!(
+        !storage_a.join("account.json").exists(),
+        "no order without redis"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
