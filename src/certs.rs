@@ -125,27 +125,11 @@ impl Certs {
 
 /// When the certificate `der` stops being valid (its `notAfter`); `None` if it cannot be read.
 pub fn not_after(der: &[u8]) -> Option<SystemTime> {
-    use crate::client_cert::der_element as element;
-    let (0x30, certificate, _) = element(der)? else {
-        return None;
-    };
-    let (0x30, tbs, _) = element(certificate)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = element(rest)?.2;
-    }
-    // serialNumber, signature, issuer, then validity.
-    for _ in 0..3 {
-        rest = element(rest)?.2;
-    }
-    let (0x30, validity, _) = element(rest)? else {
-        return None;
-    };
+    use crate::client_cert::{der_element, tbs_sequence, TBS_VALIDITY};
+    let validity = tbs_sequence(der, TBS_VALIDITY)?;
     // notBefore, then notAfter.
-    let (_, _, rest) = element(validity)?;
-    let (tag, value, _) = element(rest)?;
+    let (_, _, rest) = der_element(validity)?;
+    let (tag, value, _) = der_element(rest)?;
     parse_time(tag, value)
 }
 

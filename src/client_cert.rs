@@ -12,7 +12,7 @@ pub static X_FORWARDED_CLIENT_CERT: http::HeaderName =
 /// value could not be a header (never for a certificate rustls accepted).
 pub fn header_for(der: &[u8]) -> Option<HeaderValue> {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-    let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hash = hex(digest.as_ref());
     let subject = subject_of(der).unwrap_or_default();
     let quoted = subject.replace('\\', "\\\\").replace('"', "\\\"");
     HeaderValue::from_str(&format!("Hash={hash};Subject=\"{quoted}\"")).ok()
@@ -44,26 +44,41 @@ const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
 const OID: u8 = 0x06;
 
-/// The certificate's subject, RFC 4514 style: the last RDN first, `CN=a,O=b`.
-pub fn subject_of(der: &[u8]) -> Option<String> {
+/// The TBSCertificate fields after the version: serialNumber, signature, issuer, validity,
+/// subject (RFC 5280 §4.1).
+pub(crate) const TBS_VALIDITY: usize = 3;
+const TBS_SUBJECT: usize = 4;
+
+/// The contents of the certificate's TBSCertificate field number `index` (see
+/// [`TBS_VALIDITY`]), when it is a SEQUENCE.
+pub(crate) fn tbs_sequence(der: &[u8], index: usize) -> Option<&[u8]> {
     let (SEQUENCE, certificate, _) = der_element(der)? else {
         return None;
     };
-    let (SEQUENCE, tbs, _) = der_element(certificate)? else {
+    let (SEQUENCE, mut rest, _) = der_element(certificate)? else {
         return None;
     };
-    let mut rest = tbs;
     // [0] version, when present.
     if rest.first() == Some(&0xa0) {
         rest = der_element(rest)?.2;
     }
-    // serialNumber, signature, issuer, validity, then subject.
-    for _ in 0..4 {
+    for _ in 0..index {
         rest = der_element(rest)?.2;
     }
-    let (SEQUENCE, mut rdns, _) = der_element(rest)? else {
-        return None;
-    };
+    match der_element(rest)? {
+        (SEQUENCE, field, _) => Some(field),
+        _ => None,
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The certificate's subject, RFC 4514 style: the last RDN first, `CN=a,O=b`.
+pub fn subject_of(der: &[u8]) -> Option<String> {
+    let mut rdns = tbs_sequence(der, TBS_SUBJECT)?;
     let mut parts = Vec::new();
     while !rdns.is_empty() {
         let (SET, mut attributes, next) = der_element(rdns)? else {
@@ -141,10 +156,7 @@ fn attribute_value(tag: u8, value: &[u8]) -> String {
         _ => None,
     };
     let Some(text) = text else {
-        return format!(
-            "#{}",
-            value.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
+        return format!("#{}", hex(value));
     };
     let mut out = String::with_capacity(text.len());
     let last = text.chars().count().saturating_sub(1);

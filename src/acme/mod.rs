@@ -154,10 +154,6 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The name sets to order: each TLS listener's `acme` list (lower case), once each.
 fn name_sets(config: &crate::config::Config) -> Vec<Vec<String>> {
     let mut sets: Vec<Vec<String>> = Vec::new();
@@ -390,7 +386,10 @@ async fn order(
                 let key = crate::tls::alpn_challenge_key(&name, digest.as_ref())?;
                 certs.set_alpn_challenge(name.clone(), key);
                 tokens.push(Answer::Alpn(name.clone()));
-                (format!("alpn:{name}"), hex(digest.as_ref()))
+                (
+                    format!("alpn:{name}"),
+                    crate::client_cert::hex(digest.as_ref()),
+                )
             }
         };
         if let Some(fleet) = fleet.as_deref_mut() {
