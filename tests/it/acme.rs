@@ -21,6 +21,9 @@ struct Pebble {
     dns: Option<Reaped>,
     /// The DNS server's ports (answers, management), to start it again.
     dns_ports: (u16, u16),
+    /// While the DNS server is stopped, its port, held (queries go unanswered) so no other
+    /// test's DNS server takes it and answers for it.
+    dns_held: Option<std::net::UdpSocket>,
     directory: String,
     management: SocketAddr,
     /// Where Pebble validates HTTP-01 challenges: weir's plain listener must be here.
@@ -72,6 +75,9 @@ impl Pebble {
             .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
+            // Every order validates (Pebble reuses half of the valid authorizations by
+            // default, and a renewal meant to fail would then need no validation).
+            .env("PEBBLE_AUTHZREUSE", "0")
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("pebble starts");
@@ -79,6 +85,7 @@ impl Pebble {
             _pebble: Reaped(pebble_child),
             dns: Some(dns_child),
             dns_ports: (dns, dns_management),
+            dns_held: None,
             directory: format!("https://127.0.0.1:{listen}/dir"),
             management: ([127, 0, 0, 1], management).into(),
             http_port: http,
@@ -97,9 +104,18 @@ impl Pebble {
     /// Stop Pebble's DNS: no name resolves, no challenge validates.
     fn stop_dns(&mut self) {
         self.dns = None;
+        let deadline = Instant::now() + DEADLINE;
+        self.dns_held = loop {
+            match std::net::UdpSocket::bind(("127.0.0.1", self.dns_ports.0)) {
+                Ok(held) => break Some(held),
+                Err(e) => assert!(Instant::now() < deadline, "cannot hold the DNS port: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
     }
 
     fn start_dns(&mut self) {
+        self.dns_held = None;
         self.dns = Some(dns_server(self.dns_ports.0, self.dns_ports.1));
     }
 
