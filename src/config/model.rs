@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::values::{
-    Address, ByteSize, Cidr, Cron, Dur, HostRule, RequestPath, StatusRanges, WebUrl,
+    Address, ByteSize, Cidr, Cron, Dur, HeaderRules, HostName, HostRule, RequestPath, StatusRanges,
+    WebUrl,
 };
 
 /// Time allowed for a client to send a complete request head. Short enough that a slowloris
@@ -561,6 +562,22 @@ pub struct RouteConfig {
     /// its worker is released when the worker is done. Off for responses that must stream.
     #[serde(default = "enabled")]
     pub buffer_responses: bool,
+    /// Take the route's `path_prefix` off the path the worker sees ("/api/users" reaches the
+    /// worker as "/users"; "/api" as "/").
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Put this before the path the worker sees, after `strip_prefix` ("/v1": "/users" reaches
+    /// the worker as "/v1/users").
+    pub add_prefix: Option<RequestPath>,
+    /// The `Host` the worker gets (and, to an HTTP/2 worker, `:authority`); the client's stays
+    /// in `X-Forwarded-Host`. (`host` itself is what the route matches.)
+    pub rewrite_host: Option<HostName>,
+    /// Fields removed from and set on the request the worker gets.
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    /// Fields removed from and set on the worker's response before the client gets it.
+    #[serde(default)]
+    pub response_headers: HeaderRules,
 }
 
 fn enabled() -> bool {

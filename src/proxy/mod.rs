@@ -45,7 +45,7 @@ use crate::config::ServerConfig;
 use crate::error::{ProxyError, Report, RetryVerdict};
 use crate::http1::PendingUpgrade;
 use crate::pool::{InFlightGuard, Pool, Rejection, RetrySettings, RouteQueue, WaitReason, Worker};
-use crate::routing::Route;
+use crate::routing::{Rewrite, Route};
 use crate::spool::SpoolLimits;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;
@@ -291,6 +291,8 @@ struct Prepared {
     buffer_requests: bool,
     /// The route's `buffer_responses`.
     buffer_responses: bool,
+    /// The route's rewrites, for the response.
+    rewrite: Option<Arc<Rewrite>>,
 }
 
 /// A request refused before it was sent, with what its log line needs and its body (to be
@@ -326,7 +328,7 @@ fn prepare(
     };
     let snapshot = cx.shared.snapshot();
     let routed = rewrite_request_head(&mut head, cx, upgrade, &snapshot.config.server)
-        .and_then(|()| lookup(&snapshot, &head.headers, &head.uri, None));
+        .and_then(|()| lookup(&snapshot, head.headers.get(header::HOST), &head.uri, None));
     let route = match routed {
         Ok(route) => route,
         Err(error) => {
@@ -339,9 +341,19 @@ fn prepare(
     if outcome.wants_details() {
         outcome.route_name = Some(Arc::clone(&route.name));
     }
+    // The route is looked up again (the queue, a retry) by what the client sent.
+    let routed_as = route.rewrite.as_ref().map(|rewrite| {
+        let routed = Box::new(RoutedAs {
+            host: head.headers.get(header::HOST).cloned(),
+            uri: head.uri.clone(),
+        });
+        rewrite.request(&mut head);
+        routed
+    });
     Ok(Prepared {
         outgoing: Outgoing {
             parts: head,
+            routed_as,
             encoded: Bytes::new(),
             body: Some(UpstreamBody::Stream(body)),
             chunked: false,
@@ -351,6 +363,7 @@ fn prepare(
         settings: snapshot.upstream,
         buffer_requests: route.buffer_requests(),
         buffer_responses: route.buffer_responses(),
+        rewrite: route.rewrite.clone(),
     })
 }
 
@@ -367,6 +380,7 @@ async fn proxy(
         settings,
         buffer_requests,
         buffer_responses: _,
+        rewrite,
     } = prepared;
     let bytes_in = outcome.access.as_ref().map(|a| Arc::clone(&a.bytes_in));
     // `prepare` left the client's body in the slot; `proxy` runs once per request, so it is
@@ -419,7 +433,7 @@ async fn proxy(
         is_idempotent(&outgoing.parts.method) && matches!(body, UpstreamBody::Bytes(_));
     outgoing.set_body(body);
     let settings = *settings;
-    let (mut slot, waited, cold_start) = admit(cx, &outgoing.parts, outcome).await?;
+    let (mut slot, waited, cold_start) = admit(cx, outgoing, outcome).await?;
     outcome.queue_wait = waited;
     let mut tries = 1;
     let mut fresh = false;
@@ -446,12 +460,7 @@ async fn proxy(
                 // failure.
                 let listed = retry.on_status
                     && replayable
-                    && retries_on_status(
-                        cx,
-                        &outgoing.parts,
-                        response.status,
-                        outcome.route_variant,
-                    );
+                    && retries_on_status(cx, outgoing, response.status, outcome.route_variant);
                 if listed {
                     RetryVerdict::OtherWorker
                 } else {
@@ -465,15 +474,7 @@ async fn proxy(
                 error.retry()
             }
         };
-        let next = next_try(
-            cx,
-            &outgoing.parts,
-            verdict,
-            worker.id,
-            tries,
-            retry,
-            outcome,
-        );
+        let next = next_try(cx, outgoing, verdict, worker.id, tries, retry, outcome);
         match (next, tried) {
             (NextTry::Stop, Ok((response, worker_body))) => break (slot, response, worker_body),
             (NextTry::Stop, Err(error)) => {
@@ -548,6 +549,9 @@ async fn proxy(
     };
 
     headers::strip_hop_by_hop(&mut response.headers);
+    if let Some(rewrite) = rewrite {
+        rewrite.response(&mut response.headers);
+    }
     if let Some(waited) = cold_start {
         if let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis())) {
             response.headers.insert(X_WEIR_COLD_START.clone(), value);
@@ -571,11 +575,11 @@ async fn proxy(
 /// `variant`: the split route's pool the request was given at its first look (`None` there).
 fn lookup<'s>(
     snapshot: &'s Snapshot,
-    headers: &HeaderMap,
+    host: Option<&HeaderValue>,
     uri: &Uri,
     variant: Option<u16>,
 ) -> Result<&'s Route, ProxyError> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = host.and_then(|h| h.to_str().ok());
     snapshot
         .routes
         .lookup_variant(host, uri.path(), variant)
@@ -586,17 +590,13 @@ fn lookup<'s>(
 /// route's queue.
 async fn admit(
     cx: &ConnContext,
-    head: &Parts,
+    outgoing: &Outgoing,
     outcome: &Outcome,
 ) -> Result<(InFlightGuard, Duration, Option<Duration>), ProxyError> {
     let (pool, queue) = {
         let snapshot = cx.shared.snapshot();
-        let route = lookup(
-            &snapshot,
-            &head.headers,
-            &head.uri,
-            Some(outcome.route_variant),
-        )?;
+        let (host, uri) = outgoing.routed_as();
+        let route = lookup(&snapshot, host, uri, Some(outcome.route_variant))?;
         if let Some(slot) = route.pool.try_acquire(None) {
             return Ok((slot, Duration::ZERO, None));
         }
@@ -659,7 +659,7 @@ enum NextTry {
 /// pool as it is; a retry is counted in the metrics and the access log.
 fn next_try(
     cx: &ConnContext,
-    head: &Parts,
+    outgoing: &Outgoing,
     verdict: RetryVerdict,
     exclude: u64,
     tries: u32,
@@ -675,7 +675,8 @@ fn next_try(
             }
             let snapshot = cx.shared.snapshot();
             let variant = Some(outcome.route_variant);
-            let Ok(route) = lookup(&snapshot, &head.headers, &head.uri, variant) else {
+            let (host, uri) = outgoing.routed_as();
+            let Ok(route) = lookup(&snapshot, host, uri, variant) else {
                 return NextTry::Stop;
             };
             if !route.pool.try_spend_retry() {
@@ -706,9 +707,15 @@ impl std::fmt::Display for Tried<'_> {
 }
 
 /// Whether the request's pool retries a response with `status` on another worker.
-fn retries_on_status(cx: &ConnContext, head: &Parts, status: StatusCode, variant: u16) -> bool {
+fn retries_on_status(
+    cx: &ConnContext,
+    outgoing: &Outgoing,
+    status: StatusCode,
+    variant: u16,
+) -> bool {
     let snapshot = cx.shared.snapshot();
-    lookup(&snapshot, &head.headers, &head.uri, Some(variant))
+    let (host, uri) = outgoing.routed_as();
+    lookup(&snapshot, host, uri, Some(variant))
         .is_ok_and(|route| route.pool.retries_on_status(status.as_u16()))
 }
 
@@ -951,12 +958,28 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// its body (`None` while a try holds it).
 struct Outgoing {
     parts: Parts,
+    /// The Host and target the client sent, when the route rewrote them.
+    routed_as: Option<Box<RoutedAs>>,
     encoded: Bytes,
     body: Option<UpstreamBody>,
     chunked: bool,
 }
 
+/// What a rewritten request was routed by.
+struct RoutedAs {
+    host: Option<HeaderValue>,
+    uri: Uri,
+}
+
 impl Outgoing {
+    /// The Host and target the request is routed by: the client's.
+    fn routed_as(&self) -> (Option<&HeaderValue>, &Uri) {
+        match &self.routed_as {
+            Some(routed) => (routed.host.as_ref(), &routed.uri),
+            None => (self.parts.headers.get(header::HOST), &self.parts.uri),
+        }
+    }
+
     /// Set the body to send and encode the head with the framing that body needs.
     fn set_body(&mut self, body: UpstreamBody) {
         let known = body.size_hint().exact();

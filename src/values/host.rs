@@ -130,6 +130,29 @@ impl<'a> HostPort<'a> {
     }
 }
 
+/// A `host[:port]` to send as a worker's `Host` (a route's `rewrite_host`), checked as
+/// [`HostPort`] when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct HostName(http::HeaderValue);
+
+impl HostName {
+    /// The field value.
+    pub fn value(&self) -> &http::HeaderValue {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HostName {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        HostPort::parse(&text)
+            .and_then(|_| http::HeaderValue::from_str(&text).ok())
+            .map(HostName)
+            .ok_or_else(|| format!("{text:?} is not a host[:port]"))
+    }
+}
+
 /// 1-65535, digits only.
 fn parse_port(digits: &str) -> Option<u16> {
     if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {

@@ -40,6 +40,7 @@ mod proxy_protocol;
 mod read_timeout;
 mod reload;
 mod retry_on_status;
+mod rewrites;
 mod rollout;
 mod slot_attacks;
 mod slow_readers;

@@ -412,6 +412,16 @@ fn check_routes(config: &Config, origin: &str) -> Result<(), ConfigError> {
                 format!("{prefix:?} must start with '/'"),
             ));
         }
+        if route
+            .add_prefix
+            .as_ref()
+            .is_some_and(|p| p.get().query().is_some())
+        {
+            return Err(fail(
+                format!("routes[{i}].add_prefix"),
+                "a prefix is a path, without a query".into(),
+            ));
+        }
         if route.queue.timeout.get().is_zero() {
             return Err(fail(
                 format!("routes[{i}].queue.timeout"),

@@ -10,6 +10,10 @@ use crate::telemetry::AlertCounters;
 use crate::telemetry::RouteMetrics;
 use crate::values::HostPattern;
 
+mod rewrite;
+
+pub use rewrite::Rewrite;
+
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
@@ -25,6 +29,8 @@ pub struct Route {
     pub queue: Arc<RouteQueue>,
     /// The route's metric series.
     pub metrics: Arc<RouteMetrics>,
+    /// What it changes in the request the worker gets and the response the client gets.
+    pub rewrite: Option<Arc<Rewrite>>,
     /// The config it was compiled from: a reload that leaves it (and its pool) unchanged keeps
     /// the queue and metric objects above.
     config: RouteConfig,
@@ -203,12 +209,14 @@ impl RouteTable {
                         RouteMetrics::new(&name, &pool, alerts),
                     ),
                 };
+                let prefix = prefix_text.trim_end_matches('/').to_string();
                 routes.push(Route {
                     variant: routes.len() as u16,
                     queue,
                     metrics,
+                    rewrite: Rewrite::compile(rc, &prefix).map(Arc::new),
                     name: Arc::clone(&name),
-                    prefix: prefix_text.trim_end_matches('/').to_string(),
+                    prefix,
                     pool,
                     config: rc.clone(),
                 });
@@ -277,10 +285,15 @@ impl RouteTable {
     }
 }
 
-/// A route's config without its split's weights: what decides whether a reload keeps its
-/// queues.
+/// A route's config without its split's weights and rewrites: what decides whether a reload
+/// keeps its queues.
 fn unweighted(config: &RouteConfig) -> RouteConfig {
     let mut config = config.clone();
+    config.strip_prefix = false;
+    config.add_prefix = None;
+    config.rewrite_host = None;
+    config.request_headers = Default::default();
+    config.response_headers = Default::default();
     for target in &mut config.pools {
         target.weight = 0;
     }
