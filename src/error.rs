@@ -375,6 +375,25 @@ impl ProxyError {
         self.blames_worker
     }
 
+    /// The gRPC status a gRPC client gets for this failure (it cannot read an HTTP status):
+    /// UNAVAILABLE (14) for a worker that could not be reached or failed, RESOURCE_EXHAUSTED
+    /// (8) for a full queue, DEADLINE_EXCEEDED (4) for any time limit, UNIMPLEMENTED (12)
+    /// for no route, CANCELLED (1) for a client that went away, INTERNAL (13) for the rest.
+    pub fn grpc_status(&self) -> u8 {
+        match &self.kind {
+            ErrorKind::NoRoute => 12,
+            ErrorKind::ClientGone | ErrorKind::ClientStalled => 1,
+            ErrorKind::QueueFull { .. } | ErrorKind::TooManyBodies => 8,
+            ErrorKind::QueueTimeout { .. } | ErrorKind::TimedOut | ErrorKind::Stalled => 4,
+            ErrorKind::NoCapacity { .. } | ErrorKind::Io(_) => 14,
+            ErrorKind::BadRequest(_)
+            | ErrorKind::BadHost(_)
+            | ErrorKind::UnsupportedCoding
+            | ErrorKind::BadResponse(_)
+            | ErrorKind::Internal(_) => 13,
+        }
+    }
+
     /// The one mapping from a failure to what the client, the log and the metrics see.
     pub fn report(&self) -> Report {
         let (status, retry_after, body) = match &self.kind {

@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, Guard};
 use crate::access_log::AccessLog;
 use crate::config::{Config, ConfigError};
 use crate::limit::ConnectionLimit;
-use crate::pool::Pool;
+use crate::pool::{Pool, Transport};
 use crate::routing::RouteTable;
 use crate::spool::TempFiles;
 use crate::telemetry::AlertCounters;
@@ -95,6 +95,19 @@ impl Snapshot {
                 (name.clone(), pool)
             })
             .collect();
+        // Built (reading CA and certificate files) before anything live changes; handed to
+        // the pools once the whole snapshot has built.
+        let mut transports = Vec::with_capacity(config.pools.len());
+        for (name, pc) in &config.pools {
+            let transport = Transport::from_config(pc)
+                .map_err(|(key, m)| fail(format!("pools.{name}.{key}"), m))?;
+            if transport.tls.as_ref().is_some_and(|t| t.insecure) {
+                tracing::warn!(pool = %name, "tls.insecure_skip_verify is on: the workers' certificates are not verified (anyone on the path can pose as a worker)");
+            }
+            if let Some(pool) = pools.get(name) {
+                transports.push((Arc::clone(pool), Arc::new(transport), pc.sticky.clone()));
+            }
+        }
         let routes = RouteTable::build(&config, &pools, &alerts, previous_routes)
             .map_err(|m| fail(String::new(), m))?;
         let trusted_proxies = config.server.trusted_proxies.clone();
@@ -134,6 +147,10 @@ impl Snapshot {
             .admin
             .resolved_token()
             .map_err(|m| fail("admin.token_env".into(), m))?;
+        for (pool, transport, sticky) in transports {
+            pool.set_transport(transport);
+            pool.set_sticky(sticky);
+        }
         Ok(Snapshot {
             unrouted: RouteMetrics::unrouted(&alerts),
             alerts,

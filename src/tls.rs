@@ -12,7 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::certs::Certs;
-use crate::config::{CertPair, ClientAuth, TlsConfig};
+use crate::config::{CertPair, ClientAuth, TlsConfig, WorkerTlsConfig};
 
 /// The ALPN protocol of TLS-ALPN-01 challenges (RFC 8737): such a handshake is answered
 /// with the challenge's certificate and closed.
@@ -79,6 +79,113 @@ pub fn server_config(
         )
     })?;
     Ok(Arc::new(config))
+}
+
+/// A pool's client config for TLS to its workers (`[pools.NAME] tls`), offering `alpn` (h2
+/// for `protocol = "h2"`). Verification against `ca` (default: the public web roots) unless
+/// `insecure_skip_verify`; a client certificate when `cert` and `key` are given. Errors name
+/// the sub-key at fault.
+pub fn worker_client_config(
+    tls: &WorkerTlsConfig,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, (String, String)> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ("ca".to_string(), e.to_string()))?;
+    let builder = if tls.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::clone(&provider))))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca {
+            Some(ca) => {
+                let fail = |m: String| ("ca".to_string(), format!("{}: {m}", ca.display()));
+                for cert in CertificateDer::pem_file_iter(ca).map_err(|e| fail(e.to_string()))? {
+                    roots
+                        .add(cert.map_err(|e| fail(e.to_string()))?)
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(fail("no PEM certificate found".into()));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| ("cert".to_string(), format!("{}: {e}", cert.display())))?;
+            let private = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| ("key".to_string(), format!("{}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| ("key".to_string(), format!("{}: {e}", key.display())))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err((
+                "cert".to_string(),
+                "cert and key go together (mutual TLS)".to_string(),
+            ))
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// `insecure_skip_verify`: any certificate passes, though the handshake's signatures are
+/// still checked (so the session is at least with the holder of the certificate's key).
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The verifier of client certificates against the roots in `ca` (mutual TLS).

@@ -298,11 +298,21 @@ fn readiness(control: &Control) -> AdminResponse {
     }
     // A fleet whose Redis is down keeps serving with the workers it knows: that is degraded,
     // not unready (pulling every instance out of its balancer would be the outage).
-    let degraded: Vec<String> = control
+    let mut degraded: Vec<String> = control
         .fleet()
         .and_then(|c| c.problem())
         .into_iter()
         .collect();
+    // Serving, but not as safely as it looks: said on every readiness check, so it is not
+    // forgotten after the start-up log line.
+    for (name, pool) in &snapshot.pools {
+        if pool.transport().tls.as_ref().is_some_and(|t| t.insecure) {
+            degraded.push(format!(
+                "pool {name}: tls.insecure_skip_verify is on: the workers' certificates are not verified"
+            ));
+        }
+    }
+    degraded.sort();
     match (not_ready.is_empty(), degraded.is_empty()) {
         (true, true) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         (true, false) => json(

@@ -665,6 +665,71 @@ pub struct PoolConfig {
     /// How a new revision replaces the old one's workers.
     #[serde(default)]
     pub rollout: RolloutConfig,
+    /// What the workers speak: HTTP/1.1 (default), HTTP/2 with prior knowledge (`h2c`), or
+    /// HTTP/2 over TLS chosen by ALPN (`h2`).
+    #[serde(default)]
+    pub protocol: WorkerProtocol,
+    /// TLS to the workers (required by `h2`, which defaults to the system's roots without it).
+    pub tls: Option<WorkerTlsConfig>,
+    /// Session affinity: requests with the same key go to the same worker while it has room.
+    pub sticky: Option<StickyConfig>,
+}
+
+/// `[pools.NAME] protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerProtocol {
+    /// HTTP/1.1, one request at a time per connection.
+    #[default]
+    Http1,
+    /// HTTP/2 in plain text, with prior knowledge (RFC 9113 §3.3): few connections per
+    /// worker, many streams on each.
+    H2c,
+    /// HTTP/2 over TLS, agreed by ALPN.
+    H2,
+}
+
+impl WorkerProtocol {
+    /// Whether the workers speak HTTP/2.
+    pub fn is_h2(self) -> bool {
+        matches!(self, WorkerProtocol::H2c | WorkerProtocol::H2)
+    }
+}
+
+/// `[pools.NAME] tls`: how weir's connections to the workers are encrypted and verified.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTlsConfig {
+    /// PEM roots the workers' certificates must chain to; default: the public web roots.
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and verified against the worker's certificate; default: the
+    /// worker's address (an IP address, verified against the certificate's IP SANs).
+    pub server_name: Option<String>,
+    /// PEM client certificate chain, for workers that require one (mutual TLS).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Accept any certificate: encryption without authentication, for a test bench only
+    /// (logged at start and named on `/readyz`).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// `[pools.NAME] sticky`: what keys a request to its worker.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyConfig {
+    /// A cookie weir sets on the first response (its value names the worker's place on the
+    /// ring) and reads on later requests.
+    pub cookie: Option<String>,
+    /// With `cookie`: how long the browser keeps it (default: for the session).
+    pub ttl: Option<Dur>,
+    /// A request header whose value is the key (`x-user-id`); absent, the request goes by
+    /// the client address.
+    pub header: Option<String>,
+    /// Neither: key by the client address (`client_ip = true`, the default without the others).
+    #[serde(default)]
+    pub client_ip: bool,
 }
 
 /// `[pools.NAME.rollout]`: a reload that changes only a pool's launch template replaces its
@@ -882,6 +947,9 @@ pub struct HealthConfig {
     pub unhealthy_threshold: u32,
     /// Statuses that pass: "200", "200-399", or a comma list of both ("200,204,300-399").
     pub expect_status: StatusRanges,
+    /// Probe with the standard gRPC health protocol (`grpc.health.v1.Health/Check`) for this
+    /// service name ("" for the whole server), instead of `path`; passes on SERVING.
+    pub grpc: Option<String>,
 }
 
 impl Default for HealthConfig {
@@ -893,6 +961,7 @@ impl Default for HealthConfig {
             healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
             unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
             expect_status: StatusRanges::between(200, 399),
+            grpc: None,
         }
     }
 }

@@ -72,10 +72,11 @@ async fn probe_loop(pool: Weak<Pool>, pool_name: String, worker: Weak<Worker>) {
         }
         // Read each round, so a reload's new settings apply at once.
         let settings = pool.health();
+        let transport = pool.transport();
         drop(pool);
         let state = worker.state();
         if state != WorkerState::Draining {
-            let outcome = probe(worker.addr, &settings.kind, settings.timeout).await;
+            let outcome = probe(&worker, &settings.kind, &transport, settings.timeout).await;
             crate::telemetry::record_health_check(&pool_name, outcome.is_ok());
             // Passive ejection may have changed the state while the probe ran.
             let state = worker.state();

@@ -20,6 +20,12 @@ pub enum ProbeKind {
         /// Statuses that pass.
         expect: StatusRanges,
     },
+    /// Pass when `grpc.health.v1.Health/Check` for `service` ("" for the whole server)
+    /// answers SERVING.
+    Grpc {
+        /// The service asked about.
+        service: String,
+    },
 }
 
 /// A pool's probe settings, parsed and checked.
@@ -43,12 +49,15 @@ impl HealthSettings {
     pub fn from_config(config: Option<&HealthConfig>) -> Self {
         let defaults = HealthConfig::default();
         let config = config.unwrap_or(&defaults);
-        let kind = match &config.path {
-            Some(path) => ProbeKind::Http {
+        let kind = match (&config.grpc, &config.path) {
+            (Some(service), _) => ProbeKind::Grpc {
+                service: service.clone(),
+            },
+            (None, Some(path)) => ProbeKind::Http {
                 path: path.get().clone(),
                 expect: config.expect_status.clone(),
             },
-            None => ProbeKind::Tcp,
+            (None, None) => ProbeKind::Tcp,
         };
         HealthSettings {
             kind,

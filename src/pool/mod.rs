@@ -12,6 +12,8 @@ mod queue;
 mod retry_budget;
 mod revisions;
 mod share;
+pub mod sticky;
+mod transport;
 mod worker;
 
 pub use balance::Balancer;
@@ -21,6 +23,7 @@ pub use queue::{RouteQueue, WaitReason, WaitingRequest};
 pub use retry_budget::RetryBudget;
 pub use revisions::{AnswerCounts, RevisionSplit, RevisionStats};
 pub use share::{fleet_share, FleetPlace};
+pub use transport::{Transport, WorkerTls};
 pub use worker::{count_in, InFlightGuard, Worker, WorkerSpec, WorkerState, UNLIMITED};
 
 use std::collections::HashMap;
@@ -133,6 +136,10 @@ pub struct Pool {
     /// The answers of each revision's workers (`""`: workers of unknown revision), kept
     /// while the revision has workers.
     revision_stats: Mutex<HashMap<String, Arc<RevisionStats>>>,
+    /// How its workers are reached (protocol, TLS); swapped whole by a reload.
+    transport: ArcSwap<Transport>,
+    /// Session affinity, if any (`sticky`); swapped whole by a reload.
+    sticky: ArcSwapOption<crate::config::StickyConfig>,
     me: Weak<Pool>,
 }
 
@@ -161,6 +168,8 @@ impl Pool {
             split: ArcSwapOption::empty(),
             split_turns: AtomicU64::new(0),
             revision_stats: Mutex::new(HashMap::new()),
+            transport: ArcSwap::from_pointee(Transport::plain()),
+            sticky: ArcSwapOption::from_pointee(config.sticky.clone()),
             me: me.clone(),
         })
     }
@@ -169,6 +178,41 @@ impl Pool {
     /// sampler reads it.
     pub fn latency(&self) -> &Arc<LatencyHistogram> {
         &self.latency
+    }
+
+    /// How the workers are reached now.
+    pub fn transport(&self) -> Arc<Transport> {
+        self.transport.load_full()
+    }
+
+    /// Reach the workers this way from the next connection on (open ones finish as they are).
+    pub fn set_transport(&self, transport: Arc<Transport>) {
+        self.transport.store(transport);
+    }
+
+    /// Session affinity now.
+    pub fn sticky(&self) -> Option<Arc<crate::config::StickyConfig>> {
+        self.sticky.load_full()
+    }
+
+    /// Apply a reloaded `sticky` (from the next request on).
+    pub fn set_sticky(&self, sticky: Option<crate::config::StickyConfig>) {
+        if self.sticky.load().as_deref() != sticky.as_ref() {
+            self.sticky.store(sticky.map(Arc::new));
+        }
+    }
+
+    /// [`Pool::try_acquire`] for a request with an affinity key: its worker by
+    /// [`sticky::acquire`] (bounded loads), or none free now.
+    pub fn try_acquire_keyed(
+        &self,
+        key: Option<u64>,
+        exclude: Option<u64>,
+    ) -> Option<InFlightGuard> {
+        match key {
+            Some(key) => sticky::acquire(&self.workers.load(), key, exclude),
+            None => self.try_acquire(exclude),
+        }
     }
 
     /// Retry settings now.

@@ -103,6 +103,14 @@ pub fn count_in(workers: &[Arc<Worker>], state: WorkerState) -> u32 {
 }
 
 impl Worker {
+    /// How to reach it: its pool's transport (plain HTTP/1.1 for a worker of no pool).
+    pub fn transport(&self) -> Arc<super::Transport> {
+        match self.pool.upgrade() {
+            Some(pool) => pool.transport(),
+            None => Arc::new(super::Transport::plain()),
+        }
+    }
+
     /// A new worker belonging to `pool`, whose waiting counter is `waiting`.
     pub(super) fn new(spec: WorkerSpec, waiting: Arc<AtomicUsize>, pool: Weak<Pool>) -> Arc<Self> {
         Arc::new(Worker {

@@ -26,6 +26,17 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Whether a `TE` field lists `trailers` (RFC 9110 §10.1.4): the client takes a response's
+/// trailers, which gRPC's status travels in.
+pub fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().split(';').next() == Some("trailers"))
+        })
+    })
+}
+
 /// Remove hop-by-hop headers, including any named in `Connection` (but never `Host`, which
 /// is end to end: a client listing it must not make the worker see a request without one).
 ///

@@ -17,9 +17,11 @@ macro_rules! log_at {
 mod body;
 mod buffer;
 mod conn;
+mod grpc;
 mod headers;
 mod outcome;
 mod relay;
+mod sticky;
 mod tunnel;
 
 pub use body::ProxyBody;
@@ -50,8 +52,8 @@ use crate::spool::SpoolLimits;
 use crate::state::Snapshot;
 use crate::telemetry::RejectReason;
 use crate::upstream::{
-    call, drain_in_background, encode_head, BodyFraming, CallError, ClientBody, Pace, UpstreamBody,
-    UpstreamSettings, Upstreams, WorkerBody,
+    call, drain_in_background, encode_head, h2, BodyFraming, CallError, ClientBody, Pace,
+    UpstreamBody, UpstreamSettings, Upstreams, WorkerBody,
 };
 use crate::values::HostPort;
 use body::Exchange;
@@ -121,6 +123,7 @@ fn handle(
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
     let activity = cx.begin();
     let h1 = req.version() <= Version::HTTP_11;
+    let grpc = grpc::is_grpc(req.headers());
     let mut outcome = Outcome::start(&req, &cx);
     let mut prepared = prepare(req, &cx, &mut outcome);
     async move {
@@ -142,7 +145,9 @@ fn handle(
                 // when it is done, not when the client is (and an HTTP/2 stream the client
                 // gives no window can be cut alone). Streams stay streams: one piece at a time.
                 let plan = exchange.in_flight.is_some().then(|| {
+                    // A gRPC call's messages go as they come: it may be a stream.
                     let buffered = prepared.as_ref().is_ok_and(|p| p.buffer_responses)
+                        && !grpc
                         && bufferable(response.headers(), stream_asked.as_ref());
                     relay_plan(&cx, buffered)
                 });
@@ -209,7 +214,12 @@ fn handle(
                 outcome.status = report.status.as_u16();
                 outcome.error = Some(err.stage());
                 outcome.finish(report.body.len() as u64);
-                let mut response = error_response(&report);
+                // A gRPC client reads a gRPC status, not an HTTP one.
+                let mut response = if grpc {
+                    grpc::error_response(&err, &report)
+                } else {
+                    error_response(&report)
+                };
                 if report.close && h1 {
                     response
                         .headers_mut()
@@ -293,6 +303,12 @@ struct Prepared {
     buffer_responses: bool,
     /// The route's rewrites, for the response.
     rewrite: Option<Arc<Rewrite>>,
+    /// A gRPC call: its body streams (never read ahead), its response too, and its
+    /// `grpc-timeout` is `deadline`.
+    grpc: bool,
+    deadline: Option<Instant>,
+    /// The affinity cookie a request without one gets with its response.
+    set_cookie: Option<HeaderValue>,
 }
 
 /// A request refused before it was sent, with what its log line needs and its body (to be
@@ -326,6 +342,15 @@ fn prepare(
             body: Some(body),
         })
     };
+    let grpc = grpc::is_grpc(&head.headers);
+    let deadline = if grpc {
+        grpc::timeout(&head.headers).and_then(|t| Instant::now().checked_add(t))
+    } else {
+        None
+    };
+    // `te: trailers` says the client takes trailers: an HTTP/2 worker hears it (gRPC needs
+    // it); to an HTTP/1.1 worker, TE is hop-by-hop and goes no further.
+    let te_trailers = headers::asks_for_trailers(&head.headers);
     let snapshot = cx.shared.snapshot();
     let routed = rewrite_request_head(&mut head, cx, upgrade, &snapshot.config.server)
         .and_then(|()| lookup(&snapshot, head.headers.get(header::HOST), &head.uri, None));
@@ -350,8 +375,14 @@ fn prepare(
         rewrite.request(&mut head);
         routed
     });
+    let (sticky_key, set_cookie) = match route.pool.sticky() {
+        Some(sticky) => sticky::key(&sticky, &head.headers, cx),
+        None => (None, None),
+    };
     Ok(Prepared {
         outgoing: Outgoing {
+            sticky_key,
+            te_trailers,
             parts: head,
             routed_as,
             encoded: Bytes::new(),
@@ -364,6 +395,9 @@ fn prepare(
         buffer_requests: route.buffer_requests(),
         buffer_responses: route.buffer_responses(),
         rewrite: route.rewrite.clone(),
+        grpc,
+        deadline,
+        set_cookie,
     })
 }
 
@@ -381,7 +415,11 @@ async fn proxy(
         buffer_requests,
         buffer_responses: _,
         rewrite,
+        grpc,
+        deadline,
+        set_cookie,
     } = prepared;
+    let (grpc, deadline) = (*grpc, *deadline);
     let bytes_in = outcome.access.as_ref().map(|a| Arc::clone(&a.bytes_in));
     // `prepare` left the client's body in the slot; `proxy` runs once per request, so it is
     // still there (the other arm only keeps this free of a panic).
@@ -393,7 +431,9 @@ async fn proxy(
             ))
         }
     };
-    let body = match body_plan(&outgoing.parts, body, retry, bytes_in, *buffer_requests) {
+    // A gRPC call's body may be a stream the worker answers as it goes: never read ahead.
+    let read_ahead = *buffer_requests && !grpc;
+    let body = match body_plan(&outgoing.parts, body, retry, bytes_in, read_ahead) {
         BodyPlan::Ready(body) => body,
         // The body is read before the request takes a slot (boxed: the common future, a
         // request without a body, stays small).
@@ -432,13 +472,25 @@ async fn proxy(
     let replayable =
         is_idempotent(&outgoing.parts.method) && matches!(body, UpstreamBody::Bytes(_));
     outgoing.set_body(body);
-    let settings = *settings;
-    let (mut slot, waited, cold_start) = admit(cx, outgoing, outcome).await?;
+    let mut settings = *settings;
+    let (mut slot, waited, cold_start) = match deadline {
+        None => admit(cx, outgoing, outcome).await?,
+        Some(deadline) => {
+            match tokio::time::timeout_at(deadline, admit(cx, outgoing, outcome)).await {
+                Ok(admitted) => admitted?,
+                Err(_) => return Err(ProxyError::timed_out(false)),
+            }
+        }
+    };
     outcome.queue_wait = waited;
     let mut tries = 1;
     let mut fresh = false;
     let (slot, mut response, worker_body) = loop {
         let sent_at = Instant::now();
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(sent_at);
+            settings.response_timeout = settings.response_timeout.min(left);
+        }
         let worker = Arc::clone(slot.worker());
         let tried = send(
             &cx.upstreams,
@@ -535,7 +587,17 @@ async fn proxy(
     // the worker now, so a client that reads slowly holds memory, not a worker slot.
     let mut worker_body = worker_body;
     let limit = settings.response_buffer;
-    let whole = std::future::poll_fn(|cx| worker_body.poll_prefetch(cx, limit)).await?;
+    let whole = if grpc {
+        // A call's messages may be far apart (a server stream that waits for news): the head
+        // goes at once, and only the call's own deadline bounds the body.
+        worker_body.set_read_timeout(Duration::MAX);
+        if let Some(deadline) = deadline {
+            worker_body.set_deadline(deadline, grpc::deadline_trailers);
+        }
+        false
+    } else {
+        std::future::poll_fn(|cx| worker_body.poll_prefetch(cx, limit)).await?
+    };
     let in_flight = if whole {
         if let Some(conn) = worker_body.release() {
             let id = slot.worker().id;
@@ -551,6 +613,9 @@ async fn proxy(
     headers::strip_hop_by_hop(&mut response.headers);
     if let Some(rewrite) = rewrite {
         rewrite.response(&mut response.headers);
+    }
+    if let Some(cookie) = set_cookie.take() {
+        response.headers.append(header::SET_COOKIE, cookie);
     }
     if let Some(waited) = cold_start {
         if let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis())) {
@@ -597,7 +662,7 @@ async fn admit(
         let snapshot = cx.shared.snapshot();
         let (host, uri) = outgoing.routed_as();
         let route = lookup(&snapshot, host, uri, Some(outcome.route_variant))?;
-        if let Some(slot) = route.pool.try_acquire(None) {
+        if let Some(slot) = route.pool.try_acquire_keyed(outgoing.sticky_key, None) {
             return Ok((slot, Duration::ZERO, None));
         }
         (Arc::clone(&route.pool), Arc::clone(&route.queue))
@@ -682,7 +747,10 @@ fn next_try(
             if !route.pool.try_spend_retry() {
                 return NextTry::Stop;
             }
-            let Some(slot) = route.pool.try_acquire(Some(exclude)) else {
+            let Some(slot) = route
+                .pool
+                .try_acquire_keyed(outgoing.sticky_key, Some(exclude))
+            else {
                 return NextTry::Stop;
             };
             outcome.retries += 1;
@@ -958,6 +1026,10 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// its body (`None` while a try holds it).
 struct Outgoing {
     parts: Parts,
+    /// The request's affinity key (`sticky`), if its pool has one and the request carries it.
+    sticky_key: Option<u64>,
+    /// The client sent `te: trailers`.
+    te_trailers: bool,
     /// The Host and target the client sent, when the route rewrote them.
     routed_as: Option<Box<RoutedAs>>,
     encoded: Bytes,
@@ -1007,7 +1079,16 @@ async fn send(
     fresh: bool,
 ) -> Result<(http::response::Parts, WorkerBody), ProxyError> {
     let deadline = Instant::now() + settings.response_timeout;
-    let conn = upstreams.checkout(worker, settings, fresh).await?;
+    let transport = worker.transport();
+    if transport.protocol.is_h2() {
+        return Box::pin(send_h2(
+            upstreams, worker, &transport, settings, outgoing, replayable, fresh, deadline,
+        ))
+        .await;
+    }
+    let conn = upstreams
+        .checkout(worker, &transport, settings, fresh)
+        .await?;
     let Some(body) = outgoing.body.take() else {
         // Only a try that kept the body can leave it out; nothing to send.
         return Err(ProxyError::internal(
@@ -1040,5 +1121,58 @@ async fn send(
             Err(error)
         }
         Err(_) => Err(ProxyError::timed_out(called.sent())),
+    }
+}
+
+/// [`send`] to an HTTP/2 worker: a stream on the thread's connection to it (opened first when
+/// there is none), the same deadline for the response head, the same hand-back of the body.
+#[allow(clippy::too_many_arguments)]
+async fn send_h2(
+    upstreams: &Upstreams,
+    worker: &Worker,
+    transport: &crate::pool::Transport,
+    settings: &UpstreamSettings,
+    outgoing: &mut Outgoing,
+    replayable: bool,
+    fresh: bool,
+    deadline: Instant,
+) -> Result<(http::response::Parts, WorkerBody), ProxyError> {
+    let (mut sender, reused) = upstreams
+        .h2
+        .sender(worker, transport, settings, fresh)
+        .await?;
+    match tokio::time::timeout_at(deadline, h2::ready(&mut sender, replayable, reused)).await {
+        Ok(ready) => ready?,
+        Err(_) => return Err(ProxyError::timed_out(false)),
+    }
+    let Some(body) = outgoing.body.take() else {
+        return Err(ProxyError::internal(
+            "weir: internal error (the request body was already sent)\n",
+        ));
+    };
+    let replay = body.replay_copy();
+    let mut request = h2::request(&outgoing.parts, body, transport.scheme(), worker)?;
+    if outgoing.te_trailers {
+        request
+            .headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    match tokio::time::timeout_at(deadline, h2::send(sender, request, replayable, reused)).await {
+        Ok(Ok(response)) => {
+            if replayable {
+                outgoing.body = replay;
+            }
+            let (parts, body) = response.into_parts();
+            let mut body = WorkerBody::from_h2(body);
+            body.set_read_timeout(settings.read_timeout);
+            Ok((parts, body))
+        }
+        Ok(Err(error)) => {
+            if error.retry() != RetryVerdict::None && replayable {
+                outgoing.body = replay;
+            }
+            Err(error)
+        }
+        Err(_) => Err(ProxyError::timed_out(true)),
     }
 }

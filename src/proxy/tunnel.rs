@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::conn::ActivityGuard;
 use crate::http1::{PendingUpgrade, Upgraded};
 use crate::pool::InFlightGuard;
+use crate::upstream::WorkerStream;
 
 /// Once the client side has switched protocols, pass on any bytes the worker sent right after
 /// its 101 (`early`) and any the client sent right after its request (read with its head),
@@ -23,7 +23,7 @@ use crate::pool::InFlightGuard;
 /// flight on its worker for the tunnel's whole life.
 pub fn spawn(
     client: PendingUpgrade,
-    mut worker: TcpStream,
+    mut worker: WorkerStream,
     early: Bytes,
     in_flight: InFlightGuard,
     activity: ActivityGuard,

@@ -16,13 +16,13 @@ use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::body::UpstreamBody;
 use super::conn::WorkerConn;
 use super::encode::chunk_header;
 use super::pace::Pace;
+use super::stream::WorkerStream;
 use crate::error::ClientBodyError;
 use crate::error::{ProxyError, RetryVerdict};
 use crate::http1::{parse_head, BodyDecoder, Decoded, Framing};
@@ -119,6 +119,8 @@ impl Future for Call<'_> {
                     stall: Stall::new(),
                     ahead: None,
                     trailers: None,
+                    h2: None,
+                    deadline: None,
                 },
             )),
             Err(error) => {
@@ -207,9 +209,38 @@ pub struct WorkerBody {
     ahead: Option<Bytes>,
     /// The trailers of a body read whole ahead, handed out after `ahead` (boxed: rare).
     trailers: Option<Box<HeaderMap>>,
+    /// The body of an HTTP/2 worker's response (no connection of its own to manage).
+    h2: Option<Box<hyper::body::Incoming>>,
+    /// When the body is cut short, and the trailers that then end it (a gRPC deadline).
+    deadline: Option<Box<Deadline>>,
 }
 
+/// When a body is cut short, and the trailers that then end it.
+type Deadline = (Pin<Box<Sleep>>, fn() -> HeaderMap);
+
 impl WorkerBody {
+    /// The body of an HTTP/2 worker's response.
+    pub fn from_h2(body: hyper::body::Incoming) -> Self {
+        WorkerBody {
+            conn: None,
+            decoder: BodyDecoder::new(Framing::Empty),
+            upload: None,
+            keep_alive: false,
+            upgrade: false,
+            stall: Stall::new(),
+            ahead: None,
+            trailers: None,
+            h2: Some(Box::new(body)),
+            deadline: None,
+        }
+    }
+
+    /// End the body at `at` with the trailers `ending` makes (an HTTP/2 worker's body; the
+    /// worker's stream is reset then).
+    pub fn set_deadline(&mut self, at: Instant, ending: fn() -> HeaderMap) {
+        self.deadline = Some(Box::new((Box::pin(tokio::time::sleep_until(at)), ending)));
+    }
+
     /// Give up on the body when the worker sends none of it for `timeout` (while the request
     /// is still uploading, the worker may rightly wait for it, so that time is not counted).
     pub fn set_read_timeout(&mut self, timeout: Duration) {
@@ -228,7 +259,7 @@ impl WorkerBody {
 
     /// The socket and any bytes already read past the head, after a 101 response to a request
     /// whose body was fully sent.
-    pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
+    pub fn into_upgraded(mut self) -> Option<(WorkerStream, Bytes)> {
         if !self.upgrade || !self.request_sent() {
             return None;
         }
@@ -334,6 +365,34 @@ impl WorkerBody {
         if let Some(trailers) = self.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
         }
+        if let Some(body) = self.h2.as_mut() {
+            if let Some(deadline) = self.deadline.as_mut() {
+                if deadline.0.as_mut().poll(cx).is_ready() {
+                    let ending = deadline.1;
+                    self.deadline = None;
+                    self.h2 = None;
+                    return Poll::Ready(Some(Ok(Frame::trailers(ending()))));
+                }
+            }
+            return match Pin::new(&mut **body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.stall.disarm();
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.h2 = None;
+                    Poll::Ready(Some(Err(ProxyError::mid_response(io::Error::other(e)))))
+                }
+                Poll::Ready(None) => {
+                    self.h2 = None;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => match self.stall.poll_expired(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(ProxyError::read_timed_out()))),
+                    Poll::Pending => Poll::Pending,
+                },
+            };
+        }
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
@@ -418,16 +477,33 @@ impl Body for WorkerBody {
             // The exchange is over: the connection closes now, not when hyper drops the body.
             this.conn = None;
             this.upload = None;
+            this.h2 = None;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ahead.is_none() && self.trailers.is_none() && self.decoder.is_done()
+        self.ahead.is_none()
+            && self.trailers.is_none()
+            && self
+                .h2
+                .as_ref()
+                .map_or(self.decoder.is_done(), |b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
         let ahead = self.ahead.as_ref().map_or(0, |b| b.len() as u64);
+        if let Some(body) = &self.h2 {
+            let inner = body.size_hint();
+            return match inner.exact() {
+                Some(left) if self.trailers.is_none() => SizeHint::with_exact(left + ahead),
+                _ => {
+                    let mut hint = SizeHint::default();
+                    hint.set_lower(ahead + inner.lower());
+                    hint
+                }
+            };
+        }
         match self.decoder.remaining() {
             // Trailers need chunked framing on the way out: no exact length then.
             Some(left) if self.trailers.is_none() => SizeHint::with_exact(left + ahead),
@@ -572,6 +648,8 @@ struct Upload {
     abandoned: bool,
     /// Bounds the wait for the client's next body bytes.
     stall: StallTimer,
+    /// Bytes were written since the last flush (TLS holds records until flushed).
+    unflushed: bool,
 }
 
 impl Upload {
@@ -585,6 +663,7 @@ impl Upload {
             write_error: None,
             abandoned: false,
             stall: StallTimer::new(Pace::unchecked()),
+            unflushed: false,
         }
     }
 
@@ -608,11 +687,12 @@ impl Upload {
             write_error: None,
             abandoned: false,
             stall: StallTimer::new(pace),
+            unflushed: false,
         }
     }
 
     fn is_finished(&self) -> bool {
-        !self.abandoned && self.queue.is_empty() && self.body.is_none()
+        !self.abandoned && self.queue.is_empty() && self.body.is_none() && !self.unflushed
     }
 
     fn abandon(&mut self, error: io::Error) {
@@ -631,7 +711,7 @@ impl Upload {
     fn poll_pump(
         &mut self,
         cx: &mut Context<'_>,
-        stream: &mut TcpStream,
+        stream: &mut WorkerStream,
     ) -> Poll<Result<(), PumpError>> {
         if self.abandoned {
             return Poll::Ready(Ok(()));
@@ -646,8 +726,17 @@ impl Upload {
                     Poll::Ready(Ok(n)) => {
                         self.written += n as u64;
                         self.queue.advance(n);
+                        self.unflushed = true;
                         continue;
                     }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Worker(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.unflushed {
+                // A no-op on plain TCP; TLS sends the records it holds.
+                match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Worker(e))),
                     Poll::Pending => return Poll::Pending,
                 }

@@ -4,13 +4,14 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 
 use crate::values::lines::SectionScan;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+
+use super::stream::WorkerStream;
 
 /// Spare room below which the read buffer is grown before a read.
 const MIN_SPARE: usize = 2 * 1024;
@@ -20,7 +21,7 @@ const IDLE_BUFFER_KEEP: usize = 16 * 1024;
 
 /// A connection to a worker.
 pub struct WorkerConn {
-    pub(super) stream: TcpStream,
+    pub(super) stream: WorkerStream,
     pub(super) read_buf: BytesMut,
     /// How far the search for the response head's end has gone, so a head that arrives in
     /// many reads is looked at once.
@@ -31,7 +32,7 @@ pub struct WorkerConn {
 
 impl WorkerConn {
     /// A fresh connection.
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: WorkerStream) -> Self {
         WorkerConn {
             stream,
             read_buf: BytesMut::new(),
@@ -45,18 +46,7 @@ impl WorkerConn {
     /// when the socket has signalled something is it read (EOF, an error or stray bytes all
     /// mean the connection is done).
     pub fn is_usable_idle(&self) -> bool {
-        if !self.read_buf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            }
-        }
+        self.read_buf.is_empty() && self.stream.is_quiet()
     }
 
     /// Let go of a read buffer grown for a large body, before idling in the pool.
@@ -81,7 +71,7 @@ impl WorkerConn {
     }
 
     /// The socket and unread bytes, for a connection that switched protocols.
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (WorkerStream, BytesMut) {
         (self.stream, self.read_buf)
     }
 }

@@ -15,13 +15,15 @@ use tokio::time::Instant;
 
 use crate::config::{ServerConfig, UpstreamConfig};
 use crate::error::ProxyError;
-use crate::pool::Worker;
+use crate::pool::{Transport, Worker};
 
 mod body;
 mod call;
 mod conn;
 mod encode;
+pub mod h2;
 mod pace;
+mod stream;
 
 pub use crate::error::ClientBodyError;
 pub use crate::http1::{BodyDecoder, Decoded, Framing};
@@ -30,6 +32,7 @@ pub use call::{call, drain_in_background, Call, CallError, WorkerBody};
 pub use conn::WorkerConn;
 pub use encode::{encode_head, BodyFraming};
 pub use pace::Pace;
+pub use stream::WorkerStream;
 
 /// The upstream settings the request path needs after it lets go of the config snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +95,8 @@ struct IdleConn {
 #[derive(Default)]
 pub struct Upstreams {
     idle: Mutex<HashMap<u64, VecDeque<IdleConn>>>,
+    /// Multiplexed connections to HTTP/2 workers.
+    pub h2: h2::H2Conns,
 }
 
 impl Upstreams {
@@ -113,6 +118,7 @@ impl Upstreams {
     pub async fn checkout(
         &self,
         worker: &Worker,
+        transport: &Transport,
         settings: &UpstreamSettings,
         fresh: bool,
     ) -> Result<WorkerConn, ProxyError> {
@@ -121,7 +127,9 @@ impl Upstreams {
                 return Ok(conn);
             }
         }
-        self.connect(worker, settings).await
+        connect(worker, transport, settings)
+            .await
+            .map(WorkerConn::new)
     }
 
     /// The most recently used live idle connection (LIFO keeps few connections warm).
@@ -136,40 +144,6 @@ impl Upstreams {
             }
         }
         None
-    }
-
-    /// Open a fresh connection to `worker`.
-    async fn connect(
-        &self,
-        worker: &Worker,
-        settings: &UpstreamSettings,
-    ) -> Result<WorkerConn, ProxyError> {
-        let stream =
-            match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(worker.addr))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(ProxyError::connect(e)),
-                Err(_) => {
-                    return Err(ProxyError::connect(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    )))
-                }
-            };
-        // A connect can outlast its worker: one started just before the worker exited may,
-        // while the address resolves again, reach whatever took that address since (a
-        // replacement container, another pool's worker). A worker found dead or failing
-        // meanwhile gets nothing on it; the request is retried elsewhere, as on a refusal.
-        if worker.state() == crate::pool::WorkerState::Unhealthy {
-            return Err(ProxyError::connect(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the worker was found dead or failing while connecting",
-            )));
-        }
-        // Small proxied writes must not wait for Nagle.
-        stream.set_nodelay(true).map_err(ProxyError::connect)?;
-        Ok(WorkerConn::new(stream))
     }
 
     /// Return a connection whose exchange finished cleanly, for the next request to reuse.
@@ -192,6 +166,7 @@ impl Upstreams {
     /// Drop closed and expired idle connections and the entries of workers with none left, so
     /// departed workers leave nothing behind. Called periodically by each serving thread.
     pub fn sweep(&self, max_idle: Duration) {
+        self.h2.sweep(max_idle);
         let now = Instant::now();
         self.lock().retain(|_, conns| {
             conns.retain(|c| now.duration_since(c.since) < max_idle && c.conn.is_usable_idle());
@@ -202,6 +177,71 @@ impl Upstreams {
     /// Idle connections currently pooled (for tests and the admin view).
     pub fn idle_count(&self) -> usize {
         self.lock().values().map(VecDeque::len).sum()
+    }
+}
+
+/// Open a fresh connection to `worker`: TCP within `connect_timeout`, and the TLS
+/// handshake within the same deadline when the pool asks for TLS.
+pub async fn connect(
+    worker: &Worker,
+    transport: &Transport,
+    settings: &UpstreamSettings,
+) -> Result<WorkerStream, ProxyError> {
+    connect_checked(worker, transport, settings.connect_timeout, true).await
+}
+
+/// [`connect`] for a probe: an unhealthy worker is what a probe is for.
+pub async fn connect_for_probe(
+    worker: &Worker,
+    transport: &Transport,
+    timeout: Duration,
+) -> Result<WorkerStream, ProxyError> {
+    connect_checked(worker, transport, timeout, false).await
+}
+
+async fn connect_checked(
+    worker: &Worker,
+    transport: &Transport,
+    timeout: Duration,
+    refuse_unhealthy: bool,
+) -> Result<WorkerStream, ProxyError> {
+    let deadline = Instant::now() + timeout;
+    let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(worker.addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(ProxyError::connect(e)),
+        Err(_) => {
+            return Err(ProxyError::connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            )))
+        }
+    };
+    // A connect can outlast its worker: one started just before the worker exited may,
+    // while the address resolves again, reach whatever took that address since (a
+    // replacement container, another pool's worker). A worker found dead or failing
+    // meanwhile gets nothing on it; the request is retried elsewhere, as on a refusal.
+    if refuse_unhealthy && worker.state() == crate::pool::WorkerState::Unhealthy {
+        return Err(ProxyError::connect(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the worker was found dead or failing while connecting",
+        )));
+    }
+    // Small proxied writes must not wait for Nagle.
+    stream.set_nodelay(true).map_err(ProxyError::connect)?;
+    let Some(tls) = &transport.tls else {
+        return Ok(WorkerStream::Plain(stream));
+    };
+    let handshake = tls.connector.connect(tls.server_name(worker.addr), stream);
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(stream)) => Ok(WorkerStream::Tls(Box::new(stream))),
+        Ok(Err(e)) => Err(ProxyError::connect(std::io::Error::new(
+            e.kind(),
+            format!("TLS handshake with the worker failed: {e}"),
+        ))),
+        Err(_) => Err(ProxyError::connect(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake with the worker timed out",
+        ))),
     }
 }
 
@@ -218,9 +258,14 @@ mod tests {
         let settings = UpstreamSettings::new(&UpstreamConfig::default(), &ServerConfig::default());
         let upstreams = Upstreams::new();
         let alive = Worker::detached("app-1", addr, WorkerState::Ready);
-        assert!(upstreams.checkout(&alive, &settings, true).await.is_ok());
+        assert!(upstreams
+            .checkout(&alive, &Transport::plain(), &settings, true)
+            .await
+            .is_ok());
         let dead = Worker::detached("app-1", addr, WorkerState::Unhealthy);
-        let refused = upstreams.checkout(&dead, &settings, true).await;
+        let refused = upstreams
+            .checkout(&dead, &Transport::plain(), &settings, true)
+            .await;
         assert!(
             refused.is_err(),
             "connected to whatever holds a dead worker's address"

@@ -21,6 +21,48 @@ pub(super) fn check_pool(name: &str, pool: &PoolConfig, origin: &str) -> Result<
     }
     if let Some(health) = &pool.health {
         check_health(health).map_err(|(key, m)| fail(format!("pools.{name}.health{key}"), m))?;
+        if health.grpc.is_some() && !pool.protocol.is_h2() {
+            return Err(fail(
+                format!("pools.{name}.health.grpc"),
+                "gRPC runs over HTTP/2: set the pool's protocol = \"h2c\" or \"h2\"".into(),
+            ));
+        }
+        if health.grpc.is_some() && health.path.is_some() {
+            return Err(fail(
+                format!("pools.{name}.health.grpc"),
+                "probe with path or grpc, not both".into(),
+            ));
+        }
+    }
+    if let Some(sticky) = &pool.sticky {
+        let keys = [
+            sticky.cookie.is_some(),
+            sticky.header.is_some(),
+            sticky.client_ip,
+        ];
+        if keys.iter().filter(|k| **k).count() > 1 {
+            return Err(fail(
+                format!("pools.{name}.sticky"),
+                "one key: cookie, header or client_ip".into(),
+            ));
+        }
+        if sticky.ttl.is_some() && sticky.cookie.is_none() {
+            return Err(fail(
+                format!("pools.{name}.sticky.ttl"),
+                "ttl is the cookie's lifetime: it needs cookie".into(),
+            ));
+        }
+        for (key, value) in [("cookie", &sticky.cookie), ("header", &sticky.header)] {
+            let valid = value.as_ref().is_none_or(|v| {
+                !v.is_empty() && http::HeaderName::from_bytes(v.as_bytes()).is_ok()
+            });
+            if !valid {
+                return Err(fail(
+                    format!("pools.{name}.sticky.{key}"),
+                    "letters, digits and '-' make a name".into(),
+                ));
+            }
+        }
     }
     if pool.worker_concurrency == Some(0) {
         return Err(fail(
