@@ -43,6 +43,9 @@ pub struct Control {
     fleet: Option<Arc<Fleet>>,
     config_path: Option<PathBuf>,
     scaler_tasks: Mutex<HashMap<String, ScalerTask>>,
+    /// The member source of each pool weir does not launch for (a static list, its names
+    /// followed in DNS): asked for `/readyz`, and its feed stopped when the pool goes.
+    sources: Mutex<HashMap<String, Source>>,
     reload_lock: tokio::sync::Mutex<()>,
     admin_connections: Arc<ConnectionLimit>,
     /// The control thread's runtime, set when it starts: what a reload starts (scalers, probe
@@ -68,6 +71,7 @@ impl Control {
             fleet,
             config_path,
             scaler_tasks: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             runtime: OnceLock::new(),
         })
@@ -100,15 +104,22 @@ impl Control {
                 return;
             }
         };
+        let mut feed = None;
         if let Some(mut members) = provider.discover() {
             // What the source has at once (a static list: everything) joins now; the rest as
             // it comes.
             while let Ok(update) = members.try_recv() {
                 membership.apply(update);
             }
-            tokio::spawn(Arc::clone(&membership).follow(members));
+            feed = Some(tokio::spawn(Arc::clone(&membership).follow(members)));
         }
         if !provider.can_launch() {
+            let replaced = self
+                .lock_sources()
+                .insert(name.to_string(), Source { provider, feed });
+            if let Some(old) = replaced.and_then(|s| s.feed) {
+                old.abort();
+            }
             return;
         }
         let autoscale = config.autoscale.clone().unwrap_or_default();
@@ -127,6 +138,27 @@ impl Control {
             .insert(name.to_string(), ScalerTask { stop, task });
     }
 
+    fn lock_sources(&self) -> std::sync::MutexGuard<'_, HashMap<String, Source>> {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why the member sources of pools weir does not launch for cannot be relied on now (a
+    /// failed DNS lookup), one line per pool.
+    pub fn source_problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .lock_sources()
+            .iter()
+            .filter_map(|(name, source)| {
+                source
+                    .provider
+                    .problem()
+                    .map(|p| format!("pool {name}: {p}"))
+            })
+            .collect();
+        problems.sort();
+        problems
+    }
+
     fn lock_scaler_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, ScalerTask>> {
         self.scaler_tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -134,6 +166,11 @@ impl Control {
     /// Stop a pool's scaler; it drains and releases its workers in the background.
     fn stop_pool(&self, name: &str) {
         self.scalers.remove(name);
+        // A followed source (names in DNS) stops with its pool: its feed's end closes the
+        // stream, which ends the lookups.
+        if let Some(feed) = self.lock_sources().remove(name).and_then(|s| s.feed) {
+            feed.abort();
+        }
         if let Some(task) = self.lock_scaler_tasks().remove(name) {
             let _ = task.stop.send(true);
             tokio::spawn(async move {
@@ -410,4 +447,11 @@ pub fn run(
             let _ = task.await;
         }
     });
+}
+
+/// A pool's member source that no scaler owns.
+struct Source {
+    provider: Arc<dyn crate::provider::Provider>,
+    /// The task applying its updates to the pool.
+    feed: Option<tokio::task::JoinHandle<()>>,
 }

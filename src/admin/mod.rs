@@ -291,6 +291,9 @@ fn readiness(control: &Control) -> AdminResponse {
             not_ready.push(format!("pool {}: {problem}", scaler.key()));
         }
     }
+    // A failed DNS lookup keeps the last addresses: still serving, so degraded, not unready
+    // (unless the pool has no worker left, which the route check above says).
+    let source_problems = control.source_problems();
     // An instance that hears too little of its fleet uses no shared capacity: its clients
     // are better served elsewhere.
     if let Some(isolated) = control.fleet().and_then(|f| f.isolation()) {
@@ -312,6 +315,7 @@ fn readiness(control: &Control) -> AdminResponse {
             ));
         }
     }
+    degraded.extend(source_problems);
     degraded.sort();
     match (not_ready.is_empty(), degraded.is_empty()) {
         (true, true) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),

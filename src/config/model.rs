@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::values::{
     Address, ByteSize, Cidr, Cron, Dur, HeaderRules, HostName, HostRule, RequestPath, StatusRanges,
-    WebUrl,
+    WebUrl, WorkerTarget,
 };
 
 /// Time allowed for a client to send a complete request head. Short enough that a slowloris
@@ -1012,19 +1012,44 @@ pub enum Balance {
     RoundRobin,
 }
 
+/// How often a static pool's names are looked up again when their records do not say sooner:
+/// a moved service is followed within half a minute, without a query a second per name.
+pub const DEFAULT_DNS_REFRESH: Dur = Dur::from_secs(30);
+
+fn default_dns_refresh() -> Dur {
+    DEFAULT_DNS_REFRESH
+}
+
 /// Time a released process gets between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Dur = Dur::from_secs(10);
 
 /// A list of addresses whose errors name the entry: inside a provider table (an internally
 /// tagged enum) the key path stops at `provider`, so the index goes into the message.
-fn addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Address>, D::Error> {
+fn addresses<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<WorkerTarget>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| {
+            WorkerTarget::try_from(text)
+                .map_err(|m| serde::de::Error::custom(format!("addresses[{i}]: {m}")))
+        })
+        .collect()
+}
+
+/// `dns_servers`, its errors naming the entry (as [`addresses`]).
+fn dns_servers<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Address>, D::Error> {
     let texts = Vec::<String>::deserialize(deserializer)?;
     texts
         .into_iter()
         .enumerate()
         .map(|(i, text)| {
             Address::try_from(text)
-                .map_err(|m| serde::de::Error::custom(format!("addresses[{i}]: {m}")))
+                .map_err(|m| serde::de::Error::custom(format!("dns_servers[{i}]: {m}")))
         })
         .collect()
 }
@@ -1035,9 +1060,18 @@ fn addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Ad
 pub enum ProviderConfig {
     /// A fixed list of worker addresses.
     Static {
-        /// "IP:port" of each worker.
+        /// "IP:port" of each worker, or "host:port": every address the name resolves to
+        /// (A and AAAA) is a worker, looked up again every `dns_refresh`.
         #[serde(deserialize_with = "addresses")]
-        addresses: Vec<Address>,
+        addresses: Vec<WorkerTarget>,
+        /// Longest time between lookups of the names in `addresses`; a record's shorter TTL
+        /// brings the next lookup forward (never sooner than a second).
+        #[serde(default = "default_dns_refresh")]
+        dns_refresh: Dur,
+        /// DNS servers ("IP:port") asked for those names; default: the system's
+        /// (/etc/resolv.conf, /etc/hosts).
+        #[serde(default, deserialize_with = "dns_servers")]
+        dns_servers: Vec<Address>,
     },
     /// Local processes that weir starts and stops.
     Process {

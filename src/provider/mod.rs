@@ -4,6 +4,7 @@
 //! pool as a [`MemberStream`]; so a new backend is one more implementation, with no change to
 //! the scaler or the pool.
 
+mod dns;
 mod docker;
 mod exec;
 mod kubernetes;
@@ -198,10 +199,16 @@ pub async fn preflight(config: &crate::config::Config) -> Result<(), String> {
 /// Build the provider a pool's config names.
 pub fn from_config(pool: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, String> {
     Ok(match config {
-        ProviderConfig::Static { addresses } => {
-            let addresses = addresses.iter().map(|a| a.get()).collect();
-            Arc::new(StaticProvider::new(pool, addresses))
-        }
+        ProviderConfig::Static {
+            addresses,
+            dns_refresh,
+            dns_servers,
+        } => Arc::new(StaticProvider::new(
+            pool,
+            addresses.clone(),
+            dns_refresh.get(),
+            dns_servers.iter().map(|a| a.get()).collect(),
+        )),
         ProviderConfig::Process {
             command,
             env,

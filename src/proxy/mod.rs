@@ -1081,6 +1081,11 @@ async fn send(
     let deadline = Instant::now() + settings.response_timeout;
     let transport = worker.transport();
     if transport.protocol.is_h2() {
+        if outgoing.parts.headers.contains_key(header::UPGRADE) {
+            return Err(ProxyError::bad_request(
+                "weir: this route's workers speak HTTP/2, which has no Upgrade (WebSocket needs protocol = \"http1\")\n",
+            ));
+        }
         return Box::pin(send_h2(
             upstreams, worker, &transport, settings, outgoing, replayable, fresh, deadline,
         ))

@@ -20,6 +20,7 @@ pub mod lines;
 pub mod path;
 mod size;
 mod status;
+mod target;
 mod url;
 
 pub use address::{parse_socket_addr, Address};
@@ -31,4 +32,5 @@ pub use host::{HostName, HostPattern, HostPort, HostRule};
 pub use path::RequestPath;
 pub use size::ByteSize;
 pub use status::StatusRanges;
+pub use target::WorkerTarget;
 pub use url::WebUrl;

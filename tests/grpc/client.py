@@ -36,16 +36,23 @@ def main():
     parser.add_argument("--ca")
     parser.add_argument("--name", default="localhost")
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--timed", action="store_true", help="check: add the call's own time, ' in N ms'"
+    )
     args = parser.parse_args()
     stub = health_pb2_grpc.HealthStub(channel(args))
     if args.mode == "check":
+        started = time.monotonic()
         try:
             reply = stub.Check(
                 health_pb2.HealthCheckRequest(service=args.rest[0]), timeout=args.timeout
             )
-            print(f"ok {name(reply.status)}", flush=True)
+            line = f"ok {name(reply.status)}"
         except grpc.RpcError as e:
-            print(f"error {e.code().name} {e.details()}", flush=True)
+            line = f"error {e.code().name} {e.details()}"
+        if args.timed:
+            line += f" in {(time.monotonic() - started) * 1000:.0f} ms"
+        print(line, flush=True)
     elif args.mode == "watch":
         try:
             for reply in stub.Watch(

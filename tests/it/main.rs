@@ -24,6 +24,7 @@ mod cli;
 mod client_certs;
 mod client_time_limits;
 mod dashboard;
+mod dns_workers;
 mod docker;
 mod edge;
 mod failure_records;

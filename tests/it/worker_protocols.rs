@@ -186,6 +186,15 @@ async fn h2c_workers_take_http1_and_http2_clients_on_few_connections() {
         "{text}"
     );
 
+    // An Upgrade cannot cross HTTP/2: refused, clearly.
+    let upgrade = raw_exchange(
+        weir.addr(),
+        b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(upgrade.starts_with("HTTP/1.1 400"), "{upgrade}");
+    assert!(upgrade.contains("which has no Upgrade"), "{upgrade}");
+
     // 40 requests at once, each held 50 ms by the worker: multiplexed, not a connection each.
     let before = accepted.load(Ordering::SeqCst);
     let mut calls = Vec::new();

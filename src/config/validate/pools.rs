@@ -121,7 +121,11 @@ pub(super) fn check_pool(name: &str, pool: &PoolConfig, origin: &str) -> Result<
         }
     }
     match &pool.provider {
-        ProviderConfig::Static { addresses } => {
+        ProviderConfig::Static {
+            addresses,
+            dns_refresh,
+            ..
+        } => {
             if addresses.is_empty() {
                 return Err(fail(
                     format!("pools.{name}.provider.addresses"),
@@ -131,10 +135,15 @@ pub(super) fn check_pool(name: &str, pool: &PoolConfig, origin: &str) -> Result<
             let mut seen = HashSet::new();
             for (j, address) in addresses.iter().enumerate() {
                 let key = format!("pools.{name}.provider.addresses[{j}]");
-                let addr = address.get();
-                if !seen.insert(addr) {
-                    return Err(fail(key, format!("{addr} is listed twice")));
+                if !seen.insert(address) {
+                    return Err(fail(key, format!("{address} is listed twice")));
                 }
+            }
+            if dns_refresh.get() < std::time::Duration::from_secs(1) {
+                return Err(fail(
+                    format!("pools.{name}.provider.dns_refresh"),
+                    "at least 1s".into(),
+                ));
             }
             if pool.autoscale.is_some() {
                 return Err(fail(
