@@ -107,33 +107,13 @@ fn client_streaming(args: &[&str]) -> (Reaped, mpsc::Receiver<String>) {
     (child, out)
 }
 
-fn weir_for(pool_keys: &str, route_keys: &str, worker: SocketAddr) -> Weir {
-    start_weir(
-        "",
-        &format!(
-            r#"[[listeners]]
-listen = "127.0.0.1:0"
-[[listeners]]
-listen = "127.0.0.1:0"
-tls = {{ cert = "certs-dev/cert.pem", key = "certs-dev/key.pem" }}
-[[routes]]
-pool = "app"
-{route_keys}
-[pools.app]
-{pool_keys}
-provider = {{ kind = "static", addresses = ["{worker}"] }}
-"#
-        ),
-    )
-}
-
 #[tokio::test]
 async fn unary_and_streaming_calls_through_weir_over_tls_and_h2c() {
     if !grpcio_ready("grpc::unary_and_streaming_calls_through_weir_over_tls_and_h2c") {
         return;
     }
     let mut worker = GrpcWorker::start(false);
-    let weir = weir_for("protocol = \"h2c\"", "", worker.addr);
+    let weir = start_plain_and_tls("", "protocol = \"h2c\"", worker.addr);
     let tls = weir.addrs[1].to_string();
     let plain = weir.addrs[0].to_string();
     let ca = ["--ca", "certs-dev/cert.pem"];
@@ -175,9 +155,9 @@ async fn tls_workers_full_queues_deadlines_and_grpc_health_probes() {
         return;
     }
     let mut worker = GrpcWorker::start(true);
-    let weir = weir_for(
-        "protocol = \"h2\"\ntls = { ca = \"certs-dev/cert.pem\" }\nworker_concurrency = 1\nhealth = { grpc = \"\", interval = \"100ms\" }",
+    let weir = start_plain_and_tls(
         "queue = { max_size = 1, timeout = \"30s\" }",
+        "protocol = \"h2\"\ntls = { ca = \"certs-dev/cert.pem\" }\nworker_concurrency = 1\nhealth = { grpc = \"\", interval = \"100ms\" }",
         worker.addr,
     );
     let tls = weir.addrs[1].to_string();

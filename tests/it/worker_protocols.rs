@@ -117,24 +117,9 @@ async fn worker(spec: Spec, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+/// weir with a plain and a TLS listener before a pool of `worker` with `pool_keys`.
 fn weir_for(pool_keys: &str, worker: SocketAddr) -> Weir {
-    start_weir(
-        "",
-        &format!(
-            r#"[[listeners]]
-listen = "127.0.0.1:0"
-[[listeners]]
-listen = "127.0.0.1:0"
-tls = {{ cert = "certs-dev/cert.pem", key = "certs-dev/key.pem" }}
-[[routes]]
-pool = "app"
-[pools.app]
-worker_concurrency = 64
-{pool_keys}
-provider = {{ kind = "static", addresses = ["{worker}"] }}
-"#
-        ),
-    )
+    start_plain_and_tls("", &format!("worker_concurrency = 64\n{pool_keys}"), worker)
 }
 
 /// GET `path` over HTTP/2 (TLS, ALPN h2) to weir's TLS listener.

@@ -139,6 +139,28 @@ pub fn start_routed(
     )
 }
 
+/// A plain listener (`addrs[0]`) and a TLS one with the dev certificate (`addrs[1]`, ALPN h2
+/// and http/1.1), one route (`route_keys`) to pool "app" (`pool_keys`) with `worker`.
+pub fn start_plain_and_tls(route_keys: &str, pool_keys: &str, worker: SocketAddr) -> Weir {
+    start_weir(
+        "",
+        &format!(
+            r#"[[listeners]]
+listen = "127.0.0.1:0"
+[[listeners]]
+listen = "127.0.0.1:0"
+tls = {{ cert = "certs-dev/cert.pem", key = "certs-dev/key.pem" }}
+[[routes]]
+pool = "app"
+{route_keys}
+[pools.app]
+{pool_keys}
+provider = {{ kind = "static", addresses = ["{worker}"] }}
+"#
+        ),
+    )
+}
+
 /// `["a", "b"]` for a TOML array.
 pub fn addr_list(addrs: &[SocketAddr]) -> String {
     let quoted: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
