@@ -20,7 +20,10 @@ def main():
     parser.add_argument("--client-ca")
     args = parser.parse_args()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    # No SO_REUSEPORT: a worker restarted on its port must not share it with one still exiting.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=32), options=[("grpc.so_reuseport", 0)]
+    )
     servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
