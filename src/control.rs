@@ -241,6 +241,7 @@ impl Control {
                             "pools.{name}.provider: changed, same launch template as the workers run; the other settings apply from the next revision"
                         ));
                     }
+                    transport_changes(name, old_pc, pc, &mut changes);
                     let settings = PoolSettings::from_config(pc);
                     let policy = match self.scalers.get(name) {
                         Some(scaler) => {
@@ -269,6 +270,7 @@ impl Control {
                     // counters and waiting requests) and its workers are replaced gradually.
                     let provider = provider::from_config(name, &pc.provider)
                         .map_err(|e| format!("pools.{name}.provider: {e}"))?;
+                    transport_changes(name, old_pc, pc, &mut changes);
                     let settings = PoolSettings::from_config(pc);
                     let autoscale = pc.autoscale.clone().unwrap_or_default();
                     let policy = ScalePolicy::from_config(&autoscale, pc.worker_concurrency);
@@ -368,6 +370,22 @@ impl Control {
         }
         info!(changes = ?changes, "config reloaded");
         Ok(changes)
+    }
+}
+
+/// What a reload changes in how a kept pool's workers are reached and picked: the new
+/// transport takes over for new connections (pooled ones made with the old one are not
+/// reused), the new affinity from the next request.
+fn transport_changes(name: &str, old: &PoolConfig, new: &PoolConfig, changes: &mut Vec<String>) {
+    if old.protocol != new.protocol || old.tls != new.tls {
+        changes.push(format!(
+            "pools.{name}: protocol or tls changed (new connections to its workers use it)"
+        ));
+    }
+    if old.sticky != new.sticky {
+        changes.push(format!(
+            "pools.{name}.sticky: changed (applies from the next request)"
+        ));
     }
 }
 

@@ -13,9 +13,15 @@ const ALPN_H2: &[u8] = b"h2";
 /// ALPN of an HTTP/1.1 pool's handshakes: a worker serving both picks HTTP/1.1.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
 
+/// Numbers each transport built, so a connection made with an older one is known.
+static NEXT_TRANSPORT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// A pool's way to its workers.
 #[derive(Debug)]
 pub struct Transport {
+    /// Which build of the pool's transport this is: a connection pooled under another one (a
+    /// reload changed the protocol or the TLS settings) is not reused.
+    pub id: u64,
     /// What the workers speak.
     pub protocol: WorkerProtocol,
     /// TLS around every connection, if any.
@@ -45,6 +51,7 @@ impl Transport {
     /// Plain HTTP/1.1, the default.
     pub fn plain() -> Self {
         Transport {
+            id: 0,
             protocol: WorkerProtocol::Http1,
             tls: None,
         }
@@ -68,7 +75,8 @@ impl Transport {
             }
             (_, Some(tls)) => Some(WorkerTls::new(tls, protocol)?),
         };
-        Ok(Transport { protocol, tls })
+        let id = NEXT_TRANSPORT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Transport { id, protocol, tls })
     }
 
     /// Whether connections are plain HTTP/1.1 (weir's own client, no handshake).

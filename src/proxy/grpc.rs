@@ -43,6 +43,16 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// Set `grpc-timeout` to what is left until `deadline`, in milliseconds (at least 1, as a
+/// call already late still gets its worker's own deadline error).
+pub fn pass_on_timeout(headers: &mut HeaderMap, deadline: tokio::time::Instant) {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let millis = left.as_millis().clamp(1, 99_999_999);
+    if let Ok(value) = HeaderValue::from_str(&format!("{millis}m")) {
+        headers.insert(GRPC_TIMEOUT.clone(), value);
+    }
+}
+
 /// A failure as a gRPC "trailers-only" answer: HTTP 200 whose head carries `grpc-status` and
 /// a percent-encoded `grpc-message`, and no body.
 pub fn error_response(error: &ProxyError, report: &Report) -> Response<ProxyBody> {
@@ -122,6 +132,19 @@ mod tests {
         assert_eq!(of("S"), None);
         assert_eq!(of("1s"), None);
         assert_eq!(of("-1S"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_worker_gets_what_is_left_of_the_timeout() {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", HeaderValue::from_static("2S"));
+        let deadline = tokio::time::Instant::now() + timeout(&h).unwrap();
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        pass_on_timeout(&mut h, deadline);
+        assert_eq!(h["grpc-timeout"], "500m");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pass_on_timeout(&mut h, deadline);
+        assert_eq!(h["grpc-timeout"], "1m");
     }
 
     #[test]

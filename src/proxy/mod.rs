@@ -383,6 +383,7 @@ fn prepare(
         outgoing: Outgoing {
             sticky_key,
             te_trailers,
+            grpc_deadline: deadline,
             parts: head,
             routed_as,
             encoded: Bytes::new(),
@@ -1030,6 +1031,8 @@ struct Outgoing {
     sticky_key: Option<u64>,
     /// The client sent `te: trailers`.
     te_trailers: bool,
+    /// A gRPC call's deadline (its `grpc-timeout`), passed on as what is left of it.
+    grpc_deadline: Option<Instant>,
     /// The Host and target the client sent, when the route rewrote them.
     routed_as: Option<Box<RoutedAs>>,
     encoded: Bytes,
@@ -1161,6 +1164,10 @@ async fn send_h2(
         request
             .headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(deadline) = outgoing.grpc_deadline {
+        // The worker gets what is left after the wait in weir's queue, not the whole budget.
+        grpc::pass_on_timeout(request.headers_mut(), deadline);
     }
     match tokio::time::timeout_at(deadline, h2::send(sender, request, replayable, reused)).await {
         Ok(Ok(response)) => {

@@ -28,16 +28,19 @@ pub struct WorkerConn {
     pub(super) head_scan: SectionScan,
     /// True when it came from the idle pool (and so may have been closed by the worker).
     pub reused: bool,
+    /// The [`crate::pool::Transport::id`] it was made with.
+    pub transport: u64,
 }
 
 impl WorkerConn {
     /// A fresh connection.
-    pub fn new(stream: WorkerStream) -> Self {
+    pub fn new(stream: WorkerStream, transport: u64) -> Self {
         WorkerConn {
             stream,
             read_buf: BytesMut::new(),
             head_scan: SectionScan::new(),
             reused: false,
+            transport,
         }
     }
 

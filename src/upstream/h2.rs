@@ -32,6 +32,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 struct H2Conn {
     sender: SendRequest<UpstreamBody>,
     used: Instant,
+    /// The [`Transport::id`] it was made with.
+    transport: u64,
 }
 
 /// One serving thread's HTTP/2 connections, by worker id.
@@ -59,7 +61,7 @@ impl H2Conns {
         fresh: bool,
     ) -> Result<(SendRequest<UpstreamBody>, bool), ProxyError> {
         if !fresh {
-            if let Some(open) = self.open(worker.id) {
+            if let Some(open) = self.open(worker.id, transport.id) {
                 return Ok((open, true));
             }
         }
@@ -74,7 +76,7 @@ impl H2Conns {
         // Another request may have opened one while this waited its turn (a request that
         // found the pooled one failing opens its own, replacing it).
         if !fresh {
-            if let Some(open) = self.open(worker.id) {
+            if let Some(open) = self.open(worker.id, transport.id) {
                 return Ok((open, false));
             }
         }
@@ -117,16 +119,18 @@ impl H2Conns {
             H2Conn {
                 sender: sender.clone(),
                 used: Instant::now(),
+                transport: transport.id,
             },
         );
         Ok((sender, false))
     }
 
-    /// The open connection to worker `id`, if any (a closed one is dropped).
-    fn open(&self, id: u64) -> Option<SendRequest<UpstreamBody>> {
+    /// The open connection to worker `id` made with `transport`, if any (a closed one, or one
+    /// made with a transport a reload replaced, is dropped).
+    fn open(&self, id: u64, transport: u64) -> Option<SendRequest<UpstreamBody>> {
         let mut conns = self.lock();
         let conn = conns.get_mut(&id)?;
-        if conn.sender.is_closed() {
+        if conn.sender.is_closed() || conn.transport != transport {
             conns.remove(&id);
             return None;
         }

@@ -123,22 +123,25 @@ impl Upstreams {
         fresh: bool,
     ) -> Result<WorkerConn, ProxyError> {
         if !fresh {
-            if let Some(conn) = self.take_idle(worker.id, settings.idle_timeout) {
+            if let Some(conn) = self.take_idle(worker.id, settings.idle_timeout, transport.id) {
                 return Ok(conn);
             }
         }
         connect(worker, transport, settings)
             .await
-            .map(WorkerConn::new)
+            .map(|stream| WorkerConn::new(stream, transport.id))
     }
 
     /// The most recently used live idle connection (LIFO keeps few connections warm).
-    fn take_idle(&self, worker_id: u64, max_idle: Duration) -> Option<WorkerConn> {
+    fn take_idle(&self, worker_id: u64, max_idle: Duration, transport: u64) -> Option<WorkerConn> {
         let mut idle = self.lock();
         let conns = idle.get_mut(&worker_id)?;
         let now = Instant::now();
         while let Some(mut idle) = conns.pop_back() {
-            if now.duration_since(idle.since) < max_idle && idle.conn.is_usable_idle() {
+            if now.duration_since(idle.since) < max_idle
+                && idle.conn.transport == transport
+                && idle.conn.is_usable_idle()
+            {
                 idle.conn.reused = true;
                 return Some(idle.conn);
             }

@@ -71,6 +71,11 @@ async fn worker(spec: Spec, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
             counter.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                // A TLS worker takes plain text too (the first byte tells), so a reload can
+                // move a pool between them on one address.
+                let mut first = [0u8; 1];
+                let is_tls = acceptor.is_some()
+                    && matches!(tcp.peek(&mut first).await, Ok(1) if first[0] == 0x16);
                 let service =
                     hyper::service::service_fn(move |req: Request<Incoming>| async move {
                         tokio::time::sleep(delay).await;
@@ -85,7 +90,7 @@ async fn worker(spec: Spec, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
                             })
                             .unwrap_or_default();
                         let text = format!(
-                            "version={:?} host={host} path={} te={:?}",
+                            "version={:?} host={host} path={} te={:?} tls={is_tls}",
                             req.version(),
                             req.uri().path(),
                             req.headers().get("te")
@@ -101,7 +106,7 @@ async fn worker(spec: Spec, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
                 } else if !h2 {
                     builder = builder.http1_only();
                 }
-                match acceptor {
+                match acceptor.filter(|_| is_tls) {
                     Some(acceptor) => {
                         if let Ok(tls) = acceptor.accept(tcp).await {
                             let _ = builder.serve_connection(TokioIo::new(tls), service).await;
@@ -282,6 +287,57 @@ async fn http1_workers_over_mutual_tls() {
     // Without the client certificate the worker refuses the handshake.
     let anonymous = weir_for("tls = { ca = \"certs-dev/cert.pem\" }", addr);
     assert_eq!(get(anonymous.addr(), "/").await.status, 502);
+}
+
+#[tokio::test]
+async fn a_reload_moves_a_pool_to_tls_and_http2_without_reusing_old_connections() {
+    let (addr, _) = worker(
+        Spec {
+            tls: true,
+            alpn: &[b"h2", b"http/1.1"],
+            client_ca: None,
+            h1: true,
+            h2: true,
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let path = temp_path("worker-transport-reload.toml");
+    let config = |pool_keys: &str| {
+        format!("[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\n{pool_keys}\nprovider = {{ kind = \"static\", addresses = [\"{addr}\"] }}\n")
+    };
+    let weir = start_weir_at("", &config(""), Some(&path));
+    let started = std::fs::read_to_string(&path).unwrap();
+    let mut client = Client::connect(weir.addr()).await;
+    let seen = client.get("/").await.text();
+    assert!(
+        seen.starts_with("version=HTTP/1.1") && seen.ends_with("tls=false"),
+        "{seen}"
+    );
+    for (keys, expect) in [
+        (
+            "tls = { ca = \"certs-dev/cert.pem\" }",
+            ("version=HTTP/1.1", "tls=true"),
+        ),
+        (
+            "protocol = \"h2\"\ntls = { ca = \"certs-dev/cert.pem\" }",
+            ("version=HTTP/2.0", "tls=true"),
+        ),
+        ("protocol = \"h2c\"", ("version=HTTP/2.0", "tls=false")),
+        ("", ("version=HTTP/1.1", "tls=false")),
+    ] {
+        let text = started.replace("[pools.app]\n", &format!("[pools.app]\n{keys}\n"));
+        std::fs::write(&path, text).unwrap();
+        let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
+        assert_eq!(status, 200, "{body}");
+        // The next request on the same client connection: the pooled connection made with
+        // the old transport is not reused.
+        let seen = client.get("/").await.text();
+        assert!(
+            seen.starts_with(expect.0) && seen.ends_with(expect.1),
+            "{keys}: {seen}"
+        );
+    }
 }
 
 #[test]
