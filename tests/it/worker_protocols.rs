@@ -363,3 +363,105 @@ fn bad_worker_tls_fails_naming_the_key() {
     assert!(err("protocol = \"h2c\"\ntls = {}").contains("pools.app.tls"));
     assert!(err("tls = { server_name = \"bad name\" }").contains("pools.app.tls.server_name"));
 }
+
+/// An h2c worker that echoes each request frame as it arrives, then ends with trailers
+/// `grpc-status: 0` and the frame count: a bidirectional gRPC-like stream.
+async fn echo_h2c_worker() -> SocketAddr {
+    use http_body_util::StreamBody;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let (tx, rx) = tokio::sync::mpsc::channel::<
+                        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+                    >(4);
+                    let te = req.headers().get("te").cloned();
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut frames = 0;
+                        while let Some(Ok(frame)) = body.frame().await {
+                            // (An empty frame may carry the end of the stream.)
+                            if let Some(data) = frame.into_data().ok().filter(|d| !d.is_empty()) {
+                                frames += 1;
+                                let _ = tx.send(Ok(hyper::body::Frame::data(data))).await;
+                            }
+                        }
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        trailers.insert("x-frames", frames.to_string().parse().unwrap());
+                        let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
+                    });
+                    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|f| (f, rx))
+                    });
+                    let mut response = Response::new(StreamBody::new(Box::pin(stream)));
+                    response
+                        .headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    if let Some(te) = te {
+                        response.headers_mut().insert("x-te-seen", te);
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_bidirectional_stream_flows_both_ways_with_trailers() {
+    use http_body_util::StreamBody;
+    let worker = echo_h2c_worker().await;
+    // buffer_requests stays on: a gRPC call's body is never read ahead regardless.
+    let weir = start_plain_and_tls("", "protocol = \"h2c\"", worker);
+    let tls =
+        crate::tls_h2::tls_connect(weir.addrs[1], "localhost", "certs-dev/cert.pem", &[b"h2"])
+            .await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >(1);
+    let body = StreamBody::new(Box::pin(futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+    )));
+    let request = Request::post("https://localhost/echo.Echo/Chat")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-te-seen"], "trailers");
+    let mut answers = response.into_body();
+    // Each message comes back before the next is sent: the stream flows both ways at once.
+    for i in 0..5 {
+        let message = Bytes::from(format!("message {i}"));
+        tx.send(Ok(hyper::body::Frame::data(message.clone())))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), answers.frame())
+            .await
+            .expect("the echo comes while the request is still open")
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_data().unwrap(), message);
+    }
+    drop(tx);
+    let last = answers.frame().await.unwrap().unwrap();
+    let trailers = last
+        .into_trailers()
+        .expect("the worker's trailers come through");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-frames"], "5");
+}
