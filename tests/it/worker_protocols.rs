@@ -127,16 +127,27 @@ fn weir_for(pool_keys: &str, worker: SocketAddr) -> Weir {
     start_plain_and_tls("", &format!("worker_concurrency = 64\n{pool_keys}"), worker)
 }
 
-/// GET `path` over HTTP/2 (TLS, ALPN h2) to weir's TLS listener.
-async fn h2_get(weir: &Weir, path: &str) -> (u16, String) {
+/// An HTTP/2 connection (TLS, ALPN h2) to weir's TLS listener.
+async fn h2_client<B>(weir: &Weir) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tls =
         crate::tls_h2::tls_connect(weir.addrs[1], "localhost", "certs-dev/cert.pem", &[b"h2"])
             .await;
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
             .unwrap();
     tokio::spawn(conn);
+    sender
+}
+
+/// GET `path` over HTTP/2 (TLS, ALPN h2) to weir's TLS listener.
+async fn h2_get(weir: &Weir, path: &str) -> (u16, String) {
+    let mut sender = h2_client(weir).await;
     let req = Request::get(format!("https://localhost{path}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -420,14 +431,7 @@ async fn a_bidirectional_stream_flows_both_ways_with_trailers() {
     let worker = echo_h2c_worker().await;
     // buffer_requests stays on: a gRPC call's body is never read ahead regardless.
     let weir = start_plain_and_tls("", "protocol = \"h2c\"", worker);
-    let tls =
-        crate::tls_h2::tls_connect(weir.addrs[1], "localhost", "certs-dev/cert.pem", &[b"h2"])
-            .await;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_client(&weir).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<
         Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
     >(1);
