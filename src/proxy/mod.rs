@@ -125,7 +125,7 @@ fn handle(
     let h1 = req.version() <= Version::HTTP_11;
     let grpc = grpc::is_grpc(req.headers());
     let mut outcome = Outcome::start(&req, &cx);
-    let mut prepared = prepare(req, &cx, &mut outcome);
+    let mut prepared = prepare(req, &cx, &mut outcome, grpc);
     async move {
         let result = match &mut prepared {
             Ok(prepared) => proxy(prepared, &cx, activity, &mut outcome).await,
@@ -304,9 +304,8 @@ struct Prepared {
     /// The route's rewrites, for the response.
     rewrite: Option<Arc<Rewrite>>,
     /// A gRPC call: its body streams (never read ahead), its response too, and its
-    /// `grpc-timeout` is `deadline`.
+    /// `grpc-timeout` is the outgoing request's `grpc_deadline`.
     grpc: bool,
-    deadline: Option<Instant>,
     /// The affinity cookie a request without one gets with its response.
     set_cookie: Option<HeaderValue>,
 }
@@ -325,6 +324,7 @@ fn prepare(
     mut req: Request<ClientBody>,
     cx: &ConnContext,
     outcome: &mut Outcome,
+    grpc: bool,
 ) -> Result<Prepared, Box<Refused>> {
     let upgrade = req.version() <= Version::HTTP_11 && headers::wants_upgrade(req.headers());
     // The HTTP/1.1 path hands over the connection through this once the 101 is written.
@@ -342,7 +342,6 @@ fn prepare(
             body: Some(body),
         })
     };
-    let grpc = grpc::is_grpc(&head.headers);
     let deadline = if grpc {
         grpc::timeout(&head.headers).and_then(|t| Instant::now().checked_add(t))
     } else {
@@ -366,6 +365,11 @@ fn prepare(
     if outcome.wants_details() {
         outcome.route_name = Some(Arc::clone(&route.name));
     }
+    // The key is what the client sent, whatever a rewrite takes away.
+    let (sticky_key, set_cookie) = match route.pool.sticky() {
+        Some(sticky) => sticky::key(&sticky, &head.headers, cx),
+        None => (None, None),
+    };
     // The route is looked up again (the queue, a retry) by what the client sent.
     let routed_as = route.rewrite.as_ref().map(|rewrite| {
         let routed = Box::new(RoutedAs {
@@ -375,10 +379,6 @@ fn prepare(
         rewrite.request(&mut head);
         routed
     });
-    let (sticky_key, set_cookie) = match route.pool.sticky() {
-        Some(sticky) => sticky::key(&sticky, &head.headers, cx),
-        None => (None, None),
-    };
     Ok(Prepared {
         outgoing: Outgoing {
             sticky_key,
@@ -397,7 +397,6 @@ fn prepare(
         buffer_responses: route.buffer_responses(),
         rewrite: route.rewrite.clone(),
         grpc,
-        deadline,
         set_cookie,
     })
 }
@@ -417,10 +416,9 @@ async fn proxy(
         buffer_responses: _,
         rewrite,
         grpc,
-        deadline,
         set_cookie,
     } = prepared;
-    let (grpc, deadline) = (*grpc, *deadline);
+    let (grpc, deadline) = (*grpc, outgoing.grpc_deadline);
     let bytes_in = outcome.access.as_ref().map(|a| Arc::clone(&a.bytes_in));
     // `prepare` left the client's body in the slot; `proxy` runs once per request, so it is
     // still there (the other arm only keeps this free of a panic).

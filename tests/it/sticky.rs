@@ -13,10 +13,13 @@ use http_body_util::Full;
 use crate::common::*;
 
 const KEYS: usize = 400;
+/// Probes that a busy test machine does not fail: a key whose worker is ejected moves (as
+/// it should), which would read here as a key that wandered.
+const PATIENT_PROBES: &str = "health = { timeout = \"5s\", unhealthy_threshold = 5 }";
 
 fn config(workers: &[std::net::SocketAddr]) -> String {
     format!(
-        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nworker_concurrency = 64\nsticky = {{ header = \"x-user-id\" }}\nprovider = {{ kind = \"static\", addresses = {} }}\n",
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npool = \"app\"\n[pools.app]\nworker_concurrency = 64\nsticky = {{ header = \"x-user-id\" }}\n{PATIENT_PROBES}\nprovider = {{ kind = \"static\", addresses = {} }}\n",
         addr_list(workers)
     )
 }
@@ -177,4 +180,36 @@ async fn a_hot_key_spills_past_a_full_worker_and_cookies_stick() {
     );
     assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
     assert_ne!(a.served_by(), b.served_by(), "the hot key spilled");
+}
+
+#[tokio::test]
+async fn the_key_is_what_the_client_sent_even_when_a_rewrite_removes_it() {
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        workers.push(demo(&format!("keyed-{i}")).await);
+    }
+    let weir = start_routed(
+        "",
+        "request_headers = { remove = [\"x-user-id\"] }",
+        &format!("sticky = {{ header = \"x-user-id\" }}\n{PATIENT_PROBES}"),
+        &workers,
+    );
+    wait_until("four ready", || {
+        weir.workers("app")
+            .iter()
+            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
+            .count()
+            == 4
+    })
+    .await;
+    let mut client = Client::connect(weir.addr()).await;
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..40 {
+        let first = served_by(&mut client, user).await.served_by();
+        for _ in 0..3 {
+            assert_eq!(served_by(&mut client, user).await.served_by(), first);
+        }
+        homes.insert(first);
+    }
+    assert!(homes.len() > 1, "keys spread over the workers");
 }
