@@ -163,9 +163,7 @@ async fn tls_workers_full_queues_deadlines_and_grpc_health_probes() {
     let tls = weir.addrs[1].to_string();
     let ca = ["--ca", "certs-dev/cert.pem"];
     wait_until("the gRPC probe makes the worker ready", || {
-        weir.workers("app")
-            .iter()
-            .any(|w| w.state() == weir::pool::WorkerState::Ready)
+        weir.ready("app") > 0
     })
     .await;
     assert_eq!(
@@ -199,10 +197,5 @@ async fn tls_workers_full_queues_deadlines_and_grpc_health_probes() {
     })
     .await;
     worker.set("", "SERVING");
-    wait_until("and ready again", || {
-        weir.workers("app")
-            .iter()
-            .any(|w| w.state() == weir::pool::WorkerState::Ready)
-    })
-    .await;
+    wait_until("and ready again", || weir.ready("app") > 0).await;
 }

@@ -27,6 +27,14 @@ provider = {{ kind = "static", addresses = ["{worker}"] }}
 "#
         ),
     );
+    let last_head = || {
+        let heads = seen.lock().unwrap();
+        heads
+            .last()
+            .cloned()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
     let mut client = Client::connect(weir.addr()).await;
     let reply = client
         .send(
@@ -40,13 +48,7 @@ provider = {{ kind = "static", addresses = ["{worker}"] }}
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "ok");
     assert_eq!(reply.headers["x-frame-options"], "DENY");
-    let head = seen
-        .lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .unwrap()
-        .to_ascii_lowercase();
+    let head = last_head();
     assert!(
         head.starts_with("get /v1/users?id=7 http/1.1\r\n"),
         "{head}"
@@ -61,25 +63,13 @@ provider = {{ kind = "static", addresses = ["{worker}"] }}
 
     // The bare prefix becomes the added one's root.
     client.get("/api").await;
-    let head = seen
-        .lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .unwrap()
-        .to_ascii_lowercase();
+    let head = last_head();
     assert!(head.starts_with("get /v1/ http/1.1\r\n"), "{head}");
 
     // Another route is untouched, on the same connection.
     let reply = client.get("/plain/x").await;
     assert!(reply.headers.get("x-frame-options").is_none());
-    let head = seen
-        .lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .unwrap()
-        .to_ascii_lowercase();
+    let head = last_head();
     assert!(head.starts_with("get /plain/x http/1.1\r\n"), "{head}");
     assert!(!head.contains("x-env"), "{head}");
 }
@@ -89,21 +79,11 @@ async fn a_rewritten_request_waits_in_and_is_retried_on_its_own_route() {
     // The first worker is dead: the retry looks the route up again, by what the client sent
     // (the rewritten path would match no route here).
     let (worker, seen) = recording_worker().await;
-    let weir = start_weir(
+    let weir = start_routed(
         "",
-        &format!(
-            r#"[[listeners]]
-listen = "127.0.0.1:0"
-[[routes]]
-path_prefix = "/api"
-pool = "app"
-strip_prefix = true
-[pools.app]
-balance = "round_robin"
-provider = {{ kind = "static", addresses = ["{}", "{worker}"] }}
-"#,
-            dead_addr()
-        ),
+        "path_prefix = \"/api\"\nstrip_prefix = true",
+        "balance = \"round_robin\"",
+        &[dead_addr(), worker],
     );
     for _ in 0..4 {
         let reply = get(weir.addr(), "/api/x").await;

@@ -62,14 +62,7 @@ async fn keys_move_only_as_far_as_the_pool_changes_with_no_failed_request() {
     }
     let path = temp_path("sticky.toml");
     let weir = start_weir_at("", &config(&workers[..4]), Some(&path));
-    wait_until("four ready", || {
-        weir.workers("app")
-            .iter()
-            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
-            .count()
-            == 4
-    })
-    .await;
+    wait_until("four ready", || weir.ready("app") == 4).await;
     let four = placement(&weir).await;
     let spread: std::collections::HashSet<_> = four.values().collect();
     assert_eq!(spread.len(), 4, "keys on every worker");
@@ -98,14 +91,7 @@ async fn keys_move_only_as_far_as_the_pool_changes_with_no_failed_request() {
     std::fs::write(&path, with(5)).unwrap();
     let (status, body) = admin_call(weir.admin(), "POST", "/api/v1/reload", None, "").await;
     assert_eq!(status, 200, "{body}");
-    wait_until("five ready", || {
-        weir.workers("app")
-            .iter()
-            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
-            .count()
-            == 5
-    })
-    .await;
+    wait_until("five ready", || weir.ready("app") == 5).await;
     let five = placement(&weir).await;
     let fifth = five.values().filter(|w| **w == "sticky-4").count();
     for k in 0..KEYS {
@@ -194,14 +180,7 @@ async fn the_key_is_what_the_client_sent_even_when_a_rewrite_removes_it() {
         &format!("sticky = {{ header = \"x-user-id\" }}\n{PATIENT_PROBES}"),
         &workers,
     );
-    wait_until("four ready", || {
-        weir.workers("app")
-            .iter()
-            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
-            .count()
-            == 4
-    })
-    .await;
+    wait_until("four ready", || weir.ready("app") == 4).await;
     let mut client = Client::connect(weir.addr()).await;
     let mut homes = std::collections::HashSet::new();
     for user in 0..40 {

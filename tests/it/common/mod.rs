@@ -67,6 +67,14 @@ impl Weir {
         self.server.as_ref().unwrap().shared.snapshot().pools[pool].waiting()
     }
 
+    /// How many of `pool`'s workers are ready.
+    pub fn ready(&self, pool: &str) -> usize {
+        self.workers(pool)
+            .iter()
+            .filter(|w| w.state() == weir::pool::WorkerState::Ready)
+            .count()
+    }
+
     /// The pools' workers, for checking live counters.
     pub fn workers(&self, pool: &str) -> Vec<Arc<weir::pool::Worker>> {
         self.server.as_ref().unwrap().shared.snapshot().pools[pool]
